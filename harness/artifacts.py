@@ -1,0 +1,92 @@
+"""Atomic artifact writing: a file under the run directory is whole or absent, never half.
+
+Every writer goes to a temporary file beside the target, flushes it to disk and renames
+it over the target (`os.replace` is atomic on POSIX and Windows). Figures are drawn with
+matplotlib's object API (`matplotlib.figure.Figure`), which needs no display and touches
+no pyplot global state.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+__all__ = [
+    "LABELS_FILE",
+    "atomic_path",
+    "read_label_map",
+    "save_figure",
+    "write_bytes",
+    "write_json",
+    "write_label_map",
+    "write_text",
+]
+
+LABELS_FILE = "labels.json"
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; on success it replaces `path` atomically.
+
+    On error the temporary file is removed and `path` is left as it was.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        with tmp.open("rb+") as handle:
+            os.fsync(handle.fileno())
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_bytes(path: Path, data: bytes) -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    return path
+
+
+def write_text(path: Path, text: str) -> Path:
+    return write_bytes(path, text.encode("utf-8"))
+
+
+def write_json(path: Path, obj: Any) -> Path:
+    return write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def save_figure(figure: Figure, path: Path, *, dpi: int = 120) -> Path:
+    """Render `figure` to `path` (format from the suffix) atomically."""
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, dpi=dpi, bbox_inches="tight", format=path.suffix.lstrip(".") or "png")
+    return path
+
+
+def write_label_map(run_dir: Path, class_names: Sequence[str]) -> Path:
+    """`labels.json`: the single source of class names for export and prediction."""
+    return write_json(
+        run_dir / LABELS_FILE,
+        {
+            "classes": list(class_names),
+            "class_to_idx": {name: index for index, name in enumerate(class_names)},
+        },
+    )
+
+
+def read_label_map(path: Path) -> list[str]:
+    """Class names by index, from a `labels.json` file or a run directory holding one."""
+    if path.is_dir():
+        path = path / LABELS_FILE
+    classes = json.loads(path.read_text(encoding="utf-8"))["classes"]
+    return [str(name) for name in classes]

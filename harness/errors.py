@@ -1,0 +1,49 @@
+"""The harness's exceptions, one small tree::
+
+    HarnessError                 base of everything the harness raises on purpose
+    ├── SettingsError            a settings file or override is wrong (exit code 2)
+    ├── DataError                the data set cannot be used as it is (exit code 2)
+    ├── SubscriberError          a subscriber raised while handling an event
+    └── ExportError              the ONNX export or its parity check failed
+
+Every message says where (file, key, path, subscriber), what was expected and what
+was received, in one sentence.
+"""
+
+from __future__ import annotations
+
+__all__ = ["DataError", "ExportError", "HarnessError", "SettingsError", "SubscriberError"]
+
+
+class HarnessError(Exception):
+    """Base of every error the harness raises on purpose."""
+
+
+class SettingsError(HarnessError):
+    """A setting is unknown, of the wrong type or out of range."""
+
+
+class DataError(HarnessError):
+    """The data set is missing, empty, corrupt or otherwise unusable."""
+
+
+class SubscriberError(HarnessError):
+    """A subscriber raised while handling an event.
+
+    The message names the subscriber, the event and the global step; the original
+    exception is the `__cause__`.
+    """
+
+    def __init__(self, subscriber: str, event: str, step: int, reason: str) -> None:
+        self.subscriber = subscriber
+        self.event = event
+        self.step = step
+        self.reason = reason
+        super().__init__(f"subscriber {subscriber} failed on {event} at step {step}: {reason}")
+
+    def __reduce__(self) -> tuple[type[SubscriberError], tuple[str, str, int, str]]:
+        return (type(self), (self.subscriber, self.event, self.step, self.reason))
+
+
+class ExportError(HarnessError):
+    """The ONNX export failed or its output disagrees with PyTorch."""

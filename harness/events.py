@@ -1,0 +1,186 @@
+"""The event catalogue: every event a run publishes, in firing order.
+
+Each event is a frozen, slotted, keyword-only attrs class with a narrow payload.
+Tensors in a payload are detached. This module is the table of contents of a run;
+`BusCallback` (the only Lightning-aware module) publishes these from Lightning hooks::
+
+    FitStart                                  on_fit_start (after a resume is restored)
+    if sanity checking:                       Lightning's short validation before training
+        ValidationSwapIn(sanity_check=True)
+        BatchEnd(stage="validate", sanity_check=True)   per batch
+        ValidationEpochEnd(sanity_check=True)
+        ValidationSwapOut(sanity_check=True)
+    for epoch in epochs:
+        TrainEpochStart
+        for batch in train batches:
+            forward, backward, optimizer step (every `accumulate` batches)
+            BatchEnd(stage="train", optimizer_stepped=...)
+        if validating this epoch:
+            ValidationSwapIn                  weight owners (EMA) install evaluated weights
+            BatchEnd(stage="validate")        per batch, logits already computed
+            ValidationEpochEnd(metrics)       everyone observes the evaluated weights
+            ValidationSwapOut                 weight owners restore the training weights
+        TrainEpochEnd(metrics)
+        CheckpointSaving(model_state)         for every checkpoint written (top-k, last)
+    TrainLoopEnd                              weight owners install the final validated weights
+    TrainEnd                                  consumers (ONNX export, reports) read them
+    FitEnd
+
+    on any exception in the run:
+        RunFailed(error, interrupted)         then the exception propagates
+
+The split of `ValidationSwapIn` / `ValidationEpochEnd` and `TrainLoopEnd` / `TrainEnd`
+exists so that no subscriber depends on dispatch order: whoever changes the weights does
+it in the first event, whoever reads them does it in the second.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, MutableMapping
+from typing import Literal
+
+import attrs
+import torch
+
+__all__ = [
+    "BatchEnd",
+    "CheckpointSaving",
+    "Event",
+    "FitEnd",
+    "FitStart",
+    "RunFailed",
+    "Stage",
+    "TrainEnd",
+    "TrainEpochEnd",
+    "TrainEpochStart",
+    "TrainLoopEnd",
+    "ValidationEpochEnd",
+    "ValidationSwapIn",
+    "ValidationSwapOut",
+    "EVENT_TYPES",
+]
+
+Stage = Literal["train", "validate", "test"]
+
+
+@attrs.frozen(kw_only=True)
+class Event:
+    """Base of every event: where the run stood when it fired."""
+
+    epoch: int
+    global_step: int
+
+
+@attrs.frozen(kw_only=True)
+class FitStart(Event):
+    """Training is about to start; `RunContext` is filled (model, sampler, classes)."""
+
+    max_epochs: int
+    resumed: bool = False
+
+
+@attrs.frozen(kw_only=True)
+class TrainEpochStart(Event):
+    """A training epoch begins."""
+
+
+@attrs.frozen(kw_only=True)
+class BatchEnd(Event):
+    """A batch went through the model: everything a subscriber needs, computed once.
+
+    `logits` are the model's outputs for `inputs`; a subscriber never runs the model
+    again. For training batches `optimizer_stepped` says whether this batch ended with an
+    optimizer step (false between steps of gradient accumulation); `global_step` counts
+    optimizer steps taken so far.
+    """
+
+    stage: Stage
+    batch_idx: int
+    inputs: torch.Tensor
+    targets: torch.Tensor
+    logits: torch.Tensor
+    loss: torch.Tensor | None = None
+    optimizer_stepped: bool = False
+    sanity_check: bool = False
+
+
+@attrs.frozen(kw_only=True)
+class ValidationSwapIn(Event):
+    """Validation is about to run: owners of alternative weights install them now."""
+
+    sanity_check: bool = False
+
+
+@attrs.frozen(kw_only=True)
+class ValidationEpochEnd(Event):
+    """Validation finished with the weights installed at `ValidationSwapIn`."""
+
+    metrics: Mapping[str, float]
+    sanity_check: bool = False
+
+
+@attrs.frozen(kw_only=True)
+class ValidationSwapOut(Event):
+    """Validation is over: owners of alternative weights restore the training weights."""
+
+    sanity_check: bool = False
+
+
+@attrs.frozen(kw_only=True)
+class TrainEpochEnd(Event):
+    """A training epoch ended; `metrics` holds every metric logged so far this epoch."""
+
+    metrics: Mapping[str, float]
+
+
+@attrs.frozen(kw_only=True)
+class CheckpointSaving(Event):
+    """A checkpoint is being written.
+
+    `model_state` is the checkpoint's own `state_dict`, the weights a user gets when
+    loading the checkpoint for inference. A subscriber may replace its tensors (the EMA
+    puts the validated, averaged weights there); subscriber state is saved separately.
+    """
+
+    model_state: MutableMapping[str, torch.Tensor]
+
+
+@attrs.frozen(kw_only=True)
+class TrainLoopEnd(Event):
+    """The training loop is over: owners of weights install the final validated weights."""
+
+
+@attrs.frozen(kw_only=True)
+class TrainEnd(Event):
+    """Training ended normally; the model holds the final validated weights."""
+
+    metrics: Mapping[str, float]
+
+
+@attrs.frozen(kw_only=True)
+class FitEnd(Event):
+    """The fit is over, after `TrainEnd`; the last event of a successful run."""
+
+
+@attrs.frozen(kw_only=True)
+class RunFailed(Event):
+    """The run raised; published before the exception propagates."""
+
+    error: str
+    interrupted: bool = False
+
+
+EVENT_TYPES: tuple[type[Event], ...] = (
+    FitStart,
+    TrainEpochStart,
+    BatchEnd,
+    ValidationSwapIn,
+    ValidationEpochEnd,
+    ValidationSwapOut,
+    TrainEpochEnd,
+    CheckpointSaving,
+    TrainLoopEnd,
+    TrainEnd,
+    FitEnd,
+    RunFailed,
+)
