@@ -70,6 +70,13 @@ def _open_unit() -> _Validator:
     return _check(lambda v: 0 < v < 1, "in (0, 1)")
 
 
+def _batches_limit() -> _Validator:
+    return _check(
+        lambda v: (isinstance(v, int) and v > 0) or (isinstance(v, float) and 0 < v <= 1),
+        "a fraction in (0, 1.0] or a whole number of batches",
+    )
+
+
 def _positive_or_auto() -> _Validator:
     return _check(lambda v: v == "auto" or (isinstance(v, int) and v > 0), 'a positive integer or "auto"')
 
@@ -123,8 +130,8 @@ class TrainerSettings:
     resume: str = ""
     accumulate_grad_batches: int = attrs.field(default=1, validator=_positive())
     gradient_clip_val: float = attrs.field(default=0.0, validator=_at_least(0))
-    limit_train_batches: float = attrs.field(default=1.0, validator=_positive())
-    limit_val_batches: float = attrs.field(default=1.0, validator=_positive())
+    limit_train_batches: int | float = attrs.field(default=1.0, validator=_batches_limit())
+    limit_val_batches: int | float = attrs.field(default=1.0, validator=_batches_limit())
     num_sanity_val_steps: int = attrs.field(default=2, validator=_at_least(0))
     progress_bar: bool = True
     log_every_n_steps: int = attrs.field(default=10, validator=_positive())
@@ -205,17 +212,23 @@ class SamplesSettings(SubscriberSettings):
 class SamplerTrackingSettings(SubscriberSettings):
     """[subscribers.sampler_tracking]: what the training sampler drew, per class."""
 
+    max_table_rows: int = attrs.field(default=30, validator=_positive())
+
 
 @attrs.frozen(kw_only=True)
 class DatasetStatsSettings(SubscriberSettings):
     """[subscribers.dataset_stats]: images per class and split, at fit start."""
 
     min_images: int = attrs.field(default=5, validator=_at_least(1))
+    size_sample: int = attrs.field(default=200, validator=_positive())
+    max_table_rows: int = attrs.field(default=50, validator=_positive())
 
 
 @attrs.frozen(kw_only=True)
 class ModelInfoSettings(SubscriberSettings):
     """[subscribers.model_info]: parameters, size and FLOPs, at fit start."""
+
+    count_flops: bool = True
 
 
 @attrs.frozen(kw_only=True)

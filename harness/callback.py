@@ -1,0 +1,227 @@
+"""BusCallback: the one Lightning adapter, turning Trainer hooks into typed events.
+
+It fills `RunContext`, publishes the catalogue of `harness.events` on a `Bus`, and keeps
+every stateful subscriber's `state_dict()` in Lightning checkpoints under
+``checkpoint["harness"][key]``, restoring it on resume before `FitStart` is published.
+No other module of the harness knows Lightning's hooks.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback
+from typing_extensions import override
+
+from harness.bus import Bus, Stateful
+from harness.context import RunContext
+from harness.events import (
+    BatchEnd,
+    CheckpointSaving,
+    FitEnd,
+    FitStart,
+    RunFailed,
+    Stage,
+    TrainEnd,
+    TrainEpochEnd,
+    TrainEpochStart,
+    TrainLoopEnd,
+    ValidationEpochEnd,
+    ValidationSwapIn,
+    ValidationSwapOut,
+)
+
+__all__ = ["CHECKPOINT_KEY", "BusCallback"]
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_KEY = "harness"
+
+
+def _metrics(trainer: L.Trainer) -> dict[str, float]:
+    return {name: float(value) for name, value in trainer.callback_metrics.items() if value.numel() == 1}
+
+
+def _logits(outputs: Any) -> torch.Tensor:
+    logits = outputs.get("logits") if isinstance(outputs, Mapping) else None
+    if isinstance(logits, torch.Tensor):
+        return logits.detach()
+    raise TypeError(
+        "BusCallback needs the step to return {'loss': ..., 'logits': ...} so that BatchEnd "
+        f"carries the logits; got {type(outputs).__name__}"
+    )
+
+
+class BusCallback(Callback):
+    """Publish `harness.events` on `bus` from Lightning's hooks.
+
+    `subscribers` maps a stable key (the settings name, e.g. ``"ema"``) to each subscriber
+    whose state rides in checkpoints; subscribers without `state_dict` are skipped.
+    """
+
+    def __init__(self, bus: Bus, context: RunContext, subscribers: Mapping[str, object]) -> None:
+        self.bus = bus
+        self.context = context
+        self.subscribers = dict(subscribers)
+        self._resumed = False
+
+    @property
+    def state_key(self) -> str:
+        return "BusCallback"
+
+    def _progress(self, trainer: L.Trainer) -> tuple[int, int]:
+        self.context.epoch = trainer.current_epoch
+        self.context.global_step = trainer.global_step
+        return trainer.current_epoch, trainer.global_step
+
+    def _update_best(self, trainer: L.Trainer) -> None:
+        checkpoint = trainer.checkpoint_callback
+        path = getattr(checkpoint, "best_model_path", "")
+        score = getattr(checkpoint, "best_model_score", None)
+        if path and Path(path).is_file():
+            self.context.best_checkpoint = Path(path)
+            self.context.best_score = None if score is None else float(score)
+
+    @override
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self.context.rank = trainer.global_rank
+        self.context.world_size = trainer.world_size
+        self.bus.rank = trainer.global_rank
+
+    @override
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.context.model = pl_module
+        self.context.device = pl_module.device
+        self.context.max_epochs = int(trainer.max_epochs or 0)
+        epoch, step = self._progress(trainer)
+        self.bus.publish(
+            FitStart(epoch=epoch, global_step=step, max_epochs=self.context.max_epochs, resumed=self._resumed)
+        )
+
+    @override
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._update_best(trainer)
+        epoch, step = self._progress(trainer)
+        self.bus.publish(TrainEpochStart(epoch=epoch, global_step=step))
+
+    def _batch_end(self, trainer: L.Trainer, stage: Stage, outputs: Any, batch: Any, batch_idx: int) -> None:
+        inputs, targets = batch[0], batch[1]
+        loss = outputs.get("loss") if isinstance(outputs, Mapping) else None
+        stepped = False
+        if stage == "train":
+            accumulate = trainer.accumulate_grad_batches
+            stepped = (batch_idx + 1) % accumulate == 0 or batch_idx + 1 == trainer.num_training_batches
+        epoch, step = self._progress(trainer)
+        self.bus.publish(
+            BatchEnd(
+                stage=stage,
+                epoch=epoch,
+                global_step=step,
+                batch_idx=batch_idx,
+                inputs=inputs.detach(),
+                targets=targets.detach(),
+                logits=_logits(outputs),
+                loss=None if loss is None else loss.detach(),
+                optimizer_stepped=stepped,
+                sanity_check=trainer.sanity_checking,
+            )
+        )
+
+    @override
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        self._batch_end(trainer, "train", outputs, batch, batch_idx)
+
+    @override
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        epoch, step = self._progress(trainer)
+        self.bus.publish(
+            ValidationSwapIn(epoch=epoch, global_step=step, sanity_check=trainer.sanity_checking)
+        )
+
+    @override
+    def on_validation_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        self._batch_end(trainer, "validate", outputs, batch, batch_idx)
+
+    @override
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        epoch, step = self._progress(trainer)
+        sanity = trainer.sanity_checking
+        metrics = {k: v for k, v in _metrics(trainer).items() if k.startswith("val/")}
+        self.bus.publish(
+            ValidationEpochEnd(epoch=epoch, global_step=step, metrics=metrics, sanity_check=sanity)
+        )
+        self.bus.publish(ValidationSwapOut(epoch=epoch, global_step=step, sanity_check=sanity))
+
+    @override
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        epoch, step = self._progress(trainer)
+        self.bus.publish(TrainEpochEnd(epoch=epoch, global_step=step, metrics=_metrics(trainer)))
+
+    @override
+    def on_save_checkpoint(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        epoch, step = self._progress(trainer)
+        self.bus.publish(
+            CheckpointSaving(epoch=epoch, global_step=step, model_state=checkpoint["state_dict"])
+        )
+        checkpoint[CHECKPOINT_KEY] = {
+            key: subscriber.state_dict()
+            for key, subscriber in self.subscribers.items()
+            if isinstance(subscriber, Stateful)
+        }
+
+    @override
+    def on_load_checkpoint(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        self._resumed = True
+        saved = checkpoint.get(CHECKPOINT_KEY, {})
+        for key, subscriber in self.subscribers.items():
+            if isinstance(subscriber, Stateful) and key in saved:
+                subscriber.load_state_dict(saved[key])
+            elif isinstance(subscriber, Stateful):
+                log.warning("checkpoint holds no state for subscriber %r; it starts fresh", key)
+
+    @override
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._update_best(trainer)
+        epoch, step = self._progress(trainer)
+        self.bus.publish(TrainLoopEnd(epoch=epoch, global_step=step))
+        self.bus.publish(TrainEnd(epoch=epoch, global_step=step, metrics=_metrics(trainer)))
+
+    @override
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        epoch, step = self._progress(trainer)
+        self.bus.publish(FitEnd(epoch=epoch, global_step=step))
+
+    @override
+    def on_exception(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
+    ) -> None:
+        epoch, step = self._progress(trainer)
+        event = RunFailed(
+            epoch=epoch,
+            global_step=step,
+            error=f"{type(exception).__name__}: {exception}",
+            interrupted=isinstance(exception, KeyboardInterrupt),
+        )
+        try:
+            self.bus.publish(event)
+        except Exception:  # the original exception must win, so this one is only logged
+            log.exception("a subscriber failed while handling RunFailed")

@@ -1,0 +1,243 @@
+"""Image data: an ImageFolder tree (or the embedded digits set) as a Lightning data module.
+
+The tree is one folder per class. When `root` holds `train/` and `val/` folders those
+are the split; otherwise the class folders under `root` are split by a seeded,
+stratified fraction. Every file is checked once, before training: an unreadable image is
+reported by path and either stops the run (the default) or is skipped with a count.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import Sequence
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import DataLoader, Dataset, Sampler
+from torchvision.transforms import v2
+
+from harness.artifacts import atomic_path
+from harness.context import DatasetInfo, Preprocessing
+from harness.errors import DataError
+from harness.settings import DataSettings
+
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "ImageDataModule",
+    "ImageFiles",
+    "cache_dir",
+    "load_image",
+    "materialise_digits",
+    "scan",
+]
+
+IMAGE_SUFFIXES = frozenset(
+    {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+)
+_HIGH_DEPTH_MODES = frozenset({"I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
+
+
+def cache_dir() -> Path:
+    """Where the embedded data set is materialised: ``$HARNESS_CACHE`` or the XDG cache."""
+    explicit = os.environ.get("HARNESS_CACHE")
+    if explicit:
+        return Path(explicit)
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "harness"
+
+
+def materialise_digits(cache: Path | None = None) -> Path:
+    """scikit-learn's digits (1,797 real 8x8 images, shipped in its wheel) as an ImageFolder tree.
+
+    Written once; a marker file, written last, says the tree is complete.
+    """
+    root = (cache or cache_dir()) / "digits"
+    marker = root / ".complete"
+    if marker.exists():
+        return root
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    pixels = (digits.images * (255.0 / 16.0)).round().astype(np.uint8)
+    for index, (image, target) in enumerate(zip(pixels, digits.target, strict=True)):
+        path = root / str(int(target)) / f"digit_{index:04d}.png"
+        if not path.exists():
+            with atomic_path(path) as tmp:
+                Image.fromarray(image, mode="L").save(tmp, format="PNG")
+    marker.write_text("1797 images\n")
+    return root
+
+
+def load_image(path: Path) -> Image.Image:
+    """Open any still image as 8-bit RGB: grayscale, palette, RGBA and 16-bit included."""
+    with Image.open(path) as image:
+        image.load()
+        if image.mode in _HIGH_DEPTH_MODES:
+            array = np.asarray(image, dtype=np.float64)
+            top = array.max() or 1.0
+            return Image.fromarray((array * (255.0 / top)).astype(np.uint8)).convert("RGB")
+        if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
+            rgba = image.convert("RGBA")
+            background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+            return Image.alpha_composite(background, rgba).convert("RGB")
+        return image.convert("RGB")
+
+
+def _is_image_file(path: Path) -> bool:
+    return path.is_file() and not path.name.startswith(".") and path.suffix.lower() in IMAGE_SUFFIXES
+
+
+def _class_folders(root: Path) -> list[Path]:
+    return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _files_by_class(root: Path, classes: Sequence[str]) -> dict[str, list[Path]]:
+    found: dict[str, list[Path]] = {}
+    for name in classes:
+        folder = root / name
+        found[name] = sorted(p for p in folder.rglob("*") if _is_image_file(p)) if folder.is_dir() else []
+    return found
+
+
+def _unreadable(path: Path) -> str | None:
+    try:
+        with Image.open(path) as image:
+            image.verify()
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+        return f"{type(error).__name__}: {error}"
+    return None
+
+
+def scan(settings: DataSettings, seed: int) -> tuple[DatasetInfo, tuple[str, ...]]:
+    """Find classes and images, check every file, and split train from validation.
+
+    Raises `DataError` naming the path for a missing root, no class folders, a single
+    class, a class with no images, or (with ``on_corrupt = "stop"``) unreadable files.
+    """
+    root = Path(settings.root).expanduser() if settings.root else materialise_digits()
+    where = f"[data].root = {str(root)!r}"
+    if not root.is_dir():
+        raise DataError(f"{where}: no such directory")
+    presplit = (root / "train").is_dir() and (root / "val").is_dir()
+    class_root = root / "train" if presplit else root
+    classes = tuple(p.name for p in _class_folders(class_root))
+    if not classes:
+        raise DataError(f"{where}: no class folders found (expected one folder of images per class)")
+    if len(classes) < 2:
+        raise DataError(f"{where}: only one class ({classes[0]!r}); a classifier needs at least two")
+    train_files = _files_by_class(class_root, classes)
+    val_files = _files_by_class(root / "val", classes) if presplit else {}
+    for name, files in train_files.items():
+        if not files:
+            raise DataError(f"{where}: class folder {str(class_root / name)!r} holds no images")
+
+    skipped: list[Path] = []
+    bad = [
+        (path, reason)
+        for files in (*train_files.values(), *val_files.values())
+        for path in files
+        if (reason := _unreadable(path)) is not None
+    ]
+    if bad:
+        if settings.on_corrupt == "stop":
+            listed = "; ".join(f"{path} ({reason})" for path, reason in bad[:10])
+            more = f" and {len(bad) - 10} more" if len(bad) > 10 else ""
+            raise DataError(
+                f"{where}: {len(bad)} unreadable image file(s): {listed}{more}. "
+                'Fix or remove them, or set [data].on_corrupt = "skip" to train without them'
+            )
+        skipped = [path for path, _ in bad]
+        drop = set(skipped)
+        train_files = {k: [p for p in v if p not in drop] for k, v in train_files.items()}
+        val_files = {k: [p for p in v if p not in drop] for k, v in val_files.items()}
+
+    index = {name: i for i, name in enumerate(classes)}
+    if presplit:
+        train = [(p, index[name]) for name, files in train_files.items() for p in files]
+        val = [(p, index[name]) for name, files in val_files.items() for p in files]
+    else:
+        train, val = _stratified_split(train_files, index, settings.val_fraction, seed)
+    if not val:
+        raise DataError(f"{where}: the validation split is empty; add images or raise [data].val_fraction")
+    return DatasetInfo(root=root, train=tuple(train), val=tuple(val), skipped=tuple(skipped)), classes
+
+
+def _stratified_split(
+    files: dict[str, list[Path]], index: dict[str, int], fraction: float, seed: int
+) -> tuple[list[tuple[Path, int]], list[tuple[Path, int]]]:
+    rng = random.Random(seed)
+    train: list[tuple[Path, int]] = []
+    val: list[tuple[Path, int]] = []
+    for name, paths in files.items():
+        shuffled = list(paths)
+        rng.shuffle(shuffled)
+        n_val = min(max(1, round(len(shuffled) * fraction)), len(shuffled) - 1) if len(shuffled) > 1 else 0
+        val += [(p, index[name]) for p in shuffled[:n_val]]
+        train += [(p, index[name]) for p in shuffled[n_val:]]
+    return train, val
+
+
+class ImageFiles(Dataset[tuple[torch.Tensor, int]]):
+    """`(path, class index)` pairs read as normalised tensors of one size."""
+
+    def __init__(self, samples: Sequence[tuple[Path, int]], preprocessing: Preprocessing) -> None:
+        self.samples = list(samples)
+        size = preprocessing.image_size
+        self.transform = v2.Compose(
+            [
+                v2.ToImage(),
+                v2.Resize((size, size), antialias=True),
+                v2.ToDtype(torch.float32, scale=True),
+                v2.Normalize(mean=list(preprocessing.mean), std=list(preprocessing.std)),
+            ]
+        )
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        path, target = self.samples[index]
+        try:
+            image = load_image(path)
+        except (OSError, ValueError) as error:
+            raise DataError(f"cannot read image {str(path)!r}: {error}") from error
+        tensor: torch.Tensor = self.transform(image)
+        return tensor, target
+
+
+class ImageDataModule(L.LightningDataModule):
+    """Train and validation loaders over a scanned data set, with an optional sampler."""
+
+    def __init__(
+        self,
+        info: DatasetInfo,
+        preprocessing: Preprocessing,
+        settings: DataSettings,
+        sampler: Sampler[int] | None = None,
+    ) -> None:
+        super().__init__()
+        self.train_set = ImageFiles(info.train, preprocessing)
+        self.val_set = ImageFiles(info.val, preprocessing)
+        self.settings = settings
+        self.sampler = sampler
+
+    def _loader(self, dataset: ImageFiles, *, train: bool) -> DataLoader[tuple[torch.Tensor, int]]:
+        workers = self.settings.num_workers
+        return DataLoader(
+            dataset,
+            batch_size=self.settings.batch_size,
+            sampler=self.sampler if train else None,
+            shuffle=train and self.sampler is None,
+            num_workers=workers,
+            persistent_workers=workers > 0,
+            drop_last=False,
+        )
+
+    def train_dataloader(self) -> DataLoader[tuple[torch.Tensor, int]]:
+        return self._loader(self.train_set, train=True)
+
+    def val_dataloader(self) -> DataLoader[tuple[torch.Tensor, int]]:
+        return self._loader(self.val_set, train=False)

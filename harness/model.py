@@ -1,0 +1,130 @@
+"""The LightningModule: a torchvision architecture, cross-entropy, top-1/top-5 accuracy.
+
+Its steps return the logits they computed, so `BatchEnd` carries them and no subscriber
+runs the model a second time.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import nn
+from torchmetrics.classification import MulticlassAccuracy
+
+from harness.errors import SettingsError
+from harness.settings import ModelSettings
+
+__all__ = ["Classifier", "build_network"]
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+def build_network(arch: str, num_classes: int, weights: str = "") -> nn.Module:
+    """A randomly initialised torchvision model, or one loaded from a local weights file.
+
+    Nothing is ever downloaded. A classifier head of another class count is left at its
+    random initialisation.
+    """
+    available = torchvision.models.list_models(module=torchvision.models)
+    if arch not in available:
+        import difflib
+
+        close = difflib.get_close_matches(arch, available, n=3)
+        hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        raise SettingsError(f"[model].arch: unknown torchvision architecture {arch!r}{hint}")
+    network: nn.Module = torchvision.models.get_model(arch, weights=None, num_classes=num_classes)
+    if weights:
+        path = Path(weights).expanduser()
+        if not path.is_file():
+            raise SettingsError(f"[model].weights: no such file {str(path)!r}")
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = state.get("state_dict", state) if isinstance(state, dict) else state
+        own = network.state_dict()
+        usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+        if not usable:
+            raise SettingsError(f"[model].weights: {str(path)!r} holds no tensor that fits {arch}")
+        network.load_state_dict(usable, strict=False)
+    return network
+
+
+class Classifier(L.LightningModule):
+    """Image classifier around `net`, a torchvision model named by `arch`."""
+
+    def __init__(
+        self,
+        *,
+        arch: str,
+        num_classes: int,
+        lr: float = 0.05,
+        weight_decay: float = 5e-4,
+        optimizer: str = "sgd",
+        scheduler: str = "cosine",
+        label_smoothing: float = 0.0,
+        weights: str = "",
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.arch = arch
+        self.net = build_network(arch, num_classes, weights)
+        top5 = min(5, num_classes)
+        self.val_top1 = MulticlassAccuracy(num_classes=num_classes, top_k=1, average="micro")
+        self.val_top5 = MulticlassAccuracy(num_classes=num_classes, top_k=top5, average="micro")
+
+    @classmethod
+    def from_settings(cls, settings: ModelSettings, num_classes: int) -> Classifier:
+        return cls(
+            arch=settings.arch,
+            num_classes=num_classes,
+            lr=settings.lr,
+            weight_decay=settings.weight_decay,
+            optimizer=settings.optimizer,
+            scheduler=settings.scheduler,
+            label_smoothing=settings.label_smoothing,
+            weights=settings.weights,
+        )
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        logits: torch.Tensor = self.net(inputs)
+        return logits
+
+    def _loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits, targets, label_smoothing=self.hparams["label_smoothing"])
+
+    def training_step(self, batch: Batch, batch_idx: int) -> dict[str, torch.Tensor]:
+        inputs, targets = batch
+        logits = self(inputs)
+        loss = self._loss(logits, targets)
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(targets))
+        return {"loss": loss, "logits": logits.detach()}
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> dict[str, torch.Tensor]:
+        inputs, targets = batch
+        logits = self(inputs)
+        loss = self._loss(logits, targets)
+        self.val_top1.update(logits, targets)
+        self.val_top5.update(logits, targets)
+        size = len(targets)
+        self.log("val/loss", loss, on_epoch=True, sync_dist=True, batch_size=size)
+        self.log("val/acc_top1", self.val_top1, on_epoch=True, prog_bar=True, batch_size=size)
+        self.log("val/acc_top5", self.val_top5, on_epoch=True, batch_size=size)
+        return {"loss": loss.detach(), "logits": logits.detach()}
+
+    def configure_optimizers(self) -> Any:
+        hp = self.hparams
+        optimizer: torch.optim.Optimizer
+        if hp["optimizer"] == "adamw":
+            optimizer = torch.optim.AdamW(self.parameters(), lr=hp["lr"], weight_decay=hp["weight_decay"])
+        else:
+            optimizer = torch.optim.SGD(
+                self.parameters(), lr=hp["lr"], momentum=0.9, nesterov=True, weight_decay=hp["weight_decay"]
+            )
+        if hp["scheduler"] == "none":
+            return optimizer
+        epochs = max(1, int(self.trainer.max_epochs or 1))
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "epoch"}}

@@ -1,0 +1,296 @@
+"""Train a classifier: ``python -m harness.run settings.toml [--set section.key=value ...]``.
+
+Builds the data, the model, the bus and its subscribers, runs Lightning's Trainer with
+`BusCallback`, and leaves a run directory ``<output_dir>/<name>/version_<n>/`` holding
+the resolved settings, checkpoints, metrics, every subscriber's artifacts and
+``summary.json``. The last line printed is the run directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+import lightning as L
+from lightning.pytorch.callbacks import (
+    Callback,
+    EarlyStopping,
+    LearningRateMonitor,
+    ModelCheckpoint,
+    RichProgressBar,
+)
+from lightning.pytorch.loggers import CSVLogger
+
+from harness.artifacts import write_json, write_label_map, write_text
+from harness.bus import Bus, Subscriber
+from harness.callback import BusCallback
+from harness.context import Preprocessing, RunContext
+from harness.data import ImageDataModule, scan
+from harness.errors import DataError, HarnessError, SettingsError
+from harness.model import Classifier
+from harness.sampler import make_sampler
+from harness.settings import Settings, SubscriberSettings, load_settings, settings_to_toml
+
+__all__ = ["BUILTIN_SUBSCRIBERS", "RunResult", "main", "resolve_run_dir", "run"]
+
+log = logging.getLogger("harness")
+
+BUILTIN_SUBSCRIBERS: Mapping[str, str] = {
+    "dataset_stats": "subscribers.dataset_stats:DatasetStats",
+    "model_info": "subscribers.model_info:ModelInfo",
+    "ema": "subscribers.ema:EMA",
+    "sampler_tracking": "subscribers.sampler_tracking:SamplerTracking",
+    "confusion_matrix": "subscribers.confusion_matrix:ConfusionMatrix",
+    "samples": "subscribers.samples:Samples",
+    "plots": "subscribers.plots:Plots",
+    "onnx_export": "subscribers.onnx_export:OnnxExport",
+}
+"""Settings name -> ``module:Class`` of every built-in subscriber, in attach order."""
+
+
+@attrs.frozen(kw_only=True)
+class RunResult:
+    """What a finished run left: its directory and the content of its ``summary.json``."""
+
+    run_dir: Path
+    summary: dict[str, Any]
+
+
+def _import(target: str, where: str) -> type[Any]:
+    module_name, _, class_name = target.partition(":")
+    try:
+        cls = getattr(importlib.import_module(module_name), class_name)
+    except (ImportError, AttributeError) as error:
+        raise SettingsError(
+            f"{where}: cannot import {target!r} ({error}); expected 'package.module:Class'"
+        ) from None
+    if not isinstance(cls, type):
+        raise SettingsError(f"{where}: {target!r} is not a class")
+    return cls
+
+
+def build_subscribers(
+    settings: Settings, context: RunContext
+) -> dict[str, tuple[Subscriber, SubscriberSettings]]:
+    """Construct every enabled built-in subscriber, then the plugins named in ``[run].plugins``."""
+    built: dict[str, tuple[Subscriber, SubscriberSettings]] = {}
+    for name, target in BUILTIN_SUBSCRIBERS.items():
+        options: SubscriberSettings = getattr(settings.subscribers, name)
+        if options.enabled:
+            built[name] = (_import(target, f"[subscribers.{name}]")(context, options), options)
+    for target in settings.run.plugins:
+        plugin = _import(target, "[run].plugins")(context)
+        key = f"plugin:{target}"
+        built[key] = (plugin, SubscriberSettings(on_error="raise"))
+    return built
+
+
+def resolve_run_dir(settings: Settings) -> tuple[Path, Path | None]:
+    """The run directory and the checkpoint to resume from (None for a fresh run)."""
+    base = Path(settings.run.output_dir).expanduser() / settings.run.name
+    resume = settings.trainer.resume
+    if resume == "last":
+        candidates = sorted(
+            (p for p in base.glob("version_*") if (p / "checkpoints" / "last.ckpt").is_file()),
+            key=lambda p: int(p.name.split("_")[-1]) if p.name.split("_")[-1].isdigit() else -1,
+        )
+        if not candidates:
+            raise SettingsError(
+                f"[trainer].resume = 'last': no run under {str(base)!r} has checkpoints/last.ckpt"
+            )
+        return candidates[-1], candidates[-1] / "checkpoints" / "last.ckpt"
+    if resume:
+        checkpoint = Path(resume).expanduser()
+        if not checkpoint.is_file():
+            raise SettingsError(f"[trainer].resume: no such checkpoint file {resume!r}")
+        parent = checkpoint.parent
+        return (parent.parent if parent.name == "checkpoints" else parent), checkpoint
+    base.mkdir(parents=True, exist_ok=True)
+    version = 1 + max((int(p.name[8:]) for p in base.glob("version_*") if p.name[8:].isdigit()), default=-1)
+    while True:
+        run_dir = base / f"version_{version}"
+        try:
+            run_dir.mkdir()
+        except FileExistsError:
+            version += 1
+            continue
+        return run_dir, None
+
+
+def _lightning_callbacks(settings: Settings, run_dir: Path) -> list[Callback]:
+    callbacks: list[Callback] = [LearningRateMonitor(logging_interval="epoch")]
+    ckpt = settings.checkpoint
+    if ckpt.enabled:
+        callbacks.append(
+            ModelCheckpoint(
+                dirpath=run_dir / "checkpoints",
+                filename="epoch={epoch:03d}-score={" + ckpt.monitor + ":.4f}",
+                auto_insert_metric_name=False,
+                monitor=ckpt.monitor,
+                mode=ckpt.mode,
+                save_top_k=ckpt.save_top_k,
+                save_last=ckpt.save_last,
+            )
+        )
+    if settings.early_stopping.enabled:
+        stop = settings.early_stopping
+        callbacks.append(
+            EarlyStopping(
+                monitor=ckpt.monitor, mode=ckpt.mode, patience=stop.patience, min_delta=stop.min_delta
+            )
+        )
+    if settings.trainer.progress_bar:
+        callbacks.append(RichProgressBar(leave=True))
+    return callbacks
+
+
+def _fraction(limit: float) -> float | None:
+    """Lightning reads 1.0 as "all" but says so on every run; None means the same, quietly."""
+    return None if isinstance(limit, float) and limit == 1.0 else limit
+
+
+def run(settings: Settings, *, extra_subscribers: Mapping[str, Subscriber] | None = None) -> RunResult:
+    """Train as `settings` say and return the run directory with its summary.
+
+    `extra_subscribers` (key -> subscriber) are attached after the built-in ones, with
+    the "raise" policy; tests and notebooks use it to observe a real run.
+    """
+    started = time.monotonic()
+    L.seed_everything(settings.run.seed, workers=True, verbose=False)
+    info, classes = scan(settings.data, settings.run.seed)
+    run_dir, resume_from = resolve_run_dir(settings)
+    context = RunContext(
+        run_dir=run_dir,
+        class_names=classes,
+        preprocessing=Preprocessing(image_size=settings.data.image_size),
+        data=info,
+        monitor=settings.checkpoint.monitor,
+        train_sampler=make_sampler(
+            info.train_targets, balanced=settings.data.balanced, seed=settings.run.seed
+        ),
+    )
+    module = Classifier.from_settings(settings.model, num_classes=len(classes))
+    bus = Bus()
+    subscribers = build_subscribers(settings, context)
+    for subscriber, options in subscribers.values():
+        bus.attach(subscriber, on_error=options.on_error)
+    extras = dict(extra_subscribers or {})
+    for subscriber in extras.values():
+        bus.attach(subscriber, on_error="raise")
+    stateful = {key: sub for key, (sub, _) in subscribers.items()} | extras
+
+    trainer_settings = settings.trainer
+    trainer = L.Trainer(
+        default_root_dir=run_dir,
+        max_epochs=trainer_settings.max_epochs,
+        accelerator=trainer_settings.accelerator,
+        devices=trainer_settings.devices,
+        strategy=trainer_settings.strategy,
+        precision=trainer_settings.precision,
+        accumulate_grad_batches=trainer_settings.accumulate_grad_batches,
+        gradient_clip_val=trainer_settings.gradient_clip_val or None,
+        limit_train_batches=_fraction(trainer_settings.limit_train_batches),
+        limit_val_batches=_fraction(trainer_settings.limit_val_batches),
+        num_sanity_val_steps=trainer_settings.num_sanity_val_steps,
+        log_every_n_steps=trainer_settings.log_every_n_steps,
+        enable_progress_bar=trainer_settings.progress_bar,
+        enable_model_summary=False,
+        enable_checkpointing=settings.checkpoint.enabled,
+        logger=CSVLogger(save_dir=run_dir, name="logs", version=""),
+        callbacks=[BusCallback(bus, context, stateful), *_lightning_callbacks(settings, run_dir)],
+    )
+    if trainer.is_global_zero:
+        write_text(run_dir / "settings.toml", settings_to_toml(settings))
+        write_label_map(run_dir, classes)
+    context.record_artifact("settings", run_dir / "settings.toml")
+    context.record_artifact("label_map", run_dir / "labels.json")
+    context.record_artifact("metrics", run_dir / "logs" / "metrics.csv")
+
+    status = "failed"
+    try:
+        trainer.fit(
+            module,
+            datamodule=ImageDataModule(info, context.preprocessing, settings.data, context.train_sampler),
+            ckpt_path=resume_from,
+            weights_only=True,
+        )
+        status = "interrupted" if trainer.interrupted else "completed"
+    finally:
+        summary = _summary(settings, context, trainer, bus, status, time.monotonic() - started)
+        if trainer.is_global_zero:
+            write_json(run_dir / "summary.json", summary)
+    return RunResult(run_dir=run_dir, summary=summary)
+
+
+def _summary(
+    settings: Settings, context: RunContext, trainer: L.Trainer, bus: Bus, status: str, seconds: float
+) -> dict[str, Any]:
+    best = context.best_checkpoint
+
+    def relative(path: Path | None) -> str | None:
+        if path is None:
+            return None
+        try:
+            return str(path.resolve().relative_to(context.run_dir.resolve()))
+        except ValueError:
+            return str(path)
+
+    last = context.run_dir / "checkpoints" / "last.ckpt"
+    return {
+        "status": status,
+        "run_dir": str(context.run_dir),
+        "monitor": settings.checkpoint.monitor,
+        "best_score": context.best_score,
+        "best_checkpoint": relative(best),
+        "epochs_completed": trainer.current_epoch,
+        "global_step": trainer.global_step,
+        "final_metrics": {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1},
+        "artifacts": dict(sorted(context.artifacts.items())),
+        "failures": [attrs.asdict(failure) for failure in bus.failures],
+        "duration_s": round(seconds, 2),
+        "resume": (
+            f"python -m harness.run {context.run_dir / 'settings.toml'} --set trainer.resume={last}"
+            if last.is_file() and status != "completed"
+            else None
+        ),
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The command line; exit codes: 0 done, 1 the run failed, 2 bad settings or data."""
+    parser = argparse.ArgumentParser(prog="python -m harness.run", description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "settings", nargs="?", type=Path, help="settings.toml (defaults everywhere if omitted)"
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override one setting, validated like the file (repeatable)",
+    )
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        settings = load_settings(args.settings, args.overrides)
+        result = run(settings)
+    except (SettingsError, DataError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except HarnessError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print(result.run_dir)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,78 @@
+"""Shared fixtures: a tiny ImageFolder tree and fast settings for end-to-end runs."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from harness.settings import Settings, load_settings
+
+SUBSCRIBER_NAMES = (
+    "ema",
+    "onnx_export",
+    "confusion_matrix",
+    "plots",
+    "samples",
+    "sampler_tracking",
+    "dataset_stats",
+    "model_info",
+)
+
+MakeSettings = Callable[..., Settings]
+
+
+def write_imagefolder(root: Path, counts: dict[str, int], size: int = 12, seed: int = 0) -> Path:
+    """One folder per class of small PNGs whose colour depends on the class (learnable)."""
+    rng = np.random.default_rng(seed)
+    for index, (name, count) in enumerate(counts.items()):
+        folder = root / name
+        folder.mkdir(parents=True, exist_ok=True)
+        base = np.zeros(3)
+        base[index % 3] = 200.0
+        for n in range(count):
+            pixels = np.clip(base + rng.normal(0, 40, (size, size, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels, mode="RGB").save(folder / f"img_{n:03d}.png")
+    return root
+
+
+@pytest.fixture
+def tiny_imagefolder(tmp_path: Path) -> Path:
+    """Three classes of twelve 12x12 images each."""
+    return write_imagefolder(tmp_path / "data", {"red": 12, "green": 12, "blue": 12})
+
+
+@pytest.fixture
+def make_settings(tmp_path: Path, tiny_imagefolder: Path) -> MakeSettings:
+    """Fast settings on the tiny tree: `make_settings("ema", "plots", "trainer.max_epochs=2")`.
+
+    Subscribers named are enabled, every other one disabled; `key=value` items override.
+    """
+
+    def make(*items: str, root: Path | None = None) -> Settings:
+        enabled = {item for item in items if "=" not in item}
+        unknown = enabled - set(SUBSCRIBER_NAMES)
+        assert not unknown, f"unknown subscribers {unknown}"
+        overrides: Sequence[str] = [
+            f"data.root={str(root or tiny_imagefolder)!r}",
+            "data.image_size=16",
+            "data.batch_size=8",
+            "model.arch='resnet18'",
+            "trainer.max_epochs=1",
+            "trainer.accelerator='cpu'",
+            "trainer.devices=1",
+            "trainer.num_sanity_val_steps=1",
+            "trainer.progress_bar=false",
+            f"run.output_dir={str(tmp_path / 'runs')!r}",
+            *(
+                f"subscribers.{name}.enabled={'true' if name in enabled else 'false'}"
+                for name in SUBSCRIBER_NAMES
+            ),
+            *(item for item in items if "=" in item),
+        ]
+        return load_settings(None, overrides)
+
+    return make
