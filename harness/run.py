@@ -38,7 +38,7 @@ from harness.model import Classifier
 from harness.sampler import make_sampler
 from harness.settings import Settings, SubscriberSettings, load_settings, settings_to_toml
 
-__all__ = ["BUILTIN_SUBSCRIBERS", "RunResult", "main", "resolve_run_dir", "run"]
+__all__ = ["BUILTIN_SUBSCRIBERS", "RunResult", "main", "resolve_run_dir", "run", "subscriber_classes"]
 
 log = logging.getLogger("harness")
 
@@ -76,20 +76,19 @@ def _import(target: str, where: str) -> type[Any]:
     return cls
 
 
-def build_subscribers(
-    settings: Settings, context: RunContext
-) -> dict[str, tuple[Subscriber, SubscriberSettings]]:
-    """Construct every enabled built-in subscriber, then the plugins named in ``[run].plugins``."""
-    built: dict[str, tuple[Subscriber, SubscriberSettings]] = {}
+def subscriber_classes(settings: Settings) -> dict[str, tuple[type[Any], SubscriberSettings]]:
+    """Import every enabled built-in subscriber, then the plugins named in ``[run].plugins``.
+
+    Plugins are the only way a settings file imports code, and only what it names.
+    """
+    classes: dict[str, tuple[type[Any], SubscriberSettings]] = {}
     for name, target in BUILTIN_SUBSCRIBERS.items():
         options: SubscriberSettings = getattr(settings.subscribers, name)
         if options.enabled:
-            built[name] = (_import(target, f"[subscribers.{name}]")(context, options), options)
+            classes[name] = (_import(target, f"[subscribers.{name}]"), options)
     for target in settings.run.plugins:
-        plugin = _import(target, "[run].plugins")(context)
-        key = f"plugin:{target}"
-        built[key] = (plugin, SubscriberSettings(on_error="raise"))
-    return built
+        classes[f"plugin:{target}"] = (_import(target, "[run].plugins"), SubscriberSettings(on_error="raise"))
+    return classes
 
 
 def resolve_run_dir(settings: Settings) -> tuple[Path, Path | None]:
@@ -165,6 +164,8 @@ def run(settings: Settings, *, extra_subscribers: Mapping[str, Subscriber] | Non
     started = time.monotonic()
     L.seed_everything(settings.run.seed, workers=True, verbose=False)
     info, classes = scan(settings.data, settings.run.seed)
+    module = Classifier.from_settings(settings.model, num_classes=len(classes))
+    subscriber_types = subscriber_classes(settings)
     run_dir, resume_from = resolve_run_dir(settings)
     context = RunContext(
         run_dir=run_dir,
@@ -176,17 +177,19 @@ def run(settings: Settings, *, extra_subscribers: Mapping[str, Subscriber] | Non
             info.train_targets, balanced=settings.data.balanced, seed=settings.run.seed
         ),
     )
-    module = Classifier.from_settings(settings.model, num_classes=len(classes))
     bus = Bus()
-    subscribers = build_subscribers(settings, context)
-    for subscriber, options in subscribers.values():
-        bus.attach(subscriber, on_error=options.on_error)
+    subscribers: dict[str, Subscriber] = {}
+    for key, (cls, options) in subscriber_types.items():
+        subscribers[key] = cls(context) if key.startswith("plugin:") else cls(context, options)
+        bus.attach(subscribers[key], on_error=options.on_error)
     extras = dict(extra_subscribers or {})
     for subscriber in extras.values():
         bus.attach(subscriber, on_error="raise")
-    stateful = {key: sub for key, (sub, _) in subscribers.items()} | extras
+    stateful = subscribers | extras
 
     trainer_settings = settings.trainer
+    # A new logger version per attempt: Lightning's CSVLogger deletes an existing metrics.csv.
+    logger = CSVLogger(save_dir=run_dir, name="logs")
     trainer = L.Trainer(
         default_root_dir=run_dir,
         max_epochs=trainer_settings.max_epochs,
@@ -203,7 +206,7 @@ def run(settings: Settings, *, extra_subscribers: Mapping[str, Subscriber] | Non
         enable_progress_bar=trainer_settings.progress_bar,
         enable_model_summary=False,
         enable_checkpointing=settings.checkpoint.enabled,
-        logger=CSVLogger(save_dir=run_dir, name="logs", version=""),
+        logger=logger,
         callbacks=[BusCallback(bus, context, stateful), *_lightning_callbacks(settings, run_dir)],
     )
     if trainer.is_global_zero:
@@ -211,7 +214,7 @@ def run(settings: Settings, *, extra_subscribers: Mapping[str, Subscriber] | Non
         write_label_map(run_dir, classes)
     context.record_artifact("settings", run_dir / "settings.toml")
     context.record_artifact("label_map", run_dir / "labels.json")
-    context.record_artifact("metrics", run_dir / "logs" / "metrics.csv")
+    context.record_artifact("metrics", Path(logger.log_dir) / "metrics.csv")
 
     status = "failed"
     try:

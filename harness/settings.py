@@ -329,8 +329,8 @@ def _where(source: str, table: tuple[str, ...]) -> str:
 
 def _suggest(name: str, valid: Sequence[str]) -> str:
     close = difflib.get_close_matches(name, valid, n=1)
-    hint = f"; did you mean {close[0]!r}?" if close else ""
-    return f"{hint} Valid: {', '.join(valid)}"
+    hint = f"; did you mean {close[0]!r}?" if close else ";"
+    return f"{hint} valid: {', '.join(valid)}"
 
 
 def _build(cls: type[T], values: Any, source: str, table: tuple[str, ...]) -> T:

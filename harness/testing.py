@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -42,9 +43,26 @@ from harness.events import (
     ValidationSwapOut,
 )
 
-__all__ = ["Recorder", "batch_end", "make_context", "scripted_run", "tiny_model"]
+__all__ = ["Recorder", "batch_end", "make_context", "scripted_run", "tiny_model", "write_imagefolder"]
 
 E = TypeVar("E", bound=Event)
+
+
+def write_imagefolder(root: Path, counts: dict[str, int], size: int = 12, seed: int = 0) -> Path:
+    """One folder per class of small RGB PNGs whose colour depends on the class (learnable)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for index, (name, count) in enumerate(counts.items()):
+        folder = root / name
+        folder.mkdir(parents=True, exist_ok=True)
+        base = np.zeros(3)
+        base[index % 3] = 200.0
+        base[(index // 3) % 3] += 55.0 * (index // 3 > 0)
+        for n in range(count):
+            pixels = np.clip(base + rng.normal(0, 40, (size, size, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels, mode="RGB").save(folder / f"img_{n:03d}.png")
+    return root
 
 
 def tiny_model(num_classes: int = 3, channels: int = 3, seed: int = 0) -> nn.Module:

@@ -5,11 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 
 from harness.settings import Settings, load_settings
+from harness.testing import write_imagefolder
 
 SUBSCRIBER_NAMES = (
     "ema",
@@ -23,20 +22,6 @@ SUBSCRIBER_NAMES = (
 )
 
 MakeSettings = Callable[..., Settings]
-
-
-def write_imagefolder(root: Path, counts: dict[str, int], size: int = 12, seed: int = 0) -> Path:
-    """One folder per class of small PNGs whose colour depends on the class (learnable)."""
-    rng = np.random.default_rng(seed)
-    for index, (name, count) in enumerate(counts.items()):
-        folder = root / name
-        folder.mkdir(parents=True, exist_ok=True)
-        base = np.zeros(3)
-        base[index % 3] = 200.0
-        for n in range(count):
-            pixels = np.clip(base + rng.normal(0, 40, (size, size, 3)), 0, 255).astype(np.uint8)
-            Image.fromarray(pixels, mode="RGB").save(folder / f"img_{n:03d}.png")
-    return root
 
 
 @pytest.fixture

@@ -1,0 +1,162 @@
+"""Settings: every mistake ends before training with one message and exit code 2."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from harness.errors import SettingsError
+from harness.run import main
+from harness.settings import Settings, load_settings, parse_override, settings_to_toml
+from harness.testing import write_imagefolder
+
+
+def test_defaults_need_no_file() -> None:
+    settings = load_settings(None)
+    assert settings == Settings()
+    assert settings.data.root == ""
+    assert settings.subscribers.ema.enabled
+
+
+def test_resolved_settings_read_back_identically(tmp_path: Path) -> None:
+    settings = load_settings(
+        None, ["data.batch_size=7", "subscribers.ema.decay=0.5", "run.plugins=['a.b:C']"]
+    )
+    path = tmp_path / "settings.toml"
+    path.write_text(settings_to_toml(settings))
+    assert load_settings(path) == settings
+
+
+def test_the_shipped_settings_file_is_valid() -> None:
+    load_settings(Path(__file__).parents[2] / "settings.toml")
+
+
+@pytest.mark.parametrize(
+    ("text", "keys", "value"),
+    [
+        ("data.batch_size=32", ("data", "batch_size"), 32),
+        ("run.name=cats", ("run", "name"), "cats"),
+        ("run.name='with = sign'", ("run", "name"), "with = sign"),
+        ("subscribers.ema.enabled=false", ("subscribers", "ema", "enabled"), False),
+    ],
+)
+def test_override_values_are_read_as_toml_or_else_as_strings(
+    text: str, keys: tuple[str, ...], value: object
+) -> None:
+    assert parse_override(text) == (keys, value)
+
+
+CASES = [
+    # (file contents, --set overrides, the message expected on stderr)
+    (
+        "[data]\nbatchsize = 3\n",
+        [],
+        "settings.toml: unknown key 'data.batchsize'; did you mean 'batch_size'?",
+    ),
+    ("[dataa]\nroot = ''\n", [], "settings.toml: unknown table 'dataa'; did you mean 'data'?"),
+    ('[data]\nbatch_size = "64"\n', [], "settings.toml: [data].batch_size must be an integer, got '64'"),
+    ("[data]\nbalanced = 1\n", [], "settings.toml: [data].balanced must be true or false, got 1"),
+    ("[data]\nval_fraction = 1.5\n", [], "settings.toml: [data].val_fraction must be in (0, 1), got 1.5"),
+    (
+        "[subscribers.ema]\ndecay = 1.5\n",
+        [],
+        "settings.toml: [subscribers.ema].decay must be in (0, 1), got 1.5",
+    ),
+    (
+        "[subscribers.emma]\nenabled = true\n",
+        [],
+        "settings.toml: unknown table 'subscribers.emma'; did you mean 'ema'?",
+    ),
+    (
+        '[trainer]\nprecision = "fp8"\n',
+        [],
+        "settings.toml: [trainer].precision must be one of '32-true', '16-mixed', 'bf16-mixed'",
+    ),
+    ("[trainer]\ndevices = 0\n", [], '[trainer].devices must be a positive integer or "auto", got 0'),
+    ("[data\n", [], "settings.toml: not valid TOML"),
+    ("", ["data.batch_size"], "--set data.batch_size: expected section.key=value"),
+    ("", ["data.batch_size=0"], "--set data.batch_size=0: [data].batch_size must be positive, got 0"),
+    ("", ["model.lr=fast"], "--set model.lr=fast: [model].lr must be a number, got 'fast'"),
+    (
+        "",
+        ["subscribers.ema=1"],
+        "--set subscribers.ema=1: [subscribers.ema] is a table; name one of its keys",
+    ),
+    (
+        "",
+        ["model.arch='resnet19'"],
+        "[model].arch: unknown torchvision architecture 'resnet19'; did you mean",
+    ),
+    ("", ["run.plugins=['nowhere.module:Thing']"], "[run].plugins: cannot import 'nowhere.module:Thing'"),
+    ("", ["trainer.resume='last'"], "[trainer].resume = 'last': no run under"),
+    ("", ["trainer.resume='missing.ckpt'"], "[trainer].resume: no such checkpoint file 'missing.ckpt'"),
+]
+
+
+@pytest.mark.parametrize(("text", "overrides", "message"), CASES, ids=[c[2][:48] for c in CASES])
+def test_bad_settings_stop_before_training(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str, overrides: list[str], message: str
+) -> None:
+    data = write_imagefolder(tmp_path / "data", {"a": 3, "b": 3}, size=8)
+    path = tmp_path / "settings.toml"
+    path.write_text(
+        f"[run]\noutput_dir = '{tmp_path / 'runs'}'\n"
+        + text.replace("[data]\n", f"[data]\nroot = '{data}'\n")
+    )
+    argv = [str(path), "--set", f"data.root='{data}'"] if "[data]" not in text else [str(path)]
+    for override in overrides:
+        argv += ["--set", override]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err
+    assert len(err.strip().splitlines()) == 1, "one message, one line"
+    assert not list((tmp_path / "runs").glob("*/version_*")), "nothing was started"
+
+
+def make_tree(root: Path, kind: str) -> Path:
+    if kind == "missing":
+        return root / "nowhere"
+    root.mkdir()
+    if kind == "no_classes":
+        (root / "readme.txt").write_text("no folders here")
+    elif kind == "empty_class":
+        write_imagefolder(root, {"cat": 3})
+        (root / "dog").mkdir()
+        (root / "dog" / "notes.txt").write_text("not an image")
+    elif kind == "single_class":
+        write_imagefolder(root, {"cat": 3})
+    elif kind == "corrupt":
+        write_imagefolder(root, {"cat": 3, "dog": 3})
+        (root / "dog" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 10)
+    return root
+
+
+DATA_CASES = [
+    ("missing", "no such directory"),
+    ("no_classes", "no class folders found (expected one folder of images per class)"),
+    ("empty_class", "class folder"),
+    ("single_class", "only one class ('cat'); a classifier needs at least two"),
+    ("corrupt", "1 unreadable image file(s):"),
+]
+
+
+@pytest.mark.parametrize(("kind", "message"), DATA_CASES, ids=[c[0] for c in DATA_CASES])
+def test_bad_data_stops_before_training(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], kind: str, message: str
+) -> None:
+    root = make_tree(tmp_path / "data", kind)
+    assert main(["--set", f"data.root='{root}'", "--set", f"run.output_dir='{tmp_path / 'runs'}'"]) == 2
+    err = capsys.readouterr().err
+    assert f"[data].root = '{root}'" in err
+    assert message in err
+    if kind == "empty_class":
+        assert str(root / "dog") in err and "holds no images" in err
+    if kind == "corrupt":
+        assert str(root / "dog" / "broken.png") in err and 'on_corrupt = "skip"' in err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_settings_error_is_a_harness_error() -> None:
+    with pytest.raises(SettingsError, match=r"--set nope.x=1: unknown key 'nope'; valid: run, data, model"):
+        load_settings(None, ["nope.x=1"])
