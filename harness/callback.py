@@ -62,12 +62,22 @@ class BusCallback(Callback):
 
     `subscribers` maps a stable key (the settings name, e.g. ``"ema"``) to each subscriber
     whose state rides in checkpoints; subscribers without `state_dict` are skipped.
+    On Ctrl-C, a checkpoint is written to `interrupt_checkpoint` (when given) so the run
+    can resume from where it stopped.
     """
 
-    def __init__(self, bus: Bus, context: RunContext, subscribers: Mapping[str, object]) -> None:
+    def __init__(
+        self,
+        bus: Bus,
+        context: RunContext,
+        subscribers: Mapping[str, object],
+        *,
+        interrupt_checkpoint: Path | None = None,
+    ) -> None:
         self.bus = bus
         self.context = context
         self.subscribers = dict(subscribers)
+        self.interrupt_checkpoint = interrupt_checkpoint
         self._resumed = False
 
     @property
@@ -225,3 +235,6 @@ class BusCallback(Callback):
             self.bus.publish(event)
         except Exception:  # the original exception must win, so this one is only logged
             log.exception("a subscriber failed while handling RunFailed")
+        if event.interrupted and self.interrupt_checkpoint is not None:
+            trainer.save_checkpoint(self.interrupt_checkpoint)
+            log.warning("interrupted: checkpoint written to %s", self.interrupt_checkpoint)

@@ -16,6 +16,7 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision.transforms import v2
@@ -240,4 +241,19 @@ class ImageDataModule(L.LightningDataModule):
         return self._loader(self.train_set, train=True)
 
     def val_dataloader(self) -> DataLoader[tuple[torch.Tensor, int]]:
-        return self._loader(self.val_set, train=False)
+        loader = self._loader(self.val_set, train=False)
+        trainer = self.trainer
+        if trainer is None or trainer.world_size < 2:
+            return loader
+        # Lightning's default DistributedSampler pads the shards with repeated samples, which
+        # a confusion matrix would count twice; this one gives uneven shards, each sample once.
+        shards = UnrepeatedDistributedSampler(
+            self.val_set, num_replicas=trainer.world_size, rank=trainer.global_rank, shuffle=False
+        )
+        return DataLoader(
+            self.val_set,
+            batch_size=self.settings.batch_size,
+            sampler=shards,
+            num_workers=loader.num_workers,
+            persistent_workers=loader.persistent_workers,
+        )

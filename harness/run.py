@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -35,12 +36,16 @@ from harness.context import Preprocessing, RunContext
 from harness.data import ImageDataModule, scan
 from harness.errors import DataError, HarnessError, SettingsError
 from harness.model import Classifier
+from harness.record import EventLog
 from harness.sampler import make_sampler
 from harness.settings import Settings, SubscriberSettings, load_settings, settings_to_toml
 
 __all__ = ["BUILTIN_SUBSCRIBERS", "RunResult", "main", "resolve_run_dir", "run", "subscriber_classes"]
 
 log = logging.getLogger("harness")
+
+RUN_DIR_VARIABLE = "HARNESS_RUN_DIR"
+RESUME_VARIABLE = "HARNESS_RESUME_FROM"
 
 BUILTIN_SUBSCRIBERS: Mapping[str, str] = {
     "dataset_stats": "subscribers.dataset_stats:DatasetStats",
@@ -87,12 +92,29 @@ def subscriber_classes(settings: Settings) -> dict[str, tuple[type[Any], Subscri
         if options.enabled:
             classes[name] = (_import(target, f"[subscribers.{name}]"), options)
     for target in settings.run.plugins:
-        classes[f"plugin:{target}"] = (_import(target, "[run].plugins"), SubscriberSettings(on_error="raise"))
+        options = SubscriberSettings(on_error=settings.run.plugins_on_error)
+        classes[f"plugin:{target}"] = (_import(target, "[run].plugins"), options)
     return classes
 
 
+def _launched_rank() -> int:
+    """This process's rank as the launcher's environment says, before any Trainer exists."""
+    for variable in ("RANK", "LOCAL_RANK"):
+        if os.environ.get(variable, "").isdigit():
+            return int(os.environ[variable])
+    return 0
+
+
 def resolve_run_dir(settings: Settings) -> tuple[Path, Path | None]:
-    """The run directory and the checkpoint to resume from (None for a fresh run)."""
+    """The run directory and the checkpoint to resume from (None for a fresh run).
+
+    Processes that Lightning's ``ddp`` launcher starts for ranks above zero re-run the
+    command; they join the run directory that rank zero chose (``HARNESS_RUN_DIR``).
+    """
+    joined = os.environ.get(RUN_DIR_VARIABLE)
+    if joined and _launched_rank() != 0:
+        resumed = os.environ.get(RESUME_VARIABLE)
+        return Path(joined), Path(resumed) if resumed else None
     base = Path(settings.run.output_dir).expanduser() / settings.run.name
     resume = settings.trainer.resume
     if resume == "last":
@@ -178,6 +200,9 @@ def run(settings: Settings, *, extra_subscribers: Mapping[str, Subscriber] | Non
         ),
     )
     bus = Bus()
+    event_log = EventLog(context) if settings.run.record_events else None
+    if event_log is not None:
+        bus.attach(event_log)
     subscribers: dict[str, Subscriber] = {}
     for key, (cls, options) in subscriber_types.items():
         subscribers[key] = cls(context) if key.startswith("plugin:") else cls(context, options)
@@ -190,6 +215,7 @@ def run(settings: Settings, *, extra_subscribers: Mapping[str, Subscriber] | Non
     trainer_settings = settings.trainer
     # A new logger version per attempt: Lightning's CSVLogger deletes an existing metrics.csv.
     logger = CSVLogger(save_dir=run_dir, name="logs")
+    interrupt_checkpoint = run_dir / "checkpoints" / "last.ckpt" if settings.checkpoint.enabled else None
     trainer = L.Trainer(
         default_root_dir=run_dir,
         max_epochs=trainer_settings.max_epochs,
@@ -207,7 +233,10 @@ def run(settings: Settings, *, extra_subscribers: Mapping[str, Subscriber] | Non
         enable_model_summary=False,
         enable_checkpointing=settings.checkpoint.enabled,
         logger=logger,
-        callbacks=[BusCallback(bus, context, stateful), *_lightning_callbacks(settings, run_dir)],
+        callbacks=[
+            BusCallback(bus, context, stateful, interrupt_checkpoint=interrupt_checkpoint),
+            *_lightning_callbacks(settings, run_dir),
+        ],
     )
     if trainer.is_global_zero:
         write_text(run_dir / "settings.toml", settings_to_toml(settings))
@@ -216,6 +245,8 @@ def run(settings: Settings, *, extra_subscribers: Mapping[str, Subscriber] | Non
     context.record_artifact("label_map", run_dir / "labels.json")
     context.record_artifact("metrics", Path(logger.log_dir) / "metrics.csv")
 
+    os.environ[RUN_DIR_VARIABLE] = str(run_dir)
+    os.environ[RESUME_VARIABLE] = str(resume_from or "")
     status = "failed"
     try:
         trainer.fit(
@@ -225,7 +256,15 @@ def run(settings: Settings, *, extra_subscribers: Mapping[str, Subscriber] | Non
             weights_only=True,
         )
         status = "interrupted" if trainer.interrupted else "completed"
+    except SystemExit:
+        # Lightning turns Ctrl-C into a graceful shutdown ending in sys.exit(1).
+        status = "interrupted"
+        raise
     finally:
+        os.environ.pop(RUN_DIR_VARIABLE, None)
+        os.environ.pop(RESUME_VARIABLE, None)
+        if event_log is not None:
+            event_log.close()
         summary = _summary(settings, context, trainer, bus, status, time.monotonic() - started)
         if trainer.is_global_zero:
             write_json(run_dir / "summary.json", summary)
@@ -291,6 +330,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except HarnessError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
+    except SystemExit:
+        print("interrupted: see summary.json in the run directory for the resume command", file=sys.stderr)
+        return 130
     print(result.run_dir)
     return 0
 

@@ -89,6 +89,7 @@ class RunSettings:
     output_dir: str = "runs"
     seed: int = 0
     plugins: tuple[str, ...] = ()
+    plugins_on_error: OnError = "raise"
     record_events: bool = True
 
 
@@ -167,7 +168,12 @@ class SubscriberSettings:
 
 @attrs.frozen(kw_only=True)
 class EMASettings(SubscriberSettings):
-    """[subscribers.ema]: exponential moving average of the weights."""
+    """[subscribers.ema]: exponential moving average of the weights.
+
+    The average is updated after optimizer step ``s`` (counted from 1) when
+    ``s >= start_step`` and ``s % update_every == 0``. The first update copies the weights;
+    with `warmup`, update ``n + 1`` uses ``min(decay, 1 - (1 + n / warmup_gamma) ** -warmup_power)``.
+    """
 
     on_error: OnError = "raise"
     decay: float = attrs.field(default=0.999, validator=_open_unit())
@@ -180,7 +186,12 @@ class EMASettings(SubscriberSettings):
 
 @attrs.frozen(kw_only=True)
 class OnnxExportSettings(SubscriberSettings):
-    """[subscribers.onnx_export]: the best validated weights as one ONNX file."""
+    """[subscribers.onnx_export]: the best validated weights as one ONNX file.
+
+    `opset`: the ONNX opset (18 is the dynamo exporter's minimum). `tolerance`: the
+    largest logit difference ONNX Runtime may show against PyTorch, scaled by the largest
+    |logit| when that exceeds 1. `parity_batch`: validation images kept for that check.
+    """
 
     on_error: OnError = "raise"
     opset: int = attrs.field(default=18, validator=_at_least(18))

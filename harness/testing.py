@@ -201,6 +201,11 @@ def scripted_run(
         return logits.detach()
 
     def validate(epoch: int, sanity: bool) -> dict[str, float]:
+        # As Lightning does: eval mode before ValidationSwapIn, train mode after ValidationSwapOut.
+        model = context.model
+        training = model is not None and model.training
+        if model is not None:
+            model.eval()
         bus.publish(ValidationSwapIn(epoch=epoch, global_step=context.global_step, sanity_check=sanity))
         correct = total = 0
         for index, (inputs, targets) in enumerate(_batches(context, val_batches, batch_size, generator)):
@@ -226,6 +231,8 @@ def scripted_run(
             )
         )
         bus.publish(ValidationSwapOut(epoch=epoch, global_step=context.global_step, sanity_check=sanity))
+        if model is not None:
+            model.train(training)
         return metrics
 
     bus.publish(FitStart(epoch=context.epoch, global_step=context.global_step, max_epochs=epochs))

@@ -160,3 +160,11 @@ def test_bad_data_stops_before_training(
 def test_settings_error_is_a_harness_error() -> None:
     with pytest.raises(SettingsError, match=r"--set nope.x=1: unknown key 'nope'; valid: run, data, model"):
         load_settings(None, ["nope.x=1"])
+
+
+def test_the_readme_settings_reference_is_generated_from_the_code() -> None:
+    from harness.reference import HELP, reference_markdown
+
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    assert reference_markdown() in readme, "run `python -m harness.reference` and paste it into README.md"
+    assert "|  |" not in reference_markdown(), f"every key needs a line in HELP ({len(HELP)} so far)"

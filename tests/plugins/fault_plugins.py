@@ -1,0 +1,65 @@
+"""Plugin subscribers that hurt a run on purpose, for the fault tests (run in subprocesses).
+
+They are configured by environment variables, read when constructed, since a plugin gets
+only the run context: ``FAULT_AT="<event>:<epoch>:<count>"`` and ``FAULT="kill|interrupt|raise"``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+
+import torch
+
+from harness.bus import Bus
+from harness.context import RunContext
+from harness.events import BatchEnd, CheckpointSaving, Event, TrainEnd
+
+
+class Fault:
+    """At the Nth matching event of an epoch: SIGKILL, Ctrl-C (SIGINT) or an exception."""
+
+    def __init__(self, context: RunContext) -> None:
+        self.context = context
+        event, epoch, count = (os.environ.get("FAULT_AT") or "none:0:0").split(":")
+        self.event, self.epoch, self.count = event, int(epoch), int(count)
+        self.fault = os.environ.get("FAULT", "")
+        self.seen = 0
+
+    def connect(self, bus: Bus) -> None:
+        bus.subscribe(BatchEnd, self.on_event, stage="train")
+        bus.subscribe(CheckpointSaving, self.on_event)
+
+    def on_event(self, event: Event) -> None:
+        if type(event).__name__ != self.event or event.epoch != self.epoch:
+            return
+        self.seen += 1
+        if self.seen < self.count:
+            return
+        if self.fault == "kill":
+            os.kill(os.getpid(), signal.SIGKILL)
+        elif self.fault == "interrupt":
+            os.kill(os.getpid(), signal.SIGINT)
+        elif self.fault == "raise":
+            raise RuntimeError("injected failure")
+
+
+class RankReport:
+    """At train end, every rank writes a digest of the weights the model holds."""
+
+    def __init__(self, context: RunContext) -> None:
+        self.context = context
+
+    def connect(self, bus: Bus) -> None:
+        bus.subscribe(TrainEnd, self.on_train_end)
+
+    def on_train_end(self, event: TrainEnd) -> None:
+        model = self.context.require_model()
+        digest = hashlib.sha256()
+        for name, tensor in sorted(model.state_dict().items()):
+            digest.update(name.encode())
+            digest.update(tensor.detach().to("cpu", torch.float64).numpy().tobytes())
+        report = {"rank": self.context.rank, "weights": self.context.weights, "digest": digest.hexdigest()}
+        (self.context.run_dir / f"rank_{self.context.rank}.json").write_text(json.dumps(report))
