@@ -117,6 +117,8 @@ class ModelCard:
             )
         try:
             classes = json.loads(props[KEY_CLASSES])
+            if not isinstance(classes, list) or not classes:
+                raise ValueError(f"{KEY_CLASSES} must be a non-empty JSON list, got {props[KEY_CLASSES]!r}")
             spec = InputSpec(**json.loads(props[KEY_PREPROCESSING]))
             source = ExportSource(**json.loads(props.get(KEY_SOURCE, '{"checkpoint": null}')))
         except (ValueError, TypeError) as error:

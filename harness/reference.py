@@ -68,7 +68,7 @@ HELP: dict[str, str] = {
     "subscribers.onnx_export.opset": "ONNX opset (the dynamo exporter's minimum is 18)",
     "subscribers.onnx_export.tolerance": "largest absolute logit difference allowed against PyTorch",
     "subscribers.onnx_export.parity_batch": "validation images used by the parity check",
-    "subscribers.confusion_matrix.normalize": "second view: normalised by true class, predicted class, or none",
+    "subscribers.confusion_matrix.normalize": "second view: normalised by true or predicted class, or none",
     "subscribers.samples.count": "images in the grid",
     "subscribers.samples.seed": "which images are shown (the same every epoch)",
     "subscribers.sampler_tracking.max_table_rows": "classes shown in the terminal table",

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Sequence
-from typing import cast
+from typing import Any, cast
 
 import attrs
 import torch
@@ -96,6 +96,27 @@ class TrackingWeightedRandomSampler(WeightedRandomSampler):
         if self.max_history is not None and len(self.history) > self.max_history:
             del self.history[: len(self.history) - self.max_history]
         yield from indices
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickle the generator as bytes of its state, not as a `torch.Generator`.
+
+        torch 2.14 cannot send a `torch.Generator` to a spawned process (as ``ddp_spawn``
+        and spawned data-loader workers do): its pickled state tensor is freed before
+        the child reads it ("unable to resize file", pytorch/pytorch#146828, open).
+        """
+        state = self.__dict__.copy()
+        generator = state.pop("generator")
+        state["generator_state"] = None if generator is None else generator.get_state().numpy().tobytes()
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        state = dict(state)
+        raw = state.pop("generator_state")
+        self.__dict__.update(state)
+        self.generator = None
+        if raw is not None:
+            self.generator = torch.Generator()
+            self.generator.set_state(torch.frombuffer(bytearray(raw), dtype=torch.uint8))
 
     @property
     def last_draw(self) -> Draw | None:

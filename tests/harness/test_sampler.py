@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import pickle
+from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
+import torch.nn.functional as F
 from lightning.fabric.utilities.distributed import DistributedSamplerWrapper
 from scipy.stats import chisquare
-from torch.utils.data import DataLoader, TensorDataset, WeightedRandomSampler
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, TensorDataset, WeightedRandomSampler
 
 from harness.sampler import (
     TrackingWeightedRandomSampler,
@@ -129,12 +133,16 @@ def test_history_keeps_the_last_draws_only() -> None:
     assert [draw.epoch for draw in sampler.history] == [3, 4]
 
 
-def test_pickled_sampler_draws_the_same() -> None:
+def test_pickled_sampler_goes_on_drawing_the_same() -> None:
     sampler = make_sampler(IMBALANCED, balanced=True, seed=9)
+    list(sampler)  # the copy must carry the generator's position, not just its seed
     copy = pickle.loads(pickle.dumps(sampler))
+
+    assert list(copy) == list(sampler)
     sampler.set_epoch(4)
     copy.set_epoch(4)
     assert list(copy) == list(sampler)
+    assert "generator_state" in sampler.__getstate__()  # no torch.Generator in the pickle
 
 
 def test_seed_and_generator_are_exclusive() -> None:
@@ -145,3 +153,75 @@ def test_seed_and_generator_are_exclusive() -> None:
 def test_find_tracking_sampler_ignores_other_samplers() -> None:
     assert find_tracking_sampler(WeightedRandomSampler([1.0], 1)) is None
     assert find_tracking_sampler(None) is None
+
+
+class _IndexSet(Dataset[tuple[torch.Tensor, int]]):
+    """Sample i is the feature [i] with class i % 2, so a batch says which samples it holds."""
+
+    def __len__(self) -> int:
+        return 21
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        return torch.tensor([float(index)]), index % 2
+
+
+class _Recording(L.LightningModule):
+    """Saves, per rank and epoch, the samples it trained on and the sampler's full draw."""
+
+    def __init__(self, out: Path) -> None:
+        super().__init__()
+        self.out = out
+        self.layer = nn.Linear(1, 2)
+        self.seen: list[int] = []
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        inputs, targets = batch
+        self.seen += inputs[:, 0].long().tolist()
+        return F.cross_entropy(self.layer(inputs), targets)
+
+    def on_train_epoch_end(self) -> None:
+        sampler = find_tracking_sampler(self.trainer.train_dataloader.sampler)  # type: ignore[union-attr]
+        assert sampler is not None and sampler.last_draw is not None
+        record = {
+            "seen": self.seen,
+            "draw": sampler.last_draw.indices.tolist(),
+            "epoch": sampler.last_draw.epoch,
+        }
+        torch.save(record, self.out / f"rank{self.global_rank}_epoch{self.current_epoch}.pt")
+        self.seen = []
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+@pytest.mark.slow
+def test_under_real_ddp_every_rank_draws_alike_and_trains_on_its_share(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Spawned ranks unpickle this module's classes by name: they need the repository on their path.
+    monkeypatch.syspath_prepend(Path(__file__).resolve().parents[2])
+    targets = [index % 2 for index in range(21)]
+    loader = DataLoader(_IndexSet(), batch_size=4, sampler=make_sampler(targets, balanced=True, seed=11))
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=2,
+        strategy="ddp_spawn",
+        max_epochs=2,
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+
+    trainer.fit(_Recording(tmp_path), train_dataloaders=loader)
+
+    for epoch in range(2):
+        ranks = [torch.load(tmp_path / f"rank{rank}_epoch{epoch}.pt") for rank in range(2)]
+        assert ranks[0]["draw"] == ranks[1]["draw"]  # one seed: the same full draw on every rank
+        assert ranks[0]["epoch"] == epoch  # Lightning called set_epoch
+        draw = torch.tensor(ranks[0]["draw"])
+        for rank, record in enumerate(ranks):
+            assert record["seen"] == rank_share(draw, rank, 2).tolist()
+    first, second = (torch.load(tmp_path / f"rank0_epoch{e}.pt")["draw"] for e in range(2))
+    assert first != second
