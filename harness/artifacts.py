@@ -9,6 +9,7 @@ no pyplot global state.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import tempfile
@@ -33,6 +34,14 @@ __all__ = [
 LABELS_FILE = "labels.json"
 
 
+@functools.cache
+def _umask() -> int:
+    """The process's umask, read once (reading it means setting it)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success it replaces `path` atomically.
@@ -42,6 +51,8 @@ def atomic_path(path: Path) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
+    # mkstemp makes the file private (0600); an artifact gets the usual mode of a new file.
+    Path(name).chmod(0o666 & ~_umask())
     tmp = Path(name)
     try:
         yield tmp

@@ -73,6 +73,7 @@ class RunContext:
     train_sampler: Sampler[int] | None = None
     data: DatasetInfo | None = None
     monitor: str = "val/acc_top1"
+    monitor_mode: Literal["max", "min"] = "max"
     best_checkpoint: Path | None = None
     best_score: float | None = None
     weights: WeightsInModel = "training"

@@ -24,22 +24,16 @@ from torchvision.transforms import v2
 from harness.artifacts import atomic_path
 from harness.context import DatasetInfo, Preprocessing
 from harness.errors import DataError
+from harness.images import is_image_file, load_rgb
 from harness.settings import DataSettings
 
 __all__ = [
-    "IMAGE_SUFFIXES",
     "ImageDataModule",
     "ImageFiles",
     "cache_dir",
-    "load_image",
     "materialise_digits",
     "scan",
 ]
-
-IMAGE_SUFFIXES = frozenset(
-    {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
-)
-_HIGH_DEPTH_MODES = frozenset({"I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
 
 
 def cache_dir() -> Path:
@@ -72,25 +66,6 @@ def materialise_digits(cache: Path | None = None) -> Path:
     return root
 
 
-def load_image(path: Path) -> Image.Image:
-    """Open any still image as 8-bit RGB: grayscale, palette, RGBA and 16-bit included."""
-    with Image.open(path) as image:
-        image.load()
-        if image.mode in _HIGH_DEPTH_MODES:
-            array = np.asarray(image, dtype=np.float64)
-            top = array.max() or 1.0
-            return Image.fromarray((array * (255.0 / top)).astype(np.uint8)).convert("RGB")
-        if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
-            rgba = image.convert("RGBA")
-            background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-            return Image.alpha_composite(background, rgba).convert("RGB")
-        return image.convert("RGB")
-
-
-def _is_image_file(path: Path) -> bool:
-    return path.is_file() and not path.name.startswith(".") and path.suffix.lower() in IMAGE_SUFFIXES
-
-
 def _class_folders(root: Path) -> list[Path]:
     return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
 
@@ -99,7 +74,7 @@ def _files_by_class(root: Path, classes: Sequence[str]) -> dict[str, list[Path]]
     found: dict[str, list[Path]] = {}
     for name in classes:
         folder = root / name
-        found[name] = sorted(p for p in folder.rglob("*") if _is_image_file(p)) if folder.is_dir() else []
+        found[name] = sorted(p for p in folder.rglob("*") if is_image_file(p)) if folder.is_dir() else []
     return found
 
 
@@ -201,10 +176,7 @@ class ImageFiles(Dataset[tuple[torch.Tensor, int]]):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         path, target = self.samples[index]
-        try:
-            image = load_image(path)
-        except (OSError, ValueError) as error:
-            raise DataError(f"cannot read image {str(path)!r}: {error}") from error
+        image = load_rgb(path)
         tensor: torch.Tensor = self.transform(image)
         return tensor, target
 

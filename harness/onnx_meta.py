@@ -2,10 +2,10 @@
 
 The ONNX export writes a `ModelCard` (class names, preprocessing, where the weights came
 from) into the model's ``metadata_props`` as JSON strings; `harness.predict` reads it back
-and prepares images with `load_rgb` and `to_input`. Prediction runs on numpy, Pillow and
+and prepares images with `harness.images.load_rgb` and `to_input`. Prediction runs on numpy, Pillow and
 onnxruntime alone, so this module must never import torch.
 
-`load_rgb` and `to_input` reproduce the training pipeline of `harness.data`: the same
+`harness.images.load_rgb` and `to_input` reproduce the training pipeline of `harness.data`: the same
 conversion to RGB (alpha composited over white) and a bilinear resize to a square, then
 scaling to [0, 1] and normalising by mean and std. Pillow's bilinear resize of 8-bit
 images agrees with torchvision's antialiased one within one grey level.
@@ -20,12 +20,12 @@ from pathlib import Path
 import attrs
 import numpy as np
 import numpy.typing as npt
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from harness.errors import DataError
+from harness.images import IMAGE_SUFFIXES
 
 __all__ = [
-    "IMAGE_SUFFIXES",
     "KEY_CLASSES",
     "KEY_PREPROCESSING",
     "KEY_SOURCE",
@@ -33,7 +33,6 @@ __all__ = [
     "InputSpec",
     "ModelCard",
     "find_images",
-    "load_rgb",
     "to_input",
 ]
 
@@ -41,10 +40,6 @@ KEY_CLASSES = "harness.class_names"
 KEY_PREPROCESSING = "harness.preprocessing"
 KEY_SOURCE = "harness.source"
 
-IMAGE_SUFFIXES = frozenset(
-    {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
-)
-_HIGH_DEPTH_MODES = frozenset({"I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
 
 Array = npt.NDArray[np.float32]
 
@@ -151,24 +146,6 @@ def find_images(paths: Iterable[Path]) -> list[Path]:
         else:
             raise DataError(f"{path}: no such file or folder")
     return found
-
-
-def load_rgb(path: Path) -> Image.Image:
-    """Open any still image as 8-bit RGB, as `harness.data.load_image` does for training."""
-    try:
-        with Image.open(path) as image:
-            image.load()
-            if image.mode in _HIGH_DEPTH_MODES:
-                array = np.asarray(image, dtype=np.float64)
-                top = array.max() or 1.0
-                return Image.fromarray((array * (255.0 / top)).astype(np.uint8)).convert("RGB")
-            if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
-                rgba = image.convert("RGBA")
-                background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-                return Image.alpha_composite(background, rgba).convert("RGB")
-            return image.convert("RGB")
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as error:
-        raise DataError(f"{path}: not a readable image ({type(error).__name__}: {error})") from None
 
 
 def to_input(image: Image.Image, spec: InputSpec) -> Array:

@@ -195,6 +195,7 @@ def run(settings: Settings, *, extra_subscribers: Mapping[str, Subscriber] | Non
         preprocessing=Preprocessing(image_size=settings.data.image_size),
         data=info,
         monitor=settings.checkpoint.monitor,
+        monitor_mode=settings.checkpoint.mode,
         train_sampler=make_sampler(
             info.train_targets, balanced=settings.data.balanced, seed=settings.run.seed
         ),
@@ -320,7 +321,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="override one setting, validated like the file (repeatable)",
     )
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    # The harness speaks at INFO; libraries (onnxscript's passes, say) only when they warn.
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("harness").setLevel(logging.INFO)
+    logging.getLogger("subscribers").setLevel(logging.INFO)
     try:
         settings = load_settings(args.settings, args.overrides)
         result = run(settings)

@@ -9,16 +9,17 @@ Where the draw is recorded, and why it is the whole draw:
 - With data-loader workers the sampler is still iterated in the main process (workers
   receive indices), so recording in `__iter__` sees every index.
 - Under DDP, Lightning 2.6 wraps a custom sampler in ``DistributedSamplerWrapper``: each
-  epoch every rank iterates the wrapped sampler once, in full, then keeps the positions
-  ``rank, rank + world_size, ...`` of that sequence (padded by wrapping around to a
-  multiple of ``world_size``). The sampler therefore records the full draw on every rank;
-  because every rank seeds its generator identically, the draws agree, and `rank_share`
-  recovers any rank's part of it without communication.
+  epoch every rank iterates the wrapped sampler once, in full, and keeps
+  ``1 / world_size`` of the positions of that sequence. For training Lightning always
+  shuffles those positions (seed ``PL_GLOBAL_SEED + epoch``) and pads the sequence by
+  wrapping around to a multiple of ``world_size``. The sampler therefore records the
+  full draw, the same on every rank because every rank seeds its generator alike; the
+  part a rank trained on is what its training batches held, which the sampler tracking
+  subscriber counts from `BatchEnd` on each rank.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator, Sequence
 from typing import Any, cast
 
@@ -33,7 +34,6 @@ __all__ = [
     "class_counts",
     "find_tracking_sampler",
     "make_sampler",
-    "rank_share",
 ]
 
 
@@ -152,7 +152,8 @@ def make_sampler(
     weighs the same, so classes are drawn in their data-set proportions.
     """
     weights = balanced_weights(targets) if balanced else torch.ones(len(targets), dtype=torch.float64)
-    return TrackingWeightedRandomSampler(weights, num_samples or len(targets), replacement=True, seed=seed)
+    count = len(targets) if num_samples is None else num_samples
+    return TrackingWeightedRandomSampler(weights, count, replacement=True, seed=seed)
 
 
 def class_counts(
@@ -161,20 +162,6 @@ def class_counts(
     """How many of the drawn `indices` belong to each class (int64, length `num_classes`)."""
     labels = torch.as_tensor(targets, dtype=torch.int64)
     return torch.bincount(labels[indices], minlength=num_classes)
-
-
-def rank_share(indices: torch.Tensor, rank: int, world_size: int) -> torch.Tensor:
-    """The part of a full draw that `rank` trains on under Lightning's DDP sampler wrapping.
-
-    Lightning 2.6's ``DistributedSamplerWrapper`` is a `DistributedSampler` without
-    shuffling or drop_last over the full draw: the draw is padded by wrapping around to a
-    multiple of `world_size`, and rank ``r`` keeps positions ``r, r + world_size, ...``.
-    """
-    if not 0 <= rank < world_size:
-        raise ValueError(f"rank_share: rank must be in [0, {world_size}), got {rank}")
-    total = math.ceil(len(indices) / world_size) * world_size
-    padded = indices.repeat(math.ceil(total / max(len(indices), 1)))[:total]
-    return padded[rank:total:world_size]
 
 
 def find_tracking_sampler(sampler: Sampler[int] | None) -> TrackingWeightedRandomSampler | None:

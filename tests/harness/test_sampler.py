@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+from collections import Counter
 from pathlib import Path
 
 import lightning as L
@@ -20,7 +21,6 @@ from harness.sampler import (
     class_counts,
     find_tracking_sampler,
     make_sampler,
-    rank_share,
 )
 
 # 10:1 between the largest and the smallest class.
@@ -109,19 +109,26 @@ def test_recording_works_with_two_workers() -> None:
 
 
 @pytest.mark.parametrize("world_size", [2, 3])
-def test_rank_share_is_what_lightning_ddp_wrapper_yields(world_size: int) -> None:
+def test_under_lightning_ddp_wrapping_ranks_share_one_full_draw(world_size: int) -> None:
     targets = [0] * 8 + [1] * 3  # 11 samples: the wrapper pads to a multiple of the world size
+    draws, shares = [], []
     for rank in range(world_size):
         sampler = make_sampler(targets, balanced=True, seed=5)
-        wrapper = DistributedSamplerWrapper(sampler, num_replicas=world_size, rank=rank, shuffle=False)
+        # As Lightning 2.6 wraps a custom training sampler: shuffle=True, seed from PL_GLOBAL_SEED.
+        wrapper = DistributedSamplerWrapper(sampler, num_replicas=world_size, rank=rank, shuffle=True, seed=0)
         wrapper.set_epoch(1)
 
-        yielded = list(wrapper)
+        shares.append(list(wrapper))
 
         assert find_tracking_sampler(wrapper) is sampler
         assert sampler.last_draw is not None and sampler.last_draw.epoch == 1
-        assert len(sampler.last_draw.indices) == len(targets)
-        assert rank_share(sampler.last_draw.indices, rank, world_size).tolist() == yielded
+        draws.append(sampler.last_draw.indices.tolist())
+
+    assert all(draw == draws[0] for draw in draws)
+    assert len(draws[0]) == len(targets)
+    union, full = Counter(index for share in shares for index in share), Counter(draws[0])
+    assert not full - union  # every drawn sample went to some rank
+    assert (union - full).total() == -len(targets) % world_size  # plus the padding
 
 
 def test_history_keeps_the_last_draws_only() -> None:
@@ -220,8 +227,16 @@ def test_under_real_ddp_every_rank_draws_alike_and_trains_on_its_share(
         ranks = [torch.load(tmp_path / f"rank{rank}_epoch{epoch}.pt") for rank in range(2)]
         assert ranks[0]["draw"] == ranks[1]["draw"]  # one seed: the same full draw on every rank
         assert ranks[0]["epoch"] == epoch  # Lightning called set_epoch
-        draw = torch.tensor(ranks[0]["draw"])
-        for rank, record in enumerate(ranks):
-            assert record["seen"] == rank_share(draw, rank, 2).tolist()
+        union, full = Counter(ranks[0]["seen"] + ranks[1]["seen"]), Counter(ranks[0]["draw"])
+        assert not full - union  # the ranks trained on the whole draw between them
+        assert (union - full).total() == 1  # and on one padding sample (21 samples, 2 ranks)
     first, second = (torch.load(tmp_path / f"rank0_epoch{e}.pt")["draw"] for e in range(2))
     assert first != second
+
+
+def test_num_samples_sets_the_length_of_each_draw() -> None:
+    sampler = make_sampler(IMBALANCED, balanced=True, seed=0, num_samples=7)
+    assert len(sampler) == 7
+    assert len(list(sampler)) == 7
+    with pytest.raises(ValueError, match="num_samples"):
+        make_sampler(IMBALANCED, balanced=True, seed=0, num_samples=0)

@@ -1,0 +1,126 @@
+"""Classify images with an exported model: ``python -m harness.predict model.onnx IMAGE_OR_FOLDER...``.
+
+Runs on onnxruntime, numpy and Pillow alone: torch is never imported on this path, so a
+deployment needs neither torch nor the harness's training dependencies. The class names
+and the preprocessing come from the model's own metadata (written by the ONNX export):
+each image is converted to RGB, resized to the model's square size (bilinear), scaled to
+[0, 1] and normalised by the stored mean and std, as in training.
+
+Folders are searched recursively for image files; hidden files are skipped. One line per
+image (path, class name, probability, tab-separated), or one JSON document with
+``--json``. Exit codes: 0 done, 2 bad input (the error names the path).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import attrs
+import numpy as np
+import numpy.typing as npt
+import onnxruntime as ort
+
+from harness.errors import DataError
+from harness.images import load_rgb
+from harness.onnx_meta import ModelCard, find_images, to_input
+
+__all__ = ["Prediction", "Predictor", "main"]
+
+
+@attrs.frozen(kw_only=True)
+class Prediction:
+    """The most probable class of one image."""
+
+    path: str
+    label: str
+    index: int
+    probability: float
+
+
+def softmax(logits: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
+    shifted = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
+    exp = np.exp(shifted)
+    probabilities: npt.NDArray[np.float64] = exp / exp.sum(axis=1, keepdims=True)
+    return probabilities
+
+
+class Predictor:
+    """An ONNX model exported by the harness, with the preprocessing it stores."""
+
+    def __init__(self, model_path: Path) -> None:
+        if not model_path.is_file():
+            raise DataError(f"{model_path}: no such model file")
+        try:
+            self.session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+        # onnxruntime's errors derive from Exception directly, one type per status code.
+        except Exception as error:
+            raise DataError(f"{model_path}: not a loadable ONNX model ({error})") from error
+        metadata = self.session.get_modelmeta().custom_metadata_map
+        self.card = ModelCard.from_metadata(metadata, str(model_path))
+        spec = self.card.preprocessing
+        if (spec.channel_order, spec.layout) != ("RGB", "NCHW"):
+            raise DataError(
+                f"{model_path}: expects {spec.channel_order} {spec.layout} input; "
+                "harness.predict prepares RGB NCHW only"
+            )
+        self.input_name = self.session.get_inputs()[0].name
+
+    def predict(self, paths: Sequence[Path], batch_size: int = 32) -> Iterator[Prediction]:
+        """Predictions for `paths` in order; a `DataError` naming the first unreadable one."""
+        for start in range(0, len(paths), batch_size):
+            chunk = paths[start : start + batch_size]
+            batch = np.stack([to_input(load_rgb(path), self.card.preprocessing) for path in chunk])
+            logits = self.session.run(None, {self.input_name: batch})[0]
+            probabilities = softmax(logits)
+            for path, row in zip(chunk, probabilities, strict=True):
+                index = int(row.argmax())
+                yield Prediction(
+                    path=str(path),
+                    label=self.card.class_names[index],
+                    index=index,
+                    probability=float(row[index]),
+                )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The command line; returns the exit code."""
+    parser = argparse.ArgumentParser(
+        prog="python -m harness.predict",
+        description="Classify images with a model exported by the harness, on onnxruntime alone.",
+        epilog="Exit codes: 0 done, 2 bad input (the message names the path).",
+    )
+    parser.add_argument("model", type=Path, help="model.onnx written by the harness's ONNX export")
+    parser.add_argument(
+        "inputs",
+        type=Path,
+        nargs="+",
+        metavar="IMAGE_OR_FOLDER",
+        help="image files, or folders searched recursively",
+    )
+    parser.add_argument("--json", action="store_true", help="print one JSON document instead of lines")
+    parser.add_argument("--batch-size", type=int, default=32, help="images per inference call (default 32)")
+    args = parser.parse_args(argv)
+    if args.batch_size < 1:
+        parser.error(f"--batch-size must be a positive integer, got {args.batch_size}")
+    predictions: list[Prediction] = []
+    try:
+        predictor = Predictor(args.model)
+        for prediction in predictor.predict(find_images(args.inputs), args.batch_size):
+            if args.json:
+                predictions.append(prediction)
+            else:
+                print(f"{prediction.path}\t{prediction.label}\t{prediction.probability:.4f}", flush=True)
+    except DataError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps([attrs.asdict(p) for p in predictions], indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,165 @@
+"""The training history: which logged metric goes on which picture, the best epoch, the pictures.
+
+Metric keys are read the way Lightning logs them: ``train/loss``, or ``train/loss_step``
+and ``train/loss_epoch`` when a metric is logged both ways (the epoch mean is drawn,
+the last step's value is not), ``val/acc_top1``, and ``lr-SGD`` or ``lr-AdamW/pg1`` from
+`LearningRateMonitor` (its ``-momentum`` and ``-weight_decay`` keys are not rates).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Literal
+
+import attrs
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator, PercentFormatter
+
+from harness.artifacts import save_figure
+from subscribers._draw import new_figure
+
+__all__ = [
+    "Best",
+    "Family",
+    "History",
+    "best_epoch",
+    "curves",
+    "draw_family",
+    "history_csv",
+    "plot_family",
+    "series_name",
+]
+
+Family = Literal["losses", "accuracy", "learning_rate"]
+History = Mapping[int, Mapping[str, float]]
+Curve = list[tuple[int, float]]
+
+_TITLES: dict[Family, tuple[str, str]] = {
+    "losses": ("Loss", "loss"),
+    "accuracy": ("Accuracy", "accuracy"),
+    "learning_rate": ("Learning rate", "learning rate"),
+}
+_NOT_RATES = ("-momentum", "-weight_decay", "-beta1", "-beta2")
+
+
+@attrs.frozen(kw_only=True)
+class Best:
+    """The epoch where the monitored metric was best, and its value there."""
+
+    epoch: int
+    metric: str
+    value: float
+
+
+def series_name(key: str) -> str | None:
+    """The curve a logged key belongs to (``train/loss_epoch`` -> ``train/loss``); None for per-step keys."""
+    if key.endswith("_step"):
+        return None
+    return key.removesuffix("_epoch")
+
+
+def family_of(name: str) -> Family | None:
+    """The picture a curve goes on, or None when it goes on none of them."""
+    lowered = name.lower()
+    if lowered == "lr" or lowered.startswith(("lr-", "lr/", "lr_")):
+        return None if lowered.endswith(_NOT_RATES) else "learning_rate"
+    if "loss" in lowered:
+        return "losses"
+    if "acc" in lowered:
+        return "accuracy"
+    return None
+
+
+def epoch_values(metrics: Mapping[str, float]) -> dict[str, float]:
+    """One epoch's metrics by curve name; an epoch mean wins over a plain key of the same name."""
+    values: dict[str, float] = {}
+    for key in sorted(metrics, key=lambda k: k.endswith("_epoch")):
+        name = series_name(key)
+        if name is not None:
+            value = float(metrics[key])
+            values[name] = value if math.isfinite(value) else math.nan
+    return values
+
+
+def curves(history: History) -> dict[Family, dict[str, Curve]]:
+    """The curves of each picture, points in epoch order; pictures without a curve are absent."""
+    grouped: dict[Family, dict[str, Curve]] = {}
+    for epoch in sorted(history):
+        for name, value in epoch_values(history[epoch]).items():
+            family = family_of(name)
+            if family is not None:
+                grouped.setdefault(family, {}).setdefault(name, []).append((epoch, value))
+    return grouped
+
+
+def best_epoch(history: History, monitor: str, mode: str = "max") -> Best | None:
+    """The earliest epoch with the best `monitor` value: the lowest with mode "min", else the highest."""
+    lower_is_better = mode == "min"
+    best: Best | None = None
+    for epoch in sorted(history):
+        value = epoch_values(history[epoch]).get(monitor)
+        if value is None or math.isnan(value):
+            continue
+        better = best is None or (value < best.value if lower_is_better else value > best.value)
+        if better:
+            best = Best(epoch=epoch, metric=monitor, value=value)
+    return best
+
+
+def history_csv(history: History) -> str:
+    """Every logged value as CSV: one row per epoch, one column per curve."""
+    rows = {epoch: epoch_values(history[epoch]) for epoch in sorted(history)}
+    names = sorted({name for values in rows.values() for name in values})
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["epoch", *names])
+    for epoch, values in rows.items():
+        writer.writerow([epoch, *(_cell(values.get(name)) for name in names)])
+    return buffer.getvalue()
+
+
+def draw_family(path: Path, family: Family, family_curves: Mapping[str, Curve], best: Best | None) -> Path:
+    """One picture: every curve of `family` against epochs, the best epoch marked."""
+    with new_figure(7.5, 4.5) as figure:
+        plot_family(figure, family, family_curves, best)
+        return save_figure(figure, path)
+
+
+def plot_family(
+    figure: Figure, family: Family, family_curves: Mapping[str, Curve], best: Best | None
+) -> Axes:
+    """Draw `family` onto `figure`: a dotted line and a legend entry at the best epoch, a star
+    on the monitored curve when it is one of this family's."""
+    title, label = _TITLES[family]
+    axes = figure.add_subplot()
+    values = [v for curve in family_curves.values() for _, v in curve if not math.isnan(v)]
+    for name, curve in sorted(family_curves.items()):
+        style = "--" if name.startswith("val") else "-"
+        axes.plot(*zip(*curve, strict=True), style, marker="o", markersize=3, linewidth=1.6, label=name)
+    if best is not None:
+        axes.axvline(
+            best.epoch, color="0.35", linestyle=":", linewidth=1.4,
+            label=f"best epoch {best.epoch} ({best.metric} {best.value:.4g})",
+        )  # fmt: skip
+        if best.metric in family_curves:
+            axes.plot([best.epoch], [best.value], "*", color="black", markersize=13, zorder=5)
+    if family == "accuracy":
+        axes.yaxis.set_major_formatter(PercentFormatter(1.0 if max(values, default=0) <= 1 else 100.0))
+    epochs = [epoch for curve in family_curves.values() for epoch, _ in curve]
+    axes.set_xlim(min(epochs) - 0.5, max(epochs) + 0.5)
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes.set_xlabel("epoch", fontsize=10)
+    axes.set_ylabel(label, fontsize=10)
+    axes.set_title(title, fontsize=12)
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=8, loc="best")
+    return axes
+
+
+def _cell(value: float | None) -> str:
+    return "" if value is None or math.isnan(value) else repr(value)

@@ -1,0 +1,75 @@
+"""Sampler tracking arithmetic and drawing: per-class table rows and the share-over-epochs figure."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator, PercentFormatter
+
+from subscribers._tables import percent
+
+__all__ = ["share_figure", "table_rows"]
+
+_MAX_LEGEND_CLASSES = 20
+
+
+def table_rows(
+    class_names: Sequence[str],
+    images: Sequence[int],
+    expected: Sequence[float],
+    drawn: Sequence[int],
+    trained: Sequence[int],
+    max_rows: int,
+) -> tuple[list[list[str]], str | None]:
+    """Rows of (class, images, data share, expected share, drawn, drawn share, trained), and a note.
+
+    Past `max_rows` classes, the rows kept are those whose drawn share strays furthest
+    from the expected one, and the note says so.
+    """
+    total_images = max(sum(images), 1)
+    total_drawn = max(sum(drawn), 1)
+    order = list(range(len(class_names)))
+    note = None
+    if len(order) > max_rows:
+        order.sort(key=lambda c: -abs(drawn[c] / total_drawn - expected[c]))
+        order = sorted(order[:max_rows])
+        note = f"showing the {max_rows} of {len(class_names)} classes furthest from their expected share"
+    rows = [
+        [
+            class_names[c],
+            str(images[c]),
+            percent(images[c] / total_images),
+            percent(expected[c]),
+            str(drawn[c]),
+            percent(drawn[c] / total_drawn),
+            str(trained[c]),
+        ]
+        for c in order
+    ]
+    return rows, note
+
+
+def share_figure(
+    epochs: Sequence[int],
+    drawn: Sequence[Sequence[int]],
+    expected: Sequence[float],
+    class_names: Sequence[str],
+) -> Figure:
+    """Share of each epoch's draws per class (solid), against the share the weights expect (dotted)."""
+    figure = Figure(figsize=(8.0, 4.5))
+    axes = figure.add_subplot()
+    colors = [f"C{c % 10}" for c in range(len(class_names))]
+    for c, name in enumerate(class_names):
+        shares = [row[c] / max(sum(row), 1) for row in drawn]
+        axes.plot(epochs, shares, marker="o", markersize=3, color=colors[c], label=name)
+        axes.axhline(expected[c], color=colors[c], linestyle=":", linewidth=1)
+    axes.set_xlabel("epoch")
+    axes.set_ylabel("share of draws")
+    axes.set_title("Drawn share per class (dotted: expected from the sampler's weights)")
+    axes.set_ylim(bottom=0)
+    axes.yaxis.set_major_formatter(PercentFormatter(1.0))
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if len(class_names) <= _MAX_LEGEND_CLASSES:
+        axes.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize="small", title="class")
+    return figure

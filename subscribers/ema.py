@@ -1,0 +1,155 @@
+"""Weight EMA; consumes FitStart, BatchEnd(train), ValidationSwapIn/Out, CheckpointSaving, TrainLoopEnd.
+
+The average covers every parameter and floating-point buffer in the model's `state_dict`
+(integer buffers are copied) and is updated after an optimizer step: after step
+``global_step`` when ``global_step >= start_step`` and ``global_step % update_every == 0``,
+so batches that only accumulate gradients never update it. The first update copies the
+weights; the next ones use timm's warm-up decay (`subscribers._ema.ema_decay`).
+
+Validation sees the averaged weights: `ValidationSwapIn` exchanges averaged and training
+tensors by storage, `ValidationSwapOut` exchanges them back (nothing happens before the
+first update). A checkpoint's `state_dict` holds the averaged weights, the ones that were
+validated; the training weights and the update count are this subscriber's state, so a
+resume continues bit for bit. At `TrainLoopEnd` the averaged weights go into the model for
+good, for `TrainEnd` consumers such as the ONNX export.
+
+Under DDP every rank updates its own copy; identical steps keep the copies identical.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+from harness.bus import Bus
+from harness.context import RunContext
+from harness.events import (
+    BatchEnd,
+    CheckpointSaving,
+    FitStart,
+    TrainLoopEnd,
+    ValidationSwapIn,
+    ValidationSwapOut,
+)
+from harness.settings import EMASettings
+from subscribers._ema import ShadowWeights, ema_decay
+
+__all__ = ["EMA"]
+
+
+class EMA:
+    """Keeps an exponential moving average of `context.model` and validates with it.
+
+    `updates` counts the averaging steps taken; the warm-up schedule runs on it. The
+    averaged copy is built at `FitStart` (or at the first training batch if no `FitStart`
+    came); without a model in the context the subscriber does nothing.
+    """
+
+    def __init__(self, context: RunContext, settings: EMASettings | None = None) -> None:
+        self.context = context
+        self.settings = settings or EMASettings()
+        self.updates = 0
+        self._shadow: ShadowWeights | None = None
+        self._resume: Mapping[str, torch.Tensor] | None = None
+        self._final = False
+
+    def connect(self, bus: Bus) -> None:
+        bus.subscribe(FitStart, self.on_fit_start)
+        bus.subscribe(BatchEnd, self.on_batch_end, stage="train")
+        bus.subscribe(ValidationSwapIn, self.on_validation_swap_in)
+        bus.subscribe(ValidationSwapOut, self.on_validation_swap_out)
+        bus.subscribe(CheckpointSaving, self.on_checkpoint_saving)
+        bus.subscribe(TrainLoopEnd, self.on_train_loop_end)
+
+    def on_fit_start(self, event: FitStart) -> None:
+        self._shadow = None
+        self._final = False
+        self.context.weights = "training"
+        self._attach()
+
+    def on_batch_end(self, event: BatchEnd) -> None:
+        step = event.global_step
+        if (
+            not event.optimizer_stepped
+            or step < self.settings.start_step
+            or step % self.settings.update_every
+        ):
+            return
+        shadow = self._attach()
+        if shadow is None:
+            return
+        settings = self.settings
+        decay = ema_decay(
+            self.updates,
+            decay=settings.decay,
+            warmup=settings.warmup,
+            gamma=settings.warmup_gamma,
+            power=settings.warmup_power,
+        )
+        shadow.update(decay)
+        self.updates += 1
+
+    def on_validation_swap_in(self, event: ValidationSwapIn) -> None:
+        shadow = self._shadow
+        if shadow is not None and self.updates and not shadow.swapped:
+            shadow.exchange()
+            self.context.weights = "averaged"
+
+    def on_validation_swap_out(self, event: ValidationSwapOut) -> None:
+        shadow = self._shadow
+        if shadow is not None and shadow.swapped and not self._final:
+            shadow.exchange()
+            self.context.weights = "training"
+
+    def on_checkpoint_saving(self, event: CheckpointSaving) -> None:
+        if self._shadow is None or not self.updates:
+            return
+        averaged = self._shadow.averaged()
+        unknown = sorted(set(averaged) - set(event.model_state))
+        if unknown:
+            raise ValueError(
+                f"CheckpointSaving.model_state lacks {len(unknown)} key(s) of context.model.state_dict(), "
+                f"first {unknown[0]!r}: the averaged weights cannot replace the training ones"
+            )
+        event.model_state.update(averaged)
+
+    def on_train_loop_end(self, event: TrainLoopEnd) -> None:
+        shadow = self._shadow
+        if shadow is None or not self.updates:
+            return
+        if not shadow.swapped:
+            shadow.exchange()
+        self._final = True
+        self.context.weights = "averaged"
+
+    def state_dict(self) -> dict[str, Any]:
+        """The update count and, once there is an average, the training weights by model key.
+
+        The averaged weights are not here: they are the checkpoint's `state_dict`.
+        """
+        if self._shadow is not None and self.updates:
+            training = self._shadow.training()
+        else:
+            training = dict(self._resume or {})
+        return {"updates": self.updates, "training": training}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore after the model was loaded with the averaged weights; applied at `FitStart`."""
+        updates, training = state["updates"], state["training"]
+        if not isinstance(updates, int) or updates < 0:
+            raise ValueError(f"EMA state: 'updates' must be a non-negative integer, got {updates!r}")
+        if updates and not training:
+            raise ValueError(f"EMA state: 'updates' is {updates} but no training weights were saved")
+        self.updates = updates
+        self._resume = dict(training) if updates else None
+        self._shadow = None
+
+    def _attach(self) -> ShadowWeights | None:
+        if self._shadow is None and self.context.model is not None:
+            self._shadow = ShadowWeights(self.context.model)
+            if self._resume is not None:
+                self._shadow.load_training(self._resume)
+                self._resume = None
+        return self._shadow

@@ -1,0 +1,64 @@
+"""Reports the model at the start of a fit; consumes FitStart, publishes nothing.
+
+On rank zero it prints a table and writes ``run_dir/model_info/model_info.json``:
+the architecture (the training module's ``arch``, else the network's class name), the
+parameters (total, trainable), the size of parameters and buffers, the input shape
+(batch 1 at ``context.preprocessing.image_size``), and the compute of one forward pass
+both as FLOPs (torch's `FlopCounterMode`: 2 per multiply-add) and as MACs (FLOPs / 2,
+the unit of torchvision's published "GFLOPS"). The network is ``context.model.net``
+when the training module has one, else ``context.model``. A model whose forward pass
+cannot be counted is reported without FLOPs, with the reason.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from harness.artifacts import write_json
+from harness.bus import Bus
+from harness.context import RunContext
+from harness.events import FitStart
+from harness.settings import ModelInfoSettings
+from subscribers._flops import model_stats
+from subscribers._tables import print_table, print_warnings
+
+__all__ = ["ModelInfo"]
+
+
+class ModelInfo:
+    """Architecture, parameters, size and compute of the model, once per fit."""
+
+    def __init__(self, context: RunContext, settings: ModelInfoSettings | None = None) -> None:
+        self.context = context
+        self.settings = settings or ModelInfoSettings()
+
+    def connect(self, bus: Bus) -> None:
+        bus.subscribe(FitStart, self.on_fit_start, rank_zero_only=True)
+
+    def on_fit_start(self, event: FitStart) -> None:
+        context = self.context
+        stats = model_stats(
+            context.require_model(), context.preprocessing.image_size, flops=self.settings.count_flops
+        )
+        path = write_json(context.run_dir / "model_info" / "model_info.json", stats)
+        context.record_artifact("model_info", path)
+        print_table(
+            f"Model: {stats['arch']}", ["property", "value"], _rows(stats), caption=stats["flops_convention"]
+        )
+        if stats["flops"] is None and self.settings.count_flops:
+            print_warnings("model_info", [f"FLOPs not counted: {stats['flops_error']}"])
+
+
+def _rows(stats: dict[str, Any]) -> list[list[str]]:
+    parameters, size = stats["parameters"], stats["size"]
+    flops, macs = stats["flops"], stats["macs"]
+    return [
+        ["architecture", stats["arch"]],
+        ["network", f"{stats['network']} (in {stats['module']})"],
+        ["input shape", " x ".join(str(n) for n in stats["input_shape"])],
+        ["parameters", f"{parameters['total']:,}"],
+        ["trainable", f"{parameters['trainable']:,}"],
+        ["size (parameters + buffers)", f"{size['mb']:.2f} MB ({size['mib']:.2f} MiB)"],
+        ["FLOPs (2 per multiply-add)", "n/a" if flops is None else f"{flops / 1e9:.3f} GFLOPs"],
+        ["MACs (multiply-adds)", "n/a" if macs is None else f"{macs / 1e9:.3f} GMACs"],
+    ]

@@ -1,0 +1,109 @@
+"""Export the best validated weights as one parity-checked ONNX file; consumes BatchEnd(validate), TrainEnd.
+
+At `TrainEnd` the weights come from the best checkpoint when there is one (its
+``state_dict`` holds the weights that were validated: the EMA subscriber writes the
+averaged ones there), otherwise from the model as `TrainLoopEnd` left it. A CPU copy is
+exported with torch's dynamo exporter and checked against PyTorch in ONNX Runtime on
+validation images kept from `BatchEnd(stage="validate")`. It publishes nothing; it
+writes, under ``<run_dir>/onnx_export/``:
+
+- ``model.onnx``: one self-contained file, input ``input`` (N x 3 x H x W, float32,
+  dynamic N), output ``logits``; class names, preprocessing and the source checkpoint
+  are in its ``metadata_props`` (see `harness.onnx_meta`);
+- ``labels.json`` and ``preprocessing.json``: the same, beside the model;
+- ``parity.json``: the largest logit difference and the argmax agreement.
+
+A failed export or parity check raises `ExportError` naming the cause and the checkpoint
+to export from later with ``python -m harness.export``; no model file is left behind.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from harness.bus import Bus
+from harness.context import RunContext
+from harness.errors import ExportError
+from harness.events import BatchEnd, TrainEnd
+from harness.onnx_meta import ExportSource
+from harness.settings import OnnxExportSettings
+from subscribers._onnx import PARITY_FILE, export_bundle, read_checkpoint
+
+__all__ = ["OnnxExport"]
+
+
+class OnnxExport:
+    """Write ``onnx_export/model.onnx`` from the best validated weights when training ends."""
+
+    def __init__(self, context: RunContext, settings: OnnxExportSettings | None = None) -> None:
+        self.context = context
+        self.settings = settings or OnnxExportSettings()
+        self._images: list[torch.Tensor] = []
+
+    @property
+    def directory(self) -> Path:
+        return self.context.run_dir / "onnx_export"
+
+    def connect(self, bus: Bus) -> None:
+        bus.subscribe(BatchEnd, self.on_batch_end, stage="validate", rank_zero_only=True)
+        bus.subscribe(TrainEnd, self.on_train_end, rank_zero_only=True)
+
+    def on_batch_end(self, event: BatchEnd) -> None:
+        """Keep the first `parity_batch` validation images, on the CPU, for the parity check."""
+        wanted = self.settings.parity_batch - sum(len(kept) for kept in self._images)
+        if wanted > 0:
+            self._images.append(event.inputs[:wanted].detach().to("cpu", torch.float32, copy=True))
+
+    def on_train_end(self, event: TrainEnd) -> None:
+        context = self.context
+        model = context.require_model()
+        state_dict, source = None, self._memory_source(event)
+        best = context.best_checkpoint
+        if best is not None and best.is_file():
+            checkpoint = read_checkpoint(best)
+            state_dict = checkpoint.state_dict
+            source = ExportSource(
+                checkpoint=str(best),
+                epoch=checkpoint.epoch,
+                global_step=checkpoint.global_step,
+                monitor=context.monitor,
+                score=context.best_score if context.best_score is not None else checkpoint.score,
+            )
+        try:
+            result = export_bundle(
+                model,
+                state_dict,
+                class_names=context.class_names,
+                preprocessing=context.preprocessing,
+                source=source,
+                images=torch.cat(self._images) if self._images else None,
+                directory=self.directory,
+                opset=self.settings.opset,
+                tolerance=self.settings.tolerance,
+            )
+        except ExportError as error:
+            if (self.directory / PARITY_FILE).is_file():
+                context.record_artifact("onnx_parity", self.directory / PARITY_FILE)
+            raise ExportError(f"{error}. {self._later(best)}") from error
+        context.record_artifact("onnx_model", result.model)
+        context.record_artifact("onnx_parity", result.parity_file)
+        context.record_artifact("onnx_labels", result.labels)
+        context.record_artifact("onnx_preprocessing", result.preprocessing)
+
+    def _memory_source(self, event: TrainEnd) -> ExportSource:
+        monitor = self.context.monitor
+        score = event.metrics.get(monitor)
+        return ExportSource(
+            checkpoint=None,
+            epoch=event.epoch,
+            global_step=event.global_step,
+            monitor=monitor if score is not None else None,
+            score=score,
+        )
+
+    def _later(self, best: Path | None) -> str:
+        if best is None or not best.is_file():
+            return "No checkpoint was saved to export from later; enable [checkpoint] to keep one"
+        return f"The checkpoint is untouched; export it later with `python -m harness.export {best}`"

@@ -1,0 +1,86 @@
+"""The training history as pictures, redrawn at every epoch end.
+
+Consumes `ValidationEpochEnd` and `TrainEpochEnd`, on rank zero; publishes nothing. At each
+`TrainEpochEnd` the epoch's metrics join the history and ``run_dir/plots/`` is refreshed:
+``losses.png`` (train and validation), ``accuracy.png`` (top-1, top-5),
+``learning_rate.png`` (from Lightning's `LearningRateMonitor`), each against epochs with
+the best epoch of `context.monitor` marked, and ``history.csv`` with every value drawn.
+The history is the subscriber's state, saved in checkpoints: a resumed run draws the
+whole curve, not just the epochs since the resume.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from harness.artifacts import write_text
+from harness.bus import Bus
+from harness.context import RunContext
+from harness.events import TrainEpochEnd, ValidationEpochEnd
+from harness.settings import PlotsSettings
+from subscribers._draw_history import best_epoch, curves, draw_family, history_csv
+
+__all__ = ["Plots"]
+
+
+class Plots:
+    """Keeps every epoch's metrics and draws one picture per family of curves."""
+
+    def __init__(self, context: RunContext, settings: PlotsSettings | None = None) -> None:
+        self.context = context
+        self.settings = settings or PlotsSettings()
+        self.directory = context.run_dir / "plots"
+        self.history: dict[int, dict[str, float]] = {}
+        self.validated_epoch: int | None = None
+
+    def connect(self, bus: Bus) -> None:
+        bus.subscribe(ValidationEpochEnd, self.on_validation_epoch_end, rank_zero_only=True)
+        bus.subscribe(TrainEpochEnd, self.on_train_epoch_end, rank_zero_only=True)
+
+    def on_validation_epoch_end(self, event: ValidationEpochEnd) -> None:
+        if not event.sanity_check:
+            self.validated_epoch = event.epoch
+
+    def on_train_epoch_end(self, event: TrainEpochEnd) -> None:
+        # Lightning keeps the last validation's metrics between validations: an epoch
+        # that did not validate must not repeat them as if it had.
+        validated = self.validated_epoch == event.epoch
+        self.history[event.epoch] = {
+            key: float(value)
+            for key, value in event.metrics.items()
+            if validated or not key.startswith("val")
+        }
+        self.draw()
+
+    def draw(self) -> list[Path]:
+        """Redraw every picture from the whole history and record them in the summary."""
+        best = best_epoch(self.history, self.context.monitor, self.context.monitor_mode)
+        written = [
+            draw_family(self.directory / f"{family}.png", family, family_curves, best)
+            for family, family_curves in curves(self.history).items()
+        ]
+        written.append(write_text(self.directory / "history.csv", history_csv(self.history)))
+        for path in written:
+            self.context.record_artifact(path.relative_to(self.context.run_dir).as_posix(), path)
+        return written
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "history": [
+                {"epoch": epoch, "metrics": dict(metrics)} for epoch, metrics in sorted(self.history.items())
+            ]
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        try:
+            self.history = {
+                int(entry["epoch"]): {str(key): float(value) for key, value in entry["metrics"].items()}
+                for entry in state["history"]
+            }
+        except (KeyError, TypeError, ValueError) as error:
+            expected = "{'history': [{'epoch': int, 'metrics': {str: float}}]}"
+            raise ValueError(
+                f"plots state: expected {expected}, got {type(error).__name__}: {error}"
+            ) from error

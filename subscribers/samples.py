@@ -1,0 +1,107 @@
+"""A grid of validation images with true and predicted class, per validation epoch.
+
+Consumes `BatchEnd(stage="validate")` and `ValidationEpochEnd`, on rank zero; publishes
+nothing. The predictions come from the batch's logits (the model is never called). Which
+images are shown is fixed by `SamplesSettings.seed` (see `subscribers._draw_samples`), so
+the same images appear every epoch. Writes, under ``run_dir/samples/``: ``epoch_NNN.png``
+(images un-normalised with `context.preprocessing`, wrong predictions framed in red),
+``epoch_NNN.json`` (what each shown image is: stream position, true and predicted class,
+confidence) and ``latest.png`` / ``latest.json``, copies of the newest epoch's.
+Under DDP it shows images from rank zero's share of the validation set.
+"""
+
+from __future__ import annotations
+
+import heapq
+from pathlib import Path
+
+import torch
+
+from harness.artifacts import write_json
+from harness.bus import Bus
+from harness.context import RunContext
+from harness.events import BatchEnd, ValidationEpochEnd
+from harness.settings import SamplesSettings
+from subscribers._draw import epoch_file, publish_latest
+from subscribers._draw_samples import Shown, draw_samples, priority, unnormalise
+
+__all__ = ["Samples"]
+
+
+class Samples:
+    """Keeps the `count` chosen validation images of the epoch and draws them at its end."""
+
+    def __init__(self, context: RunContext, settings: SamplesSettings | None = None) -> None:
+        self.context = context
+        self.settings = settings or SamplesSettings()
+        self.directory = context.run_dir / "samples"
+        self.seen = 0
+        # A max-heap on priority (negated), so the worst of the kept samples is at the top.
+        self.kept: list[tuple[int, int, Shown]] = []
+
+    def connect(self, bus: Bus) -> None:
+        bus.subscribe(BatchEnd, self.on_batch_end, stage="validate", rank_zero_only=True)
+        bus.subscribe(ValidationEpochEnd, self.on_validation_epoch_end, rank_zero_only=True)
+
+    def on_batch_end(self, event: BatchEnd) -> None:
+        if event.sanity_check:
+            return
+        start, count = self.seen, self.settings.count
+        self.seen += event.targets.shape[0]
+        bar = -self.kept[0][0] if len(self.kept) >= count else None
+        ranked = [(priority(self.settings.seed, start + i), i) for i in range(event.targets.shape[0])]
+        chosen = [(rank, i) for rank, i in ranked if bar is None or rank < bar]
+        chosen = sorted(chosen)[:count]
+        if not chosen:
+            return
+        rows = torch.tensor([i for _, i in chosen], device=event.logits.device)
+        preprocessing = self.context.preprocessing
+        images = unnormalise(
+            event.inputs.index_select(0, rows.to(event.inputs.device)).float(),
+            preprocessing.mean,
+            preprocessing.std,
+        ).cpu()
+        confidences, predictions = event.logits.index_select(0, rows).float().softmax(dim=1).max(dim=1)
+        targets = event.targets.index_select(0, rows.to(event.targets.device)).tolist()
+        for k, ((rank, i), target, predicted, confidence) in enumerate(
+            zip(chosen, targets, predictions.tolist(), confidences.tolist(), strict=True)
+        ):
+            shown = Shown(
+                position=start + i, image=images[k], target=target, predicted=predicted, confidence=confidence
+            )
+            entry = (-rank, start + i, shown)
+            if len(self.kept) < count:
+                heapq.heappush(self.kept, entry)
+            else:
+                heapq.heappushpop(self.kept, entry)
+
+    def on_validation_epoch_end(self, event: ValidationEpochEnd) -> None:
+        shown = sorted((entry[2] for entry in self.kept), key=lambda sample: sample.position)
+        self.kept, self.seen = [], 0
+        if event.sanity_check or not shown:
+            return
+        self.write(shown, event.epoch)
+
+    def write(self, shown: list[Shown], epoch: int) -> list[Path]:
+        """Draw the grid and its list for `epoch`, refresh the `latest` copies, record them all."""
+        names = self.context.class_names
+        picture = draw_samples(
+            epoch_file(self.directory, epoch, ".png"), shown, names, epoch=epoch, seed=self.settings.seed
+        )
+        listing = write_json(
+            epoch_file(self.directory, epoch, ".json"),
+            [
+                {
+                    "position": sample.position,
+                    "true": names[sample.target],
+                    "predicted": names[sample.predicted],
+                    "confidence": round(sample.confidence, 4),
+                    "correct": sample.correct,
+                }
+                for sample in shown
+            ],
+        )
+        written = [picture, listing, publish_latest(picture), publish_latest(listing)]
+        for path in written:
+            self.context.record_artifact(path.relative_to(self.context.run_dir).as_posix(), path)
+        return written

@@ -1,0 +1,220 @@
+"""harness.predict: an exported model classifies image files with onnxruntime alone, as in training."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import attrs
+import numpy as np
+import onnx
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+from harness.context import Preprocessing
+from harness.data import ImageFiles
+from harness.images import load_rgb
+from harness.onnx_meta import ExportSource, InputSpec, to_input
+from harness.predict import main
+from harness.testing import tiny_model
+from subscribers._onnx import export_bundle
+
+CLASSES = ("cat", "dog", "eel")
+SIZE = 16
+PREPROCESSING = Preprocessing(image_size=SIZE)
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@attrs.frozen(kw_only=True)
+class Exported:
+    path: Path
+    model: nn.Module
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Exported]:
+    """One tiny model exported once for every test here (an export takes seconds)."""
+    model = tiny_model(seed=0).eval()
+    with torch.no_grad():
+        model[-1].weight.mul_(20)  # decisive logits, so a class never wins by a rounding error
+    result = export_bundle(
+        model,
+        None,
+        class_names=CLASSES,
+        preprocessing=PREPROCESSING,
+        source=ExportSource(checkpoint=None),
+        images=None,
+        directory=tmp_path_factory.mktemp("exported"),
+    )
+    yield Exported(path=result.model, model=model)
+
+
+def save_image(path: Path, mode: str = "RGB", size: tuple[int, int] = (SIZE, SIZE), seed: int = 0) -> Path:
+    """A random picture stored in `mode` (Pillow's names) at `size` = (width, height).
+
+    Channel ``seed % 3`` is dimmed so that pictures of different seeds differ on average.
+    """
+    rng = np.random.default_rng(seed)
+    pixels = rng.integers(0, 256, (size[1], size[0], 4), dtype=np.uint8)
+    pixels[..., seed % 3] //= 4
+    rgba = Image.fromarray(pixels, mode="RGBA")
+    if mode == "P":
+        image = rgba.convert("RGB").convert("P", palette=Image.Palette.ADAPTIVE)
+    elif mode == "I;16":
+        image = Image.fromarray(rng.integers(0, 65536, (size[1], size[0]), dtype=np.uint16))
+    else:
+        image = rgba.convert(mode)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path)
+    return path
+
+
+def training_inputs(paths: list[Path]) -> torch.Tensor:
+    """What `harness.data` feeds the model for these files."""
+    dataset = ImageFiles([(path, 0) for path in paths], PREPROCESSING)
+    return torch.stack([dataset[index][0] for index in range(len(dataset))])
+
+
+def run_json(capsys: pytest.CaptureFixture[str], *args: object) -> list[dict[str, object]]:
+    assert main([*(str(a) for a in args), "--json"]) == 0
+    predictions: list[dict[str, object]] = json.loads(capsys.readouterr().out)
+    return predictions
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L", "RGBA", "LA", "P", "I;16"])
+@pytest.mark.parametrize("size", [(SIZE, SIZE), (23, 11)], ids=["same-size", "resized"])
+def test_inputs_match_the_training_pipeline(tmp_path: Path, mode: str, size: tuple[int, int]) -> None:
+    path = save_image(tmp_path / "image.png", mode, size)
+    prepared = to_input(load_rgb(path), InputSpec(**attrs.asdict(PREPROCESSING)))
+    expected = training_inputs([path])[0].numpy()
+    # Pillow's bilinear resize and torchvision's antialiased one differ by at most one grey level.
+    grey_level = 1.0 / 255 / min(PREPROCESSING.std)
+    assert prepared.shape == (3, SIZE, SIZE) and prepared.dtype == np.float32
+    np.testing.assert_allclose(
+        prepared, expected, atol=1e-5 if size == (SIZE, SIZE) else grey_level * 1.01, rtol=0
+    )
+
+
+def test_predictions_agree_with_the_model_on_saved_images(
+    exported: Exported, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    paths = [save_image(tmp_path / f"{index}.png", seed=index) for index in range(12)]
+    with torch.no_grad():
+        probabilities = torch.softmax(exported.model(training_inputs(paths)), dim=1)
+
+    predictions = run_json(capsys, exported.path, *paths)
+
+    assert [p["path"] for p in predictions] == [str(path) for path in paths]
+    assert [p["index"] for p in predictions] == probabilities.argmax(1).tolist()
+    assert [p["label"] for p in predictions] == [CLASSES[i] for i in probabilities.argmax(1).tolist()]
+    np.testing.assert_allclose(
+        [p["probability"] for p in predictions], probabilities.max(1).values.numpy(), atol=1e-5
+    )
+    assert len({p["label"] for p in predictions}) > 1, "the test images should not all look alike"
+
+
+def test_batches_do_not_change_predictions(
+    exported: Exported, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    paths = [save_image(tmp_path / f"{index}.png", seed=index) for index in range(5)]
+    whole = run_json(capsys, exported.path, *paths)
+    assert main([str(exported.path), *map(str, paths), "--json", "--batch-size", "2"]) == 0
+    assert json.loads(capsys.readouterr().out) == whole
+
+
+def test_prints_one_line_per_image_with_class_and_probability(
+    exported: Exported, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    paths = [save_image(tmp_path / f"{index}.png", seed=index) for index in range(3)]
+    expected = run_json(capsys, exported.path, *paths)
+
+    assert main([str(exported.path), *map(str, paths)]) == 0
+
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split("\t") for line in lines] == [
+        [str(p["path"]), str(p["label"]), f"{p['probability']:.4f}"] for p in expected
+    ]
+
+
+def test_folders_are_walked_recursively_skipping_hidden_and_other_files(
+    exported: Exported, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / "photos"
+    wanted = [save_image(folder / "a.png"), save_image(folder / "deeper" / "b.JPG", "RGB")]
+    save_image(folder / ".hidden.png")
+    save_image(folder / ".cache" / "c.png")
+    (folder / "notes.txt").write_text("not an image")
+
+    predictions = run_json(capsys, exported.path, folder)
+
+    assert [p["path"] for p in predictions] == [str(path) for path in wanted]
+
+
+def bad_input(tmp_path: Path, kind: str) -> Path:
+    if kind == "missing":
+        return tmp_path / "missing.png"
+    if kind == "empty-folder":
+        (tmp_path / "empty").mkdir()
+        return tmp_path / "empty"
+    (tmp_path / "notes.png").write_text("text, named like an image")
+    return tmp_path / "notes.png"
+
+
+@pytest.mark.parametrize(
+    ("kind", "says"),
+    [
+        ("missing", "no such file or folder"),
+        ("empty-folder", "folder holds no image files"),
+        ("not-an-image", "not a readable image"),
+    ],
+)
+def test_bad_input_exits_2_naming_the_path(
+    exported: Exported, tmp_path: Path, capsys: pytest.CaptureFixture[str], kind: str, says: str
+) -> None:
+    bad = bad_input(tmp_path, kind)
+
+    assert main([str(exported.path), str(bad)]) == 2
+
+    error = capsys.readouterr().err
+    assert f"{bad}: {says}" in error
+
+
+def test_a_model_without_harness_metadata_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    node = onnx.helper.make_node("Identity", ["input"], ["logits"])
+    value = onnx.helper.make_tensor_value_info("input", onnx.TensorProto.FLOAT, [1, 3])
+    output = onnx.helper.make_tensor_value_info("logits", onnx.TensorProto.FLOAT, [1, 3])
+    graph = onnx.helper.make_graph([node], "plain", [value], [output])
+    plain = tmp_path / "plain.onnx"
+    onnx.save(onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 18)]), plain)
+    image = save_image(tmp_path / "a.png")
+
+    assert main([str(plain), str(image)]) == 2
+    assert f"{plain}: ONNX metadata lacks harness.class_names" in capsys.readouterr().err
+
+    not_onnx = tmp_path / "model.onnx"
+    not_onnx.write_text("not a model")
+    assert main([str(not_onnx), str(image)]) == 2
+    assert f"{not_onnx}: not a loadable ONNX model" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_the_command_runs_without_importing_torch(exported: Exported, tmp_path: Path) -> None:
+    image = save_image(tmp_path / "a.png")
+    done = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "harness.predict", str(exported.path), str(image)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(f"{image}\t")
+    imported = {line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines() if "|" in line}
+    assert "onnxruntime" in imported
+    assert not {name for name in imported if name == "torch" or name.startswith("torch.")}

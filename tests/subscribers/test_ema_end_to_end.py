@@ -1,0 +1,106 @@
+"""The EMA subscriber in real Lightning runs: checkpoints hold the validated weights, resume is exact."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from harness.bus import Bus
+from harness.events import BatchEnd, ValidationEpochEnd
+from harness.model import Classifier
+from harness.run import run
+from harness.settings import Settings
+
+pytestmark = pytest.mark.slow
+
+# The cosine schedule's length is max_epochs, which a resume with more epochs changes.
+FIXED_LR = ("model.scheduler='none'",)
+
+
+class Probe:
+    """Keeps what validation saw: its batches (with logits) and its metrics."""
+
+    def __init__(self) -> None:
+        self.sanity: list[BatchEnd] = []
+        self.batches: list[BatchEnd] = []
+        self.metrics: list[dict[str, float]] = []
+
+    def connect(self, bus: Bus) -> None:
+        bus.subscribe(BatchEnd, self.on_batch_end, stage="validate")
+        bus.subscribe(ValidationEpochEnd, self.on_validation_epoch_end)
+
+    def on_batch_end(self, event: BatchEnd) -> None:
+        (self.sanity if event.sanity_check else self.batches).append(event)
+
+    def on_validation_epoch_end(self, event: ValidationEpochEnd) -> None:
+        if not event.sanity_check:
+            self.metrics.append(dict(event.metrics))
+
+
+def load(path: Path) -> dict[str, Any]:
+    checkpoint: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=True)
+    return checkpoint
+
+
+def network(settings: Settings, state: dict[str, torch.Tensor]) -> Classifier:
+    model = Classifier.from_settings(settings.model, num_classes=3)
+    model.load_state_dict(state)
+    return model.eval()
+
+
+def assert_bit_equal(actual: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> None:
+    assert actual.keys() == expected.keys()
+    for name in expected:
+        assert torch.equal(actual[name], expected[name]), name
+
+
+def test_checkpoint_is_the_validated_model_and_resume_is_exact(
+    make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    first = make_settings("ema", "trainer.max_epochs=1", "run.name='split'", *FIXED_LR)
+    probe = Probe()
+    result = run(first, extra_subscribers={"probe": probe})
+    saved = load(result.run_dir / "checkpoints" / "last.ckpt")
+    ema_state = saved["harness"]["ema"]
+
+    # the checkpoint's state_dict is what validation measured, not the training weights
+    assert ema_state["updates"] > 1
+    assert saved["state_dict"].keys() == ema_state["training"].keys()
+    assert not torch.equal(saved["state_dict"]["net.fc.weight"], ema_state["training"]["net.fc.weight"])
+    model = network(first, saved["state_dict"])
+    correct = total = 0
+    with torch.no_grad():
+        for event in probe.batches:
+            logits = model(event.inputs)
+            torch.testing.assert_close(logits, event.logits)
+            correct += int((logits.argmax(1) == event.targets).sum())
+            total += len(event.targets)
+    assert probe.metrics[-1]["val/acc_top1"] == pytest.approx(correct / total, abs=1e-6)
+
+    # resume for a second epoch; the sanity check right after resuming validates the saved average
+    resumed_probe = Probe()
+    resumed = run(
+        make_settings(
+            "ema",
+            "trainer.max_epochs=2",
+            "run.name='split'",
+            *FIXED_LR,
+            f"trainer.resume={str(result.run_dir / 'checkpoints' / 'last.ckpt')!r}",
+        ),
+        extra_subscribers={"probe": resumed_probe},
+    )
+    with torch.no_grad():
+        for event in resumed_probe.sanity:
+            assert torch.equal(model(event.inputs), event.logits)
+
+    # and the resumed run ends exactly where an uninterrupted one does
+    straight = run(make_settings("ema", "trainer.max_epochs=2", "run.name='straight'", *FIXED_LR))
+    after_resume = load(resumed.run_dir / "checkpoints" / "last.ckpt")
+    uninterrupted = load(straight.run_dir / "checkpoints" / "last.ckpt")
+    assert after_resume["harness"]["ema"]["updates"] == uninterrupted["harness"]["ema"]["updates"]
+    assert_bit_equal(after_resume["state_dict"], uninterrupted["state_dict"])
+    assert_bit_equal(after_resume["harness"]["ema"]["training"], uninterrupted["harness"]["ema"]["training"])

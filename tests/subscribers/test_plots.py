@@ -1,0 +1,206 @@
+"""Plots: the training history, one picture per family, kept across a resume."""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from matplotlib.figure import Figure
+from PIL import Image
+
+from harness.bus import Bus
+from harness.context import RunContext
+from harness.events import TrainEpochEnd, ValidationEpochEnd
+from harness.run import run
+from harness.settings import Settings
+from harness.testing import make_context, scripted_run
+from subscribers._draw_history import Best, best_epoch, curves, plot_family
+from subscribers.plots import Plots
+
+MakeSettings = Callable[..., Settings]
+ACCURACY = [0.30, 0.81, 0.62]  # best at epoch 1
+
+
+def metrics(epoch: int) -> dict[str, float]:
+    return {
+        "train/loss_step": 9.0,
+        "train/loss_epoch": 2.0 / (epoch + 1),
+        "val/loss": 2.2 / (epoch + 1),
+        "val/acc_top1": ACCURACY[epoch],
+        "val/acc_top5": min(1.0, ACCURACY[epoch] + 0.15),
+        "lr-SGD": 0.1 * 0.5**epoch,
+        "lr-SGD-momentum": 0.9,
+    }
+
+
+def few(epoch: int) -> dict[str, float]:
+    """Two pictures' worth of metrics, for tests about the history rather than the pictures."""
+    return {"train/loss": 2.0 / (epoch + 1), "val/acc_top1": ACCURACY[epoch]}
+
+
+def epoch_end(
+    bus: Bus, epoch: int, values: Mapping[str, float] | None = None, *, validated: bool = True
+) -> None:
+    if validated:
+        bus.publish(ValidationEpochEnd(epoch=epoch, global_step=epoch * 10, metrics={}))
+    bus.publish(TrainEpochEnd(epoch=epoch, global_step=epoch * 10, metrics=values or metrics(epoch)))
+
+
+def history_rows(context: RunContext) -> list[dict[str, str]]:
+    text = (context.run_dir / "plots" / "history.csv").read_text(encoding="utf-8")
+    return list(csv.DictReader(io.StringIO(text)))
+
+
+@pytest.fixture
+def context(tmp_path: Path) -> RunContext:
+    return make_context(tmp_path)
+
+
+def test_one_picture_per_family_and_the_history_table_after_each_epoch(context: RunContext) -> None:
+    bus = Bus()
+    bus.attach(Plots(context))
+    epoch_end(bus, 0)
+    folder = context.run_dir / "plots"
+    names = {"losses.png", "accuracy.png", "learning_rate.png", "history.csv"}
+    assert {path.name for path in folder.iterdir()} == names
+    for name in names - {"history.csv"}:
+        with Image.open(folder / name) as image:
+            assert image.format == "PNG"
+        assert f"plots/{name}" in context.artifacts
+
+    epoch_end(bus, 1)
+    rows = history_rows(context)
+    assert [row["epoch"] for row in rows] == ["0", "1"]
+    assert float(rows[1]["train/loss"]) == pytest.approx(1.0), "the epoch mean, not the last step"
+    assert "train/loss_step" not in rows[0]
+
+
+def test_a_family_with_no_metric_gets_no_picture(context: RunContext) -> None:
+    bus = Bus()
+    bus.attach(Plots(context))
+    epoch_end(bus, 0, {"train/loss": 1.0})
+    assert sorted(path.name for path in (context.run_dir / "plots").iterdir()) == [
+        "history.csv",
+        "losses.png",
+    ]
+
+
+def test_the_whole_curve_survives_a_resume_through_a_checkpoint(context: RunContext, tmp_path: Path) -> None:
+    first = Plots(context)
+    bus = Bus()
+    bus.attach(first)
+    for epoch in range(2):
+        epoch_end(bus, epoch, few(epoch))
+    saved = tmp_path / "state.pt"
+    torch.save(first.state_dict(), saved)
+
+    resumed = Plots(context)
+    resumed.load_state_dict(torch.load(saved, weights_only=True))
+    bus = Bus()
+    bus.attach(resumed)
+    epoch_end(bus, 2, few(2))
+
+    rows = history_rows(context)
+    assert [row["epoch"] for row in rows] == ["0", "1", "2"]
+    assert [float(row["val/acc_top1"]) for row in rows] == ACCURACY
+    assert best_epoch(resumed.history, context.monitor) == Best(epoch=1, metric="val/acc_top1", value=0.81)
+
+
+def test_the_best_epoch_is_marked_on_every_picture_and_starred_on_its_curve(context: RunContext) -> None:
+    history = {epoch: metrics(epoch) for epoch in range(3)}
+    best = best_epoch(history, "val/acc_top1")
+    assert best is not None and best.epoch == 1
+    for family, family_curves in curves(history).items():
+        axes = plot_family(Figure(), family, family_curves, best)
+        legend = axes.get_legend()
+        assert legend is not None
+        assert "best epoch 1 (val/acc_top1 0.81)" in [text.get_text() for text in legend.get_texts()]
+        vertical = [line for line in axes.get_lines() if np.asarray(line.get_xdata()).tolist() == [1, 1]]
+        assert vertical, f"no line at the best epoch on the {family} picture"
+        starred = [line for line in axes.get_lines() if line.get_marker() == "*"]
+        assert bool(starred) == (family == "accuracy")
+
+
+def test_lower_is_better_for_a_monitored_loss() -> None:
+    history = {0: {"val/loss": 1.0}, 1: {"val/loss": 0.4}, 2: {"val/loss": 0.6}}
+    assert best_epoch(history, "val/loss", "min") == Best(epoch=1, metric="val/loss", value=0.4)
+    assert best_epoch(history, "val/acc_top1") is None
+
+
+def test_keys_go_to_the_right_picture() -> None:
+    history = {
+        0: {
+            "train/loss_step": 5.0,
+            "train/loss_epoch": 1.0,
+            "train/loss": 3.0,
+            "val/acc_top5": 0.9,
+            "lr-AdamW/pg1": 1e-3,
+            "lr-AdamW/pg1-momentum": 0.9,
+            "lr-AdamW/pg1-weight_decay": 0.01,
+            "epoch": 0.0,
+        }
+    }
+    grouped = curves(history)
+    assert grouped == {
+        "losses": {"train/loss": [(0, 1.0)]},
+        "accuracy": {"val/acc_top5": [(0, 0.9)]},
+        "learning_rate": {"lr-AdamW/pg1": [(0, 1e-3)]},
+    }
+
+
+def test_an_epoch_without_validation_does_not_repeat_the_last_validation(context: RunContext) -> None:
+    bus = Bus()
+    bus.attach(Plots(context))
+    epoch_end(bus, 0, few(0))
+    epoch_end(bus, 1, few(1), validated=False)
+    rows = history_rows(context)
+    assert rows[1]["val/acc_top1"] == ""
+    assert rows[1]["train/loss"] != ""
+
+
+def test_a_sanity_check_is_not_a_validation(context: RunContext) -> None:
+    bus = Bus()
+    bus.attach(Plots(context))
+    bus.publish(ValidationEpochEnd(epoch=0, global_step=0, metrics={}, sanity_check=True))
+    bus.publish(TrainEpochEnd(epoch=0, global_step=3, metrics=metrics(0)))
+    assert history_rows(context)[0].get("val/acc_top1", "") == ""
+
+
+def test_only_rank_zero_draws(context: RunContext) -> None:
+    context.rank = 1
+    bus = Bus(rank=1)
+    bus.attach(Plots(context))
+    epoch_end(bus, 0)
+    assert not (context.run_dir / "plots").exists()
+
+
+def test_a_whole_scripted_run_draws_losses_accuracy_and_learning_rate(context: RunContext) -> None:
+    bus = Bus()
+    bus.attach(Plots(context))
+    scripted_run(bus, context, epochs=2, sanity_check=True)
+    assert {"plots/losses.png", "plots/accuracy.png", "plots/learning_rate.png"} <= set(context.artifacts)
+
+
+def test_a_malformed_state_is_refused_with_what_was_expected(context: RunContext) -> None:
+    with pytest.raises(ValueError, match=r"plots state: expected .*history"):
+        Plots(context).load_state_dict({"epochs": []})
+
+
+@pytest.mark.slow
+def test_a_resumed_run_draws_the_whole_history(make_settings: MakeSettings) -> None:
+    quick = ("plots", "trainer.limit_train_batches=1", "trainer.limit_val_batches=1")
+    first = run(make_settings(*quick, "trainer.max_epochs=2"))
+    resumed = run(make_settings(*quick, "trainer.max_epochs=3", "trainer.resume='last'"))
+    assert resumed.run_dir == first.run_dir
+
+    rows = list(csv.DictReader(io.StringIO((resumed.run_dir / "plots" / "history.csv").read_text())))
+    assert [row["epoch"] for row in rows] == ["0", "1", "2"]
+    for row in rows:
+        assert row["train/loss"] and row["val/loss"] and row["val/acc_top1"] and row["lr-SGD"]
+    for name in ("losses", "accuracy", "learning_rate"):
+        assert f"plots/{name}.png" in resumed.summary["artifacts"]
