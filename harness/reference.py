@@ -66,7 +66,7 @@ HELP: dict[str, str] = {
     "subscribers.ema.update_every": "optimizer steps between EMA updates",
     "subscribers.ema.start_step": "optimizer steps before the first update",
     "subscribers.onnx_export.opset": "ONNX opset (the dynamo exporter's minimum is 18)",
-    "subscribers.onnx_export.tolerance": "logit difference allowed against PyTorch, times max(1, largest logit magnitude)",
+    "subscribers.onnx_export.tolerance": "logit difference allowed, times max(1, largest logit magnitude)",
     "subscribers.onnx_export.parity_batch": "validation images used by the parity check",
     "subscribers.confusion_matrix.normalize": "second view: normalised by true or predicted class, or none",
     "subscribers.samples.count": "images in the grid",
