@@ -186,6 +186,11 @@ def run(settings: Settings, *, extra_subscribers: Mapping[str, Subscriber] | Non
     started = time.monotonic()
     L.seed_everything(settings.run.seed, workers=True, verbose=False)
     info, classes = scan(settings.data, settings.run.seed)
+    if info.skipped:
+        shown = ", ".join(str(path) for path in info.skipped[:5])
+        log.warning(
+            "skipping %d unreadable image file(s) ([data].on_corrupt = skip): %s", len(info.skipped), shown
+        )
     module = Classifier.from_settings(settings.model, num_classes=len(classes))
     subscriber_types = subscriber_classes(settings)
     run_dir, resume_from = resolve_run_dir(settings)
@@ -297,6 +302,7 @@ def _summary(
         "final_metrics": {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1},
         "artifacts": dict(sorted(context.artifacts.items())),
         "failures": [attrs.asdict(failure) for failure in bus.failures],
+        "skipped_images": [str(path) for path in context.data.skipped] if context.data else [],
         "duration_s": round(seconds, 2),
         "resume": (
             f"python -m harness.run {context.run_dir / 'settings.toml'} --set trainer.resume={last}"
