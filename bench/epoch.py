@@ -12,7 +12,8 @@ seeded `harness.sampler` sampler), with the same Trainer settings:
 - plain: Lightning with the callbacks a user would write without the harness: Lightning's
   `EMAWeightAveraging`, a confusion matrix that runs the forward pass again in
   ``on_validation_batch_end``, and loss/accuracy curves drawn with pyplot at epoch end;
-- harness: `BusCallback` with every built-in subscriber, built as `harness.run` builds them.
+- harness: `BusCallback` with every built-in subscriber, built as `harness.run` builds them,
+  with a `harness.artifacts.BackgroundWriter` whose worker process draws the pictures.
 
 An epoch is timed from ``on_train_epoch_start`` (a clock placed first among the callbacks)
 to ``on_train_epoch_end`` (a clock placed last), so it holds the training batches, the
@@ -20,8 +21,9 @@ validation and every epoch-end handler. After two untimed one-step warm-up fits 
 harness: they pay the first imports of pyplot and of the ONNX exporter), fits take turns
 (bare, plain, harness, then the next round in a rotated order); the figures are medians
 over every timed epoch. The harness's one-off costs, outside any epoch, are timed the
-same way: ``FitStart`` (data set and model reports) and the end of training (ONNX export
-with its parity check). Each subscriber's handlers are timed too, through a wrapper that
+same way: ``FitStart`` (data set and model reports), the end of training (ONNX export
+with its parity check) and, after the fit, the wait for the background writer to finish
+the last epoch's pictures. Each subscriber's handlers are timed too, through a wrapper that
 adds about a microsecond per call: that shows where the harness's time goes, and gives
 an estimate of its epoch that the machine's noise hardly moves (the "accounted" row: the
 bare epoch plus the handlers' time).
@@ -29,8 +31,10 @@ bare epoch plus the handlers' time).
 On the CPU it runs on one torch thread by default: on a shared 2-core machine two threads
 spin against other processes and a step takes several times longer. There every figure
 comes on two clocks: wall time, and the process's CPU time, which other processes barely
-disturb (the goals are checked on both). On a GPU only wall time means anything; the
-clocks synchronise the device before each reading.
+disturb (the goals are checked on both). The background writer's worker process draws
+on the other core: its CPU time is in neither clock, and is reported beside them, from
+the operating system's account of finished child processes. On a GPU only wall time
+means anything; the clocks synchronise the device before each reading.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import resource
 import shutil
 import sys
 import tempfile
@@ -55,6 +60,7 @@ from torchmetrics.classification import MulticlassConfusionMatrix
 from typing_extensions import override
 
 from bench._timing import Row, format_seconds, markdown_table, median_of, quiet_lightning, rows_table
+from harness.artifacts import BackgroundWriter
 from harness.bus import Bus, OnError, Subscriber
 from harness.callback import BusCallback
 from harness.context import DatasetInfo, Preprocessing, RunContext
@@ -200,7 +206,7 @@ class Clock(Callback):
     """Notes the time at the hooks that bound an epoch, a fit's start and training's end.
 
     Two instances work as a pair: `first` goes before every other callback, `last` after.
-    Each mark holds both clocks: wall time and the process's CPU time.
+    Each mark holds every clock of `CLOCKS`, in its order.
     """
 
     def __init__(self, marks: Marks, role: str, device: str) -> None:
@@ -211,7 +217,7 @@ class Clock(Callback):
     def _mark(self, hook: str) -> None:
         if self.device == "cuda":
             torch.cuda.synchronize()
-        self.marks.setdefault(f"{hook}:{self.role}", []).append((time.perf_counter(), time.process_time()))
+        self.marks.setdefault(f"{hook}:{self.role}", []).append(tuple(clock() for clock in CLOCKS.values()))
 
     @override
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -289,7 +295,7 @@ class PyplotCurves(Callback):
             plt.close()
 
 
-Marks = dict[str, list[tuple[float, float]]]
+Marks = dict[str, list[tuple[float, ...]]]
 ONCE_PER_FIT = frozenset({"FitStart", "TrainLoopEnd", "TrainEnd", "FitEnd", "RunFailed"})
 Spent = dict[tuple[str, str], float]
 
@@ -349,7 +355,9 @@ class Timed:
         self.subscriber.connect(timed)  # type: ignore[arg-type]
 
 
-def _harness_callback(data: Data, config: Config, sampler: Any, run_dir: Path, spent: Spent) -> BusCallback:
+def _harness_callback(
+    data: Data, config: Config, sampler: Any, run_dir: Path, spent: Spent, writer: BackgroundWriter | None
+) -> BusCallback:
     """`BusCallback` with every built-in subscriber, as `harness.run.run` builds them."""
     settings = Settings()
     context = RunContext(
@@ -359,6 +367,7 @@ def _harness_callback(data: Data, config: Config, sampler: Any, run_dir: Path, s
         data=data.info,
         monitor=settings.checkpoint.monitor,
         train_sampler=sampler,
+        background=writer,
     )
     bus = Bus()
     subscribers: dict[str, Subscriber] = {}
@@ -370,7 +379,13 @@ def _harness_callback(data: Data, config: Config, sampler: Any, run_dir: Path, s
 
 
 def _callbacks(
-    variant: str, data: Data, config: Config, sampler: Any, run_dir: Path, spent: Spent
+    variant: str,
+    data: Data,
+    config: Config,
+    sampler: Any,
+    run_dir: Path,
+    spent: Spent,
+    writer: BackgroundWriter | None,
 ) -> list[Callback]:
     if variant == PLAIN:
         return [
@@ -379,7 +394,7 @@ def _callbacks(
             PyplotCurves(run_dir),
         ]
     if variant == HARNESS:
-        return [_harness_callback(data, config, sampler, run_dir, spent)]
+        return [_harness_callback(data, config, sampler, run_dir, spent, writer)]
     return []
 
 
@@ -391,7 +406,15 @@ class Fit:
     train_parts: dict[str, list[float]]
     fit_start: float
     train_end: float
+    background_drain: float
+    background_cpu: float
     spent: Spent
+
+
+def _children_cpu() -> float:
+    """CPU seconds of this process's finished child processes (the writer's worker, once closed)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def fit(variant: str, data: Data, config: Config, *, epochs: int, steps: int | None = None) -> Fit:
@@ -402,9 +425,12 @@ def fit(variant: str, data: Data, config: Config, *, epochs: int, steps: int | N
     run_dir = Path(tempfile.mkdtemp(prefix="bench-epoch-"))
     marks: Marks = {}
     spent: Spent = {}
+    # As harness.run does: one writer per run, closed when the fit is over.
+    writer = BackgroundWriter() if variant == HARNESS else None
+    children_cpu = _children_cpu()
     callbacks = [
         Clock(marks, "first", config.device),
-        *_callbacks(variant, data, config, sampler, run_dir, spent),
+        *_callbacks(variant, data, config, sampler, run_dir, spent, writer),
         Clock(marks, "last", config.device),
     ]
     trainer = L.Trainer(
@@ -420,11 +446,20 @@ def fit(variant: str, data: Data, config: Config, *, epochs: int, steps: int | N
         enable_model_summary=False,
         callbacks=callbacks,
     )
+    drain = 0.0
     try:
         # Subscribers print rich tables; the work is timed, the text is not shown.
         with contextlib.redirect_stdout(io.StringIO()):
             trainer.fit(module, train_dataloaders=train, val_dataloaders=val)
+        if writer is not None:
+            started = time.perf_counter()
+            failures = writer.close()
+            drain = time.perf_counter() - started
+            if failures:
+                raise RuntimeError(f"bench.epoch: background jobs failed: {failures}")
     finally:
+        if writer is not None:
+            writer.close()
         shutil.rmtree(run_dir, ignore_errors=True)
 
     def spans(start: str, end: str, clock: str = "wall") -> list[float]:
@@ -437,6 +472,8 @@ def fit(variant: str, data: Data, config: Config, *, epochs: int, steps: int | N
         train_parts={clock: spans("epoch_start", "validation_start", clock) for clock in CLOCKS},
         fit_start=spans("fit_start", "fit_start")[0],
         train_end=spans("train_end", "train_end")[0],
+        background_drain=drain,
+        background_cpu=_children_cpu() - children_cpu,
         spent=spent,
     )
 
@@ -445,16 +482,21 @@ def fit(variant: str, data: Data, config: Config, *, epochs: int, steps: int | N
 class Measurement:
     """Medians per clock and variant (epoch, its training part), the one-off costs (wall),
     and where the harness's time went: seconds per subscriber, per epoch and once per fit,
-    on the leading clock."""
+    on the leading clock. `later_epoch` leaves out each fit's first epoch: from the second
+    on, the background writer is still drawing the previous epoch's pictures while the
+    epoch trains, as in a run of many epochs."""
 
     config: Config
     epoch: dict[str, dict[str, float]]
+    later_epoch: dict[str, dict[str, float]] | None
     train_part: dict[str, dict[str, float]]
     fit_start: dict[str, float]
     train_end: dict[str, float]
     per_epoch: dict[str, float]
     per_fit: dict[str, float]
     per_train_step: float
+    background_drain: float
+    background_cpu_per_epoch: float
 
 
 def measure(config: Config, data: Data, progress: Callable[[str], None] = lambda _: None) -> Measurement:
@@ -476,9 +518,11 @@ def measure(config: Config, data: Data, progress: Callable[[str], None] = lambda
     def median(pick: Callable[[Fit], Sequence[float]]) -> dict[str, float]:
         return {v: median_of([x for f in fits[v] for x in pick(f)]) for v in VARIANTS}
 
-    def medians(field: str) -> dict[str, dict[str, float]]:
+    def medians(field: str, first: int = 0) -> dict[str, dict[str, float]]:
         return {
-            clock: {v: median_of([x for f in fits[v] for x in getattr(f, field)[clock]]) for v in VARIANTS}
+            clock: {
+                v: median_of([x for f in fits[v] for x in getattr(f, field)[clock][first:]]) for v in VARIANTS
+            }
             for clock in config.clocks
         }
 
@@ -498,12 +542,15 @@ def measure(config: Config, data: Data, progress: Callable[[str], None] = lambda
     return Measurement(
         config=config,
         epoch=medians("epochs"),
+        later_epoch=medians("epochs", first=1) if config.epochs > 1 else None,
         train_part=medians("train_parts"),
         fit_start=median(lambda f: [f.fit_start]),
         train_end=median(lambda f: [f.train_end]),
         per_epoch=per_epoch,
         per_fit=per_fit,
         per_train_step=per_train_step,
+        background_drain=median_of([f.background_drain for f in harness_fits]),
+        background_cpu_per_epoch=sum(f.background_cpu for f in harness_fits) / epochs,
     )
 
 
@@ -564,9 +611,23 @@ def to_rows(measurement: Measurement) -> list[Row]:
             unit=f"epoch ({config.train_steps} steps + val), {lead}",
         ),
     )
+    later = measurement.later_epoch or {}
+    for clock in later:
+        result.append(
+            Row(
+                benchmark=name,
+                variant=f"{HARNESS}, a fit's later epochs (the previous epoch's pictures drawn meanwhile)",
+                anchor=f"{BARE}, the same epochs",
+                seconds=later[clock][HARNESS],
+                anchor_seconds=later[clock][BARE],
+                unit=f"epoch ({config.train_steps} steps + val), {clock}",
+                goal=1.10,
+            )
+        )
     for what, seconds in (
         ("FitStart reports", measurement.fit_start[HARNESS]),
         ("ONNX export + parity at TrainEnd", measurement.train_end[HARNESS]),
+        ("waiting for the background writer after the fit", measurement.background_drain),
     ):
         result.append(
             Row(
@@ -629,9 +690,19 @@ def explain(measurement: Measurement) -> str:
     ]
     total = sum(measurement.per_epoch.values())
     shares.append(["all subscribers", format_seconds(total), f"{100 * total / bare:.1f} %", ""])
+    background = measurement.background_cpu_per_epoch
+    shares.append(
+        [
+            "background writer's worker process (CPU, with its start-up)",
+            format_seconds(background),
+            f"{100 * background / bare:.1f} %",
+            format_seconds(measurement.background_drain) + " wait (wall)",
+        ]
+    )
     return (
         markdown_table(headers, lines)
-        + f"\n\nThe harness's time in its subscribers' handlers ({lead} time, timed fits)\n\n"
+        + f"\n\nThe harness's time in its subscribers' handlers ({lead} time, timed fits), and the "
+        "CPU time of the writer's worker process, which draws meanwhile on the other core\n\n"
         + markdown_table(["subscriber", "per epoch", "of a bare epoch", "once per fit"], shares)
         + "\n\n"
         + break_even(measurement)
@@ -658,7 +729,9 @@ def break_even(measurement: Measurement, goal: float = 1.10) -> str:
     summary = (
         f"On {clock} time the subscribers' handlers add {format_seconds(added_step)} per training step "
         f"(a bare step takes {format_seconds(bare_step)}) and {format_seconds(added_rest)} per epoch "
-        "outside the steps."
+        f"outside the steps. The writer's worker process draws meanwhile on the other core "
+        f"({format_seconds(measurement.background_cpu_per_epoch)} of CPU per epoch, its start-up "
+        "included)."
     )
     margin = (goal - 1) * bare_step - added_step
     fixed = added_rest - (goal - 1) * bare_rest

@@ -15,6 +15,8 @@ import torch
 from torch import nn
 from torch.utils.data import Sampler
 
+from harness.artifacts import BackgroundWriter
+
 __all__ = ["DatasetInfo", "Preprocessing", "RunContext", "WeightsInModel"]
 
 WeightsInModel = Literal["training", "averaged"]
@@ -57,7 +59,9 @@ class RunContext:
     or ``"averaged"`` (installed by the EMA for validation and, after `TrainLoopEnd`, for
     good). `best_checkpoint` and `best_score` follow Lightning's checkpointing.
     `artifacts` maps an artifact's name to its path relative to `run_dir`; it becomes the
-    ``artifacts`` map of ``summary.json``.
+    ``artifacts`` map of ``summary.json``. `background` is the run's `BackgroundWriter`,
+    which draws and writes pictures off the training thread; None (tests, replays) means
+    subscribers write inline (`harness.artifacts.run_or_submit`).
     """
 
     run_dir: Path
@@ -78,6 +82,7 @@ class RunContext:
     best_score: float | None = None
     weights: WeightsInModel = "training"
     artifacts: dict[str, str] = attrs.Factory(dict)
+    background: BackgroundWriter | None = None
 
     @property
     def num_classes(self) -> int:

@@ -29,7 +29,7 @@ from lightning.pytorch.callbacks import (
 )
 from lightning.pytorch.loggers import CSVLogger
 
-from harness.artifacts import write_json, write_label_map, write_text
+from harness.artifacts import BackgroundWriter, write_json, write_label_map, write_text
 from harness.bus import Bus, Subscriber
 from harness.callback import BusCallback
 from harness.context import Preprocessing, RunContext
@@ -194,6 +194,8 @@ def run(settings: Settings, *, extra_subscribers: Mapping[str, Subscriber] | Non
     module = Classifier.from_settings(settings.model, num_classes=len(classes))
     subscriber_types = subscriber_classes(settings)
     run_dir, resume_from = resolve_run_dir(settings)
+    # Pictures are drawn in its worker process while training goes on; closed in the finally below.
+    writer = BackgroundWriter()
     context = RunContext(
         run_dir=run_dir,
         class_names=classes,
@@ -204,6 +206,7 @@ def run(settings: Settings, *, extra_subscribers: Mapping[str, Subscriber] | Non
         train_sampler=make_sampler(
             info.train_targets, balanced=settings.data.balanced, seed=settings.run.seed
         ),
+        background=writer,
     )
     bus = Bus()
     event_log = EventLog(context) if settings.run.record_events else None
@@ -271,7 +274,18 @@ def run(settings: Settings, *, extra_subscribers: Mapping[str, Subscriber] | Non
         os.environ.pop(RESUME_VARIABLE, None)
         if event_log is not None:
             event_log.close()
+        background_failures = writer.close()
         summary = _summary(settings, context, trainer, bus, status, time.monotonic() - started)
+        summary["failures"] += [
+            {
+                "subscriber": failure.owner,
+                "event": "background",
+                "step": failure.step,
+                "error": failure.error,
+                "traceback": failure.traceback,
+            }
+            for failure in background_failures
+        ]
         if trainer.is_global_zero:
             write_json(run_dir / "summary.json", summary)
     return RunResult(run_dir=run_dir, summary=summary)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Literal
 
 from matplotlib import font_manager
 from matplotlib.figure import Figure
@@ -30,9 +31,14 @@ _FALLBACK_FAMILIES = (
 
 
 @contextlib.contextmanager
-def new_figure(width: float, height: float) -> Iterator[Figure]:
-    """A figure of `width` x `height` inches, emptied on exit so its artists are freed at once."""
-    figure = Figure(figsize=(width, height), layout="constrained")
+def new_figure(
+    width: float, height: float, *, layout: Literal["constrained"] | None = "constrained"
+) -> Iterator[Figure]:
+    """A figure of `width` x `height` inches, emptied on exit so its artists are freed at once.
+
+    `layout=None` is for a figure that places its axes itself.
+    """
+    figure = Figure(figsize=(width, height), layout=layout)
     try:
         yield figure
     finally:

@@ -19,10 +19,10 @@ from typing import Literal
 import torch
 from matplotlib.axes import Axes
 
-from harness.artifacts import save_figure
-from subscribers._draw import name_fonts, new_figure, shorten
+from harness.artifacts import Record, save_figure, write_text
+from subscribers._draw import epoch_file, name_fonts, new_figure, publish_latest, shorten
 
-__all__ = ["Normalize", "counts_csv", "draw_confusion", "normalise"]
+__all__ = ["Normalize", "counts_csv", "draw_confusion", "normalise", "write_epoch"]
 
 Normalize = Literal["none", "true", "pred"]
 
@@ -57,6 +57,25 @@ def counts_csv(counts: torch.Tensor, class_names: Sequence[str]) -> str:
     for name, row in zip(class_names, counts.tolist(), strict=True):
         writer.writerow([name, *(int(value) for value in row)])
     return buffer.getvalue()
+
+
+def write_epoch(
+    run_dir: Path,
+    names: Sequence[str],
+    counts: torch.Tensor,
+    epoch: int,
+    normalize: Normalize,
+    record: Record,
+) -> None:
+    """The `ConfusionMatrix` job: one epoch's picture and counts under ``run_dir/confusion_matrix/``,
+    the `latest` copies refreshed, each file recorded."""
+    directory = run_dir / "confusion_matrix"
+    picture = draw_confusion(
+        epoch_file(directory, epoch, ".png"), counts, names, normalize=normalize, epoch=epoch
+    )
+    table = write_text(epoch_file(directory, epoch, ".csv"), counts_csv(counts, names))
+    for path in (picture, table, publish_latest(picture), publish_latest(table)):
+        record(path.relative_to(run_dir).as_posix(), path)
 
 
 def draw_confusion(

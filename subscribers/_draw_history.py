@@ -20,7 +20,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator, PercentFormatter
 
-from harness.artifacts import save_figure
+from harness.artifacts import Record, save_figure, write_text
 from subscribers._draw import new_figure
 
 __all__ = [
@@ -30,6 +30,7 @@ __all__ = [
     "best_epoch",
     "curves",
     "draw_family",
+    "draw_history",
     "history_csv",
     "plot_family",
     "series_name",
@@ -121,6 +122,22 @@ def history_csv(history: History) -> str:
     for epoch, values in rows.items():
         writer.writerow([epoch, *(_cell(values.get(name)) for name in names)])
     return buffer.getvalue()
+
+
+def draw_history(
+    run_dir: Path, history: History, monitor: str, mode: Literal["max", "min"], record: Record
+) -> None:
+    """The `Plots` job: every picture and ``history.csv`` under ``run_dir/plots/`` from the whole
+    `history`, each file recorded."""
+    directory = run_dir / "plots"
+    best = best_epoch(history, monitor, mode)
+    written = [
+        draw_family(directory / f"{family}.png", family, family_curves, best)
+        for family, family_curves in curves(history).items()
+    ]
+    written.append(write_text(directory / "history.csv", history_csv(history)))
+    for path in written:
+        record(path.relative_to(run_dir).as_posix(), path)
 
 
 def draw_family(path: Path, family: Family, family_curves: Mapping[str, Curve], best: Best | None) -> Path:

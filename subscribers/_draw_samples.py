@@ -17,13 +17,17 @@ from pathlib import Path
 
 import attrs
 import torch
+from matplotlib.patches import Rectangle
 
-from harness.artifacts import save_figure
-from subscribers._draw import name_fonts, new_figure, shorten
+from harness.artifacts import Record, save_figure, write_json
+from subscribers._draw import epoch_file, name_fonts, new_figure, publish_latest, shorten
 
-__all__ = ["Shown", "draw_samples", "priority", "unnormalise"]
+__all__ = ["Shown", "draw_samples", "priority", "unnormalise", "write_epoch"]
 
 _CELL = 1.9  # inches per image
+_GAP = 0.1  # inches between two columns
+_TITLE_BAND = 0.5  # inches above each image for its two lines of title
+_HEADER = 0.4  # inches above the grid for the figure's title
 _TITLE_SIZE = 8.0
 _RIGHT = "#1b7a36"
 _WRONG = "#c0392b"
@@ -59,40 +63,88 @@ def unnormalise(images: torch.Tensor, mean: Sequence[float], std: Sequence[float
     return (images * std_t + mean_t).clamp(0.0, 1.0)
 
 
+def write_epoch(
+    run_dir: Path, names: Sequence[str], shown: Sequence[Shown], epoch: int, seed: int, record: Record
+) -> None:
+    """The `Samples` job: one epoch's grid and its list under ``run_dir/samples/``, the `latest`
+    copies refreshed, each file recorded."""
+    directory = run_dir / "samples"
+    picture = draw_samples(epoch_file(directory, epoch, ".png"), shown, names, epoch=epoch, seed=seed)
+    listing = write_json(
+        epoch_file(directory, epoch, ".json"),
+        [
+            {
+                "position": sample.position,
+                "true": names[sample.target],
+                "predicted": names[sample.predicted],
+                "confidence": round(sample.confidence, 4),
+                "correct": sample.correct,
+            }
+            for sample in shown
+        ],
+    )
+    for path in (picture, listing, publish_latest(picture), publish_latest(listing)):
+        record(path.relative_to(run_dir).as_posix(), path)
+
+
 def draw_samples(
     path: Path, shown: Sequence[Shown], class_names: Sequence[str], *, epoch: int, seed: int
 ) -> Path:
-    """A grid of `shown` (in order), each titled with true and predicted class; wrong ones framed red."""
+    """A grid of `shown` (in order), each titled with true and predicted class; wrong ones framed red.
+
+    The grid is one set of axes measured in inches, every image placed on it by its extent:
+    a subplot per image would cost ten times as long to lay out and draw.
+    """
     columns = max(1, math.ceil(math.sqrt(len(shown))))
     rows = max(1, math.ceil(len(shown) / columns))
     limit = int(_CELL * 72 / (0.55 * _TITLE_SIZE))
     fonts = name_fonts()
     wrong = sum(not sample.correct for sample in shown)
-    with new_figure(columns * _CELL + 0.2, rows * (_CELL + 0.5) + 0.7) as figure:
+    width = columns * _CELL + (columns - 1) * _GAP
+    height = rows * (_CELL + _TITLE_BAND)
+    with new_figure(width, height + _HEADER, layout=None) as figure:
         figure.suptitle(
             f"Validation samples, epoch {epoch}: {wrong} of {len(shown)} wrong\n"
             f"the same images every epoch (seed {seed})",
             fontsize=11,
+            y=1.0,
+            va="top",
         )
+        axes = figure.add_axes((0.0, 0.0, 1.0, height / (height + _HEADER)))
+        axes.set_axis_off()
+        axes.set_xlim(0.0, width)
+        axes.set_ylim(0.0, height)
         for index, sample in enumerate(shown):
-            axes = figure.add_subplot(rows, columns, index + 1)
+            row, column = divmod(index, columns)
+            left = column * (_CELL + _GAP)
+            top = height - row * (_CELL + _TITLE_BAND) - _TITLE_BAND
+            extent = (left, left + _CELL, top - _CELL, top)
             image = sample.image.permute(1, 2, 0).numpy()
             if image.shape[2] == 1:
-                axes.imshow(image[:, :, 0], cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
+                axes.imshow(
+                    image[:, :, 0], cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest",
+                    extent=extent, aspect="auto",
+                )  # fmt: skip
             else:
-                axes.imshow(image, interpolation="nearest")
-            axes.set_xticks([])
-            axes.set_yticks([])
+                axes.imshow(image, interpolation="nearest", extent=extent, aspect="auto")
             mark, colour = ("✓", _RIGHT) if sample.correct else ("✗", _WRONG)
+            axes.add_patch(
+                Rectangle(
+                    (left, top - _CELL), _CELL, _CELL, fill=False, edgecolor=colour,
+                    linewidth=1 if sample.correct else 3, clip_on=False,
+                )
+            )  # fmt: skip
             true_name = shorten(class_names[sample.target], limit - 6)
             predicted_name = shorten(class_names[sample.predicted], limit - 12)
-            axes.set_title(
+            axes.text(
+                left + _CELL / 2,
+                top + 0.06,
                 f"true: {true_name}\n{mark} pred: {predicted_name} ({sample.confidence:.0%})",
+                ha="center",
+                va="bottom",
                 fontsize=_TITLE_SIZE,
                 color=colour,
                 family=fonts,
                 linespacing=1.2,
             )
-            for spine in axes.spines.values():
-                spine.set(color=colour, linewidth=1 if sample.correct else 3)
         return save_figure(figure, path)

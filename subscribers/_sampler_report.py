@@ -1,15 +1,18 @@
-"""Sampler tracking arithmetic and drawing: per-class table rows and the share-over-epochs figure."""
+"""Sampler tracking arithmetic and drawing: per-class table rows, the share-over-epochs figure, the files."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
 
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator, PercentFormatter
 
-from subscribers._tables import percent
+from harness.artifacts import Record, save_figure
+from subscribers._tables import percent, write_csv
 
-__all__ = ["share_figure", "table_rows"]
+__all__ = ["share_figure", "table_rows", "write_history"]
 
 _MAX_LEGEND_CLASSES = 20
 
@@ -73,3 +76,27 @@ def share_figure(
     if len(class_names) <= _MAX_LEGEND_CLASSES:
         axes.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize="small", title="class")
     return figure
+
+
+def write_history(
+    run_dir: Path,
+    class_names: Sequence[str],
+    history: Sequence[Mapping[str, Any]],
+    expected: Sequence[float],
+    record: Record,
+) -> None:
+    """``draws.csv``, ``trained.csv`` (a row per epoch of `history`) and ``draws.png``, recorded.
+
+    `history` holds the subscriber's entries (``epoch``, ``drawn``, ``trained``).
+    """
+    out = run_dir / "sampler_tracking"
+    for name, key in (("draws", "drawn"), ("trained", "trained")):
+        path = write_csv(
+            out / f"{name}.csv",
+            ["epoch", "total", *class_names],
+            ([e["epoch"], sum(e[key]), *e[key]] for e in history),
+        )
+        record(f"sampler_{name}", path)
+    epochs = [entry["epoch"] for entry in history]
+    figure = share_figure(epochs, [e["drawn"] for e in history], expected, class_names)
+    record("sampler_draws_plot", save_figure(figure, out / "draws.png"))

@@ -11,22 +11,23 @@ and rank zero writes, under ``run_dir/confusion_matrix/``:
   the title;
 - ``epoch_NNN.csv``: the raw counts, rows true, columns predicted;
 - ``latest.png`` and ``latest.csv``: copies of the newest epoch's files.
+
+Drawing and writing run on the run's background writer (`RunContext.background`), so
+training goes on meanwhile; without one (tests) they run inline.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
+import functools
 
-import torch
 from torchmetrics.classification import MulticlassConfusionMatrix
 
-from harness.artifacts import write_text
+from harness.artifacts import run_or_submit
 from harness.bus import Bus
 from harness.context import RunContext
 from harness.events import BatchEnd, ValidationEpochEnd
 from harness.settings import ConfusionMatrixSettings
-from subscribers._draw import epoch_file, publish_latest
-from subscribers._draw_confusion import counts_csv, draw_confusion
+from subscribers._draw_confusion import write_epoch
 
 __all__ = ["ConfusionMatrix"]
 
@@ -40,7 +41,6 @@ class ConfusionMatrix:
         # Host-side argument checks would synchronise with the GPU on every batch; the
         # targets come from the run's own data set, whose labels are in range by design.
         self.metric = MulticlassConfusionMatrix(num_classes=context.num_classes, validate_args=False)
-        self.directory = context.run_dir / "confusion_matrix"
 
     def connect(self, bus: Bus) -> None:
         bus.subscribe(BatchEnd, self.on_batch_end, stage="validate")
@@ -57,23 +57,18 @@ class ConfusionMatrix:
         if event.sanity_check or self.metric.update_count == 0:
             self.metric.reset()
             return
-        counts = self.metric.compute().cpu()
+        # The collective runs here, on every rank; the copy is the job's own.
+        counts = self.metric.compute().cpu().clone()
         self.metric.reset()
         if self.context.is_rank_zero:
-            self.write(counts, event.epoch)
-
-    def write(self, counts: torch.Tensor, epoch: int) -> list[Path]:
-        """Write one epoch's picture and counts, refresh the `latest` copies, record them all."""
-        names = self.context.class_names
-        picture = draw_confusion(
-            epoch_file(self.directory, epoch, ".png"),
-            counts,
-            names,
-            normalize=self.settings.normalize,
-            epoch=epoch,
-        )
-        table = write_text(epoch_file(self.directory, epoch, ".csv"), counts_csv(counts, names))
-        written = [picture, table, publish_latest(picture), publish_latest(table)]
-        for path in written:
-            self.context.record_artifact(path.relative_to(self.context.run_dir).as_posix(), path)
-        return written
+            context = self.context
+            job = functools.partial(
+                write_epoch,
+                context.run_dir,
+                context.class_names,
+                counts,
+                event.epoch,
+                self.settings.normalize,
+            )
+            owner, step = "ConfusionMatrix", event.global_step
+            run_or_submit(context.background, owner, job, record=context.record_artifact, step=step)

@@ -6,21 +6,22 @@ Consumes `ValidationEpochEnd` and `TrainEpochEnd`, on rank zero; publishes nothi
 ``learning_rate.png`` (from Lightning's `LearningRateMonitor`), each against epochs with
 the best epoch of `context.monitor` marked, and ``history.csv`` with every value drawn.
 The history is the subscriber's state, saved in checkpoints: a resumed run draws the
-whole curve, not just the epochs since the resume.
+whole curve, not just the epochs since the resume. The pictures are drawn from a copy of
+the history on the run's background writer (`RunContext.background`), inline without one.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
-from harness.artifacts import write_text
+from harness.artifacts import run_or_submit
 from harness.bus import Bus
 from harness.context import RunContext
 from harness.events import TrainEpochEnd, ValidationEpochEnd
 from harness.settings import PlotsSettings
-from subscribers._draw_history import best_epoch, curves, draw_family, history_csv
+from subscribers._draw_history import draw_history
 
 __all__ = ["Plots"]
 
@@ -31,7 +32,6 @@ class Plots:
     def __init__(self, context: RunContext, settings: PlotsSettings | None = None) -> None:
         self.context = context
         self.settings = settings or PlotsSettings()
-        self.directory = context.run_dir / "plots"
         self.history: dict[int, dict[str, float]] = {}
         self.validated_epoch: int | None = None
 
@@ -52,19 +52,12 @@ class Plots:
             for key, value in event.metrics.items()
             if validated or not key.startswith("val")
         }
-        self.draw()
-
-    def draw(self) -> list[Path]:
-        """Redraw every picture from the whole history and record them in the summary."""
-        best = best_epoch(self.history, self.context.monitor, self.context.monitor_mode)
-        written = [
-            draw_family(self.directory / f"{family}.png", family, family_curves, best)
-            for family, family_curves in curves(self.history).items()
-        ]
-        written.append(write_text(self.directory / "history.csv", history_csv(self.history)))
-        for path in written:
-            self.context.record_artifact(path.relative_to(self.context.run_dir).as_posix(), path)
-        return written
+        context = self.context
+        history = {epoch: dict(metrics) for epoch, metrics in self.history.items()}
+        job = functools.partial(draw_history, context.run_dir, history, context.monitor, context.monitor_mode)
+        run_or_submit(
+            context.background, "Plots", job, record=context.record_artifact, step=event.global_step
+        )
 
     def state_dict(self) -> dict[str, Any]:
         return {

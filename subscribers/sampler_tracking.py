@@ -16,24 +16,27 @@ expect, the shares drawn and trained) and rewrites, under ``run_dir/sampler_trac
 ``draws.png`` (drawn share per class over epochs). Every rank keeps its history (its own
 "trained"); it is part of `state_dict`, so a resumed run goes on with the epochs it
 already reported. A sampler that does not track is reported once and otherwise ignored.
+The files are written from a copy of the history on the run's background writer
+(`RunContext.background`), inline without one; the table is printed at once.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Mapping
 from typing import Any
 
 import torch
 
-from harness.artifacts import save_figure
+from harness.artifacts import run_or_submit
 from harness.bus import Bus
 from harness.context import RunContext
 from harness.events import BatchEnd, TrainEpochEnd, TrainEpochStart
 from harness.sampler import Draw, TrackingWeightedRandomSampler, class_counts, find_tracking_sampler
 from harness.settings import SamplerTrackingSettings
-from subscribers._sampler_report import share_figure, table_rows
-from subscribers._tables import print_table, write_csv
+from subscribers._sampler_report import table_rows, write_history
+from subscribers._tables import print_table
 
 __all__ = ["SamplerTracking"]
 
@@ -103,12 +106,11 @@ class SamplerTracking:
         # A resumed run may replay an epoch: what is drawn now replaces what was recorded then.
         self.history = [e for e in self.history if e["epoch"] < event.epoch] + [entry]
         if context.is_rank_zero:
-            self._report(sampler, context.data.train_targets)
+            self._report(sampler, context.data.train_targets, event.global_step)
 
-    def _report(self, sampler: TrackingWeightedRandomSampler, targets: list[int]) -> None:
+    def _report(self, sampler: TrackingWeightedRandomSampler, targets: list[int], step: int) -> None:
         context = self.context
         names = context.class_names
-        out = context.run_dir / "sampler_tracking"
         images = torch.bincount(torch.tensor(targets), minlength=len(names)).tolist()
         expected = sampler.expected_shares(targets, len(names)).tolist()
         latest = self.history[-1]
@@ -125,16 +127,12 @@ class SamplerTracking:
             rows,
             caption=caption + (f"; {note}" if note else ""),
         )
-        for name, key in (("draws", "drawn"), ("trained", "trained")):
-            path = write_csv(
-                out / f"{name}.csv",
-                ["epoch", "total", *names],
-                ([e["epoch"], sum(e[key]), *e[key]] for e in self.history),
-            )
-            context.record_artifact(f"sampler_{name}", path)
-        epochs = [entry["epoch"] for entry in self.history]
-        figure = share_figure(epochs, [e["drawn"] for e in self.history], expected, names)
-        context.record_artifact("sampler_draws_plot", save_figure(figure, out / "draws.png"))
+        history = [
+            {"epoch": e["epoch"], "drawn": list(e["drawn"]), "trained": list(e["trained"])}
+            for e in self.history
+        ]
+        job = functools.partial(write_history, context.run_dir, names, history, expected)
+        run_or_submit(context.background, "SamplerTracking", job, record=context.record_artifact, step=step)
 
     def _warn_once(self, sampler: TrackingWeightedRandomSampler | None) -> None:
         if self._warned:

@@ -7,23 +7,23 @@ the same images appear every epoch. Writes, under ``run_dir/samples/``: ``epoch_
 (images un-normalised with `context.preprocessing`, wrong predictions framed in red),
 ``epoch_NNN.json`` (what each shown image is: stream position, true and predicted class,
 confidence) and ``latest.png`` / ``latest.json``, copies of the newest epoch's.
-Under DDP it shows images from rank zero's share of the validation set.
+Under DDP it shows images from rank zero's share of the validation set. The grid is drawn
+on the run's background writer (`RunContext.background`), inline without one.
 """
 
 from __future__ import annotations
 
+import functools
 import heapq
-from pathlib import Path
 
 import torch
 
-from harness.artifacts import write_json
+from harness.artifacts import run_or_submit
 from harness.bus import Bus
 from harness.context import RunContext
 from harness.events import BatchEnd, ValidationEpochEnd
 from harness.settings import SamplesSettings
-from subscribers._draw import epoch_file, publish_latest
-from subscribers._draw_samples import Shown, draw_samples, priority, unnormalise
+from subscribers._draw_samples import Shown, priority, unnormalise, write_epoch
 
 __all__ = ["Samples"]
 
@@ -34,7 +34,6 @@ class Samples:
     def __init__(self, context: RunContext, settings: SamplesSettings | None = None) -> None:
         self.context = context
         self.settings = settings or SamplesSettings()
-        self.directory = context.run_dir / "samples"
         self.seen = 0
         # A max-heap on priority (negated), so the worst of the kept samples is at the top.
         self.kept: list[tuple[int, int, Shown]] = []
@@ -80,28 +79,11 @@ class Samples:
         self.kept, self.seen = [], 0
         if event.sanity_check or not shown:
             return
-        self.write(shown, event.epoch)
-
-    def write(self, shown: list[Shown], epoch: int) -> list[Path]:
-        """Draw the grid and its list for `epoch`, refresh the `latest` copies, record them all."""
-        names = self.context.class_names
-        picture = draw_samples(
-            epoch_file(self.directory, epoch, ".png"), shown, names, epoch=epoch, seed=self.settings.seed
+        # `shown` is the job's own: `kept` starts afresh and each image is a copy made at its batch.
+        context = self.context
+        job = functools.partial(
+            write_epoch, context.run_dir, context.class_names, shown, event.epoch, self.settings.seed
         )
-        listing = write_json(
-            epoch_file(self.directory, epoch, ".json"),
-            [
-                {
-                    "position": sample.position,
-                    "true": names[sample.target],
-                    "predicted": names[sample.predicted],
-                    "confidence": round(sample.confidence, 4),
-                    "correct": sample.correct,
-                }
-                for sample in shown
-            ],
+        run_or_submit(
+            context.background, "Samples", job, record=context.record_artifact, step=event.global_step
         )
-        written = [picture, listing, publish_latest(picture), publish_latest(listing)]
-        for path in written:
-            self.context.record_artifact(path.relative_to(self.context.run_dir).as_posix(), path)
-        return written

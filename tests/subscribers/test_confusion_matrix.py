@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import csv
+import functools
+import importlib
 import warnings
 from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 import torch
@@ -13,6 +16,7 @@ from PIL import Image
 from torch import nn
 from torch.nn.modules.module import register_module_forward_hook
 
+from harness.artifacts import BackgroundWriter
 from harness.bus import Bus
 from harness.context import RunContext
 from harness.data import scan
@@ -60,6 +64,13 @@ def context(tmp_path: Path) -> RunContext:
     return make_context(tmp_path, class_names=NAMES)
 
 
+@pytest.fixture
+def jobs(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
+    """`tests/plugins/background_jobs.py`, importable here and in a writer's worker process."""
+    monkeypatch.syspath_prepend(str(Path(__file__).parents[1] / "plugins"))
+    return importlib.import_module("background_jobs")
+
+
 def attach(context: RunContext, **options: object) -> Bus:
     bus = Bus()
     bus.attach(ConfusionMatrix(context, ConfusionMatrixSettings(**options)))  # type: ignore[arg-type]
@@ -105,6 +116,31 @@ def test_latest_follows_the_newest_epoch_and_each_epoch_starts_from_zero(context
     assert read_counts(folder / "epoch_001.csv")[2] == [[0, 0, 0], [0, 0, 1], [0, 0, 1]]
     assert (folder / "latest.csv").read_bytes() == (folder / "epoch_001.csv").read_bytes()
     assert (folder / "latest.png").read_bytes() == (folder / "epoch_001.png").read_bytes()
+
+
+def test_on_a_background_writer_each_epoch_writes_what_it_writes_inline(
+    tmp_path: Path, jobs: ModuleType
+) -> None:
+    epochs = [[([0, 1, 2], [0, 2, 2])], [([0, 0, 1], [1, 0, 1]), ([2], [2])]]
+    inline = make_context(tmp_path / "inline", class_names=NAMES)
+    background = make_context(tmp_path / "background", class_names=NAMES)
+    background.background = writer = BackgroundWriter()
+    gate = tmp_path / "gate"
+    # The worker is busy until both epochs have ended: epoch 0's job must draw epoch 0's counts.
+    writer.submit("Test", functools.partial(jobs.wait_for, gate), record=background.record_artifact)
+    for context in (inline, background):
+        bus = attach(context)
+        for epoch, batches in enumerate(epochs):
+            validate(bus, epoch, batches)
+    assert not (background.run_dir / "confusion_matrix").exists()
+
+    gate.touch()
+    assert writer.close() == []
+    names = ["epoch_000.csv", "epoch_000.png", "epoch_001.csv", "epoch_001.png", "latest.csv", "latest.png"]
+    for name in names:
+        written = background.run_dir / "confusion_matrix" / name
+        assert written.read_bytes() == (inline.run_dir / "confusion_matrix" / name).read_bytes(), name
+    assert background.artifacts == inline.artifacts
 
 
 def test_the_sanity_check_draws_nothing_and_counts_nothing(context: RunContext) -> None:

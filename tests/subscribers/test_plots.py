@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import csv
+import functools
+import importlib
 import io
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import pytest
@@ -13,6 +16,7 @@ import torch
 from matplotlib.figure import Figure
 from PIL import Image
 
+from harness.artifacts import BackgroundWriter, run_or_submit
 from harness.bus import Bus
 from harness.context import RunContext
 from harness.events import TrainEpochEnd, ValidationEpochEnd
@@ -57,6 +61,13 @@ def history_rows(context: RunContext) -> list[dict[str, str]]:
 
 
 @pytest.fixture
+def jobs(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
+    """`tests/plugins/background_jobs.py`, importable here and in a writer's worker process."""
+    monkeypatch.syspath_prepend(str(Path(__file__).parents[1] / "plugins"))
+    return importlib.import_module("background_jobs")
+
+
+@pytest.fixture
 def context(tmp_path: Path) -> RunContext:
     return make_context(tmp_path)
 
@@ -78,6 +89,42 @@ def test_one_picture_per_family_and_the_history_table_after_each_epoch(context: 
     assert [row["epoch"] for row in rows] == ["0", "1"]
     assert float(rows[1]["train/loss"]) == pytest.approx(1.0), "the epoch mean, not the last step"
     assert "train/loss_step" not in rows[0]
+
+
+def test_on_a_background_writer_each_epoch_writes_what_it_writes_inline(
+    tmp_path: Path, jobs: ModuleType
+) -> None:
+    contexts = {}
+    for name in ("inline", "background"):
+        context = contexts[name] = make_context(tmp_path / name)
+        gate = tmp_path / "gate"
+        if name == "background":
+            context.background = BackgroundWriter()
+            # The worker is busy until both epochs have ended: epoch 0's job must draw epoch 0's history.
+            context.background.submit(
+                "Test", functools.partial(jobs.wait_for, gate), record=context.record_artifact
+            )
+        bus = Bus()
+        bus.attach(Plots(context))
+        epoch_end(bus, 0)
+        # Runs right after epoch 0's job, inline or not: the folder as epoch 0 left it.
+        snapshot = functools.partial(jobs.snapshot, context.run_dir / "plots", tmp_path / f"{name}_epoch_0")
+        run_or_submit(context.background, "Test", snapshot, record=context.record_artifact)
+        epoch_end(bus, 1)
+    background = contexts["background"]
+    assert not (background.run_dir / "plots").exists()
+
+    gate.touch()
+    assert background.background is not None
+    assert background.background.close() == []
+    for name in ("history.csv", "losses.png", "accuracy.png", "learning_rate.png"):
+        for inline_dir, background_dir in (
+            (tmp_path / "inline_epoch_0", tmp_path / "background_epoch_0"),
+            (contexts["inline"].run_dir / "plots", background.run_dir / "plots"),
+        ):
+            assert (background_dir / name).read_bytes() == (inline_dir / name).read_bytes(), name
+    assert (tmp_path / "inline_epoch_0" / "history.csv").read_text().count("\n") == 2
+    assert background.artifacts == contexts["inline"].artifacts
 
 
 def test_a_family_with_no_metric_gets_no_picture(context: RunContext) -> None:

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import csv
+import functools
+import importlib
 import io
 import logging
 from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 import torch
 from scipy.stats import chisquare
 from torch.utils.data import WeightedRandomSampler
 
+from harness.artifacts import BackgroundWriter, run_or_submit
 from harness.bus import Bus
 from harness.context import DatasetInfo, RunContext
 from harness.events import TrainEpochEnd, TrainEpochStart
@@ -42,6 +46,13 @@ class LoaderStandIn:
         assert isinstance(sampler, WeightedRandomSampler)
         sampler.set_epoch(event.epoch)  # type: ignore[attr-defined]
         list(sampler)
+
+
+@pytest.fixture
+def jobs(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
+    """`tests/plugins/background_jobs.py`, importable here and in a writer's worker process."""
+    monkeypatch.syspath_prepend(str(Path(__file__).parents[1] / "plugins"))
+    return importlib.import_module("background_jobs")
 
 
 def imbalanced_context(tmp_path: Path, *, balanced: bool, counts: tuple[int, ...] = COUNTS) -> RunContext:
@@ -117,6 +128,60 @@ def test_prints_a_table_and_records_artifacts(tmp_path: Path, capsys: pytest.Cap
     assert context.artifacts["sampler_draws"] == "sampler_tracking/draws.csv"
     assert context.artifacts["sampler_draws_plot"] == "sampler_tracking/draws.png"
     assert not (folder / "per_rank.csv").exists()
+
+
+class FolderSnapshot:
+    """After the first epoch, copies the written folder as it is then, through the subscriber's writer."""
+
+    def __init__(self, context: RunContext, jobs: ModuleType, target: Path) -> None:
+        self.context = context
+        self.jobs = jobs
+        self.target = target
+
+    def connect(self, bus: Bus) -> None:
+        bus.subscribe(TrainEpochEnd, self.on_train_epoch_end)
+
+    def on_train_epoch_end(self, event: TrainEpochEnd) -> None:
+        if event.epoch == 0:
+            job = functools.partial(
+                self.jobs.snapshot, self.context.run_dir / "sampler_tracking", self.target
+            )
+            run_or_submit(self.context.background, "FolderSnapshot", job, record=self.context.record_artifact)
+
+
+def run_with_snapshot(context: RunContext, jobs: ModuleType, target: Path) -> None:
+    bus = Bus()
+    bus.attach(LoaderStandIn(context))
+    bus.attach(SamplerTracking(context))
+    bus.attach(FolderSnapshot(context, jobs, target))
+    scripted_run(bus, context, epochs=2, train_batches=1, val_batches=1)
+
+
+def test_on_a_background_writer_each_epoch_writes_what_it_writes_inline(
+    tmp_path: Path, jobs: ModuleType
+) -> None:
+    inline = imbalanced_context(tmp_path / "inline", balanced=True)
+    run_with_snapshot(inline, jobs, tmp_path / "inline_epoch_0")
+
+    background = imbalanced_context(tmp_path / "background", balanced=True)
+    background.background = writer = BackgroundWriter()
+    gate = tmp_path / "gate"
+    # The worker is busy until the run is over: epoch 0's job must write epoch 0's history.
+    writer.submit("Test", functools.partial(jobs.wait_for, gate), record=background.record_artifact)
+    run_with_snapshot(background, jobs, tmp_path / "background_epoch_0")
+    assert not (background.run_dir / "sampler_tracking").exists()
+    gate.touch()
+    assert writer.close() == []
+
+    assert len(read_csv(tmp_path / "inline_epoch_0" / "draws.csv")) == 1
+    assert len(read_csv(inline.run_dir / "sampler_tracking" / "draws.csv")) == 2
+    for name in ("draws.csv", "trained.csv", "draws.png"):
+        for inline_dir, background_dir in (
+            (tmp_path / "inline_epoch_0", tmp_path / "background_epoch_0"),
+            (inline.run_dir / "sampler_tracking", background.run_dir / "sampler_tracking"),
+        ):
+            assert (background_dir / name).read_bytes() == (inline_dir / name).read_bytes(), name
+    assert background.artifacts == inline.artifacts
 
 
 def test_state_round_trips_and_a_resumed_run_goes_on(tmp_path: Path) -> None:

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import functools
+import importlib
 import json
 import warnings
 from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
 import torch
 from PIL import Image
 
+from harness.artifacts import BackgroundWriter
 from harness.bus import Bus
 from harness.context import RunContext
 from harness.data import scan
@@ -62,6 +66,13 @@ def listing(context: RunContext, name: str = "latest.json") -> list[dict[str, An
         (context.run_dir / "samples" / name).read_text(encoding="utf-8")
     )
     return result
+
+
+@pytest.fixture
+def jobs(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
+    """`tests/plugins/background_jobs.py`, importable here and in a writer's worker process."""
+    monkeypatch.syspath_prepend(str(Path(__file__).parents[1] / "plugins"))
+    return importlib.import_module("background_jobs")
 
 
 def attach(context: RunContext, *, count: int = 16, seed: int = 0) -> Bus:
@@ -133,6 +144,40 @@ def test_predictions_confidences_and_wrong_ones_come_from_the_logits(context: Ru
     with Image.open(context.run_dir / "samples" / "epoch_000.png") as picture:
         assert picture.format == "PNG"
     assert {"samples/epoch_000.png", "samples/latest.png"} <= set(context.artifacts)
+
+
+def test_on_a_background_writer_each_epoch_writes_what_it_writes_inline(
+    tmp_path: Path, jobs: ModuleType
+) -> None:
+    images, targets = stream(24, 3)
+    inline = make_context(tmp_path / "inline", class_names=("cat", "dog", "bird"))
+    background = make_context(tmp_path / "background", class_names=("cat", "dog", "bird"))
+    background.background = writer = BackgroundWriter()
+    gate = tmp_path / "gate"
+    # The worker is busy until both epochs have ended: epoch 0's job must draw epoch 0's samples.
+    writer.submit("Test", functools.partial(jobs.wait_for, gate), record=background.record_artifact)
+    for context in (inline, background):
+        bus = attach(context, count=5)
+        for epoch in range(2):
+            logits = torch.randn(24, 3, generator=torch.Generator().manual_seed(epoch))
+            validate(bus, epoch, images, targets, logits)
+    assert not (background.run_dir / "samples").exists()
+
+    gate.touch()
+    assert writer.close() == []
+    names = [
+        "epoch_000.json",
+        "epoch_000.png",
+        "epoch_001.json",
+        "epoch_001.png",
+        "latest.json",
+        "latest.png",
+    ]
+    for name in names:
+        written = background.run_dir / "samples" / name
+        assert written.read_bytes() == (inline.run_dir / "samples" / name).read_bytes(), name
+    assert listing(background, "epoch_000.json") != listing(background, "epoch_001.json")
+    assert background.artifacts == inline.artifacts
 
 
 def test_the_sanity_check_draws_nothing_and_leaves_no_images_behind(context: RunContext) -> None:
