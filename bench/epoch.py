@@ -13,7 +13,7 @@ seeded `harness.sampler` sampler), with the same Trainer settings:
   `EMAWeightAveraging`, a confusion matrix that runs the forward pass again in
   ``on_validation_batch_end``, and loss/accuracy curves drawn with pyplot at epoch end;
 - harness: `BusCallback` with every built-in subscriber, built as `harness.run` builds them,
-  with a `harness.artifacts.BackgroundWriter` whose worker process draws the pictures.
+  with a `harness.background.BackgroundWriter` whose worker process draws the pictures.
 
 An epoch is timed from ``on_train_epoch_start`` (a clock placed first among the callbacks)
 to ``on_train_epoch_end`` (a clock placed last), so it holds the training batches, the
@@ -60,7 +60,7 @@ from torchmetrics.classification import MulticlassConfusionMatrix
 from typing_extensions import override
 
 from bench._timing import Row, format_seconds, markdown_table, median_of, quiet_lightning, rows_table
-from harness.artifacts import BackgroundWriter
+from harness.background import BackgroundWriter
 from harness.bus import Bus, OnError, Subscriber
 from harness.callback import BusCallback
 from harness.context import DatasetInfo, Preprocessing, RunContext
@@ -427,6 +427,8 @@ def fit(variant: str, data: Data, config: Config, *, epochs: int, steps: int | N
     spent: Spent = {}
     # As harness.run does: one writer per run, closed when the fit is over.
     writer = BackgroundWriter() if variant == HARNESS else None
+    if writer is not None:
+        writer.start()  # as harness.run does, before the Trainer starts
     children_cpu = _children_cpu()
     callbacks = [
         Clock(marks, "first", config.device),

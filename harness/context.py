@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.utils.data import Sampler
 
-from harness.artifacts import BackgroundWriter
+from harness.background import BackgroundWriter
 
 __all__ = ["DatasetInfo", "Preprocessing", "RunContext", "WeightsInModel"]
 
@@ -61,7 +61,7 @@ class RunContext:
     `artifacts` maps an artifact's name to its path relative to `run_dir`; it becomes the
     ``artifacts`` map of ``summary.json``. `background` is the run's `BackgroundWriter`,
     which draws and writes pictures off the training thread; None (tests, replays) means
-    subscribers write inline (`harness.artifacts.run_or_submit`).
+    subscribers write inline (`harness.background.run_or_submit`).
     """
 
     run_dir: Path

@@ -29,7 +29,8 @@ from lightning.pytorch.callbacks import (
 )
 from lightning.pytorch.loggers import CSVLogger
 
-from harness.artifacts import BackgroundWriter, write_json, write_label_map, write_text
+from harness.artifacts import write_json, write_label_map, write_text
+from harness.background import BackgroundWriter
 from harness.bus import Bus, Subscriber
 from harness.callback import BusCallback
 from harness.context import Preprocessing, RunContext
@@ -250,6 +251,8 @@ def run(settings: Settings, *, extra_subscribers: Mapping[str, Subscriber] | Non
     if trainer.is_global_zero:
         write_text(run_dir / "settings.toml", settings_to_toml(settings))
         write_label_map(run_dir, classes)
+        # Its imports overlap the run's set-up and sanity check rather than an epoch.
+        writer.start()
     context.record_artifact("settings", run_dir / "settings.toml")
     context.record_artifact("label_map", run_dir / "labels.json")
     context.record_artifact("metrics", Path(logger.log_dir) / "metrics.csv")

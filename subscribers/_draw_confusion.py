@@ -19,7 +19,8 @@ from typing import Literal
 import torch
 from matplotlib.axes import Axes
 
-from harness.artifacts import Record, save_figure, write_text
+from harness.artifacts import save_figure, write_text
+from harness.background import Record
 from subscribers._draw import epoch_file, name_fonts, new_figure, publish_latest, shorten
 
 __all__ = ["Normalize", "counts_csv", "draw_confusion", "normalise", "write_epoch"]

@@ -20,7 +20,8 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator, PercentFormatter
 
-from harness.artifacts import Record, save_figure, write_text
+from harness.artifacts import save_figure, write_text
+from harness.background import Record
 from subscribers._draw import new_figure
 
 __all__ = [

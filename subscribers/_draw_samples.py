@@ -19,7 +19,8 @@ import attrs
 import torch
 from matplotlib.patches import Rectangle
 
-from harness.artifacts import Record, save_figure, write_json
+from harness.artifacts import save_figure, write_json
+from harness.background import Record
 from subscribers._draw import epoch_file, name_fonts, new_figure, publish_latest, shorten
 
 __all__ = ["Shown", "draw_samples", "priority", "unnormalise", "write_epoch"]

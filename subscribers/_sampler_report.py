@@ -9,7 +9,8 @@ from typing import Any
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator, PercentFormatter
 
-from harness.artifacts import Record, save_figure
+from harness.artifacts import save_figure
+from harness.background import Record
 from subscribers._tables import percent, write_csv
 
 __all__ = ["share_figure", "table_rows", "write_history"]

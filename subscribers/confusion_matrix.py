@@ -22,7 +22,7 @@ import functools
 
 from torchmetrics.classification import MulticlassConfusionMatrix
 
-from harness.artifacts import run_or_submit
+from harness.background import run_or_submit
 from harness.bus import Bus
 from harness.context import RunContext
 from harness.events import BatchEnd, ValidationEpochEnd

@@ -16,7 +16,7 @@ import functools
 from collections.abc import Mapping
 from typing import Any
 
-from harness.artifacts import run_or_submit
+from harness.background import run_or_submit
 from harness.bus import Bus
 from harness.context import RunContext
 from harness.events import TrainEpochEnd, ValidationEpochEnd

@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from harness.artifacts import run_or_submit
+from harness.background import run_or_submit
 from harness.bus import Bus
 from harness.context import RunContext
 from harness.events import BatchEnd, TrainEpochEnd, TrainEpochStart

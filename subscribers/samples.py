@@ -18,7 +18,7 @@ import heapq
 
 import torch
 
-from harness.artifacts import run_or_submit
+from harness.background import run_or_submit
 from harness.bus import Bus
 from harness.context import RunContext
 from harness.events import BatchEnd, ValidationEpochEnd

@@ -1,4 +1,4 @@
-"""Jobs for `harness.artifacts.BackgroundWriter` tests: module-level, so the worker process imports them.
+"""Jobs for `harness.background.BackgroundWriter` tests: module-level, so the worker process imports them.
 
 Tests put this folder on ``sys.path`` (the worker process inherits it).
 """
@@ -23,6 +23,12 @@ def append(path: Path, text: str, record: Record, *, delay: float = 0.0) -> None
     record(text, path)
 
 
+def shout(path: Path, text: str, record: Record) -> None:
+    """Print a lot, then `append`: a job's output must not disturb the worker's replies."""
+    print("noise " * 20_000)
+    append(path, text, record)
+
+
 def wait_for(gate: Path, record: Record, *, timeout: float = 20.0) -> None:
     """Keep the worker busy until `gate` exists."""
     deadline = time.monotonic() + timeout
@@ -43,7 +49,7 @@ def snapshot(source: Path, target: Path, record: Record) -> None:
 
 def submit_and_leave(out: Path) -> None:
     """In a process `multiprocessing` started: submit a job and exit without closing the writer."""
-    from harness.artifacts import BackgroundWriter
+    from harness.background import BackgroundWriter
 
     writer = BackgroundWriter()
     writer.submit("Test", functools.partial(append, out, "child"), record=lambda name, path: None)

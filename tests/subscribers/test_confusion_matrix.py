@@ -16,7 +16,7 @@ from PIL import Image
 from torch import nn
 from torch.nn.modules.module import register_module_forward_hook
 
-from harness.artifacts import BackgroundWriter
+from harness.background import BackgroundWriter
 from harness.bus import Bus
 from harness.context import RunContext
 from harness.data import scan

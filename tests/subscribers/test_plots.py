@@ -16,7 +16,7 @@ import torch
 from matplotlib.figure import Figure
 from PIL import Image
 
-from harness.artifacts import BackgroundWriter, run_or_submit
+from harness.background import BackgroundWriter, run_or_submit
 from harness.bus import Bus
 from harness.context import RunContext
 from harness.events import TrainEpochEnd, ValidationEpochEnd

@@ -16,7 +16,7 @@ import torch
 from scipy.stats import chisquare
 from torch.utils.data import WeightedRandomSampler
 
-from harness.artifacts import BackgroundWriter, run_or_submit
+from harness.background import BackgroundWriter, run_or_submit
 from harness.bus import Bus
 from harness.context import DatasetInfo, RunContext
 from harness.events import TrainEpochEnd, TrainEpochStart

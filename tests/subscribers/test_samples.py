@@ -15,7 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
-from harness.artifacts import BackgroundWriter
+from harness.background import BackgroundWriter
 from harness.bus import Bus
 from harness.context import RunContext
 from harness.data import scan

@@ -10,6 +10,8 @@ import multiprocessing
 import os
 import pickle
 import signal
+import subprocess
+import sys
 import textwrap
 import threading
 from collections.abc import Callable, Iterator
@@ -18,7 +20,7 @@ from types import ModuleType
 
 import pytest
 
-from harness.artifacts import BackgroundWriter, run_or_submit
+from harness.background import BackgroundWriter, run_or_submit
 from harness.run import run
 from harness.settings import Settings
 
@@ -26,7 +28,7 @@ MakeSettings = Callable[..., Settings]
 PLUGINS = Path(__file__).parents[1] / "plugins"
 
 BROKEN_PICTURES = """
-from harness.artifacts import run_or_submit
+from harness.background import run_or_submit
 from harness.events import TrainEpochEnd
 
 
@@ -109,7 +111,7 @@ def test_a_failing_job_is_logged_and_returned_by_drain_and_the_next_jobs_still_r
     writer.submit("Plots", functools.partial(jobs.append, out, "before"), record=recorded)
     writer.submit("ConfusionMatrix", functools.partial(jobs.fail, "disk full"), record=recorded, step=42)
     writer.submit("Plots", functools.partial(jobs.append, out, "after"), record=recorded)
-    with caplog.at_level(logging.ERROR, logger="harness.artifacts"):
+    with caplog.at_level(logging.ERROR, logger="harness.background"):
         failures = writer.drain()
 
     assert recorded.names == ["before", "after"]
@@ -120,7 +122,7 @@ def test_a_failing_job_is_logged_and_returned_by_drain_and_the_next_jobs_still_r
     assert "raise OSError(message)" in failure.traceback
     [log] = caplog.records
     assert "ConfusionMatrix" in log.getMessage()
-    assert log.exc_info is not None
+    assert "raise OSError(message)" in log.getMessage(), "the log holds the worker's traceback"
     assert writer.drain() == [], "a failure is reported once"
 
 
@@ -155,7 +157,7 @@ def test_a_job_that_does_not_pickle_is_refused_at_once(writer: BackgroundWriter)
 def test_a_writer_that_never_ran_a_job_closes_without_a_worker() -> None:
     writer = BackgroundWriter()
     assert writer.close() == []
-    assert writer._executor is None
+    assert writer._worker is None, "no worker process was started"
 
 
 def test_submit_waits_when_max_pending_jobs_are_queued(jobs: ModuleType, tmp_path: Path) -> None:
@@ -199,7 +201,7 @@ def test_in_a_process_multiprocessing_started_jobs_run_inline_and_it_exits_unclo
     child.start()
     child.join(60)
     if child.is_alive():
-        child.kill()  # and its worker goes with it: it watches its parent
+        child.kill()
     assert child.exitcode == 0, "the child exited, with nobody closing its writer"
     assert out.read_text().split() == ["child", str(child.pid)]
 
@@ -216,7 +218,7 @@ def test_a_dead_worker_fails_its_jobs_and_a_new_one_takes_the_next(
 
     [failure] = writer.drain()
     assert (failure.owner, failure.step) == ("Samples", 7)
-    assert failure.error.startswith("BrokenProcessPool")
+    assert failure.error.startswith("WorkerDied: the background writer's worker process exited with code -9")
     recorded = Recorded()
     writer.submit("Test", functools.partial(jobs.append, out, "second"), record=recorded)
     assert writer.drain() == []
@@ -283,3 +285,36 @@ def test_a_run_draws_in_the_background_and_lists_background_failures_in_its_summ
     assert failure["step"] == 2
     assert failure["error"] == "OSError: disk full"
     assert "broken_pictures.py" in failure["traceback"]
+
+
+SCRIPT = """
+import functools, os, sys
+from pathlib import Path
+sys.path.insert(0, {plugins!r})
+import background_jobs
+from harness.background import BackgroundWriter
+
+# No `if __name__ == "__main__"` guard: the worker must not run this again.
+with open({marker!r}, "a") as handle:
+    handle.write(f"{{os.getpid()}}\\n")
+writer = BackgroundWriter()
+out = Path({out!r})
+writer.submit("Script", functools.partial(background_jobs.shout, out, "drawn"), record=print)
+writer.submit("Script", functools.partial(background_jobs.append, out, "late", delay=0.5), record=print)
+{ending}
+"""
+
+
+@pytest.mark.parametrize("ending", ["print(writer.close())", "# never closed"])
+def test_a_script_runs_once_and_its_jobs_finish_closed_or_not(ending: str, tmp_path: Path) -> None:
+    marker, out = tmp_path / "ran.txt", tmp_path / "out.txt"
+    script = tmp_path / "train.py"
+    script.write_text(SCRIPT.format(plugins=str(PLUGINS), marker=str(marker), out=str(out), ending=ending))
+
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+
+    assert done.returncode == 0, done.stderr
+    assert len(marker.read_text().splitlines()) == 1, "the script ran once, not again in the worker"
+    assert [line.split()[0] for line in out.read_text().splitlines()] == ["drawn", "late"]
+    assert "noise" in done.stderr, "what a job prints goes to stderr"
+    assert "failed" not in done.stderr

@@ -1,0 +1,59 @@
+"""The background writer's worker process: ``python -m harness._background_worker``.
+
+Started by `harness.background.BackgroundWriter`, never by hand. Its first request is
+the sys.path to import jobs from; each one after is a pickled job, run in turn, with one
+pickled reply per job (`harness.background.Reply`) on the stdout it was started with.
+Its own stdout goes to stderr, so a job that prints cannot break the replies. It exits
+when its input ends: the writer closed it, or the process that started it died.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import sys
+import traceback
+from pathlib import Path
+from typing import IO, Any
+
+_LENGTH_BYTES = 8
+
+
+def main() -> None:
+    # Ctrl-C reaches the whole process group: the training process decides what stops.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    replies = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+    requests = sys.stdin.buffer
+    path = _read(requests)
+    if path is None:
+        return
+    sys.path[:] = pickle.loads(path)
+    while (payload := _read(requests)) is not None:
+        pickle.dump(_run(payload), replies)
+        replies.flush()
+
+
+def _read(stream: IO[bytes]) -> bytes | None:
+    """One request, or None at the end of input."""
+    header = stream.read(_LENGTH_BYTES)
+    if len(header) < _LENGTH_BYTES:
+        return None
+    body = stream.read(int.from_bytes(header, "little"))
+    return body if len(body) == int.from_bytes(header, "little") else None
+
+
+def _run(payload: bytes) -> tuple[bool, Any]:
+    recorded: list[tuple[str, Path]] = []
+    try:
+        job = pickle.loads(payload)
+        job(lambda name, path: recorded.append((name, path)))
+    # Whatever a job raises is its failure to report; the worker goes on with the next job.
+    except BaseException as error:  # noqa: BLE001
+        return False, (f"{type(error).__name__}: {error}", "".join(traceback.format_exception(error)))
+    return True, recorded
+
+
+if __name__ == "__main__":
+    main()
