@@ -20,6 +20,11 @@ from typing import IO, Any
 _LENGTH_BYTES = 8
 
 
+def header(payload: bytes) -> bytes:
+    """What goes before a request's pickle: its length, in 8 bytes, little-endian."""
+    return len(payload).to_bytes(_LENGTH_BYTES, "little")
+
+
 def main() -> None:
     # Ctrl-C reaches the whole process group: the training process decides what stops.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -37,11 +42,12 @@ def main() -> None:
 
 def _read(stream: IO[bytes]) -> bytes | None:
     """One request, or None at the end of input."""
-    header = stream.read(_LENGTH_BYTES)
-    if len(header) < _LENGTH_BYTES:
+    length = stream.read(_LENGTH_BYTES)
+    if len(length) < _LENGTH_BYTES:
         return None
-    body = stream.read(int.from_bytes(header, "little"))
-    return body if len(body) == int.from_bytes(header, "little") else None
+    size = int.from_bytes(length, "little")
+    body = stream.read(size)
+    return body if len(body) == size else None
 
 
 def _run(payload: bytes) -> tuple[bool, Any]:

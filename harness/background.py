@@ -31,6 +31,7 @@ from typing import IO, Any
 import attrs
 
 import harness
+from harness._background_worker import header
 
 __all__ = ["BackgroundFailure", "BackgroundWriter", "Job", "Record", "run_or_submit"]
 
@@ -262,8 +263,7 @@ class _Worker:
     def _send_all(self, stdin: IO[bytes]) -> None:
         try:
             while (payload := self._outbox.get()) is not None:
-                # A request: its length in 8 bytes, little-endian, then the pickle.
-                stdin.write(len(payload).to_bytes(8, "little"))
+                stdin.write(header(payload))
                 stdin.write(payload)
                 stdin.flush()
         except OSError:
