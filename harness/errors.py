@@ -12,7 +12,9 @@ was received, in one sentence.
 
 from __future__ import annotations
 
-__all__ = ["DataError", "ExportError", "HarnessError", "SettingsError", "SubscriberError"]
+import sys
+
+__all__ = ["DataError", "ExportError", "HarnessError", "SettingsError", "SubscriberError", "report"]
 
 
 class HarnessError(Exception):
@@ -47,3 +49,9 @@ class SubscriberError(HarnessError):
 
 class ExportError(HarnessError):
     """The ONNX export failed or its output disagrees with PyTorch."""
+
+
+def report(error: HarnessError) -> int:
+    """Print `error` for a command line user; return its exit code: 2 for bad input, else 1."""
+    print(f"error: {error}", file=sys.stderr)
+    return 2 if isinstance(error, SettingsError | DataError) else 1

@@ -25,7 +25,7 @@ import torch
 from harness.artifacts import LABELS_FILE, read_label_map
 from harness.context import Preprocessing
 from harness.data import ImageFiles, materialise_digits
-from harness.errors import DataError, ExportError, HarnessError, SettingsError
+from harness.errors import DataError, ExportError, HarnessError, report
 from harness.model import Classifier
 from harness.onnx_meta import ExportSource, find_images
 from harness.settings import Settings, load_settings
@@ -141,12 +141,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         result, origin = export_checkpoint(
             args.checkpoint, args.output, opset=args.opset, tolerance=args.tolerance
         )
-    except (DataError, SettingsError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
     except HarnessError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+        return report(error)
     print(f"parity images: {origin}")
     print(f"parity: {result.parity.describe()}")
     print(f"model: {result.model}")

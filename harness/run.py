@@ -35,7 +35,7 @@ from harness.bus import Bus, Subscriber
 from harness.callback import BusCallback
 from harness.context import Preprocessing, RunContext
 from harness.data import ImageDataModule, scan
-from harness.errors import DataError, HarnessError, SettingsError
+from harness.errors import HarnessError, SettingsError, report
 from harness.model import Classifier
 from harness.record import EventLog
 from harness.sampler import make_sampler
@@ -351,12 +351,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = load_settings(args.settings, args.overrides)
         result = run(settings)
-    except (SettingsError, DataError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
     except HarnessError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+        return report(error)
     except SystemExit:
         print("interrupted: see summary.json in the run directory for the resume command", file=sys.stderr)
         return 130
