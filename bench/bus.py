@@ -7,7 +7,7 @@ outputs, batch, batch_idx)``, on a real `Trainer` with 8 callbacks attached and 
 LightningModule connected: exactly what the fit loop calls after every training batch.
 Against it, in the same process and interleaved round by round:
 
-- `harness.bus.Bus`: one prebuilt `BatchEnd` published to 8 subscribers, each subscribed
+- `harness.core.bus.Bus`: one prebuilt `BatchEnd` published to 8 subscribers, each subscribed
   with ``stage="train"`` and attached with the default failure policy (the goal: at most
   0.75x Lightning's dispatch);
 - the same with the `BatchEnd` built for each call, as `BusCallback` does;
@@ -35,10 +35,10 @@ from lightning.pytorch.trainer.call import _call_callback_hooks
 from typing_extensions import override
 
 from bench._timing import Row, format_seconds, interleaved, quiet_lightning, rows_table
-from harness.bus import Bus
-from harness.callback import BusCallback
-from harness.events import BatchEnd
-from harness.testing import make_context
+from harness.core.bus import Bus
+from harness.core.events import BatchEnd
+from harness.core.testing import make_context
+from harness.training.callback import BusCallback
 
 __all__ = ["main", "rows"]
 

@@ -34,10 +34,10 @@ from torchmetrics.classification import MulticlassConfusionMatrix
 from torchvision.models import resnet18
 
 from bench._timing import Row, format_seconds, interleaved, rows_table
-from harness.bus import Bus
-from harness.context import RunContext
-from harness.events import BatchEnd, ValidationEpochEnd
-from harness.testing import make_context
+from harness.core.bus import Bus
+from harness.core.context import RunContext
+from harness.core.events import BatchEnd, ValidationEpochEnd
+from harness.core.testing import make_context
 from subscribers.confusion_matrix import ConfusionMatrix
 
 __all__ = ["main", "rows"]

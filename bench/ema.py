@@ -27,12 +27,11 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torchvision.models import resnet18
 
-from harness.bus import Bus
-from harness.events import BatchEnd, FitStart, ValidationSwapIn, ValidationSwapOut
-from harness.settings import EMASettings
-from harness.testing import make_context
+from harness.core.bus import Bus
+from harness.core.events import BatchEnd, FitStart, ValidationSwapIn, ValidationSwapOut
+from harness.core.testing import make_context
 from subscribers._ema import ShadowWeights
-from subscribers.ema import EMA
+from subscribers.ema import EMA, EMASettings
 
 DECAY = 0.999
 REPEATS = 11

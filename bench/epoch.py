@@ -4,16 +4,16 @@
     .venv/bin/python -m bench.epoch --device cuda      # one GPU: ResNet-18 and ResNet-50, bf16-mixed
     .venv/bin/python -m bench.epoch --smoke            # the GPU's code paths, tiny, on the CPU
 
-Three variants train the same `harness.model.Classifier` on the same in-memory images (the
+Three variants train the same `harness.training.model.Classifier` on the same in-memory images (the
 embedded digits, decoded once, resized and normalised as a run does, drawn by the same
-seeded `harness.sampler` sampler), with the same Trainer settings:
+seeded `harness.training.sampler` sampler), with the same Trainer settings:
 
 - bare: Lightning with no callbacks (the anchor);
 - plain: Lightning with the callbacks a user would write without the harness: Lightning's
   `EMAWeightAveraging`, a confusion matrix that runs the forward pass again in
   ``on_validation_batch_end``, and loss/accuracy curves drawn with pyplot at epoch end;
 - harness: `BusCallback` with every built-in subscriber, built as `harness.run` builds them,
-  with a `harness.background.BackgroundWriter` whose worker process draws the pictures.
+  with a `harness.io.background.BackgroundWriter` whose worker process draws the pictures.
 
 An epoch is timed from ``on_train_epoch_start`` (a clock placed first among the callbacks)
 to ``on_train_epoch_end`` (a clock placed last), so it holds the training batches, the
@@ -60,16 +60,16 @@ from torchmetrics.classification import MulticlassConfusionMatrix
 from typing_extensions import override
 
 from bench._timing import Row, format_seconds, markdown_table, median_of, quiet_lightning, rows_table
-from harness.background import BackgroundWriter
-from harness.bus import Bus, OnError, Subscriber
-from harness.callback import BusCallback
-from harness.context import DatasetInfo, Preprocessing, RunContext
-from harness.data import ImageFiles, scan
-from harness.events import Event
-from harness.model import Classifier
-from harness.run import subscriber_classes
-from harness.sampler import make_sampler
-from harness.settings import DataSettings, Settings
+from harness.core.bus import Bus, OnError, Subscriber
+from harness.core.context import DatasetInfo, RunContext
+from harness.core.events import Event
+from harness.core.preprocessing import Preprocessing
+from harness.io.background import BackgroundWriter
+from harness.settings import DataSettings, load_settings, resolve_specs
+from harness.training.callback import BusCallback
+from harness.training.data import ImageFiles, scan
+from harness.training.model import Classifier
+from harness.training.sampler import make_sampler
 
 __all__ = ["Config", "main", "rows"]
 
@@ -359,7 +359,7 @@ def _harness_callback(
     data: Data, config: Config, sampler: Any, run_dir: Path, spent: Spent, writer: BackgroundWriter | None
 ) -> BusCallback:
     """`BusCallback` with every built-in subscriber, as `harness.run.run` builds them."""
-    settings = Settings()
+    settings = load_settings(None)
     context = RunContext(
         run_dir=run_dir,
         class_names=data.classes,
@@ -371,8 +371,9 @@ def _harness_callback(
     )
     bus = Bus()
     subscribers: dict[str, Subscriber] = {}
-    for key, (cls, options) in subscriber_classes(settings).items():
-        subscribers[key] = cls(context, options)
+    for key, spec in resolve_specs(settings.run.plugins).items():
+        options = settings.subscribers[key]
+        subscribers[key] = spec.build(context, options)
         timed = Timed(subscribers[key], key, options.on_error, spent, CLOCKS[config.clocks[0]])
         bus.attach(timed, on_error=options.on_error)
     return BusCallback(bus, context, subscribers)

@@ -4,7 +4,7 @@
 
 Anchor: eager PyTorch (``torch.inference_mode``, ``eval()``) on the same random-init
 ResNet-18, same inputs, same thread count. Against it, in the same process and
-interleaved round by round: the file `subscribers._onnx.export_bundle` writes (what
+interleaved round by round: the file `harness.onnx.bundle.export_bundle` writes (what
 `OnnxExport` publishes), run by onnxruntime's CPUExecutionProvider. Figures are per image;
 the table also gives images per second. One thread by default, so that figures on a shared
 machine are steadier; ``--threads`` sets both runtimes alike.
@@ -23,9 +23,9 @@ import torch
 from torchvision.models import resnet18
 
 from bench._timing import Row, interleaved, rows_table
-from harness.context import Preprocessing
-from harness.onnx_meta import ExportSource
-from subscribers._onnx import export_bundle
+from harness.core.preprocessing import Preprocessing
+from harness.onnx.bundle import export_bundle
+from harness.onnx.card import ExportSource
 
 BENCHMARK = "ResNet-18 CPU inference"
 BATCHES = (1, 32)

@@ -1,0 +1,17 @@
+"""harness: a training harness for image classifiers in which every piece of training
+furniture is a subscriber to typed events.
+
+The layout is the architecture; dependencies point down the list:
+
+    harness.run, .export, .predict, .report, .replay   command-line tools
+    harness.training    the Lightning side: BusCallback, model, data, sampler, the run
+    harness.onnx        the exported model: its card (torch-free) and the export bundle
+    harness.settings    the typed settings tree, its loader, plugin specs, the reference
+    harness.io          artifacts, the event record, the background writer, image files
+    harness.core        bus, events, context, errors, options, spec, testing (no Lightning)
+
+Subscribers live in the sibling package `subscribers`, which imports the core; no module
+here imports it.
+"""
+
+__all__ = ["core", "io", "onnx", "settings", "training"]

@@ -1,7 +1,7 @@
 """Export a checkpoint to ONNX on its own: ``python -m harness.export CHECKPOINT [--output DIR]``.
 
 For a run whose export failed at the end of training, or for any other checkpoint of a
-run. The model is rebuilt from the checkpoint's hyper-parameters (`harness.model.Classifier`),
+run. The model is rebuilt from the checkpoint's hyper-parameters (`harness.training.model.Classifier`),
 the class names come from the run directory's ``labels.json`` and the image size from its
 ``settings.toml``; the run directory is the checkpoint's folder, or its parent when that
 folder is ``checkpoints/``. The output (default ``<run_dir>/onnx_export``) is what the
@@ -22,22 +22,24 @@ from pathlib import Path
 
 import torch
 
-from harness.artifacts import LABELS_FILE, read_label_map
-from harness.context import Preprocessing
-from harness.data import ImageFiles, materialise_digits
-from harness.errors import DataError, ExportError, HarnessError, report
-from harness.model import Classifier
-from harness.onnx_meta import ExportSource, find_images
+from harness.core.errors import DataError, ExportError, HarnessError, report
+from harness.core.preprocessing import Preprocessing
+from harness.io.artifacts import LABELS_FILE, read_label_map, run_dir_of
+from harness.io.images import find_images
+from harness.onnx.bundle import (
+    DEFAULT_OPSET,
+    DEFAULT_TOLERANCE,
+    PARITY_IMAGES,
+    ExportResult,
+    export_bundle,
+    read_checkpoint,
+)
+from harness.onnx.card import ExportSource
 from harness.settings import Settings, load_settings
-from subscribers._onnx import ExportResult, export_bundle, read_checkpoint
+from harness.training.data import ImageFiles, materialise_digits
+from harness.training.model import Classifier
 
-__all__ = ["export_checkpoint", "main", "run_dir_of", "sample_images"]
-
-
-def run_dir_of(checkpoint: Path) -> Path:
-    """The run directory a checkpoint belongs to."""
-    folder = checkpoint.resolve().parent
-    return folder.parent if folder.name == "checkpoints" else folder
+__all__ = ["export_checkpoint", "main", "sample_images"]
 
 
 def sample_images(settings: Settings, preprocessing: Preprocessing, count: int) -> torch.Tensor:
@@ -61,7 +63,7 @@ def export_checkpoint(
 ) -> tuple[ExportResult, str]:
     """Export `checkpoint`; returns the result and where the parity images came from.
 
-    `opset` and `tolerance` default to the run's ``[subscribers.onnx_export]`` settings.
+    `opset` and `tolerance` default to the ONNX library's (`harness.onnx.bundle`).
     """
     if not checkpoint.is_file():
         raise DataError(f"{checkpoint}: no such checkpoint file")
@@ -90,10 +92,9 @@ def export_checkpoint(
     # The weights file of a fine-tuned run is not needed (and may be gone): the checkpoint holds every weight.
     model = Classifier(**{**hparams, "weights": ""})
     preprocessing = Preprocessing(image_size=settings.data.image_size)
-    options = settings.subscribers.onnx_export
     images: torch.Tensor | None
     try:
-        images = sample_images(settings, preprocessing, options.parity_batch)
+        images = sample_images(settings, preprocessing, PARITY_IMAGES)
         origin = f"{len(images)} images from the data set"
     except DataError as error:
         images, origin = None, f"random images, because the data set is unavailable ({error})"
@@ -111,8 +112,8 @@ def export_checkpoint(
         ),
         images=images,
         directory=output or run_dir / "onnx_export",
-        opset=options.opset if opset is None else opset,
-        tolerance=options.tolerance if tolerance is None else tolerance,
+        opset=DEFAULT_OPSET if opset is None else opset,
+        tolerance=DEFAULT_TOLERANCE if tolerance is None else tolerance,
     )
     return result, origin
 
@@ -128,9 +129,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--output", type=Path, help="folder for model.onnx and its files (default <run>/onnx_export)"
     )
-    parser.add_argument("--opset", type=int, help="ONNX opset, at least 18 (default: the run's settings)")
+    parser.add_argument("--opset", type=int, help=f"ONNX opset, at least 18 (default {DEFAULT_OPSET})")
     parser.add_argument(
-        "--tolerance", type=float, help="largest logit difference allowed by the parity check"
+        "--tolerance",
+        type=float,
+        help=f"largest logit difference allowed by the parity check (default {DEFAULT_TOLERANCE:g})",
     )
     args = parser.parse_args(argv)
     if args.opset is not None and args.opset < 18:

@@ -24,9 +24,9 @@ import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort
 
-from harness.errors import DataError
-from harness.images import load_rgb
-from harness.onnx_meta import ModelCard, find_images, to_input
+from harness.core.errors import DataError
+from harness.io.images import find_images, load_rgb, to_input
+from harness.onnx.card import ModelCard
 
 __all__ = ["Prediction", "Predictor", "main"]
 

@@ -1,7 +1,8 @@
 """Rebuild a run's pictures from its event log: ``python -m harness.replay RUN_DIR``.
 
 Reads ``RUN_DIR/events.jsonl`` and publishes its tensor-free events on a fresh bus to
-the plots subscriber (and to any ``--plugin package.module:Class``), writing into
+every subscriber the run had enabled whose spec is `replayable` (the history plots, say)
+and to any ``--plugin package.module:NAME``, with the run's own settings, writing into
 ``RUN_DIR/replay/`` unless ``--output`` says otherwise. Nothing is trained, and the run
 directory itself is left as it was; a new plot subscriber can be tried on a real run.
 """
@@ -13,25 +14,25 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from harness.artifacts import read_label_map
-from harness.bus import Bus, Subscriber
-from harness.context import Preprocessing, RunContext
-from harness.errors import HarnessError
-from harness.record import EVENTS_FILE, read_events
-from harness.settings import load_settings
+from harness.core.bus import Bus
+from harness.core.context import RunContext
+from harness.core.errors import DataError, HarnessError, report
+from harness.core.preprocessing import Preprocessing
+from harness.io.artifacts import read_label_map
+from harness.io.record import EVENTS_FILE, read_events
+from harness.settings import load_settings, resolve_plugin, resolve_specs
 
 __all__ = ["main", "replay"]
 
 
 def replay(run_dir: Path, output: Path | None = None, plugins: Sequence[str] = ()) -> RunContext:
     """Publish the events logged in `run_dir` to fresh subscribers writing under `output`."""
-    from harness.run import _import  # the run's plugin importer, with its error messages
-    from subscribers.plots import Plots
-
     log = run_dir / EVENTS_FILE
     if not log.is_file():
-        raise HarnessError(f"{run_dir}: no {EVENTS_FILE} here (was [run].record_events off?)")
-    settings = load_settings(run_dir / "settings.toml")
+        raise DataError(f"{run_dir}: no {EVENTS_FILE} here (was [run].record_events off?)")
+    # The run's own plugins need not be importable here: only the --plugin ones are loaded.
+    asked = {resolve_plugin(target, "--plugin").name for target in plugins}
+    settings = load_settings(run_dir / "settings.toml", plugins=plugins, other_tables="ignore")
     output = output or run_dir / "replay"
     output.mkdir(parents=True, exist_ok=True)
     context = RunContext(
@@ -39,12 +40,13 @@ def replay(run_dir: Path, output: Path | None = None, plugins: Sequence[str] = (
         class_names=tuple(read_label_map(run_dir)),
         preprocessing=Preprocessing(image_size=settings.data.image_size),
         monitor=settings.checkpoint.monitor,
+        monitor_mode=settings.checkpoint.mode,
     )
     bus = Bus()
-    subscribers: list[Subscriber] = [Plots(context, settings.subscribers.plots)]
-    subscribers += [_import(target, "--plugin")(context) for target in plugins]
-    for subscriber in subscribers:
-        bus.attach(subscriber)
+    for name, spec in resolve_specs(settings.run.plugins).items():
+        options = settings.subscribers[name]
+        if options.enabled and (spec.replayable or name in asked):
+            bus.attach(spec.build(context, options))
     for event in read_events(log):
         context.epoch, context.global_step = event.epoch, event.global_step
         bus.publish(event)
@@ -52,16 +54,16 @@ def replay(run_dir: Path, output: Path | None = None, plugins: Sequence[str] = (
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The command line; exit codes: 0 done, 1 a subscriber failed, 2 bad input."""
     parser = argparse.ArgumentParser(prog="python -m harness.replay", description=__doc__.splitlines()[0])
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("--output", type=Path, default=None, help="where to write (default RUN_DIR/replay)")
-    parser.add_argument("--plugin", action="append", default=[], metavar="MODULE:CLASS")
+    parser.add_argument("--plugin", action="append", default=[], metavar="MODULE:NAME")
     args = parser.parse_args(argv)
     try:
         context = replay(args.run_dir, args.output, args.plugin)
     except HarnessError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        return report(error)
     for name, path in sorted(context.artifacts.items()):
         print(f"{name}: {context.run_dir / path}")
     print(context.run_dir)

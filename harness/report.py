@@ -24,7 +24,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from harness.artifacts import write_text
+from harness.io.artifacts import write_text
 
 __all__ = ["REPORT_FILE", "find_pictures", "main", "render_report", "write_report"]
 

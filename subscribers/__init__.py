@@ -1,0 +1,33 @@
+"""The built-in subscribers, one module each; `BUILTIN` lists their specs in attach order.
+
+The harness finds this list through the ``harness.builtins`` entry point of its own
+distribution (`harness.settings.plugins`): no module under ``harness/`` imports this
+package. A new built-in is one module here and one line in `BUILTIN`.
+"""
+
+from __future__ import annotations
+
+from harness.core.spec import AnySpec
+from subscribers import (
+    confusion_matrix,
+    dataset_stats,
+    ema,
+    model_info,
+    onnx_export,
+    plots,
+    sampler_tracking,
+    samples,
+)
+
+__all__ = ["BUILTIN"]
+
+BUILTIN: tuple[AnySpec, ...] = (
+    dataset_stats.SPEC,
+    model_info.SPEC,
+    ema.SPEC,
+    sampler_tracking.SPEC,
+    confusion_matrix.SPEC,
+    samples.SPEC,
+    plots.SPEC,
+    onnx_export.SPEC,
+)

@@ -10,7 +10,7 @@ from typing import Any
 
 from PIL import Image, UnidentifiedImageError
 
-from harness.context import DatasetInfo
+from harness.core.context import DatasetInfo
 
 __all__ = ["build_report", "image_sizes", "imbalance_ratio", "per_class"]
 

@@ -2,7 +2,8 @@
 
 Figures are `matplotlib.figure.Figure` objects: no pyplot, no backend selection, no
 rcParams changes. Anything that must differ from matplotlib's defaults is passed to
-the call that draws it.
+the call that draws it. matplotlib is imported by the functions that draw, so that a
+process which only hands drawing to the background writer never loads it.
 """
 
 from __future__ import annotations
@@ -10,12 +11,12 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-from matplotlib import font_manager
-from matplotlib.figure import Figure
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
-from harness.artifacts import write_bytes
+from harness.io.artifacts import write_bytes
 
 __all__ = ["epoch_file", "name_fonts", "new_figure", "publish_latest", "shorten"]
 
@@ -38,6 +39,8 @@ def new_figure(
 
     `layout=None` is for a figure that places its axes itself.
     """
+    from matplotlib.figure import Figure
+
     figure = Figure(figsize=(width, height), layout=layout)
     try:
         yield figure
@@ -51,6 +54,8 @@ def name_fonts() -> list[str]:
     matplotlib falls back along the list glyph by glyph, so a name in a script DejaVu
     lacks (Chinese, say) renders when a font for it is installed, instead of as boxes.
     """
+    from matplotlib import font_manager
+
     installed = {entry.name for entry in font_manager.fontManager.ttflist}
     return ["DejaVu Sans", *(family for family in _FALLBACK_FAMILIES if family in installed)]
 

@@ -14,13 +14,15 @@ import io
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
-from matplotlib.axes import Axes
 
-from harness.artifacts import save_figure, write_text
-from harness.background import Record
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+
+from harness.core.context import Record
+from harness.io.artifacts import save_figure, write_text
 from subscribers._draw import epoch_file, name_fonts, new_figure, publish_latest, shorten
 
 __all__ = ["Normalize", "counts_csv", "draw_confusion", "normalise", "write_epoch"]

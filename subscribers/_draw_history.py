@@ -13,15 +13,16 @@ import io
 import math
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import attrs
-from matplotlib.axes import Axes
-from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator, PercentFormatter
 
-from harness.artifacts import save_figure, write_text
-from harness.background import Record
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+from harness.core.context import Record
+from harness.io.artifacts import save_figure, write_text
 from subscribers._draw import new_figure
 
 __all__ = [
@@ -153,6 +154,8 @@ def plot_family(
 ) -> Axes:
     """Draw `family` onto `figure`: a dotted line and a legend entry at the best epoch, a star
     on the monitored curve when it is one of this family's."""
+    from matplotlib.ticker import MaxNLocator, PercentFormatter
+
     title, label = _TITLES[family]
     axes = figure.add_subplot()
     values = [v for curve in family_curves.values() for _, v in curve if not math.isnan(v)]

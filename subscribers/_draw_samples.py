@@ -17,10 +17,9 @@ from pathlib import Path
 
 import attrs
 import torch
-from matplotlib.patches import Rectangle
 
-from harness.artifacts import save_figure, write_json
-from harness.background import Record
+from harness.core.context import Record
+from harness.io.artifacts import save_figure, write_json
 from subscribers._draw import epoch_file, name_fonts, new_figure, publish_latest, shorten
 
 __all__ = ["Shown", "draw_samples", "priority", "unnormalise", "write_epoch"]
@@ -96,6 +95,8 @@ def draw_samples(
     The grid is one set of axes measured in inches, every image placed on it by its extent:
     a subplot per image would cost ten times as long to lay out and draw.
     """
+    from matplotlib.patches import Rectangle
+
     columns = max(1, math.ceil(math.sqrt(len(shown))))
     rows = max(1, math.ceil(len(shown) / columns))
     limit = int(_CELL * 72 / (0.55 * _TITLE_SIZE))

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator, PercentFormatter
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
-from harness.artifacts import save_figure
-from harness.background import Record
+from harness.core.context import Record
+from harness.io.artifacts import save_figure
 from subscribers._tables import percent, write_csv
 
 __all__ = ["share_figure", "table_rows", "write_history"]
@@ -61,6 +61,9 @@ def share_figure(
     class_names: Sequence[str],
 ) -> Figure:
     """Share of each epoch's draws per class (solid), against the share the weights expect (dotted)."""
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator, PercentFormatter
+
     figure = Figure(figsize=(8.0, 4.5))
     axes = figure.add_subplot()
     colors = [f"C{c % 10}" for c in range(len(class_names))]

@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from harness.artifacts import write_text
+from harness.io.artifacts import write_text
 
 __all__ = ["csv_text", "percent", "print_table", "print_warnings", "write_csv"]
 

@@ -19,17 +19,29 @@ training goes on meanwhile; without one (tests) they run inline.
 from __future__ import annotations
 
 import functools
+from typing import Literal
 
-from torchmetrics.classification import MulticlassConfusionMatrix
+import attrs
 
-from harness.background import run_or_submit
-from harness.bus import Bus
-from harness.context import RunContext
-from harness.events import BatchEnd, ValidationEpochEnd
-from harness.settings import ConfusionMatrixSettings
+from harness.core.bus import Bus
+from harness.core.context import RunContext
+from harness.core.events import BatchEnd, ValidationEpochEnd
+from harness.core.options import option
+from harness.core.spec import OnError, SubscriberSettings, SubscriberSpec, on_error_option
 from subscribers._draw_confusion import write_epoch
 
-__all__ = ["ConfusionMatrix"]
+__all__ = ["SPEC", "ConfusionMatrix", "ConfusionMatrixSettings"]
+
+
+@attrs.frozen(kw_only=True)
+class ConfusionMatrixSettings(SubscriberSettings):
+    """A confusion matrix per validation epoch, from the logits validation computed."""
+
+    on_error: OnError = on_error_option("isolate")
+
+    normalize: Literal["none", "true", "pred"] = option(
+        "true", "second view: normalised by true or predicted class, or none"
+    )
 
 
 class ConfusionMatrix:
@@ -38,6 +50,9 @@ class ConfusionMatrix:
     def __init__(self, context: RunContext, settings: ConfusionMatrixSettings | None = None) -> None:
         self.context = context
         self.settings = settings or ConfusionMatrixSettings()
+        # torchmetrics (and the matplotlib it loads) is imported when the subscriber is built.
+        from torchmetrics.classification import MulticlassConfusionMatrix
+
         # Host-side argument checks would synchronise with the GPU on every batch; the
         # targets come from the run's own data set, whose labels are in range by design.
         self.metric = MulticlassConfusionMatrix(num_classes=context.num_classes, validate_args=False)
@@ -70,5 +85,7 @@ class ConfusionMatrix:
                 event.epoch,
                 self.settings.normalize,
             )
-            owner, step = "ConfusionMatrix", event.global_step
-            run_or_submit(context.background, owner, job, record=context.record_artifact, step=step)
+            context.submit("ConfusionMatrix", job, step=event.global_step)
+
+
+SPEC = SubscriberSpec(name="confusion_matrix", build=ConfusionMatrix, settings=ConfusionMatrixSettings)

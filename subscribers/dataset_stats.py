@@ -15,17 +15,31 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from harness.artifacts import write_json
-from harness.bus import Bus
-from harness.context import RunContext
-from harness.events import FitStart
-from harness.settings import DatasetStatsSettings
+import attrs
+
+from harness.core.bus import Bus
+from harness.core.context import RunContext
+from harness.core.events import FitStart
+from harness.core.options import at_least, option, positive
+from harness.core.spec import OnError, SubscriberSettings, SubscriberSpec, on_error_option
+from harness.io.artifacts import write_json
 from subscribers._dataset_report import build_report
 from subscribers._tables import percent, print_table, print_warnings
 
-__all__ = ["DatasetStats"]
+__all__ = ["SPEC", "DatasetStats", "DatasetStatsSettings"]
 
 log = logging.getLogger(__name__)
+
+
+@attrs.frozen(kw_only=True)
+class DatasetStatsSettings(SubscriberSettings):
+    """Images per class and split, imbalance, image sizes and warnings, at fit start."""
+
+    on_error: OnError = on_error_option("isolate")
+
+    min_images: int = option(5, "warn about classes with fewer training images", at_least(1))
+    size_sample: int = option(200, "images per split whose size is read", positive())
+    max_table_rows: int = option(50, "classes shown in the terminal table", positive())
 
 
 class DatasetStats:
@@ -100,3 +114,6 @@ class DatasetStats:
             ["split", "files read", "width", "height", "most common (count)", "modes"],
             rows,
         )
+
+
+SPEC = SubscriberSpec(name="dataset_stats", build=DatasetStats, settings=DatasetStatsSettings)

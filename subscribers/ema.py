@@ -21,11 +21,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import attrs
 import torch
 
-from harness.bus import Bus
-from harness.context import RunContext
-from harness.events import (
+from harness.core.bus import Bus
+from harness.core.context import RunContext
+from harness.core.events import (
     BatchEnd,
     CheckpointSaving,
     FitStart,
@@ -33,10 +34,28 @@ from harness.events import (
     ValidationSwapIn,
     ValidationSwapOut,
 )
-from harness.settings import EMASettings
+from harness.core.options import at_least, option, positive, within
+from harness.core.spec import SubscriberSettings, SubscriberSpec
 from subscribers._ema import ShadowWeights, ema_decay
 
-__all__ = ["EMA"]
+__all__ = ["EMA", "EMASettings", "SPEC"]
+
+
+@attrs.frozen(kw_only=True)
+class EMASettings(SubscriberSettings):
+    """Exponential moving average of the weights, validated, checkpointed and exported.
+
+    The average is updated after optimizer step ``s`` (counted from 1) when
+    ``s >= start_step`` and ``s % update_every == 0``. The first update copies the weights;
+    with `warmup`, update ``n + 1`` uses ``min(decay, 1 - (1 + n / warmup_gamma) ** -warmup_power)``.
+    """
+
+    decay: float = option(0.999, "EMA decay after warm-up", within(0, 1, closed="()"))
+    warmup: bool = option(True, "warm-up decay `1 - (1 + step/gamma) ** -power`, capped at `decay`")
+    warmup_gamma: float = option(1.0, "warm-up gamma", positive())
+    warmup_power: float = option(0.75, "warm-up power", positive())
+    update_every: int = option(1, "optimizer steps between EMA updates", positive())
+    start_step: int = option(0, "optimizer steps before the first update", at_least(0))
 
 
 class EMA:
@@ -66,7 +85,6 @@ class EMA:
     def on_fit_start(self, event: FitStart) -> None:
         self._shadow = None
         self._final = False
-        self.context.weights = "training"
         self._attach()
 
     def on_batch_end(self, event: BatchEnd) -> None:
@@ -95,13 +113,11 @@ class EMA:
         shadow = self._shadow
         if shadow is not None and self.updates and not shadow.swapped:
             shadow.exchange()
-            self.context.weights = "averaged"
 
     def on_validation_swap_out(self, event: ValidationSwapOut) -> None:
         shadow = self._shadow
         if shadow is not None and shadow.swapped and not self._final:
             shadow.exchange()
-            self.context.weights = "training"
 
     def on_checkpoint_saving(self, event: CheckpointSaving) -> None:
         if self._shadow is None or not self.updates:
@@ -122,7 +138,6 @@ class EMA:
         if not shadow.swapped:
             shadow.exchange()
         self._final = True
-        self.context.weights = "averaged"
 
     def state_dict(self) -> dict[str, Any]:
         """The update count and, once there is an average, the training weights by model key.
@@ -153,3 +168,11 @@ class EMA:
                 self._shadow.load_training(self._resume)
                 self._resume = None
         return self._shadow
+
+    @property
+    def holds_average(self) -> bool:
+        """Whether the model holds the averaged weights now (validation, or after `TrainLoopEnd`)."""
+        return self._shadow is not None and self._shadow.swapped
+
+
+SPEC = SubscriberSpec(name="ema", build=EMA, settings=EMASettings)

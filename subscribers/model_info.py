@@ -14,15 +14,27 @@ from __future__ import annotations
 
 from typing import Any
 
-from harness.artifacts import write_json
-from harness.bus import Bus
-from harness.context import RunContext
-from harness.events import FitStart
-from harness.settings import ModelInfoSettings
+import attrs
+
+from harness.core.bus import Bus
+from harness.core.context import RunContext
+from harness.core.events import FitStart
+from harness.core.options import option
+from harness.core.spec import OnError, SubscriberSettings, SubscriberSpec, on_error_option
+from harness.io.artifacts import write_json
 from subscribers._flops import model_stats
 from subscribers._tables import print_table, print_warnings
 
-__all__ = ["ModelInfo"]
+__all__ = ["SPEC", "ModelInfo", "ModelInfoSettings"]
+
+
+@attrs.frozen(kw_only=True)
+class ModelInfoSettings(SubscriberSettings):
+    """Parameters, size and FLOPs of the model, at fit start."""
+
+    on_error: OnError = on_error_option("isolate")
+
+    count_flops: bool = option(True, "count FLOPs with `torch.utils.flop_counter`")
 
 
 class ModelInfo:
@@ -47,6 +59,9 @@ class ModelInfo:
         )
         if stats["flops"] is None and self.settings.count_flops:
             print_warnings("model_info", [f"FLOPs not counted: {stats['flops_error']}"])
+
+
+SPEC = SubscriberSpec(name="model_info", build=ModelInfo, settings=ModelInfoSettings)
 
 
 def _rows(stats: dict[str, Any]) -> list[list[str]]:

@@ -9,7 +9,7 @@ writes, under ``<run_dir>/onnx_export/``:
 
 - ``model.onnx``: one self-contained file, input ``input`` (N x 3 x H x W, float32,
   dynamic N), output ``logits``; class names, preprocessing and the source checkpoint
-  are in its ``metadata_props`` (see `harness.onnx_meta`);
+  are in its ``metadata_props`` (see `harness.onnx.card`);
 - ``labels.json`` and ``preprocessing.json``: the same, beside the model;
 - ``parity.json``: the largest logit difference and the argmax agreement.
 
@@ -21,17 +21,29 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import attrs
 import torch
 
-from harness.bus import Bus
-from harness.context import RunContext
-from harness.errors import ExportError
-from harness.events import BatchEnd, TrainEnd
-from harness.onnx_meta import ExportSource
-from harness.settings import OnnxExportSettings
-from subscribers._onnx import PARITY_FILE, export_bundle, read_checkpoint
+from harness.core.bus import Bus
+from harness.core.context import RunContext
+from harness.core.errors import ExportError
+from harness.core.events import BatchEnd, TrainEnd
+from harness.core.options import at_least, option, positive
+from harness.core.spec import SubscriberSettings, SubscriberSpec
+from harness.onnx.card import ExportSource
 
-__all__ = ["OnnxExport"]
+__all__ = ["SPEC", "OnnxExport", "OnnxExportSettings"]
+
+
+@attrs.frozen(kw_only=True)
+class OnnxExportSettings(SubscriberSettings):
+    """The best validated weights as one parity-checked ONNX file, when training ends."""
+
+    opset: int = option(18, "ONNX opset (the dynamo exporter's minimum is 18)", at_least(18))
+    tolerance: float = option(
+        1e-4, "logit difference allowed, times max(1, largest logit magnitude)", positive()
+    )
+    parity_batch: int = option(8, "validation images used by the parity check", at_least(2))
 
 
 class OnnxExport:
@@ -57,6 +69,8 @@ class OnnxExport:
             self._images.append(event.inputs[:wanted].detach().to("cpu", torch.float32, copy=True))
 
     def on_train_end(self, event: TrainEnd) -> None:
+        from harness.onnx.bundle import PARITY_FILE, export_bundle, read_checkpoint
+
         context = self.context
         model = context.require_model()
         state_dict, source = None, self._memory_source(event)
@@ -107,3 +121,13 @@ class OnnxExport:
         if best is None or not best.is_file():
             return "No checkpoint was saved to export from later; enable [checkpoint] to keep one"
         return f"The checkpoint is untouched; export it later with `python -m harness.export {best}`"
+
+
+def _build(context: RunContext, settings: OnnxExportSettings) -> OnnxExport:
+    # onnx, onnxscript and onnxruntime load here, when the subscriber is attached, not at import.
+    import harness.onnx.bundle  # noqa: F401
+
+    return OnnxExport(context, settings)
+
+
+SPEC = SubscriberSpec(name="onnx_export", build=_build, settings=OnnxExportSettings)

@@ -16,14 +16,22 @@ import functools
 from collections.abc import Mapping
 from typing import Any
 
-from harness.background import run_or_submit
-from harness.bus import Bus
-from harness.context import RunContext
-from harness.events import TrainEpochEnd, ValidationEpochEnd
-from harness.settings import PlotsSettings
+import attrs
+
+from harness.core.bus import Bus
+from harness.core.context import RunContext
+from harness.core.events import TrainEpochEnd, ValidationEpochEnd
+from harness.core.spec import OnError, SubscriberSettings, SubscriberSpec, on_error_option
 from subscribers._draw_history import draw_history
 
-__all__ = ["Plots"]
+__all__ = ["SPEC", "Plots", "PlotsSettings"]
+
+
+@attrs.frozen(kw_only=True)
+class PlotsSettings(SubscriberSettings):
+    """The training history as pictures (losses, accuracy, learning rate), every epoch."""
+
+    on_error: OnError = on_error_option("isolate")
 
 
 class Plots:
@@ -55,9 +63,7 @@ class Plots:
         context = self.context
         history = {epoch: dict(metrics) for epoch, metrics in self.history.items()}
         job = functools.partial(draw_history, context.run_dir, history, context.monitor, context.monitor_mode)
-        run_or_submit(
-            context.background, "Plots", job, record=context.record_artifact, step=event.global_step
-        )
+        context.submit("Plots", job, step=event.global_step)
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -77,3 +83,6 @@ class Plots:
             raise ValueError(
                 f"plots state: expected {expected}, got {type(error).__name__}: {error}"
             ) from error
+
+
+SPEC = SubscriberSpec(name="plots", build=Plots, settings=PlotsSettings, replayable=True)

@@ -2,7 +2,7 @@
 
 It publishes nothing. Two counts per class and epoch:
 
-- drawn: the full draw that `harness.sampler.TrackingWeightedRandomSampler` recorded
+- drawn: the full draw that `harness.training.sampler.TrackingWeightedRandomSampler` recorded
   (found at ``context.train_sampler``, or inside Lightning's DDP wrapper), counted with
   ``context.data.train_targets``. Every rank seeds the sampler alike, so under DDP the
   full draw is the same on every rank.
@@ -27,20 +27,30 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
+import attrs
 import torch
 
-from harness.background import run_or_submit
-from harness.bus import Bus
-from harness.context import RunContext
-from harness.events import BatchEnd, TrainEpochEnd, TrainEpochStart
-from harness.sampler import Draw, TrackingWeightedRandomSampler, class_counts, find_tracking_sampler
-from harness.settings import SamplerTrackingSettings
+from harness.core.bus import Bus
+from harness.core.context import RunContext
+from harness.core.events import BatchEnd, TrainEpochEnd, TrainEpochStart
+from harness.core.options import option, positive
+from harness.core.spec import OnError, SubscriberSettings, SubscriberSpec, on_error_option
+from harness.training.sampler import Draw, TrackingWeightedRandomSampler, class_counts, find_tracking_sampler
 from subscribers._sampler_report import table_rows, write_history
 from subscribers._tables import print_table
 
-__all__ = ["SamplerTracking"]
+__all__ = ["SPEC", "SamplerTracking", "SamplerTrackingSettings"]
 
 log = logging.getLogger(__name__)
+
+
+@attrs.frozen(kw_only=True)
+class SamplerTrackingSettings(SubscriberSettings):
+    """What the training sampler drew per class, every epoch, against what its weights expect."""
+
+    on_error: OnError = on_error_option("isolate")
+
+    max_table_rows: int = option(30, "classes shown in the terminal table", positive())
 
 
 class SamplerTracking:
@@ -132,7 +142,7 @@ class SamplerTracking:
             for e in self.history
         ]
         job = functools.partial(write_history, context.run_dir, names, history, expected)
-        run_or_submit(context.background, "SamplerTracking", job, record=context.record_artifact, step=step)
+        context.submit("SamplerTracking", job, step=step)
 
     def _warn_once(self, sampler: TrackingWeightedRandomSampler | None) -> None:
         if self._warned:
@@ -141,8 +151,11 @@ class SamplerTracking:
         if sampler is None:
             log.warning(
                 "sampler_tracking: the training sampler is %s, not a TrackingWeightedRandomSampler "
-                "(harness.sampler.make_sampler builds one); nothing to report",
+                "(harness.training.sampler.make_sampler builds one); nothing to report",
                 type(self.context.train_sampler).__name__,
             )
         else:
             log.warning("sampler_tracking: RunContext.data is not set; cannot count draws per class")
+
+
+SPEC = SubscriberSpec(name="sampler_tracking", build=SamplerTracking, settings=SamplerTrackingSettings)

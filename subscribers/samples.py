@@ -16,16 +16,27 @@ from __future__ import annotations
 import functools
 import heapq
 
+import attrs
 import torch
 
-from harness.background import run_or_submit
-from harness.bus import Bus
-from harness.context import RunContext
-from harness.events import BatchEnd, ValidationEpochEnd
-from harness.settings import SamplesSettings
+from harness.core.bus import Bus
+from harness.core.context import RunContext
+from harness.core.events import BatchEnd, ValidationEpochEnd
+from harness.core.options import option, positive
+from harness.core.spec import OnError, SubscriberSettings, SubscriberSpec, on_error_option
 from subscribers._draw_samples import Shown, priority, unnormalise, write_epoch
 
-__all__ = ["Samples"]
+__all__ = ["SPEC", "Samples", "SamplesSettings"]
+
+
+@attrs.frozen(kw_only=True)
+class SamplesSettings(SubscriberSettings):
+    """A grid of validation images with true and predicted class, per validation epoch."""
+
+    on_error: OnError = on_error_option("isolate")
+
+    count: int = option(16, "images in the grid", positive())
+    seed: int = option(0, "which images are shown (the same every epoch)")
 
 
 class Samples:
@@ -84,6 +95,7 @@ class Samples:
         job = functools.partial(
             write_epoch, context.run_dir, context.class_names, shown, event.epoch, self.settings.seed
         )
-        run_or_submit(
-            context.background, "Samples", job, record=context.record_artifact, step=event.global_step
-        )
+        context.submit("Samples", job, step=event.global_step)
+
+
+SPEC = SubscriberSpec(name="samples", build=Samples, settings=SamplesSettings)

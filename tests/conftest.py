@@ -7,19 +7,11 @@ from pathlib import Path
 
 import pytest
 
+from harness.core.testing import write_imagefolder
 from harness.settings import Settings, load_settings
-from harness.testing import write_imagefolder
+from subscribers import BUILTIN
 
-SUBSCRIBER_NAMES = (
-    "ema",
-    "onnx_export",
-    "confusion_matrix",
-    "plots",
-    "samples",
-    "sampler_tracking",
-    "dataset_stats",
-    "model_info",
-)
+SUBSCRIBER_NAMES = tuple(spec.name for spec in BUILTIN)
 
 MakeSettings = Callable[..., Settings]
 

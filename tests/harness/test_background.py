@@ -20,16 +20,16 @@ from types import ModuleType
 
 import pytest
 
-from harness.background import BackgroundWriter, run_or_submit
-from harness.run import run
+from harness.core.testing import make_context
+from harness.io.background import BackgroundWriter
 from harness.settings import Settings
+from harness.training.fit import run
 
 MakeSettings = Callable[..., Settings]
 PLUGINS = Path(__file__).parents[1] / "plugins"
 
 BROKEN_PICTURES = """
-from harness.background import run_or_submit
-from harness.events import TrainEpochEnd
+from harness.core.events import TrainEpochEnd
 
 
 def draw(record):
@@ -44,10 +44,7 @@ class BrokenPictures:
         bus.subscribe(TrainEpochEnd, self.on_train_epoch_end)
 
     def on_train_epoch_end(self, event):
-        run_or_submit(
-            self.context.background, "BrokenPictures", draw,
-            record=self.context.record_artifact, step=event.global_step,
-        )
+        self.context.submit("BrokenPictures", draw, step=event.global_step)
 """
 
 
@@ -111,7 +108,7 @@ def test_a_failing_job_is_logged_and_returned_by_drain_and_the_next_jobs_still_r
     writer.submit("Plots", functools.partial(jobs.append, out, "before"), record=recorded)
     writer.submit("ConfusionMatrix", functools.partial(jobs.fail, "disk full"), record=recorded, step=42)
     writer.submit("Plots", functools.partial(jobs.append, out, "after"), record=recorded)
-    with caplog.at_level(logging.ERROR, logger="harness.background"):
+    with caplog.at_level(logging.ERROR, logger="harness.io.background"):
         failures = writer.drain()
 
     assert recorded.names == ["before", "after"]
@@ -226,28 +223,26 @@ def test_a_dead_worker_fails_its_jobs_and_a_new_one_takes_the_next(
     assert int(out.read_text().splitlines()[1].split()[1]) not in (worker, os.getpid())
 
 
-def test_run_or_submit_without_a_writer_runs_inline_and_lets_errors_through(
+def test_submit_without_a_writer_runs_inline_and_lets_errors_through(
     jobs: ModuleType, tmp_path: Path
 ) -> None:
-    recorded = Recorded()
-    run_or_submit(
-        None, "Test", functools.partial(jobs.append, tmp_path / "out.txt", "inline"), record=recorded
-    )
-    assert recorded.names == ["inline"]
+    context = make_context(tmp_path)
+    context.submit("Test", functools.partial(jobs.append, tmp_path / "out.txt", "inline"))
+    assert list(context.artifacts) == ["inline"]
     assert (tmp_path / "out.txt").read_text().split() == ["inline", str(os.getpid())]
     with pytest.raises(OSError, match="at once"):
-        run_or_submit(None, "Test", functools.partial(jobs.fail, "at once"), record=recorded)
+        context.submit("Test", functools.partial(jobs.fail, "at once"))
 
 
-def test_run_or_submit_with_a_writer_hands_the_job_over(
+def test_submit_with_a_writer_hands_the_job_over(
     jobs: ModuleType, writer: BackgroundWriter, tmp_path: Path
 ) -> None:
-    recorded = Recorded()
+    context = make_context(tmp_path, background=writer)
     out = tmp_path / "out.txt"
-    run_or_submit(writer, "Test", functools.partial(jobs.append, out, "handed"), record=recorded, step=3)
-    run_or_submit(writer, "Test", functools.partial(jobs.fail, "no"), record=recorded, step=4)
+    context.submit("Test", functools.partial(jobs.append, out, "handed"), step=3)
+    context.submit("Test", functools.partial(jobs.fail, "no"), step=4)
     [failure] = writer.drain()
-    assert recorded.names == ["handed"]
+    assert list(context.artifacts) == ["handed"]
     assert out.read_text().split()[1] != str(os.getpid())
     assert (failure.owner, failure.step) == ("Test", 4)
 
@@ -292,7 +287,7 @@ import functools, os, sys
 from pathlib import Path
 sys.path.insert(0, {plugins!r})
 import background_jobs
-from harness.background import BackgroundWriter
+from harness.io.background import BackgroundWriter
 
 # No `if __name__ == "__main__"` guard: the worker must not run this again.
 with open({marker!r}, "a") as handle:

@@ -8,10 +8,10 @@ import logging
 import pytest
 import torch
 
-from harness.bus import Bus
-from harness.errors import SubscriberError
-from harness.events import BatchEnd, Event, FitEnd, TrainEpochEnd, ValidationSwapIn
-from harness.testing import batch_end
+from harness.core.bus import Bus
+from harness.core.errors import SubscriberError
+from harness.core.events import BatchEnd, Event, FitEnd, TrainEpochEnd, ValidationSwapIn
+from harness.core.testing import batch_end
 
 
 def epoch_end(epoch: int = 0, step: int = 0) -> TrainEpochEnd:
@@ -155,7 +155,7 @@ def test_isolate_policy_reports_once_disconnects_and_the_run_goes_on(
     broken = Broken()
     bus.attach(broken, on_error="isolate")
     bus.attach(Log("after", seen))
-    with caplog.at_level(logging.ERROR, logger="harness.bus"):
+    with caplog.at_level(logging.ERROR, logger="harness.core.bus"):
         bus.publish(epoch_end(epoch=1, step=7))
         bus.publish(epoch_end(epoch=2, step=9))
         bus.publish(ValidationSwapIn(epoch=2, global_step=9))

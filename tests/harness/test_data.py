@@ -9,10 +9,10 @@ import pytest
 import torch
 from PIL import Image
 
-from harness.context import Preprocessing
-from harness.data import ImageFiles, materialise_digits, scan
-from harness.errors import DataError
+from harness.core.errors import DataError
+from harness.core.preprocessing import Preprocessing
 from harness.settings import DataSettings
+from harness.training.data import ImageFiles, materialise_digits, scan
 
 
 def messy_tree(root: Path) -> dict[str, Path]:
@@ -97,7 +97,7 @@ def test_a_train_val_tree_is_used_as_split(tmp_path: Path) -> None:
 
 
 def test_the_stratified_split_is_seeded_and_keeps_every_class(tmp_path: Path) -> None:
-    from harness.testing import write_imagefolder
+    from harness.core.testing import write_imagefolder
 
     write_imagefolder(tmp_path, {"a": 10, "b": 3, "c": 2}, size=4)
     settings = DataSettings(root=str(tmp_path), val_fraction=0.2)
@@ -123,8 +123,8 @@ def test_the_embedded_digits_are_written_once_as_an_imagefolder(tmp_path: Path) 
 
 @pytest.mark.slow
 def test_a_run_on_messy_data_skips_the_broken_files_and_says_so(tmp_path: Path) -> None:
-    from harness.run import run
     from harness.settings import load_settings
+    from harness.training.fit import run
 
     messy_tree(tmp_path / "data")
     for n in range(3):

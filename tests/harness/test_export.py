@@ -12,11 +12,11 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from harness.artifacts import write_label_map, write_text
-from harness.export import main, run_dir_of
-from harness.model import Classifier
-from harness.run import run
+from harness.export import main
+from harness.io.artifacts import run_dir_of, write_label_map, write_text
 from harness.settings import Settings, load_settings, settings_to_toml
+from harness.training.fit import run
+from harness.training.model import Classifier
 
 
 def fake_run(tmp_path: Path, *, labels: int | None = 3, settings: bool = True, hparams: bool = True) -> Path:

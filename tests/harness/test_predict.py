@@ -16,13 +16,13 @@ import torch
 from PIL import Image
 from torch import nn
 
-from harness.context import Preprocessing
-from harness.data import ImageFiles
-from harness.images import load_rgb
-from harness.onnx_meta import ExportSource, InputSpec, to_input
+from harness.core.preprocessing import Preprocessing
+from harness.core.testing import tiny_model
+from harness.io.images import load_rgb, to_input
+from harness.onnx.bundle import export_bundle
+from harness.onnx.card import ExportSource
 from harness.predict import main
-from harness.testing import tiny_model
-from subscribers._onnx import export_bundle
+from harness.training.data import ImageFiles
 
 CLASSES = ("cat", "dog", "eel")
 SIZE = 16
@@ -75,7 +75,7 @@ def save_image(path: Path, mode: str = "RGB", size: tuple[int, int] = (SIZE, SIZ
 
 
 def training_inputs(paths: list[Path]) -> torch.Tensor:
-    """What `harness.data` feeds the model for these files."""
+    """What `harness.training.data` feeds the model for these files."""
     dataset = ImageFiles([(path, 0) for path in paths], PREPROCESSING)
     return torch.stack([dataset[index][0] for index in range(len(dataset))])
 
@@ -90,7 +90,7 @@ def run_json(capsys: pytest.CaptureFixture[str], *args: object) -> list[dict[str
 @pytest.mark.parametrize("size", [(SIZE, SIZE), (23, 11)], ids=["same-size", "resized"])
 def test_inputs_match_the_training_pipeline(tmp_path: Path, mode: str, size: tuple[int, int]) -> None:
     path = save_image(tmp_path / "image.png", mode, size)
-    prepared = to_input(load_rgb(path), InputSpec(**attrs.asdict(PREPROCESSING)))
+    prepared = to_input(load_rgb(path), PREPROCESSING)
     expected = training_inputs([path])[0].numpy()
     # Pillow's bilinear resize and torchvision's antialiased one differ by at most one grey level.
     grey_level = 1.0 / 255 / min(PREPROCESSING.std)

@@ -14,8 +14,8 @@ import pytest
 from PIL import Image
 
 from harness.report import REPORT_FILE, find_pictures, main, render_report, write_report
-from harness.run import run
 from harness.settings import Settings
+from harness.training.fit import run
 
 MakeSettings = Callable[..., Settings]
 

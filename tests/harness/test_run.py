@@ -10,11 +10,12 @@ from typing import Any
 import pytest
 import torch
 
-from harness.bus import Bus
-from harness.events import BatchEnd
-from harness.run import main, run
+from harness.core.bus import Bus
+from harness.core.events import BatchEnd
+from harness.core.testing import Recorder
+from harness.run import main
 from harness.settings import Settings
-from harness.testing import Recorder
+from harness.training.fit import run
 
 MakeSettings = Callable[..., Settings]
 

@@ -15,7 +15,7 @@ from scipy.stats import chisquare
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset, WeightedRandomSampler
 
-from harness.sampler import (
+from harness.training.sampler import (
     TrackingWeightedRandomSampler,
     balanced_weights,
     class_counts,

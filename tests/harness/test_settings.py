@@ -4,25 +4,35 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import attrs
 import pytest
 
-from harness.errors import SettingsError
+from harness.core.errors import SettingsError
+from harness.core.testing import write_imagefolder
 from harness.run import main
 from harness.settings import Settings, load_settings, parse_override, settings_to_toml
-from harness.testing import write_imagefolder
+from subscribers.ema import EMASettings
 
 
 def test_defaults_need_no_file() -> None:
     settings = load_settings(None)
-    assert settings == Settings()
+    assert attrs.evolve(settings, subscribers={}) == Settings()
     assert settings.data.root == ""
-    assert settings.subscribers.ema.enabled
+    assert settings.subscribers["ema"].enabled
+    assert settings.subscribers["ema"] == EMASettings()
 
 
 def test_resolved_settings_read_back_identically(tmp_path: Path) -> None:
     settings = load_settings(
-        None, ["data.batch_size=7", "subscribers.ema.decay=0.5", "run.plugins=['a.b:C']"]
+        None,
+        [
+            "data.batch_size=7",
+            "subscribers.ema.decay=0.5",
+            "run.plugins=['tests.plugins.fault_plugins:Fault']",
+            'data.root="odd \\"quoted\\"\\nline\\ttab \\u0007 $\\\\x$"',
+        ],
     )
+    assert "\n" in settings.data.root and "\a" in settings.data.root
     path = tmp_path / "settings.toml"
     path.write_text(settings_to_toml(settings))
     assert load_settings(path) == settings
@@ -81,7 +91,7 @@ CASES = [
     (
         "",
         ["subscribers.ema=1"],
-        "--set subscribers.ema=1: [subscribers.ema] is a table; name one of its keys",
+        "--set subscribers.ema=1: [subscribers.ema] must be a table, got 1",
     ),
     (
         "",
@@ -89,6 +99,23 @@ CASES = [
         "[model].arch: unknown torchvision architecture 'resnet19'; did you mean",
     ),
     ("", ["run.plugins=['nowhere.module:Thing']"], "[run].plugins: cannot import 'nowhere.module:Thing'"),
+    ("", ["run.plugins=['pathlib:Path']"], "[run].plugins: 'pathlib:Path' has no connect(bus) method"),
+    (
+        "",
+        ["run.plugins=['os:sep']"],
+        "[run].plugins: 'os:sep' is not a SubscriberSpec nor a subscriber class",
+    ),
+    (
+        "",
+        ["run.plugins=['subscribers.plots:SPEC']"],
+        "[run].plugins: 'subscribers.plots:SPEC' and a built-in subscriber both claim the name 'plots'",
+    ),
+    ("", ["run.plugins=['no_such_entry_point']"], "is neither 'package.module:NAME' nor an installed"),
+    (
+        "[subscribers.loss_spikes]\nfactor = 2\n",
+        [],
+        "settings.toml: unknown table 'subscribers.loss_spikes'; a plugin's table needs the plugin named",
+    ),
     ("", ["trainer.resume='last'"], "[trainer].resume = 'last': no run under"),
     ("", ["trainer.resume='missing.ckpt'"], "[trainer].resume: no such checkpoint file 'missing.ckpt'"),
 ]
@@ -158,13 +185,16 @@ def test_bad_data_stops_before_training(
 
 
 def test_settings_error_is_a_harness_error() -> None:
-    with pytest.raises(SettingsError, match=r"--set nope.x=1: unknown key 'nope'; valid: run, data, model"):
+    with pytest.raises(SettingsError, match=r"--set nope.x=1: unknown table 'nope'; valid: run, data, model"):
         load_settings(None, ["nope.x=1"])
 
 
 def test_the_readme_settings_reference_is_generated_from_the_code() -> None:
-    from harness.reference import HELP, reference_markdown
+    from harness.settings.reference import event_reference_markdown, reference_markdown
 
     readme = (Path(__file__).parents[2] / "README.md").read_text()
-    assert reference_markdown() in readme, "run `python -m harness.reference` and paste it into README.md"
-    assert "|  |" not in reference_markdown(), f"every key needs a line in HELP ({len(HELP)} so far)"
+    assert event_reference_markdown() in readme, "paste `python -m harness.settings.reference` into README.md"
+    assert reference_markdown() in readme, (
+        "run `python -m harness.settings.reference` and paste it into README.md"
+    )
+    assert "|  |" not in reference_markdown(), "every option has a one-line help"

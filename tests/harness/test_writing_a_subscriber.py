@@ -7,10 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from harness.bus import Bus
-from harness.context import RunContext
-from harness.events import BatchEnd, TrainEnd, ValidationEpochEnd
-from harness.testing import Recorder, make_context, scripted_run, tiny_model
+from harness.core.bus import Bus
+from harness.core.context import RunContext
+from harness.core.events import BatchEnd, TrainEnd, ValidationEpochEnd
+from harness.core.testing import Recorder, make_context, scripted_run, tiny_model
 
 
 class WorstClasses:
@@ -61,7 +61,7 @@ def test_a_subscriber_written_without_lightning_runs_through_a_scripted_run(tmp_
 
 
 def test_the_bus_core_imports_no_lightning() -> None:
-    modules = "harness.bus, harness.events, harness.context, harness.testing"
+    modules = "harness.core.bus, harness.core.events, harness.core.context, harness.core.testing"
     code = f"import sys, {modules}; print('lightning' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

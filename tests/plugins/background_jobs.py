@@ -1,4 +1,4 @@
-"""Jobs for `harness.background.BackgroundWriter` tests: module-level, so the worker process imports them.
+"""Jobs for `harness.io.background.BackgroundWriter` tests: module-level, so the worker process imports them.
 
 Tests put this folder on ``sys.path`` (the worker process inherits it).
 """
@@ -49,7 +49,7 @@ def snapshot(source: Path, target: Path, record: Record) -> None:
 
 def submit_and_leave(out: Path) -> None:
     """In a process `multiprocessing` started: submit a job and exit without closing the writer."""
-    from harness.background import BackgroundWriter
+    from harness.io.background import BackgroundWriter
 
     writer = BackgroundWriter()
     writer.submit("Test", functools.partial(append, out, "child"), record=lambda name, path: None)

@@ -13,9 +13,9 @@ import signal
 
 import torch
 
-from harness.bus import Bus
-from harness.context import RunContext
-from harness.events import BatchEnd, CheckpointSaving, Event, TrainEnd
+from harness.core.bus import Bus
+from harness.core.context import RunContext
+from harness.core.events import BatchEnd, CheckpointSaving, Event, TrainEnd
 
 
 class Fault:
@@ -61,5 +61,5 @@ class RankReport:
         for name, tensor in sorted(model.state_dict().items()):
             digest.update(name.encode())
             digest.update(tensor.detach().to("cpu", torch.float64).numpy().tobytes())
-        report = {"rank": self.context.rank, "weights": self.context.weights, "digest": digest.hexdigest()}
+        report = {"rank": self.context.rank, "digest": digest.hexdigest()}
         (self.context.run_dir / f"rank_{self.context.rank}.json").write_text(json.dumps(report))

@@ -10,23 +10,24 @@ from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
+import attrs
 import pytest
 import torch
 from PIL import Image
 from torch import nn
 from torch.nn.modules.module import register_module_forward_hook
 
-from harness.background import BackgroundWriter
-from harness.bus import Bus
-from harness.context import RunContext
-from harness.data import scan
-from harness.events import ValidationEpochEnd, ValidationSwapIn, ValidationSwapOut
-from harness.model import Classifier
-from harness.run import run
-from harness.settings import ConfusionMatrixSettings, Settings
-from harness.testing import batch_end, make_context, scripted_run, tiny_model
+from harness.core.bus import Bus
+from harness.core.context import RunContext
+from harness.core.events import ValidationEpochEnd, ValidationSwapIn, ValidationSwapOut
+from harness.core.testing import batch_end, make_context, scripted_run, tiny_model
+from harness.io.background import BackgroundWriter
+from harness.settings import Settings
+from harness.training.data import scan
+from harness.training.fit import run
+from harness.training.model import Classifier
 from subscribers._draw_confusion import counts_csv, draw_confusion, normalise
-from subscribers.confusion_matrix import ConfusionMatrix
+from subscribers.confusion_matrix import ConfusionMatrix, ConfusionMatrixSettings
 
 NAMES = ("cat", "dog", "bird")
 MakeSettings = Callable[..., Settings]
@@ -124,7 +125,8 @@ def test_on_a_background_writer_each_epoch_writes_what_it_writes_inline(
     epochs = [[([0, 1, 2], [0, 2, 2])], [([0, 0, 1], [1, 0, 1]), ([2], [2])]]
     inline = make_context(tmp_path / "inline", class_names=NAMES)
     background = make_context(tmp_path / "background", class_names=NAMES)
-    background.background = writer = BackgroundWriter()
+    writer = BackgroundWriter()
+    background = attrs.evolve(background, background=writer)
     gate = tmp_path / "gate"
     # The worker is busy until both epochs have ended: epoch 0's job must draw epoch 0's counts.
     writer.submit("Test", functools.partial(jobs.wait_for, gate), record=background.record_artifact)

@@ -7,16 +7,20 @@ through `torch.save` / `torch.load(weights_only=True)`.
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import io
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 import torch
 
-from harness.bus import Bus, Stateful
-from harness.events import (
+from harness.core.bus import Bus, Stateful
+from harness.core.events import (
     CheckpointSaving,
     FitEnd,
     TrainEnd,
@@ -26,16 +30,19 @@ from harness.events import (
     ValidationSwapIn,
     ValidationSwapOut,
 )
-from harness.run import BUILTIN_SUBSCRIBERS, _import
-from harness.testing import batch_end, make_context, scripted_run, tiny_model
+from harness.core.options import help_of
+from harness.core.testing import batch_end, make_context, scripted_run, tiny_model
+from harness.settings import builtin_specs
+from subscribers import BUILTIN
 
-NAMES = list(BUILTIN_SUBSCRIBERS)
+SPECS = {spec.name: spec for spec in BUILTIN}
+NAMES = list(SPECS)
 
 
 def build(name: str, tmp_path: Path) -> tuple[Any, Any]:
     context = make_context(tmp_path, num_classes=3, image_size=16, model=tiny_model(num_classes=3))
-    cls = _import(BUILTIN_SUBSCRIBERS[name], name)
-    return cls(context), context
+    spec = SPECS[name]
+    return spec.build(context, spec.settings()), context
 
 
 def state_equal(a: Any, b: Any) -> bool:
@@ -48,12 +55,21 @@ def state_equal(a: Any, b: Any) -> bool:
     return bool(a == b)
 
 
+def test_the_installed_entry_point_lists_the_built_ins_in_attach_order() -> None:
+    assert builtin_specs() == BUILTIN
+
+
 @pytest.mark.parametrize("name", NAMES)
-def test_is_one_public_class_in_its_module(name: str) -> None:
-    module_name, _, class_name = BUILTIN_SUBSCRIBERS[name].partition(":")
-    module = __import__(module_name, fromlist=["__all__"])
-    assert module.__all__ == [class_name]
+def test_is_one_module_with_its_class_settings_and_spec(name: str, tmp_path: Path) -> None:
+    spec = SPECS[name]
+    module = importlib.import_module(f"subscribers.{name}")
+    assert module.SPEC is spec, "a built-in's table name is its module's name"
+    subscriber, _ = build(name, tmp_path)
+    public = {module.__dict__[n] for n in module.__all__} - {spec}
+    assert public == {type(subscriber), spec.settings}, "one subscriber class and its settings class"
     assert module.__doc__ and module.__doc__.strip()
+    for field in attrs.fields(spec.settings):
+        assert help_of(field), f"[subscribers.{name}].{field.name} has a one-line help"
     imports = [
         line for line in inspect.getsource(module).splitlines() if line.startswith(("import ", "from "))
     ]
@@ -101,3 +117,14 @@ def test_survives_events_it_did_not_expect(name: str, tmp_path: Path) -> None:
         bus.publish(event)
     for path in context.run_dir.rglob("*"):
         assert not path.name.endswith(".tmp"), f"a temporary file was left behind: {path}"
+
+
+def test_importing_the_built_ins_loads_no_drawing_or_onnx_library() -> None:
+    """Heavy libraries load when a spec builds its subscriber: a disabled one costs nothing."""
+    code = (
+        "import sys, subscribers; "
+        "heavy = ('matplotlib', 'onnx', 'onnxruntime', 'onnxscript', 'torchmetrics'); "
+        "print(sorted(m for m in heavy if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

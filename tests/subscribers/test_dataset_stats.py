@@ -8,16 +8,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 from PIL import Image
 
-from harness.bus import Bus
-from harness.context import DatasetInfo, RunContext
-from harness.events import FitStart
-from harness.run import run
-from harness.settings import DatasetStatsSettings, Settings
-from harness.testing import make_context
-from subscribers.dataset_stats import DatasetStats
+from harness.core.bus import Bus
+from harness.core.context import DatasetInfo, RunContext
+from harness.core.events import FitStart
+from harness.core.testing import make_context
+from harness.settings import Settings
+from harness.training.fit import run
+from subscribers.dataset_stats import DatasetStats, DatasetStatsSettings
 
 MakeSettings = Callable[..., Settings]
 
@@ -41,7 +42,7 @@ def small_data_set(tmp_path: Path) -> DatasetInfo:
 
 def context_for(tmp_path: Path, data: DatasetInfo) -> RunContext:
     context = make_context(tmp_path, class_names=("cat", "dog", "owl"))
-    context.data = data
+    context = attrs.evolve(context, data=data)
     return context
 
 
@@ -142,7 +143,7 @@ def test_many_classes_show_the_smallest(tmp_path: Path, capsys: pytest.CaptureFi
     names = tuple(f"k{c:02d}" for c in range(30))
     context = make_context(tmp_path, class_names=names)
     pairs = tuple((tmp_path / f"{c}_{n}.png", c) for c in range(30) for n in range(c + 1))
-    context.data = DatasetInfo(root=tmp_path, train=pairs, val=pairs)
+    context = attrs.evolve(context, data=DatasetInfo(root=tmp_path, train=pairs, val=pairs))
 
     fit_start(context, DatasetStatsSettings(max_table_rows=4, size_sample=1))
 
@@ -163,7 +164,7 @@ def test_other_ranks_write_nothing(tmp_path: Path, capsys: pytest.CaptureFixture
 
 def test_without_data_it_warns_and_writes_nothing(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     context = make_context(tmp_path)
-    context.data = None
+    context = attrs.evolve(context, data=None)
 
     with caplog.at_level(logging.WARNING, logger="subscribers.dataset_stats"):
         fit_start(context)

@@ -11,10 +11,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from harness.bus import Bus
-from harness.context import RunContext
-from harness.errors import SubscriberError
-from harness.events import (
+from harness.core.bus import Bus
+from harness.core.context import RunContext
+from harness.core.errors import SubscriberError
+from harness.core.events import (
     BatchEnd,
     CheckpointSaving,
     FitStart,
@@ -22,10 +22,9 @@ from harness.events import (
     ValidationSwapIn,
     ValidationSwapOut,
 )
-from harness.settings import EMASettings
-from harness.testing import Recorder, batch_end, make_context, scripted_run, tiny_model
+from harness.core.testing import Recorder, batch_end, make_context, scripted_run, tiny_model
 from subscribers._ema import ema_decay
-from subscribers.ema import EMA
+from subscribers.ema import EMA, EMASettings
 
 State = dict[str, torch.Tensor]
 
@@ -175,7 +174,7 @@ def test_integer_buffers_are_copied_not_averaged(tmp_path: Path) -> None:
 
 
 def test_validation_swap_exchanges_storage_and_restores_training_weights(tmp_path: Path) -> None:
-    bus, context, _, optimizer = fresh_run(tmp_path, seed=0)
+    bus, context, ema, optimizer = fresh_run(tmp_path, seed=0)
     bus.publish(FitStart(epoch=0, global_step=0, max_epochs=1))
     run_steps(bus, context, optimizer, range(1, 4), validate=False)
     model = context.require_model()
@@ -185,13 +184,13 @@ def test_validation_swap_exchanges_storage_and_restores_training_weights(tmp_pat
     pointers = [p.data_ptr() for p in parameters]
 
     bus.publish(ValidationSwapIn(epoch=0, global_step=3))
-    assert context.weights == "averaged"
+    assert ema.holds_average
     assert_bit_equal(snapshot(model), averaged)
     assert all(a is b for a, b in zip(model.parameters(), parameters, strict=True))
     assert not {p.data_ptr() for p in parameters} & set(pointers)  # exchanged, not copied
 
     bus.publish(ValidationSwapOut(epoch=0, global_step=3))
-    assert context.weights == "training"
+    assert not ema.holds_average
     assert_bit_equal(snapshot(model), training)
     assert [p.data_ptr() for p in parameters] == pointers
 
@@ -199,19 +198,20 @@ def test_validation_swap_exchanges_storage_and_restores_training_weights(tmp_pat
 def test_nothing_is_swapped_before_the_first_update(tmp_path: Path) -> None:
     context = make_context(tmp_path, model=tiny_model())
     bus = Bus()
-    bus.attach(EMA(context))
+    ema = EMA(context)
+    bus.attach(ema)
     model = context.require_model()
     before = snapshot(model)
     pointers = [p.data_ptr() for p in model.parameters()]
 
     bus.publish(FitStart(epoch=0, global_step=0, max_epochs=1))
     bus.publish(ValidationSwapIn(epoch=0, global_step=0, sanity_check=True))
-    assert context.weights == "training"
+    assert not ema.holds_average
     assert [p.data_ptr() for p in model.parameters()] == pointers
     bus.publish(ValidationSwapOut(epoch=0, global_step=0, sanity_check=True))
     assert_bit_equal(checkpoint_state(bus, context), before)
     bus.publish(TrainLoopEnd(epoch=0, global_step=0))
-    assert context.weights == "training"
+    assert not ema.holds_average
     assert_bit_equal(snapshot(model), before)
 
 
@@ -240,11 +240,11 @@ def test_train_loop_end_installs_the_averaged_weights_for_good(tmp_path: Path) -
     states: list[State] = []
     scripted_run(bus, context, epochs=2, train_step=recording(sgd_step(), states))
 
-    assert context.weights == "averaged"
+    assert ema.holds_average
     assert_bit_equal(snapshot(context.require_model()), saved[-1])
     assert_bit_equal(ema.state_dict()["training"], states[-1])
     bus.publish(ValidationSwapOut(epoch=1, global_step=context.global_step))
-    assert context.weights == "averaged"
+    assert ema.holds_average
     assert_bit_equal(snapshot(context.require_model()), saved[-1])
 
 
@@ -361,7 +361,7 @@ def test_without_a_model_it_does_nothing(tmp_path: Path) -> None:
     scripted_run(bus, context, epochs=1, sanity_check=True)
 
     assert ema.updates == 0
-    assert context.weights == "training"
+    assert not ema.holds_average
     assert ema.state_dict() == {"updates": 0, "training": {}}
 
 

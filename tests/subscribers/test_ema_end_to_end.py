@@ -9,11 +9,11 @@ from typing import Any
 import pytest
 import torch
 
-from harness.bus import Bus
-from harness.events import BatchEnd, ValidationEpochEnd
-from harness.model import Classifier
-from harness.run import run
+from harness.core.bus import Bus
+from harness.core.events import BatchEnd, ValidationEpochEnd
 from harness.settings import Settings
+from harness.training.fit import run
+from harness.training.model import Classifier
 
 pytestmark = pytest.mark.slow
 

@@ -12,13 +12,13 @@ import torch
 import torchvision
 from torch import nn
 
-from harness.bus import Bus
-from harness.context import RunContext
-from harness.events import FitStart
-from harness.run import run
-from harness.settings import ModelInfoSettings, Settings
-from harness.testing import make_context, tiny_model
-from subscribers.model_info import ModelInfo
+from harness.core.bus import Bus
+from harness.core.context import RunContext
+from harness.core.events import FitStart
+from harness.core.testing import make_context, tiny_model
+from harness.settings import Settings
+from harness.training.fit import run
+from subscribers.model_info import ModelInfo, ModelInfoSettings
 
 MakeSettings = Callable[..., Settings]
 
@@ -114,7 +114,7 @@ def test_input_channels_follow_the_first_convolution(tmp_path: Path) -> None:
 
 
 def test_names_the_architecture_of_the_training_module(tmp_path: Path) -> None:
-    from harness.model import Classifier
+    from harness.training.model import Classifier
 
     context = make_context(tmp_path, image_size=16, model=Classifier(arch="resnet18", num_classes=3))
 

@@ -19,18 +19,19 @@ import pytest
 import torch
 from torch import nn
 
-from harness.bus import Bus
-from harness.context import Preprocessing, RunContext
-from harness.data import ImageFiles, scan
-from harness.errors import ExportError, SubscriberError
-from harness.events import TrainEnd, TrainLoopEnd
-from harness.model import Classifier
-from harness.onnx_meta import KEY_CLASSES, KEY_PREPROCESSING, KEY_SOURCE
+from harness.core.bus import Bus
+from harness.core.context import RunContext
+from harness.core.errors import ExportError, SubscriberError
+from harness.core.events import TrainEnd, TrainLoopEnd
+from harness.core.preprocessing import Preprocessing
+from harness.core.testing import make_context, scripted_run, tiny_model
+from harness.onnx.card import KEY_CLASSES, KEY_PREPROCESSING, KEY_SOURCE
 from harness.predict import main as predict_main
-from harness.run import run
-from harness.settings import OnnxExportSettings, Settings
-from harness.testing import make_context, scripted_run, tiny_model
-from subscribers.onnx_export import OnnxExport
+from harness.settings import Settings
+from harness.training.data import ImageFiles, scan
+from harness.training.fit import run
+from harness.training.model import Classifier
+from subscribers.onnx_export import OnnxExport, OnnxExportSettings
 
 CLASSES = ("cat", "dog", "eel")
 

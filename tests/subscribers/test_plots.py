@@ -10,19 +10,20 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import ModuleType
 
+import attrs
 import numpy as np
 import pytest
 import torch
 from matplotlib.figure import Figure
 from PIL import Image
 
-from harness.background import BackgroundWriter, run_or_submit
-from harness.bus import Bus
-from harness.context import RunContext
-from harness.events import TrainEpochEnd, ValidationEpochEnd
-from harness.run import run
+from harness.core.bus import Bus
+from harness.core.context import RunContext
+from harness.core.events import TrainEpochEnd, ValidationEpochEnd
+from harness.core.testing import make_context, scripted_run
+from harness.io.background import BackgroundWriter
 from harness.settings import Settings
-from harness.testing import make_context, scripted_run
+from harness.training.fit import run
 from subscribers._draw_history import Best, best_epoch, curves, plot_family
 from subscribers.plots import Plots
 
@@ -99,7 +100,7 @@ def test_on_a_background_writer_each_epoch_writes_what_it_writes_inline(
         context = contexts[name] = make_context(tmp_path / name)
         gate = tmp_path / "gate"
         if name == "background":
-            context.background = BackgroundWriter()
+            context = contexts[name] = attrs.evolve(context, background=BackgroundWriter())
             # The worker is busy until both epochs have ended: epoch 0's job must draw epoch 0's history.
             context.background.submit(
                 "Test", functools.partial(jobs.wait_for, gate), record=context.record_artifact
@@ -109,7 +110,7 @@ def test_on_a_background_writer_each_epoch_writes_what_it_writes_inline(
         epoch_end(bus, 0)
         # Runs right after epoch 0's job, inline or not: the folder as epoch 0 left it.
         snapshot = functools.partial(jobs.snapshot, context.run_dir / "plots", tmp_path / f"{name}_epoch_0")
-        run_or_submit(context.background, "Test", snapshot, record=context.record_artifact)
+        context.submit("Test", snapshot)
         epoch_end(bus, 1)
     background = contexts["background"]
     assert not (background.run_dir / "plots").exists()

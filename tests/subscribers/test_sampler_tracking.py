@@ -11,20 +11,21 @@ from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
+import attrs
 import pytest
 import torch
 from scipy.stats import chisquare
 from torch.utils.data import WeightedRandomSampler
 
-from harness.background import BackgroundWriter, run_or_submit
-from harness.bus import Bus
-from harness.context import DatasetInfo, RunContext
-from harness.events import TrainEpochEnd, TrainEpochStart
-from harness.run import run as run_harness
-from harness.sampler import class_counts, make_sampler
-from harness.settings import SamplerTrackingSettings, Settings
-from harness.testing import batch_end, make_context, scripted_run
-from subscribers.sampler_tracking import SamplerTracking
+from harness.core.bus import Bus
+from harness.core.context import DatasetInfo, RunContext
+from harness.core.events import TrainEpochEnd, TrainEpochStart
+from harness.core.testing import batch_end, make_context, scripted_run
+from harness.io.background import BackgroundWriter
+from harness.settings import Settings
+from harness.training.fit import run as run_harness
+from harness.training.sampler import class_counts, make_sampler
+from subscribers.sampler_tracking import SamplerTracking, SamplerTrackingSettings
 
 MakeSettings = Callable[..., Settings]
 
@@ -58,7 +59,7 @@ def jobs(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
 def imbalanced_context(tmp_path: Path, *, balanced: bool, counts: tuple[int, ...] = COUNTS) -> RunContext:
     context = make_context(tmp_path, num_classes=len(counts))
     train = tuple((tmp_path / f"{c}_{n}.png", c) for c, count in enumerate(counts) for n in range(count))
-    context.data = DatasetInfo(root=tmp_path, train=train, val=train[::10])
+    context = attrs.evolve(context, data=DatasetInfo(root=tmp_path, train=train, val=train[::10]))
     context.train_sampler = make_sampler(context.data.train_targets, balanced=balanced, seed=0)
     return context
 
@@ -146,7 +147,7 @@ class FolderSnapshot:
             job = functools.partial(
                 self.jobs.snapshot, self.context.run_dir / "sampler_tracking", self.target
             )
-            run_or_submit(self.context.background, "FolderSnapshot", job, record=self.context.record_artifact)
+            self.context.submit("FolderSnapshot", job)
 
 
 def run_with_snapshot(context: RunContext, jobs: ModuleType, target: Path) -> None:
@@ -164,7 +165,8 @@ def test_on_a_background_writer_each_epoch_writes_what_it_writes_inline(
     run_with_snapshot(inline, jobs, tmp_path / "inline_epoch_0")
 
     background = imbalanced_context(tmp_path / "background", balanced=True)
-    background.background = writer = BackgroundWriter()
+    writer = BackgroundWriter()
+    background = attrs.evolve(background, background=writer)
     gate = tmp_path / "gate"
     # The worker is busy until the run is over: epoch 0's job must write epoch 0's history.
     writer.submit("Test", functools.partial(jobs.wait_for, gate), record=background.record_artifact)
@@ -272,7 +274,7 @@ def test_a_sampler_that_does_not_track_is_reported_once(
 
     assert [r.getMessage() for r in caplog.records if "WeightedRandomSampler" in r.getMessage()] == [
         "sampler_tracking: the training sampler is WeightedRandomSampler, not a "
-        "TrackingWeightedRandomSampler (harness.sampler.make_sampler builds one); nothing to report"
+        "TrackingWeightedRandomSampler (harness.training.sampler.make_sampler builds one); nothing to report"
     ]
     assert not (context.run_dir / "sampler_tracking").exists()
 

@@ -11,20 +11,21 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import attrs
 import pytest
 import torch
 from PIL import Image
 
-from harness.background import BackgroundWriter
-from harness.bus import Bus
-from harness.context import RunContext
-from harness.data import scan
-from harness.events import ValidationEpochEnd
-from harness.run import run
-from harness.settings import SamplesSettings, Settings
-from harness.testing import batch_end, make_context
+from harness.core.bus import Bus
+from harness.core.context import RunContext
+from harness.core.events import ValidationEpochEnd
+from harness.core.testing import batch_end, make_context
+from harness.io.background import BackgroundWriter
+from harness.settings import Settings
+from harness.training.data import scan
+from harness.training.fit import run
 from subscribers._draw_samples import Shown, draw_samples, unnormalise
-from subscribers.samples import Samples
+from subscribers.samples import Samples, SamplesSettings
 
 MakeSettings = Callable[..., Settings]
 
@@ -152,7 +153,8 @@ def test_on_a_background_writer_each_epoch_writes_what_it_writes_inline(
     images, targets = stream(24, 3)
     inline = make_context(tmp_path / "inline", class_names=("cat", "dog", "bird"))
     background = make_context(tmp_path / "background", class_names=("cat", "dog", "bird"))
-    background.background = writer = BackgroundWriter()
+    writer = BackgroundWriter()
+    background = attrs.evolve(background, background=writer)
     gate = tmp_path / "gate"
     # The worker is busy until both epochs have ended: epoch 0's job must draw epoch 0's samples.
     writer.submit("Test", functools.partial(jobs.wait_for, gate), record=background.record_artifact)
@@ -238,7 +240,7 @@ def test_a_real_run_shows_the_same_validation_images_each_epoch(make_settings: M
     folder = result.run_dir / "samples"
     first, second = (json.loads((folder / f"epoch_{e:03d}.json").read_text()) for e in (0, 1))
     info, classes = scan(settings.data, settings.run.seed)
-    assert len(first) == min(settings.subscribers.samples.count, len(info.val))
+    assert len(first) == min(settings.subscribers["samples"].count, len(info.val))
     assert [row["position"] for row in first] == [row["position"] for row in second]
     assert [row["true"] for row in first] == [classes[info.val[row["position"]][1]] for row in first]
     assert "samples/latest.png" in result.summary["artifacts"]

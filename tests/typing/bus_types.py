@@ -4,8 +4,8 @@ Each `type: ignore[...]` marks a line that must stay a type error: mypy's strict
 reports an unused ignore, so if the bus's typing ever stops catching the mistake, CI fails.
 """
 
-from harness.bus import Bus
-from harness.events import BatchEnd, Event, TrainEnd
+from harness.core.bus import Bus
+from harness.core.events import BatchEnd, Event, TrainEnd
 
 
 def on_train_end(event: TrainEnd) -> None: ...

@@ -24,6 +24,7 @@ __all__ = [
     "LABELS_FILE",
     "atomic_path",
     "read_label_map",
+    "run_dir_of",
     "save_figure",
     "write_bytes",
     "write_json",
@@ -101,3 +102,9 @@ def read_label_map(path: Path) -> list[str]:
         path = path / LABELS_FILE
     classes = json.loads(path.read_text(encoding="utf-8"))["classes"]
     return [str(name) for name in classes]
+
+
+def run_dir_of(checkpoint: Path) -> Path:
+    """The run directory of a checkpoint: the parent of its ``checkpoints/`` folder, else its folder."""
+    folder = checkpoint.resolve().parent
+    return folder.parent if folder.name == "checkpoints" else folder

@@ -1,8 +1,8 @@
-"""The background writer's worker process: ``python -m harness._background_worker``.
+"""The background writer's worker process: ``python -m harness.io._background_worker``.
 
-Started by `harness.background.BackgroundWriter`, never by hand. Its first request is
+Started by `harness.io.background.BackgroundWriter`, never by hand. Its first request is
 the sys.path to import jobs from; each one after is a pickled job, run in turn, with one
-pickled reply per job (`harness.background.Reply`) on the stdout it was started with.
+pickled reply per job (`harness.io.background.Reply`) on the stdout it was started with.
 Its own stdout goes to stderr, so a job that prints cannot break the replies. It exits
 when its input ends: the writer closed it, or the process that started it died.
 """

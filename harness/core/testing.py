@@ -1,22 +1,26 @@
 """A test kit for subscriber authors: contexts, events and whole runs, without a Trainer.
 
-    from harness.bus import Bus
-    from harness.testing import Recorder, make_context, scripted_run
+    from harness.core.bus import Bus
+    from harness.core.testing import Recorder, batch_end, make_context, scripted_run
 
     def test_my_subscriber(tmp_path):
         context = make_context(tmp_path)
         bus = Bus()
-        bus.attach(MySubscriber(context))
-        scripted_run(bus, context, epochs=2)
+        bus.attach(MySubscriber(context, MySettings(factor=2.0)))
+        scripted_run(bus, context, epochs=2, losses=[2.3, 2.1, 9.0, 1.8, 1.7, 1.6])
         assert (context.run_dir / "my_artifact.json").exists()
 
+    def test_one_event(tmp_path):
+        ...
+        bus.publish(batch_end(global_step=7, loss=12.5))
+
 Everything here publishes the same event classes, in the same order, as `BusCallback`
-does under Lightning (see `harness.events`).
+does under Lightning (see `harness.core.events`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TypeVar
 
@@ -25,9 +29,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from harness.bus import Bus
-from harness.context import DatasetInfo, Preprocessing, RunContext
-from harness.events import (
+from harness.core.bus import Bus
+from harness.core.context import DatasetInfo, JobRunner, RunContext
+from harness.core.events import (
     BatchEnd,
     CheckpointSaving,
     Event,
@@ -42,6 +46,7 @@ from harness.events import (
     ValidationSwapIn,
     ValidationSwapOut,
 )
+from harness.core.preprocessing import Preprocessing
 
 __all__ = ["Recorder", "batch_end", "make_context", "scripted_run", "tiny_model", "write_imagefolder"]
 
@@ -86,8 +91,14 @@ def make_context(
     image_size: int = 16,
     model: nn.Module | None = None,
     samples_per_class: int = 4,
+    data: DatasetInfo | None = None,
+    background: JobRunner | None = None,
 ) -> RunContext:
-    """A `RunContext` whose run directory is `tmp_path / "run"` (created)."""
+    """A `RunContext` whose run directory is `tmp_path / "run"` (created).
+
+    Without `data`, the data set is `samples_per_class` made-up paths per class (no files);
+    `attrs.evolve(context, data=None)` gives a context without one.
+    """
     names = class_names or tuple(f"class_{i}" for i in range(num_classes))
     run_dir = tmp_path / "run"
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -99,7 +110,8 @@ def make_context(
         class_names=names,
         preprocessing=Preprocessing(image_size=image_size),
         model=model,
-        data=DatasetInfo(root=tmp_path, train=tuple(fake), val=tuple(fake[::2])),
+        data=data or DatasetInfo(root=tmp_path, train=tuple(fake), val=tuple(fake[::2])),
+        background=background,
     )
 
 
@@ -115,11 +127,16 @@ def batch_end(
     inputs: torch.Tensor | None = None,
     targets: torch.Tensor | None = None,
     logits: torch.Tensor | None = None,
+    loss: float | torch.Tensor | None = None,
     optimizer_stepped: bool | None = None,
     sanity_check: bool = False,
     generator: torch.Generator | None = None,
 ) -> BatchEnd:
-    """A valid `BatchEnd`: random images, targets and logits unless given."""
+    """A valid `BatchEnd`: random images, targets and logits unless given.
+
+    `loss` defaults to the cross-entropy of the logits against the targets; a number
+    becomes a scalar tensor.
+    """
     if inputs is None:
         inputs = torch.rand(batch_size, 3, image_size, image_size, generator=generator)
     n = inputs.shape[0]
@@ -135,7 +152,7 @@ def batch_end(
         inputs=inputs,
         targets=targets,
         logits=logits,
-        loss=F.cross_entropy(logits, targets),
+        loss=F.cross_entropy(logits, targets) if loss is None else torch.as_tensor(loss, dtype=torch.float32),
         optimizer_stepped=stage == "train" if optimizer_stepped is None else optimizer_stepped,
         sanity_check=sanity_check,
     )
@@ -183,22 +200,35 @@ def scripted_run(
     batch_size: int = 4,
     sanity_check: bool = False,
     train_step: Callable[[nn.Module, torch.Tensor, torch.Tensor], None] | None = None,
+    losses: Sequence[float] | None = None,
+    logits: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     seed: int = 0,
 ) -> None:
     """Publish a whole run's events on `bus`, updating `context` as Lightning's adapter does.
 
-    With `context.model` set, logits come from the model; `train_step(model, inputs,
-    targets)`, when given, runs after each training forward (an optimizer step, say).
+    Logits come from `logits(inputs, targets)` when given, else from `context.model` when
+    set, else at random. `losses` gives the training loss of each training step in turn
+    (one per step from `context.epoch` to `epochs`); by default the loss is the
+    cross-entropy of the logits. `train_step(model, inputs, targets)`, when given, runs
+    after each training forward (an optimizer step, say).
     """
+    if losses is not None and len(losses) != (epochs - context.epoch) * train_batches:
+        raise ValueError(
+            f"scripted_run: losses has {len(losses)} values for "
+            f"{(epochs - context.epoch) * train_batches} training steps"
+        )
+    step_losses = iter(losses or ())
     generator = torch.Generator().manual_seed(seed)
     context.max_epochs = epochs
 
-    def logits_of(inputs: torch.Tensor) -> torch.Tensor:
+    def logits_of(inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        if logits is not None:
+            return logits(inputs, targets).detach()
         if context.model is None:
             return torch.randn(inputs.shape[0], context.num_classes, generator=generator)
         with torch.no_grad():
-            logits: torch.Tensor = context.model(inputs)
-        return logits.detach()
+            computed: torch.Tensor = context.model(inputs)
+        return computed.detach()
 
     def validate(epoch: int, sanity: bool) -> dict[str, float]:
         # As Lightning does: eval mode before ValidationSwapIn, train mode after ValidationSwapOut.
@@ -209,8 +239,8 @@ def scripted_run(
         bus.publish(ValidationSwapIn(epoch=epoch, global_step=context.global_step, sanity_check=sanity))
         correct = total = 0
         for index, (inputs, targets) in enumerate(_batches(context, val_batches, batch_size, generator)):
-            logits = logits_of(inputs)
-            correct += int((logits.argmax(1) == targets).sum())
+            outputs = logits_of(inputs, targets)
+            correct += int((outputs.argmax(1) == targets).sum())
             total += len(targets)
             bus.publish(
                 batch_end(
@@ -220,7 +250,7 @@ def scripted_run(
                     batch_idx=index,
                     inputs=inputs,
                     targets=targets,
-                    logits=logits,
+                    logits=outputs,
                     sanity_check=sanity,
                 )
             )
@@ -243,7 +273,7 @@ def scripted_run(
         context.epoch = epoch
         bus.publish(TrainEpochStart(epoch=epoch, global_step=context.global_step))
         for index, (inputs, targets) in enumerate(_batches(context, train_batches, batch_size, generator)):
-            logits = logits_of(inputs)
+            outputs = logits_of(inputs, targets)
             if train_step is not None and context.model is not None:
                 train_step(context.model, inputs, targets)
             context.global_step += 1
@@ -255,7 +285,8 @@ def scripted_run(
                     batch_idx=index,
                     inputs=inputs,
                     targets=targets,
-                    logits=logits,
+                    logits=outputs,
+                    loss=next(step_losses, None),
                 )
             )
         metrics = {"train/loss": 1.0 / (epoch + 1), "lr-SGD": 0.1, **validate(epoch, sanity=False)}

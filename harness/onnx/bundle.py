@@ -1,4 +1,4 @@
-"""ONNX export and its parity check, shared by `subscribers.onnx_export` and `harness.export`.
+"""ONNX export and its parity check, shared by the export subscriber and `harness.export`.
 
 `export_bundle` turns a module and a state dict into a directory holding one
 self-contained ``model.onnx`` (harness metadata inside), ``labels.json``,
@@ -27,12 +27,15 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
-from harness.artifacts import atomic_path, write_json, write_label_map
-from harness.context import Preprocessing
-from harness.errors import ExportError
-from harness.onnx_meta import ExportSource, InputSpec, ModelCard
+from harness.core.errors import ExportError
+from harness.core.preprocessing import Preprocessing
+from harness.io.artifacts import atomic_path, write_json, write_label_map
+from harness.onnx.card import ExportSource, ModelCard
 
 __all__ = [
+    "DEFAULT_OPSET",
+    "DEFAULT_TOLERANCE",
+    "PARITY_IMAGES",
     "MODEL_FILE",
     "PARITY_FILE",
     "PREPROCESSING_FILE",
@@ -45,6 +48,12 @@ __all__ = [
     "read_checkpoint",
 ]
 
+DEFAULT_OPSET = 18
+"""The dynamo exporter's minimum opset."""
+DEFAULT_TOLERANCE = 1e-4
+"""Logit difference the parity check allows, times max(1, largest |logit|)."""
+PARITY_IMAGES = 8
+"""Real images the parity check runs, at batch sizes 1 and N."""
 MODEL_FILE = "model.onnx"
 PARITY_FILE = "parity.json"
 PREPROCESSING_FILE = "preprocessing.json"
@@ -227,8 +236,8 @@ def export_bundle(
     source: ExportSource,
     images: torch.Tensor | None,
     directory: Path,
-    opset: int = 18,
-    tolerance: float = 1e-4,
+    opset: int = DEFAULT_OPSET,
+    tolerance: float = DEFAULT_TOLERANCE,
 ) -> ExportResult:
     """Export `model` holding `state_dict` (None: as it is) into `directory`, parity-checked.
 
@@ -248,9 +257,7 @@ def export_bundle(
     parity_images = random_images(max(0, 2 - real), preprocessing)
     if images is not None and real:
         parity_images = torch.cat([images.detach().to("cpu", torch.float32), parity_images])
-    card = ModelCard(
-        class_names=class_names, preprocessing=InputSpec(**attrs.asdict(preprocessing)), source=source
-    )
+    card = ModelCard(class_names=class_names, preprocessing=preprocessing, source=source)
     model_path = directory / MODEL_FILE
     try:
         model_path.unlink(missing_ok=True)

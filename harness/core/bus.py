@@ -21,16 +21,18 @@ where one subscriber needs another's result, the catalogue has a distinct event.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import traceback
+import typing
 from collections.abc import Callable, Mapping
 from typing import Any, Generic, Literal, Protocol, TypeVar, runtime_checkable
 
 import attrs
 import blinker
 
-from harness.errors import SubscriberError
-from harness.events import Event, Stage
+from harness.core.errors import SubscriberError
+from harness.core.events import Event, Stage
 
 __all__ = ["Bus", "Failure", "OnError", "Stateful", "Subscriber", "Subscription"]
 
@@ -45,6 +47,9 @@ class Subscriber(Protocol):
     """A plain object that lists its subscriptions in `connect`."""
 
     def connect(self, bus: Bus) -> None: ...
+
+
+S = TypeVar("S", bound=Subscriber)
 
 
 @runtime_checkable
@@ -62,7 +67,7 @@ class Stateful(Protocol):
 
 @attrs.frozen(kw_only=True)
 class Failure:
-    """What an isolated subscriber failure left behind, for the run summary."""
+    """What a subscriber's failure left behind, for the run summary (isolated or not)."""
 
     subscriber: str
     event: str
@@ -134,6 +139,24 @@ class Subscription(Generic[E]):
         return f"<Subscription {self.name} to {self.event_type.__name__}>"
 
 
+def _check_handler(event_type: type[Event], handler: Callable[..., object]) -> None:
+    """A handler is called with the event alone: refuse one that cannot be, naming it."""
+    if not callable(handler):
+        raise TypeError(f"subscribe({event_type.__name__}, {handler!r}): the handler is not callable")
+    try:
+        signature = inspect.signature(handler)
+    except (TypeError, ValueError):
+        return  # a builtin or C callable without a signature: trust it
+    try:
+        signature.bind(object())
+    except TypeError:
+        name = getattr(handler, "__qualname__", repr(handler))
+        raise TypeError(
+            f"subscribe({event_type.__name__}, {name}): a handler takes exactly one positional "
+            f"argument, the event; its signature is {name}{signature}"
+        ) from None
+
+
 def _describe(handler: Callable[..., object]) -> tuple[str, object]:
     owner = getattr(handler, "__self__", None)
     if owner is None:
@@ -156,8 +179,8 @@ class Bus:
         self._routes: dict[type[Event], tuple[Subscription[Any], ...]] = {}
         self._policies: dict[int, OnError] = {}
 
-    def attach(self, subscriber: Subscriber, *, on_error: OnError = "raise") -> Subscriber:
-        """Connect `subscriber` with a default failure policy for all its subscriptions."""
+    def attach(self, subscriber: S, *, on_error: OnError = "raise") -> S:
+        """Connect `subscriber` with a default failure policy for all its subscriptions; return it."""
         self._policies[id(subscriber)] = on_error
         subscriber.connect(self)
         return subscriber
@@ -185,6 +208,13 @@ class Bus:
             raise TypeError(f"subscribe() needs an Event class, got {event_type!r}")
         if stage is not None and "stage" not in attrs.fields_dict(event_type):
             raise ValueError(f"{event_type.__name__} has no stage; stage={stage!r} never matches")
+        stages = typing.get_args(Stage)
+        if stage is not None and stage not in stages:
+            listed = ", ".join(repr(s) for s in stages)
+            raise ValueError(
+                f"subscribe({event_type.__name__}, stage={stage!r}): stage must be one of {listed}"
+            )
+        _check_handler(event_type, handler)
         for label, value in (("every_n_steps", every_n_steps), ("every_n_epochs", every_n_epochs)):
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise ValueError(f"{label} must be a positive integer, got {value!r}")
@@ -261,8 +291,6 @@ class Bus:
         policy = subscription.on_error or self._policies.get(id(subscription.owner), "raise")
         event_name = type(event).__name__
         reason = f"{type(error).__name__}: {error}"
-        if policy == "raise":
-            raise SubscriberError(subscription.name, event_name, event.global_step, reason) from error
         failure = Failure(
             subscriber=subscription.name,
             event=event_name,
@@ -271,6 +299,8 @@ class Bus:
             traceback="".join(traceback.format_exception(error)),
         )
         self.failures.append(failure)
+        if policy == "raise":
+            raise SubscriberError(subscription.name, event_name, event.global_step, reason) from error
         log.error(
             "subscriber %s failed on %s at step %d and is disconnected; the run goes on:\n%s",
             failure.subscriber,

@@ -17,9 +17,9 @@ from typing import IO, Any
 import attrs
 import torch
 
-from harness.bus import Bus
-from harness.context import RunContext
-from harness.events import EVENT_TYPES, BatchEnd, Event
+from harness.core.bus import Bus
+from harness.core.context import RunContext
+from harness.core.events import EVENT_TYPES, BatchEnd, Event
 
 __all__ = ["EVENTS_FILE", "EventLog", "read_events"]
 

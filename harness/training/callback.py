@@ -1,6 +1,6 @@
 """BusCallback: the one Lightning adapter, turning Trainer hooks into typed events.
 
-It fills `RunContext`, publishes the catalogue of `harness.events` on a `Bus`, and keeps
+It fills `RunContext`, publishes the catalogue of `harness.core.events` on a `Bus`, and keeps
 every stateful subscriber's `state_dict()` in Lightning checkpoints under
 ``checkpoint["harness"][key]``, restoring it on resume before `FitStart` is published.
 No other module of the harness knows Lightning's hooks.
@@ -18,9 +18,9 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from typing_extensions import override
 
-from harness.bus import Bus, Stateful
-from harness.context import RunContext
-from harness.events import (
+from harness.core.bus import Bus, Stateful
+from harness.core.context import RunContext
+from harness.core.events import (
     BatchEnd,
     CheckpointSaving,
     FitEnd,
@@ -58,7 +58,7 @@ def _logits(outputs: Any) -> torch.Tensor:
 
 
 class BusCallback(Callback):
-    """Publish `harness.events` on `bus` from Lightning's hooks.
+    """Publish `harness.core.events` on `bus` from Lightning's hooks.
 
     `subscribers` maps a stable key (the settings name, e.g. ``"ema"``) to each subscriber
     whose state rides in checkpoints; subscribers without `state_dict` are skipped.

@@ -21,10 +21,11 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision.transforms import v2
 
-from harness.artifacts import atomic_path
-from harness.context import DatasetInfo, Preprocessing
-from harness.errors import DataError
-from harness.images import is_image_file, load_rgb
+from harness.core.context import DatasetInfo
+from harness.core.errors import DataError
+from harness.core.preprocessing import Preprocessing
+from harness.io.artifacts import atomic_path
+from harness.io.images import image_files, load_rgb
 from harness.settings import DataSettings
 
 __all__ = [
@@ -74,7 +75,7 @@ def _files_by_class(root: Path, classes: Sequence[str]) -> dict[str, list[Path]]
     found: dict[str, list[Path]] = {}
     for name in classes:
         folder = root / name
-        found[name] = sorted(p for p in folder.rglob("*") if is_image_file(p)) if folder.is_dir() else []
+        found[name] = image_files(folder) if folder.is_dir() else []
     return found
 
 

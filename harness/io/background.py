@@ -1,9 +1,9 @@
 """A background writer: pictures drawn and written in another process while training goes on.
 
-A subscriber hands a job to the run's writer with `run_or_submit`, which runs the job
-inline when the run has none (unit tests, replays), so one test covers both.
+A subscriber hands a job to the run's writer with `RunContext.submit`, which runs the
+job inline when the run has none (unit tests, replays), so one test covers both.
 
-The worker is a plain ``python -m harness._background_worker`` child process fed over
+The worker is a plain ``python -m harness.io._background_worker`` child process fed over
 a pipe, not a `multiprocessing` one: it imports only what the jobs need (never the
 user's ``__main__``, so a script that calls `harness.run.run` unguarded is not re-run),
 and it ends when its input ends, also when this process dies without closing it.
@@ -31,19 +31,12 @@ from typing import IO, Any
 import attrs
 
 import harness
-from harness._background_worker import header
+from harness.core.context import Job, Record
+from harness.io._background_worker import header
 
-__all__ = ["BackgroundFailure", "BackgroundWriter", "Job", "Record", "run_or_submit"]
+__all__ = ["BackgroundFailure", "BackgroundWriter"]
 
 log = logging.getLogger(__name__)
-
-Record = Callable[[str, Path], None]
-"""Lists a written file in the run summary: ``record(name, path)`` (`RunContext.record_artifact`)."""
-
-Job = Callable[[Record], object]
-"""Draws and writes files, naming each to `record`. Sent to another process: a module-level
-function, or a `functools.partial` of one, whose arguments pickle (CPU tensors, numbers,
-strings, paths, lists and dicts of those)."""
 
 
 @attrs.frozen(kw_only=True)
@@ -91,7 +84,7 @@ class BackgroundWriter:
 
     A pickled writer (``ddp_spawn`` sends the run context to each spawned rank) arrives
     empty, and it and any writer made in a process that `multiprocessing` started run
-    the jobs submitted to them inline, as `run_or_submit` does without a writer: nobody
+    the jobs submitted to them inline, as `RunContext.submit` does without a writer: nobody
     closes a writer there, and such a process may end before a worker has finished.
     """
 
@@ -229,7 +222,7 @@ class _Worker:
         root = str(Path(harness.__file__).resolve().parents[1])
         env["PYTHONPATH"] = os.pathsep.join(filter(None, (root, env.get("PYTHONPATH"))))
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "harness._background_worker"],
+            [sys.executable, "-m", "harness.io._background_worker"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             env=env,
@@ -302,17 +295,3 @@ def _close_open_writers() -> None:
     """Finish the jobs of writers nobody closed, before the interpreter goes."""
     for writer in list(_OPEN):
         writer.close()
-
-
-def run_or_submit(
-    writer: BackgroundWriter | None, owner: str, job: Job, *, record: Record, step: int = -1
-) -> None:
-    """Hand `job` to `writer`, or run it here and now when there is none (tests, replays).
-
-    Inline, the job records straight into `record`, and an exception propagates to the
-    caller, as any handler's would.
-    """
-    if writer is None:
-        job(record)
-    else:
-        writer.submit(owner, job, record=record, step=step)

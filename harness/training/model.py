@@ -16,7 +16,7 @@ import torchvision
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
-from harness.errors import SettingsError
+from harness.core.errors import SettingsError
 from harness.settings import ModelSettings
 
 __all__ = ["Classifier", "build_network"]

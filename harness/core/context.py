@@ -1,0 +1,121 @@
+"""RunContext: what a run is (fixed when it starts) and how far it got, as typed slots.
+
+`BusCallback`, the Lightning adapter, fills and updates it before publishing each event;
+a test builds one with `harness.core.testing.make_context`. Subscribers read it and keep
+their own mutable state themselves; nothing here is a free-form dict.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Literal, Protocol
+
+import attrs
+import torch
+from torch import nn
+from torch.utils.data import Sampler
+
+from harness.core.preprocessing import Preprocessing
+
+__all__ = ["DatasetInfo", "Job", "JobRunner", "Record", "RunContext"]
+
+Record = Callable[[str, Path], None]
+"""Lists a written file in the run summary: ``record(name, path)`` (`RunContext.record_artifact`)."""
+
+Job = Callable[[Record], object]
+"""Draws and writes files, naming each to `record`. It may run in another process: a
+module-level function, or a `functools.partial` of one, whose arguments pickle (numbers,
+strings, paths, numpy arrays, CPU tensors, and lists and dicts of those)."""
+
+
+class JobRunner(Protocol):
+    """Runs slow writing (pictures) off the training thread: `harness.io.background.BackgroundWriter`."""
+
+    def submit(self, owner: str, job: Job, *, record: Record, step: int = -1) -> None: ...
+
+
+@attrs.frozen(kw_only=True)
+class DatasetInfo:
+    """The samples of a run: `(path, class index)` pairs for each split, and what was skipped."""
+
+    root: Path
+    train: tuple[tuple[Path, int], ...]
+    val: tuple[tuple[Path, int], ...]
+    skipped: tuple[Path, ...] = ()
+
+    @property
+    def train_targets(self) -> list[int]:
+        return [target for _, target in self.train]
+
+    @property
+    def val_targets(self) -> list[int]:
+        return [target for _, target in self.val]
+
+
+@attrs.define(kw_only=True, eq=False)
+class RunContext:
+    """Where a run writes, what it trains, and how far it got.
+
+    Fixed for the run (assigning raises `attrs.exceptions.FrozenAttributeError`):
+    `run_dir`, `class_names`, `preprocessing`, `data`, `monitor`, `monitor_mode`,
+    `background`. Filled by the adapter once Lightning has placed the run: `device`,
+    `rank`, `world_size`, `model`, `train_sampler`. Progress, updated by the adapter
+    before each event: `epoch`, `global_step`, `max_epochs`, `best_checkpoint`,
+    `best_score`. `artifacts` maps an artifact's name to its path relative to `run_dir`
+    (``summary.json``'s ``artifacts``); add to it with `record_artifact`.
+
+    `background` runs slow writing off the training thread; without one (tests,
+    replays) `submit` runs a job at once, so one unit test covers both.
+    """
+
+    run_dir: Path = attrs.field(on_setattr=attrs.setters.frozen)
+    class_names: tuple[str, ...] = attrs.field(on_setattr=attrs.setters.frozen)
+    preprocessing: Preprocessing = attrs.field(on_setattr=attrs.setters.frozen)
+    data: DatasetInfo | None = attrs.field(default=None, on_setattr=attrs.setters.frozen)
+    monitor: str = attrs.field(default="val/acc_top1", on_setattr=attrs.setters.frozen)
+    monitor_mode: Literal["max", "min"] = attrs.field(default="max", on_setattr=attrs.setters.frozen)
+    background: JobRunner | None = attrs.field(default=None, on_setattr=attrs.setters.frozen)
+    device: torch.device = attrs.field(factory=lambda: torch.device("cpu"))
+    rank: int = 0
+    world_size: int = 1
+    model: nn.Module | None = None
+    train_sampler: Sampler[int] | None = None
+    epoch: int = 0
+    global_step: int = 0
+    max_epochs: int = 1
+    best_checkpoint: Path | None = None
+    best_score: float | None = None
+    artifacts: dict[str, str] = attrs.Factory(dict)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def is_rank_zero(self) -> bool:
+        return self.rank == 0
+
+    def record_artifact(self, name: str, path: Path) -> None:
+        """List `path` in the run summary under `name` (stored relative to `run_dir`)."""
+        try:
+            self.artifacts[name] = str(path.resolve().relative_to(self.run_dir.resolve()))
+        except ValueError:
+            self.artifacts[name] = str(path)
+
+    def submit(self, owner: str, job: Job, *, step: int = -1) -> None:
+        """Run `job` on the background runner, or here and now without one.
+
+        Inline, an exception propagates to the caller, as any handler's would; in the
+        background it is reported in the run summary under `owner` and `step`.
+        """
+        if self.background is None:
+            job(self.record_artifact)
+        else:
+            self.background.submit(owner, job, record=self.record_artifact, step=step)
+
+    def require_model(self) -> nn.Module:
+        """The model, or a clear error when a subscriber runs before `FitStart` filled it."""
+        if self.model is None:
+            raise RuntimeError("RunContext.model is not set yet: it is filled before FitStart")
+        return self.model

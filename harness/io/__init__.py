@@ -1,0 +1,12 @@
+"""Input and output: files written whole or not at all, the event record, the background writer.
+
+    artifacts           atomic writes of pictures, tables, JSON and the label map
+    record              `events.jsonl`, written and read back
+    background          `BackgroundWriter`: pictures drawn in a worker process
+    _background_worker  that worker's program
+    images              image files read as RGB the one shared way (torch-free)
+
+Its modules are imported by name; importing this package imports none of them.
+"""
+
+__all__ = ["artifacts", "background", "images", "record"]

@@ -1,0 +1,103 @@
+"""Image files read the one way that training, export and prediction share (no torch).
+
+Any still image becomes 8-bit RGB: grayscale and palette are expanded, alpha is
+composited over white, and 16-bit or float images are scaled by their maximum.
+`Preprocessing` says how such an image becomes a model input; `to_input` applies it with
+numpy and Pillow (the prediction path), and `harness.training.data` applies the same with
+torchvision (Pillow's bilinear resize of 8-bit images agrees with torchvision's
+antialiased one within one grey level).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+from PIL import Image, UnidentifiedImageError
+
+from harness.core.errors import DataError
+from harness.core.preprocessing import Preprocessing
+
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "find_images",
+    "image_files",
+    "is_image_file",
+    "load_rgb",
+    "to_input",
+]
+
+IMAGE_SUFFIXES = frozenset(
+    {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+)
+_HIGH_DEPTH_MODES = frozenset({"I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
+
+Array = npt.NDArray[np.float32]
+
+
+def is_image_file(path: Path) -> bool:
+    """A visible file with an image suffix."""
+    return path.is_file() and not path.name.startswith(".") and path.suffix.lower() in IMAGE_SUFFIXES
+
+
+def image_files(folder: Path) -> list[Path]:
+    """The image files under `folder`, recursively and sorted, hidden files and folders left out."""
+    return sorted(
+        path
+        for path in folder.rglob("*")
+        if path.suffix.lower() in IMAGE_SUFFIXES
+        and not any(part.startswith(".") for part in path.relative_to(folder).parts)
+        and path.is_file()
+    )
+
+
+def find_images(paths: Iterable[Path]) -> list[Path]:
+    """The files named, and the image files under the folders named.
+
+    A path that does not exist, or a folder without images, is a `DataError` naming it.
+    """
+    found: list[Path] = []
+    for path in paths:
+        if path.is_file():
+            found.append(path)
+        elif path.is_dir():
+            inside = image_files(path)
+            if not inside:
+                suffixes = ", ".join(sorted(IMAGE_SUFFIXES))
+                raise DataError(f"{path}: folder holds no image files (looked for {suffixes})")
+            found.extend(inside)
+        else:
+            raise DataError(f"{path}: no such file or folder")
+    return found
+
+
+def load_rgb(path: Path) -> Image.Image:
+    """Open any still image as 8-bit RGB; a `DataError` naming the path if it cannot be read."""
+    try:
+        with Image.open(path) as image:
+            image.load()
+            if image.mode in _HIGH_DEPTH_MODES:
+                array = np.asarray(image, dtype=np.float64)
+                top = array.max() or 1.0
+                return Image.fromarray((array * (255.0 / top)).astype(np.uint8)).convert("RGB")
+            if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
+                rgba = image.convert("RGBA")
+                background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+                return Image.alpha_composite(background, rgba).convert("RGB")
+            return image.convert("RGB")
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as error:
+        raise DataError(f"{path}: not a readable image ({type(error).__name__}: {error})") from None
+
+
+def to_input(image: Image.Image, spec: Preprocessing) -> Array:
+    """One RGB image as the model's input: CHW float32, resized and normalised."""
+    size = spec.image_size
+    if image.size != (size, size):
+        image = image.resize((size, size), Image.Resampling.BILINEAR)
+    pixels = np.asarray(image, dtype=np.float32) / np.float32(255.0)
+    mean = np.asarray(spec.mean, dtype=np.float32)
+    std = np.asarray(spec.std, dtype=np.float32)
+    chw: Array = ((pixels - mean) / std).transpose(2, 0, 1)
+    return np.ascontiguousarray(chw)

@@ -1,0 +1,224 @@
+"""Reading and writing settings: `settings.toml` and ``--set`` overrides into a typed tree.
+
+The tree mirrors the TOML tables one to one; it is validated once, at load, and every
+error names the source, the table, the key, what is allowed and what was given::
+
+    settings.toml: [subscribers.ema].decay must be in (0, 1), got 1.5
+
+Unknown tables and keys are errors that suggest the closest valid name. The
+``[subscribers.<name>]`` tables are checked against the settings class of the spec that
+owns the name: the built-ins and the plugins ``[run].plugins`` names.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import tomllib
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import attrs
+import tomli_w
+
+from harness.core.errors import SettingsError
+from harness.core.spec import AnySpec, SubscriberSettings
+from harness.settings.plugins import resolve_specs
+from harness.settings.tree import Settings
+
+__all__ = ["load_settings", "parse_override", "settings_to_toml", "tables"]
+
+T = TypeVar("T")
+
+
+def load_settings(
+    path: Path | str | None = None,
+    overrides: Sequence[str] = (),
+    *,
+    builtins: Sequence[AnySpec] | None = None,
+    other_tables: Literal["error", "ignore"] = "error",
+    plugins: Sequence[str] | None = None,
+) -> Settings:
+    """Read `path` (defaults everywhere when None), then apply ``section.key=value`` overrides.
+
+    `builtins` are the built-in subscriber specs (default: the installed ones, see
+    `harness.settings.plugins`). A ``[subscribers.<name>]`` table that no spec owns is an
+    error, or, with ``other_tables="ignore"``, left out (a replay of a run whose plugins are
+    not importable here); `plugins`, when given, replaces the file's ``[run].plugins`` before
+    any is imported. Raises `SettingsError` naming the file or the override, the key,
+    and what is allowed.
+    """
+    source = "defaults"
+    tree: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        source = str(path)
+        try:
+            tree = tomllib.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise SettingsError(f"{source}: settings file not found") from None
+        except (UnicodeDecodeError, tomllib.TOMLDecodeError) as error:
+            raise SettingsError(f"{source}: not valid TOML: {error}") from None
+        except OSError as error:
+            raise SettingsError(f"{source}: cannot read the settings file ({error.strerror})") from None
+    if plugins is not None:
+        tree = _with(tree, ("run", "plugins"), list(plugins), source)
+    settings = _build_settings(tree, source, builtins, other_tables)
+    for override in overrides:
+        keys, value = parse_override(override)
+        tree = _with(tree, keys, value, f"--set {override}")
+        settings = _build_settings(tree, f"--set {override}", builtins, other_tables)
+    return settings
+
+
+def parse_override(text: str) -> tuple[tuple[str, ...], Any]:
+    """Split ``section.key=value``; the value is read as TOML, else taken as a string."""
+    dotted, sep, raw = text.partition("=")
+    keys = tuple(part.strip() for part in dotted.split("."))
+    if not sep or len(keys) < 2 or not all(keys):
+        raise SettingsError(f"--set {text}: expected section.key=value, e.g. data.batch_size=32")
+    try:
+        value = tomllib.loads(f"v = {raw.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw.strip()
+    return keys, value
+
+
+def tables(settings: Settings) -> dict[str, Any]:
+    """The settings as nested plain tables, as TOML holds them."""
+
+    def plain(obj: Any) -> Any:
+        if attrs.has(type(obj)):
+            return {f.name: plain(getattr(obj, f.name)) for f in attrs.fields(type(obj))}
+        if isinstance(obj, Mapping):
+            return {str(k): plain(v) for k, v in obj.items()}
+        if isinstance(obj, tuple):
+            return [plain(v) for v in obj]
+        return obj
+
+    result: dict[str, Any] = plain(settings)
+    return result
+
+
+def settings_to_toml(settings: Settings) -> str:
+    """The resolved settings as a TOML document that `load_settings` reads back."""
+    return tomli_w.dumps(tables(settings))
+
+
+def _with(tree: Mapping[str, Any], keys: tuple[str, ...], value: Any, source: str) -> dict[str, Any]:
+    """A copy of `tree` with `keys` set to `value`."""
+    result = copy.deepcopy(dict(tree))
+    node = result
+    for depth, key in enumerate(keys[:-1]):
+        child = node.setdefault(key, {})
+        if not isinstance(child, dict):
+            raise SettingsError(f"{source}: {'.'.join(keys[: depth + 1])!r} is a value, not a table")
+        node = child
+    if isinstance(node.get(keys[-1]), dict):
+        raise SettingsError(f"{source}: [{'.'.join(keys)}] is a table; name one of its keys")
+    node[keys[-1]] = value
+    return result
+
+
+def _build_settings(
+    tree: Mapping[str, Any],
+    source: str,
+    builtins: Sequence[AnySpec] | None,
+    other_tables: Literal["error", "ignore"] = "error",
+) -> Settings:
+    tree = dict(tree)
+    subscribers = tree.pop("subscribers", {})
+    settings = _build(Settings, tree, source, (), skip=("subscribers",))
+    specs = resolve_specs(settings.run.plugins, builtins, where=f"{source}: [run].plugins")
+    if not isinstance(subscribers, Mapping):
+        raise SettingsError(f"{source}: [subscribers] must be a table, got {subscribers!r}")
+    for name in subscribers:
+        if name not in specs and other_tables == "error":
+            valid = list(specs)
+            close = difflib.get_close_matches(name, valid, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            plugin = "" if close else "; a plugin's table needs the plugin named in [run].plugins"
+            raise SettingsError(
+                f"{source}: unknown table 'subscribers.{name}'{hint}{plugin}; valid: {', '.join(valid)}"
+            )
+    built: dict[str, SubscriberSettings] = {
+        name: _build(spec.settings, subscribers.get(name, {}), source, ("subscribers", name))
+        for name, spec in specs.items()
+    }
+    return attrs.evolve(settings, subscribers=built)
+
+
+def _where(source: str, table: tuple[str, ...]) -> str:
+    return f"{source}: [{'.'.join(table)}]" if table else f"{source}:"
+
+
+def _suggest(name: str, valid: Sequence[str]) -> str:
+    close = difflib.get_close_matches(name, valid, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ";"
+    return f"{hint} valid: {', '.join(valid)}"
+
+
+def _build(cls: type[T], values: Any, source: str, table: tuple[str, ...], skip: Sequence[str] = ()) -> T:
+    if not isinstance(values, Mapping):
+        raise SettingsError(f"{_where(source, table)} must be a table, got {values!r}")
+    fields = {name: field for name, field in attrs.fields_dict(cls).items() if name not in skip}  # type: ignore[arg-type]
+    hints = typing.get_type_hints(cls)
+    kwargs: dict[str, Any] = {}
+    for key, value in values.items():
+        if key not in fields:
+            what = "table" if isinstance(value, Mapping) else "key"
+            dotted = ".".join((*table, key))
+            raise SettingsError(f"{source}: unknown {what} {dotted!r}" + _suggest(key, list(fields)))
+        hint = hints[key]
+        if attrs.has(hint):
+            kwargs[key] = _build(hint, value, source, (*table, key))
+            continue
+        kwargs[key] = _coerce(hint, value, source, table, key)
+        validator = fields[key].validator
+        if validator is not None:
+            try:
+                validator(None, fields[key], kwargs[key])
+            except ValueError as error:
+                raise SettingsError(f"{_where(source, table)}.{error}") from None
+    try:
+        return cls(**kwargs)
+    except (ValueError, TypeError) as error:
+        raise SettingsError(f"{_where(source, table)}: {error}") from None
+
+
+def _coerce(hint: Any, value: Any, source: str, table: tuple[str, ...], key: str) -> Any:
+    where = f"{_where(source, table)}.{key}"
+    origin = typing.get_origin(hint)
+    if origin is Literal:
+        allowed = typing.get_args(hint)
+        if value not in allowed:
+            listed = ", ".join(repr(a) for a in allowed)
+            raise SettingsError(f"{where} must be one of {listed}, got {value!r}")
+        return value
+    if origin in (types.UnionType, typing.Union):
+        for option in typing.get_args(hint):
+            try:
+                return _coerce(option, value, source, table, key)
+            except SettingsError:
+                continue
+        names = " or ".join(_type_name(o) for o in typing.get_args(hint))
+        raise SettingsError(f"{where} must be {names}, got {value!r}")
+    if origin is tuple:
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise SettingsError(f"{where} must be a list of strings, got {value!r}")
+        return tuple(value)
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint is bool and not isinstance(value, bool):
+        raise SettingsError(f"{where} must be true or false, got {value!r}")
+    if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
+        raise SettingsError(f"{where} must be {_type_name(hint)}, got {value!r}")
+    return value
+
+
+def _type_name(hint: Any) -> str:
+    names = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
+    return names.get(hint, getattr(hint, "__name__", str(hint)))

@@ -1,0 +1,158 @@
+"""The harness's own settings tables, one frozen attrs class per TOML table.
+
+Each field is an `harness.core.options.option`: a default, a one-line help (the
+settings reference is generated from it) and validators. Subscribers' tables are not
+here: each subscriber module owns its settings class and names it in its spec, and
+`Settings.subscribers` maps each table name to its validated settings.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Literal
+
+import attrs
+
+from harness.core.options import Validator, at_least, check, option, positive, within
+from harness.core.spec import SubscriberSettings
+
+__all__ = [
+    "CheckpointSettings",
+    "DataSettings",
+    "EarlyStoppingSettings",
+    "ModelSettings",
+    "RunSettings",
+    "Settings",
+    "TrainerSettings",
+]
+
+
+def _batches_limit() -> Validator:
+    return check(
+        lambda v: (
+            (isinstance(v, int) and not isinstance(v, bool) and v > 0)
+            or (isinstance(v, float) and 0 < v <= 1)
+        ),
+        "a fraction in (0, 1.0] or a whole number of batches",
+    )
+
+
+def _positive_or_auto() -> Validator:
+    return check(lambda v: v == "auto" or (isinstance(v, int) and v > 0), 'a positive integer or "auto"')
+
+
+@attrs.frozen(kw_only=True)
+class RunSettings:
+    """[run]: where the run directory goes, what seeds it, which plugins join it."""
+
+    name: str = option(
+        "digits",
+        "run directories go under `<output_dir>/<name>/version_<n>/`",
+        check(bool, "a non-empty name"),
+    )
+    output_dir: str = option("runs", "where run directories are made")
+    seed: int = option(0, "seeds Python, NumPy, torch, the split and the sampler")
+    plugins: tuple[str, ...] = option(
+        (),
+        "plugin subscribers: `package.module:NAME` (a spec or a subscriber class) or an installed "
+        "entry point's name; options in `[subscribers.<name>]`",
+    )
+    record_events: bool = option(True, "write `events.jsonl` (what `harness.replay` reads)")
+
+
+@attrs.frozen(kw_only=True)
+class DataSettings:
+    """[data]: an ImageFolder tree, or "" for the embedded digits set."""
+
+    root: str = option(
+        "", '`""` for the embedded digits set, else an ImageFolder tree (optionally `train/` + `val/`)'
+    )
+    image_size: int = option(32, "images are resized to a square of this side", at_least(8))
+    batch_size: int = option(64, "images per batch (per process)", positive())
+    val_fraction: float = option(
+        0.2, "stratified, seeded validation share when the tree has no `val/`", within(0, 1, closed="()")
+    )
+    balanced: bool = option(True, "class-balanced sampling (weights 1 / class count)")
+    num_workers: int = option(0, "data-loader worker processes", at_least(0))
+    on_corrupt: Literal["stop", "skip"] = option(
+        "stop", "unreadable images: stop before training, or skip them with a count"
+    )
+
+
+@attrs.frozen(kw_only=True)
+class ModelSettings:
+    """[model]: a torchvision architecture and how it is optimised."""
+
+    arch: str = option("resnet18", "any torchvision classification architecture")
+    lr: float = option(0.05, "learning rate", positive())
+    weight_decay: float = option(5e-4, "weight decay", at_least(0))
+    optimizer: Literal["sgd", "adamw"] = option("sgd", "SGD (Nesterov momentum 0.9) or AdamW")
+    scheduler: Literal["cosine", "none"] = option(
+        "cosine", "cosine annealing over `max_epochs`, or a constant rate"
+    )
+    label_smoothing: float = option(0.0, "cross-entropy label smoothing", within(0, 1))
+    weights: str = option("", "a local state-dict file to start from (never downloaded)")
+
+
+@attrs.frozen(kw_only=True)
+class TrainerSettings:
+    """[trainer]: what Lightning's Trainer is given."""
+
+    max_epochs: int = option(8, "epochs to train", positive())
+    accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps"] = option("auto", "Lightning's accelerator")
+    devices: int | str = option("auto", "devices (processes) to use, or `auto`", _positive_or_auto())
+    strategy: Literal["auto", "ddp", "ddp_spawn"] = option(
+        "auto", "Lightning's strategy; `ddp` for several devices"
+    )
+    precision: Literal["32-true", "16-mixed", "bf16-mixed", "bf16-true", "64-true"] = option(
+        "32-true", "Lightning's precision"
+    )
+    resume: str = option("", '`""` fresh, `"last"` the newest run of this name, or a checkpoint path')
+    accumulate_grad_batches: int = option(1, "batches per optimizer step", positive())
+    gradient_clip_val: float = option(0.0, "gradient norm clip, 0 for none", at_least(0))
+    limit_train_batches: int | float = option(
+        1.0, "a fraction (float) or a count (integer) of training batches", _batches_limit()
+    )
+    limit_val_batches: int | float = option(
+        1.0, "a fraction (float) or a count (integer) of validation batches", _batches_limit()
+    )
+    num_sanity_val_steps: int = option(2, "validation batches run before training", at_least(0))
+    progress_bar: bool = option(True, "rich progress bar")
+    log_every_n_steps: int = option(10, "CSV logging interval in steps", positive())
+
+
+@attrs.frozen(kw_only=True)
+class CheckpointSettings:
+    """[checkpoint]: Lightning's ModelCheckpoint."""
+
+    enabled: bool = option(True, "Lightning's ModelCheckpoint")
+    monitor: str = option("val/acc_top1", "metric that ranks checkpoints (and early stopping)")
+    mode: Literal["max", "min"] = option("max", "whether a higher or lower monitor is better")
+    save_top_k: int = option(3, "best checkpoints kept (-1 all)", at_least(-1))
+    save_last: bool = option(True, "also keep `last.ckpt` (what resume uses)")
+
+
+@attrs.frozen(kw_only=True)
+class EarlyStoppingSettings:
+    """[early_stopping]: Lightning's EarlyStopping on the checkpoint's monitor."""
+
+    enabled: bool = option(False, "Lightning's EarlyStopping on the checkpoint monitor")
+    patience: int = option(5, "epochs without improvement before stopping", positive())
+    min_delta: float = option(0.0, "smallest change that counts as improvement", at_least(0))
+
+
+@attrs.frozen(kw_only=True)
+class Settings:
+    """The whole settings file.
+
+    `subscribers` maps each subscriber's table name (its spec's name) to its validated
+    settings, built-ins and the plugins of ``[run].plugins`` alike; `load_settings` fills it.
+    """
+
+    run: RunSettings = attrs.Factory(RunSettings)
+    data: DataSettings = attrs.Factory(DataSettings)
+    model: ModelSettings = attrs.Factory(ModelSettings)
+    trainer: TrainerSettings = attrs.Factory(TrainerSettings)
+    checkpoint: CheckpointSettings = attrs.Factory(CheckpointSettings)
+    early_stopping: EarlyStoppingSettings = attrs.Factory(EarlyStoppingSettings)
+    subscribers: Mapping[str, SubscriberSettings] = attrs.field(factory=dict)

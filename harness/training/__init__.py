@@ -1,0 +1,12 @@
+"""The Lightning side: the only modules that know Lightning's Trainer.
+
+    callback  `BusCallback`: Lightning hooks in, typed events out
+    model     `Classifier`: a torchvision network as a LightningModule
+    data      the ImageFolder scan and the data module
+    sampler   the class-balanced sampler that records its draws
+    fit       `run`: a whole training run from settings
+
+Its modules are imported by name; importing this package imports none of them.
+"""
+
+__all__ = ["callback", "data", "fit", "model", "sampler"]

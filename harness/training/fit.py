@@ -1,0 +1,288 @@
+"""A whole training run: data, model, bus, subscribers and Lightning's Trainer, from settings.
+
+`run` builds everything the settings ask for, attaches every enabled subscriber (the
+built-in specs, then the plugins of ``[run].plugins``) to a fresh `Bus`, runs
+``Trainer.fit`` with `BusCallback`, and leaves a run directory
+``<output_dir>/<name>/version_<n>/`` holding the resolved settings, checkpoints,
+metrics, every subscriber's artifacts and ``summary.json``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import attrs
+import lightning as L
+from lightning.pytorch.callbacks import (
+    Callback,
+    EarlyStopping,
+    LearningRateMonitor,
+    ModelCheckpoint,
+    RichProgressBar,
+)
+from lightning.pytorch.loggers import CSVLogger
+
+from harness.core.bus import Bus, Subscriber
+from harness.core.context import RunContext
+from harness.core.errors import SettingsError
+from harness.core.preprocessing import Preprocessing
+from harness.io.artifacts import run_dir_of, write_json, write_label_map, write_text
+from harness.io.background import BackgroundWriter
+from harness.io.record import EventLog
+from harness.settings import Settings, resolve_specs, settings_to_toml
+from harness.training.callback import BusCallback
+from harness.training.data import ImageDataModule, scan
+from harness.training.model import Classifier
+from harness.training.sampler import make_sampler
+
+__all__ = ["RESUME_VARIABLE", "RUN_DIR_VARIABLE", "RunResult", "resolve_run_dir", "run"]
+
+log = logging.getLogger("harness")
+
+RUN_DIR_VARIABLE = "HARNESS_RUN_DIR"
+RESUME_VARIABLE = "HARNESS_RESUME_FROM"
+
+
+@attrs.frozen(kw_only=True)
+class RunResult:
+    """What a finished run left: its directory and the content of its ``summary.json``."""
+
+    run_dir: Path
+    summary: dict[str, Any]
+
+
+def _launched_rank() -> int:
+    """This process's rank as the launcher's environment says, before any Trainer exists."""
+    for variable in ("RANK", "LOCAL_RANK"):
+        if os.environ.get(variable, "").isdigit():
+            return int(os.environ[variable])
+    return 0
+
+
+def resolve_run_dir(settings: Settings) -> tuple[Path, Path | None]:
+    """The run directory and the checkpoint to resume from (None for a fresh run).
+
+    Processes that Lightning's ``ddp`` launcher starts for ranks above zero re-run the
+    command; they join the run directory that rank zero chose (``HARNESS_RUN_DIR``).
+    """
+    joined = os.environ.get(RUN_DIR_VARIABLE)
+    if joined and _launched_rank() != 0:
+        resumed = os.environ.get(RESUME_VARIABLE)
+        return Path(joined), Path(resumed) if resumed else None
+    base = Path(settings.run.output_dir).expanduser() / settings.run.name
+    resume = settings.trainer.resume
+    if resume == "last":
+        candidates = sorted(
+            (p for p in base.glob("version_*") if (p / "checkpoints" / "last.ckpt").is_file()),
+            key=lambda p: int(p.name.split("_")[-1]) if p.name.split("_")[-1].isdigit() else -1,
+        )
+        if not candidates:
+            raise SettingsError(
+                f"[trainer].resume = 'last': no run under {str(base)!r} has checkpoints/last.ckpt"
+            )
+        return candidates[-1], candidates[-1] / "checkpoints" / "last.ckpt"
+    if resume:
+        checkpoint = Path(resume).expanduser()
+        if not checkpoint.is_file():
+            raise SettingsError(f"[trainer].resume: no such checkpoint file {resume!r}")
+        return run_dir_of(checkpoint), checkpoint
+    base.mkdir(parents=True, exist_ok=True)
+    version = 1 + max((int(p.name[8:]) for p in base.glob("version_*") if p.name[8:].isdigit()), default=-1)
+    while True:
+        run_dir = base / f"version_{version}"
+        try:
+            run_dir.mkdir()
+        except FileExistsError:
+            version += 1
+            continue
+        return run_dir, None
+
+
+def _lightning_callbacks(settings: Settings, run_dir: Path) -> list[Callback]:
+    callbacks: list[Callback] = [LearningRateMonitor(logging_interval="epoch")]
+    ckpt = settings.checkpoint
+    if ckpt.enabled:
+        callbacks.append(
+            ModelCheckpoint(
+                dirpath=run_dir / "checkpoints",
+                filename="epoch={epoch:03d}-score={" + ckpt.monitor + ":.4f}",
+                auto_insert_metric_name=False,
+                monitor=ckpt.monitor,
+                mode=ckpt.mode,
+                save_top_k=ckpt.save_top_k,
+                save_last=ckpt.save_last,
+            )
+        )
+    if settings.early_stopping.enabled:
+        stop = settings.early_stopping
+        callbacks.append(
+            EarlyStopping(
+                monitor=ckpt.monitor, mode=ckpt.mode, patience=stop.patience, min_delta=stop.min_delta
+            )
+        )
+    if settings.trainer.progress_bar:
+        callbacks.append(RichProgressBar(leave=True))
+    return callbacks
+
+
+def _fraction(limit: float) -> float | None:
+    """Lightning reads 1.0 as "all" but says so on every run; None means the same, quietly."""
+    return None if isinstance(limit, float) and limit == 1.0 else limit
+
+
+def run(settings: Settings, *, extra_subscribers: Mapping[str, Subscriber] | None = None) -> RunResult:
+    """Train as `settings` say and return the run directory with its summary.
+
+    `extra_subscribers` (key -> subscriber) are attached after the built-in ones, with
+    the "raise" policy; tests and notebooks use it to observe a real run.
+    """
+    started = time.monotonic()
+    L.seed_everything(settings.run.seed, workers=True, verbose=False)
+    info, classes = scan(settings.data, settings.run.seed)
+    if info.skipped:
+        shown = ", ".join(str(path) for path in info.skipped[:5])
+        log.warning(
+            "skipping %d unreadable image file(s) ([data].on_corrupt = skip): %s", len(info.skipped), shown
+        )
+    module = Classifier.from_settings(settings.model, num_classes=len(classes))
+    specs = resolve_specs(settings.run.plugins)
+    run_dir, resume_from = resolve_run_dir(settings)
+    # Pictures are drawn in its worker process while training goes on; closed in the finally below.
+    writer = BackgroundWriter()
+    context = RunContext(
+        run_dir=run_dir,
+        class_names=classes,
+        preprocessing=Preprocessing(image_size=settings.data.image_size),
+        data=info,
+        monitor=settings.checkpoint.monitor,
+        monitor_mode=settings.checkpoint.mode,
+        train_sampler=make_sampler(
+            info.train_targets, balanced=settings.data.balanced, seed=settings.run.seed
+        ),
+        background=writer,
+    )
+    bus = Bus()
+    event_log = EventLog(context) if settings.run.record_events else None
+    if event_log is not None:
+        bus.attach(event_log)
+    # Checkpoints keep each subscriber's state under its table name (see BusCallback).
+    subscribers: dict[str, Subscriber] = {}
+    for name, spec in specs.items():
+        options = settings.subscribers[name]
+        if options.enabled:
+            subscribers[name] = bus.attach(spec.build(context, options), on_error=options.on_error)
+    extras = dict(extra_subscribers or {})
+    for subscriber in extras.values():
+        bus.attach(subscriber, on_error="raise")
+    stateful = subscribers | extras
+
+    trainer_settings = settings.trainer
+    # A new logger version per attempt: Lightning's CSVLogger deletes an existing metrics.csv.
+    logger = CSVLogger(save_dir=run_dir, name="logs")
+    interrupt_checkpoint = run_dir / "checkpoints" / "last.ckpt" if settings.checkpoint.enabled else None
+    trainer = L.Trainer(
+        default_root_dir=run_dir,
+        max_epochs=trainer_settings.max_epochs,
+        accelerator=trainer_settings.accelerator,
+        devices=trainer_settings.devices,
+        strategy=trainer_settings.strategy,
+        precision=trainer_settings.precision,
+        accumulate_grad_batches=trainer_settings.accumulate_grad_batches,
+        gradient_clip_val=trainer_settings.gradient_clip_val or None,
+        limit_train_batches=_fraction(trainer_settings.limit_train_batches),
+        limit_val_batches=_fraction(trainer_settings.limit_val_batches),
+        num_sanity_val_steps=trainer_settings.num_sanity_val_steps,
+        log_every_n_steps=trainer_settings.log_every_n_steps,
+        enable_progress_bar=trainer_settings.progress_bar,
+        enable_model_summary=False,
+        enable_checkpointing=settings.checkpoint.enabled,
+        logger=logger,
+        callbacks=[
+            BusCallback(bus, context, stateful, interrupt_checkpoint=interrupt_checkpoint),
+            *_lightning_callbacks(settings, run_dir),
+        ],
+    )
+    if trainer.is_global_zero:
+        write_text(run_dir / "settings.toml", settings_to_toml(settings))
+        write_label_map(run_dir, classes)
+        # Its imports overlap the run's set-up and sanity check rather than an epoch.
+        writer.start()
+    context.record_artifact("settings", run_dir / "settings.toml")
+    context.record_artifact("label_map", run_dir / "labels.json")
+    context.record_artifact("metrics", Path(logger.log_dir) / "metrics.csv")
+
+    os.environ[RUN_DIR_VARIABLE] = str(run_dir)
+    os.environ[RESUME_VARIABLE] = str(resume_from or "")
+    status = "failed"
+    try:
+        trainer.fit(
+            module,
+            datamodule=ImageDataModule(info, context.preprocessing, settings.data, context.train_sampler),
+            ckpt_path=resume_from,
+            weights_only=True,
+        )
+        status = "interrupted" if trainer.interrupted else "completed"
+    except SystemExit:
+        # Lightning turns Ctrl-C into a graceful shutdown ending in sys.exit(1).
+        status = "interrupted"
+        raise
+    finally:
+        os.environ.pop(RUN_DIR_VARIABLE, None)
+        os.environ.pop(RESUME_VARIABLE, None)
+        if event_log is not None:
+            event_log.close()
+        background_failures = writer.close()
+        summary = _summary(settings, context, trainer, bus, status, time.monotonic() - started)
+        summary["failures"] += [
+            {
+                "subscriber": failure.owner,
+                "event": "background",
+                "step": failure.step,
+                "error": failure.error,
+                "traceback": failure.traceback,
+            }
+            for failure in background_failures
+        ]
+        if trainer.is_global_zero:
+            write_json(run_dir / "summary.json", summary)
+    return RunResult(run_dir=run_dir, summary=summary)
+
+
+def _summary(
+    settings: Settings, context: RunContext, trainer: L.Trainer, bus: Bus, status: str, seconds: float
+) -> dict[str, Any]:
+    best = context.best_checkpoint
+
+    def relative(path: Path | None) -> str | None:
+        if path is None:
+            return None
+        try:
+            return str(path.resolve().relative_to(context.run_dir.resolve()))
+        except ValueError:
+            return str(path)
+
+    last = context.run_dir / "checkpoints" / "last.ckpt"
+    return {
+        "status": status,
+        "run_dir": str(context.run_dir),
+        "monitor": settings.checkpoint.monitor,
+        "best_score": context.best_score,
+        "best_checkpoint": relative(best),
+        "epochs_completed": trainer.current_epoch,
+        "global_step": trainer.global_step,
+        "final_metrics": {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1},
+        "artifacts": dict(sorted(context.artifacts.items())),
+        "failures": [attrs.asdict(failure) for failure in bus.failures],
+        "skipped_images": [str(path) for path in context.data.skipped] if context.data else [],
+        "duration_s": round(seconds, 2),
+        "resume": (
+            f"python -m harness.run {context.run_dir / 'settings.toml'} --set trainer.resume={last}"
+            if last.is_file() and status != "completed"
+            else None
+        ),
+    }

@@ -1,0 +1,178 @@
+"""The README's tour, run as written: a plugin with its own options, its test, a real fit.
+
+The code blocks of the tour that start with ``# <file name>`` are written to a temporary
+folder, imported from there, and used as a user would: the settings table reaches the
+subscriber typed, a misspelt key stops the run before it starts, the state survives a
+resume after the module moved, and ``mypy --strict`` checks it against the installed
+package.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from harness.run import main
+from harness.training.fit import run
+from tests.conftest import MakeSettings
+
+README = Path(__file__).parents[2] / "README.md"
+
+
+def tour_files(folder: Path) -> dict[str, Path]:
+    """The README's code blocks that start with ``# <file name>``, written to `folder`."""
+    written: dict[str, Path] = {}
+    for block in re.findall(r"```(?:python|toml)\n(.*?)```", README.read_text(), flags=re.S):
+        first, _, body = block.partition("\n")
+        if match := re.fullmatch(r"# ([\w.]+\.(?:py|toml))", first.strip()):
+            path = folder / match.group(1)
+            path.write_text(body if path.suffix == ".toml" else block)
+            written[match.group(1)] = path
+    return written
+
+
+@pytest.fixture
+def tour(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Path]:
+    folder = tmp_path / "user"
+    folder.mkdir()
+    files = tour_files(folder)
+    assert {"loss_spikes.py", "test_loss_spikes.py", "settings.toml"} <= set(files)
+    monkeypatch.syspath_prepend(str(folder))
+    for name in [m for m in sys.modules if m in ("loss_spikes", "test_loss_spikes", "renamed_spikes")]:
+        del sys.modules[name]
+    return files
+
+
+def test_the_tour_test_is_short_and_passes(tour: dict[str, Path], tmp_path: Path) -> None:
+    source = tour["test_loss_spikes.py"].read_text().strip().splitlines()
+    assert len(source) <= 15
+    namespace: dict[str, object] = {}
+    exec(compile("\n".join(source), str(tour["test_loss_spikes.py"]), "exec"), namespace)
+    test = namespace["test_a_jump_in_the_loss_is_a_spike"]
+    assert callable(test)
+    test(tmp_path / "unit")
+
+
+def run_settings(tour: dict[str, Path], make_settings: MakeSettings, *extra: str) -> list[str]:
+    """The tour's settings file, as `make_settings` overrides on the tiny data set."""
+    text = tour["settings.toml"].read_text()
+    factor = re.search(r"factor = ([\d.]+)", text)
+    action = re.search(r'action = "(\w+)"', text)
+    plugins = re.search(r"plugins = (\[.*\])", text)
+    assert factor and action and plugins
+    return [
+        f"run.plugins={plugins.group(1)}",
+        f"subscribers.loss_spikes.factor={factor.group(1)}",
+        f"subscribers.loss_spikes.action='{action.group(1)}'",
+        *extra,
+    ]
+
+
+@pytest.mark.slow
+def test_a_plugin_gets_its_typed_options_in_a_real_fit_and_keeps_its_state_when_moved(
+    tour: dict[str, Path], make_settings: MakeSettings
+) -> None:
+    settings = make_settings(*run_settings(tour, make_settings, "trainer.max_epochs=1"))
+    assert settings.subscribers["loss_spikes"].factor == 2.5
+    first = run(settings)
+    found = json.loads((first.run_dir / "loss_spikes.json").read_text())
+    assert found["factor"] == 2.5 and isinstance(found["factor"], float)
+    steps_per_epoch = found["steps"]
+    assert steps_per_epoch > 0
+
+    # The module moves; the table name, and so the checkpoint key, stays.
+    moved = tour["loss_spikes.py"].with_name("renamed_spikes.py")
+    shutil.move(tour["loss_spikes.py"], moved)
+    resumed = run(
+        make_settings(
+            *run_settings(tour, make_settings, "trainer.max_epochs=2", "trainer.resume='last'"),
+            "run.plugins=['renamed_spikes:SPEC']",
+        )
+    )
+    assert resumed.run_dir == first.run_dir
+    again = json.loads((resumed.run_dir / "loss_spikes.json").read_text())
+    assert again["steps"] == 2 * steps_per_epoch, "the state came back under the table name"
+
+
+def test_a_misspelt_plugin_option_stops_before_anything_starts(
+    tour: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(
+        [
+            "--set",
+            "run.plugins=['loss_spikes:SPEC']",
+            "--set",
+            "subscribers.loss_spikes.factr=2",
+            "--set",
+            f"run.output_dir='{tmp_path / 'runs'}'",
+        ]
+    )
+    assert code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "unknown key 'subscribers.loss_spikes.factr'; did you mean 'factor'?" in err
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("subscribers.loss_spikes.factor=-1", "[subscribers.loss_spikes].factor must be positive, got -1.0"),
+        (
+            "subscribers.loss_spikes.factor='big'",
+            "[subscribers.loss_spikes].factor must be a number, got 'big'",
+        ),
+        (
+            "subscribers.loss_spikes.action='panic'",
+            "[subscribers.loss_spikes].action must be one of 'log', 'stop'",
+        ),
+    ],
+)
+def test_plugin_options_are_validated_like_the_built_ins(
+    tour: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str], override: str, message: str
+) -> None:
+    argv = ["--set", "run.plugins=['loss_spikes:SPEC']", "--set", override]
+    assert main([*argv, "--set", f"run.output_dir='{tmp_path / 'runs'}'"]) == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_mypy_strict_finds_the_installed_package_typed(tour: dict[str, Path], tmp_path: Path) -> None:
+    """Built as a wheel and installed apart, as a user's environment has it: py.typed ships."""
+    wheels, site = tmp_path / "wheels", tmp_path / "site"
+    root = Path(__file__).parents[2]
+    build = [
+        sys.executable,
+        "-m",
+        "pip",
+        "wheel",
+        "--no-deps",
+        "--no-build-isolation",
+        "-q",
+        "-w",
+        str(wheels),
+    ]
+    subprocess.run([*build, str(root)], check=True, capture_output=True)
+    [wheel] = wheels.glob("harness-*.whl")
+    install = [sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(site), str(wheel)]
+    subprocess.run(install, check=True, capture_output=True)
+    assert (site / "harness" / "py.typed").is_file()
+    bad = tour["loss_spikes.py"].with_name("bad_spikes.py")
+    bad.write_text(
+        tour["loss_spikes.py"].read_text().replace("loss = float(event.loss)", "loss: str = event.loss")
+    )
+    mypy = [sys.executable, "-m", "mypy", "--strict", "--no-incremental", "--ignore-missing-imports"]
+    env = {"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin"}
+    good = subprocess.run([*mypy, "loss_spikes.py"], cwd=bad.parent, env=env, capture_output=True, text=True)
+    assert good.returncode == 0, good.stdout
+    wrong = subprocess.run([*mypy, "bad_spikes.py"], cwd=bad.parent, env=env, capture_output=True, text=True)
+    assert (
+        wrong.returncode == 1
+        and 'Incompatible types in assignment (expression has type "Tensor"' in wrong.stdout
+    )
