@@ -20,6 +20,7 @@ __all__ = [
     "CheckpointSettings",
     "DataSettings",
     "EarlyStoppingSettings",
+    "LoggerSettings",
     "ModelSettings",
     "RunSettings",
     "Settings",
@@ -58,6 +59,9 @@ class RunSettings:
         "entry point's name; options in `[subscribers.<name>]`",
     )
     record_events: bool = option(True, "write `events.jsonl` (what `harness.replay` reads)")
+    terminal: Literal["quiet", "normal", "verbose"] = option(
+        "normal", "`quiet`: warnings only; `normal`: tables at start, a line per epoch; `verbose`: all"
+    )
 
 
 @attrs.frozen(kw_only=True)
@@ -141,6 +145,27 @@ class EarlyStoppingSettings:
     min_delta: float = option(0.0, "smallest change that counts as improvement", at_least(0))
 
 
+TRACKER_KINDS = ("csv", "tensorboard", "mlflow")
+
+
+@attrs.frozen(kw_only=True)
+class LoggerSettings:
+    """[logger]: the experiment trackers, through Lightning's own loggers."""
+
+    kinds: tuple[str, ...] = option(
+        ("csv",),
+        '`"csv"`, `"tensorboard"` (extra `.[tensorboard]`), `"mlflow"` (extra `.[mlflow]`); several at once',
+        check(
+            lambda v: bool(v) and len(set(v)) == len(v) and all(k in TRACKER_KINDS for k in v),
+            f"a non-empty list of distinct names from {list(TRACKER_KINDS)}",
+        ),
+    )
+    mlflow_tracking_uri: str = option(
+        "", '`""`: a local file store, `<run_dir>/mlruns`; else an MLflow tracking URI'
+    )
+    mlflow_experiment: str = option("", '`""`: the run name (`[run].name`)')
+
+
 @attrs.frozen(kw_only=True)
 class Settings:
     """The whole settings file.
@@ -155,4 +180,5 @@ class Settings:
     trainer: TrainerSettings = attrs.Factory(TrainerSettings)
     checkpoint: CheckpointSettings = attrs.Factory(CheckpointSettings)
     early_stopping: EarlyStoppingSettings = attrs.Factory(EarlyStoppingSettings)
+    logger: LoggerSettings = attrs.Factory(LoggerSettings)
     subscribers: Mapping[str, SubscriberSettings] = attrs.field(factory=dict)
