@@ -286,7 +286,7 @@ def _figure(run_dir: Path, path: Path, *, embed: bool) -> str:
         source = _href(relative)
     caption = html.escape(relative)
     return (
-        f'<figure><a href="{_href(relative)}"><img src="{source}" alt="{caption}" loading="lazy"></a>'
+        f'<figure><a href="{_href(relative)}"><img src="{source}" alt="{caption}"></a>'
         f"<figcaption>{caption}</figcaption></figure>"
     )
 
