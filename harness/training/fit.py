@@ -36,7 +36,7 @@ from harness.io.record import EventLog
 from harness.settings import Settings, resolve_specs, settings_to_toml
 from harness.training.callback import BusCallback
 from harness.training.data import ImageDataModule, scan
-from harness.training.loggers import LoggerTrackers, build_loggers, logger_artifacts
+from harness.training.loggers import LoggerTrackers, build_loggers, logger_artifacts, require_packages
 from harness.training.model import Classifier
 from harness.training.sampler import make_sampler
 from harness.training.terminal import MetricFreeProgressBar
@@ -152,6 +152,7 @@ def run(settings: Settings, *, extra_subscribers: Mapping[str, Subscriber] | Non
         )
     module = Classifier.from_settings(settings.model, num_classes=len(classes))
     specs = resolve_specs(settings.run.plugins)
+    require_packages(settings.logger)  # before the run directory is made
     run_dir, resume_from = resolve_run_dir(settings)
     # Pictures are drawn in its worker process while training goes on; closed in the finally below.
     writer = BackgroundWriter()

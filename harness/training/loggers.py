@@ -23,18 +23,20 @@ from harness.core.errors import SettingsError
 from harness.core.tracking import Param
 from harness.settings import LoggerSettings
 
-__all__ = ["LoggerTrackers", "build_loggers", "logger_artifacts"]
+__all__ = ["LoggerTrackers", "build_loggers", "logger_artifacts", "require_packages"]
 
 _EXTRAS = {"tensorboard": "tensorboard", "mlflow": "mlflow"}
 
 
-def _require(kind: str) -> None:
-    module = _EXTRAS.get(kind)
-    if module is not None and importlib.util.find_spec(module) is None:
-        raise SettingsError(
-            f'[logger].kinds names "{kind}", but the {module!r} package is not installed: '
-            f'pip install -e ".[{kind}]" (or pip install {module})'
-        )
+def require_packages(settings: LoggerSettings) -> None:
+    """Raise `SettingsError` naming the pip command when a kind's package is not installed."""
+    for kind in settings.kinds:
+        module = _EXTRAS.get(kind)
+        if module is not None and importlib.util.find_spec(module) is None:
+            raise SettingsError(
+                f'[logger].kinds names "{kind}", but the {module!r} package is not installed: '
+                f'pip install -e ".[{kind}]" (or pip install {module})'
+            )
 
 
 def build_loggers(settings: LoggerSettings, run_dir: Path, run_name: str) -> list[Logger]:
@@ -43,8 +45,7 @@ def build_loggers(settings: LoggerSettings, run_dir: Path, run_name: str) -> lis
     Lightning's CSVLogger deletes an existing metrics.csv, hence a version per attempt
     (a resumed run writes ``logs/version_1/``, its first attempt's file stays).
     """
-    for kind in settings.kinds:
-        _require(kind)
+    require_packages(settings)
     loggers: list[Logger] = []
     for kind in settings.kinds:
         if kind == "csv":
