@@ -28,7 +28,7 @@ import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort
 
-from harness.core.errors import DataError
+from harness.core.errors import DataError, report
 from harness.io.images import find_images, load_rgb, to_input
 from harness.onnx.card import ModelCard
 
@@ -144,8 +144,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             else:
                 print(f"{result.path}\t{result.label}\t{result.probability:.4f}", flush=True)
     except DataError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        return report(error)
     if args.json:
         print(json.dumps([attrs.asdict(p) for p in predictions], indent=2))
     if unreadable:
