@@ -8,17 +8,17 @@ The page is `harness.io.report_page`'s: status, pictures, tables, settings and f
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from harness.core.errors import DataError, HarnessError, report
 from harness.io.report_page import REPORT_FILE, find_pictures, render_report, write_report
 
 __all__ = ["REPORT_FILE", "find_pictures", "main", "render_report", "write_report"]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """The command line; exit codes: 0 written, 2 not a directory."""
+    """The command line; exit codes: 0 written, 1 not writable, 2 not a directory."""
     parser = argparse.ArgumentParser(
         prog="python -m harness.report",
         description="Write RUN_DIR/report.html: status, pictures, tables, settings, files.",
@@ -28,9 +28,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     run_dir: Path = args.run_dir
     if not run_dir.is_dir():
-        print(f"harness.report: {run_dir} is not a directory", file=sys.stderr)
-        return 2
-    print(write_report(run_dir, embed=args.embed))
+        return report(DataError(f"{run_dir}: not a directory (expected a run directory)"))
+    try:
+        page = write_report(run_dir, embed=args.embed)
+    except OSError as error:
+        return report(HarnessError(f"{run_dir / REPORT_FILE}: cannot write the report ({error.strerror})"))
+    print(page)
     return 0
 
 
