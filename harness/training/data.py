@@ -27,11 +27,13 @@ from harness.core.preprocessing import Preprocessing
 from harness.io.artifacts import atomic_path
 from harness.io.images import image_files, load_rgb
 from harness.settings import DataSettings
+from harness.training.scan_cache import cache_file, unreadable_files
 
 __all__ = [
     "ImageDataModule",
     "ImageFiles",
     "cache_dir",
+    "loader_workers",
     "materialise_digits",
     "scan",
 ]
@@ -112,12 +114,8 @@ def scan(settings: DataSettings, seed: int) -> tuple[DatasetInfo, tuple[str, ...
             raise DataError(f"{where}: class folder {str(class_root / name)!r} holds no images")
 
     skipped: list[Path] = []
-    bad = [
-        (path, reason)
-        for files in (*train_files.values(), *val_files.values())
-        for path in files
-        if (reason := _unreadable(path)) is not None
-    ]
+    every = [path for files in (*train_files.values(), *val_files.values()) for path in files]
+    bad = unreadable_files(every, _unreadable, cache=cache_file(cache_dir(), root))
     if bad:
         if settings.on_corrupt == "stop":
             listed = "; ".join(f"{path} ({reason})" for path, reason in bad[:10])
@@ -182,6 +180,14 @@ class ImageFiles(Dataset[tuple[torch.Tensor, int]]):
         return tensor, target
 
 
+def loader_workers(setting: int | str) -> int:
+    """``[data].num_workers`` as a count: "auto" is the cores this process may use minus one, at most 8."""
+    if setting != "auto":
+        return int(setting)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(0, min(cores - 1, 8))
+
+
 class ImageDataModule(L.LightningDataModule):
     """Train and validation loaders over a scanned data set, with an optional sampler."""
 
@@ -199,7 +205,7 @@ class ImageDataModule(L.LightningDataModule):
         self.sampler = sampler
 
     def _loader(self, dataset: ImageFiles, *, train: bool) -> DataLoader[tuple[torch.Tensor, int]]:
-        workers = self.settings.num_workers
+        workers = loader_workers(self.settings.num_workers)
         return DataLoader(
             dataset,
             batch_size=self.settings.batch_size,
@@ -207,6 +213,7 @@ class ImageDataModule(L.LightningDataModule):
             shuffle=train and self.sampler is None,
             num_workers=workers,
             persistent_workers=workers > 0,
+            pin_memory=torch.cuda.is_available(),
             drop_last=False,
         )
 
@@ -229,4 +236,5 @@ class ImageDataModule(L.LightningDataModule):
             sampler=shards,
             num_workers=loader.num_workers,
             persistent_workers=loader.persistent_workers,
+            pin_memory=loader.pin_memory,
         )

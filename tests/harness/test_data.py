@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -150,3 +151,18 @@ def test_a_run_on_messy_data_skips_the_broken_files_and_says_so(tmp_path: Path) 
     assert result.summary["status"] == "completed"
     assert result.summary["skipped_images"] == [str(broken)]
     assert (result.run_dir / "confusion_matrix" / "latest.png").is_file()
+
+
+def test_num_workers_defaults_to_auto_the_cores_minus_one_at_most_eight() -> None:
+    from harness.core.errors import SettingsError
+    from harness.settings import load_settings
+    from harness.training.data import loader_workers
+
+    assert load_settings(None).data.num_workers == "auto"
+    cores = len(os.sched_getaffinity(0))
+    assert loader_workers("auto") == max(0, min(cores - 1, 8))
+    assert loader_workers(3) == 3
+    assert load_settings(None, overrides=["data.num_workers=2"]).data.num_workers == 2
+    for bad in ("-1", '"many"'):
+        with pytest.raises(SettingsError, match="num_workers"):
+            load_settings(None, overrides=[f"data.num_workers={bad}"])
