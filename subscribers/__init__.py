@@ -26,11 +26,14 @@ def _builtin() -> tuple[AnySpec, ...]:
         confusion_matrix,
         dataset_stats,
         ema,
+        epoch_line,
         model_info,
         onnx_export,
         plots,
+        report,
         sampler_tracking,
         samples,
+        trackers,
     )
 
     return (
@@ -42,6 +45,10 @@ def _builtin() -> tuple[AnySpec, ...]:
         samples.SPEC,
         plots.SPEC,
         onnx_export.SPEC,
+        epoch_line.SPEC,
+        # After every subscriber that draws: their jobs run first on the background writer.
+        trackers.SPEC,
+        report.SPEC,
     )
 
 

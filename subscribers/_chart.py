@@ -16,6 +16,7 @@ from collections.abc import Sequence
 import attrs
 from PIL import Image
 
+from subscribers._draw import shorten
 from subscribers._raster import Canvas, text_width, vertical
 
 __all__ = ["TAB10", "Chart", "Series", "nice_ticks", "render"]
@@ -28,6 +29,7 @@ _WIDTH, _HEIGHT = 900, 540
 _MARGIN = (78, 44, 24, 52)  # left, top, right, bottom, in pixels, around the plotting area
 _GRID = "#e6e6e6"
 _MARKED = "#595959"
+_LEGEND_LIMIT = 40  # characters of a legend entry; longer names are cut in the middle
 
 
 @attrs.frozen(kw_only=True)
@@ -113,7 +115,7 @@ def render(chart: Chart, *, width: int = _WIDTH, height: int = _HEIGHT) -> Image
     x_step = max(1, math.ceil((x_high - x_low) / 10))
     x_ticks = [float(x) for x in range(math.ceil(x_low), math.floor(x_high) + 1) if x % x_step == 0]
 
-    legend = chart.legend_entries
+    legend = [(shorten(label, _LEGEND_LIMIT), colour, style) for label, colour, style in chart.legend_entries]
     legend_width = max((text_width(label, 11) for label, _, _ in legend), default=0) + 44
     left, top, right, bottom = _MARGIN
     if chart.legend_outside and legend:

@@ -22,7 +22,7 @@ import numpy as np
 import numpy.typing as npt
 
 from harness.io.artifacts import write_text
-from subscribers._draw import epoch_file, publish_latest, shorten
+from subscribers._draw import all_of, epoch_file, publish_latest, shorten
 from subscribers._raster import Canvas, colour_scale, save_png, text_width, vertical
 
 if TYPE_CHECKING:
@@ -76,15 +76,23 @@ def write_epoch(
     normalize: Normalize,
     record: Record,
 ) -> None:
-    """The `ConfusionMatrix` job: one epoch's picture and counts under ``run_dir/confusion_matrix/``,
-    the `latest` copies refreshed, each file recorded."""
+    """The `ConfusionMatrix` job: one epoch's counts and picture under ``run_dir/confusion_matrix/``,
+    the `latest` copies refreshed, each file recorded; the counts first, kept if the picture fails."""
     directory = run_dir / "confusion_matrix"
-    picture = draw_confusion(
-        epoch_file(directory, epoch, ".png"), counts, names, normalize=normalize, epoch=epoch
-    )
-    table = write_text(epoch_file(directory, epoch, ".csv"), counts_csv(counts, names))
-    for path in (picture, table, publish_latest(picture), publish_latest(table)):
-        record(path.relative_to(run_dir).as_posix(), path)
+
+    def table() -> None:
+        written = write_text(epoch_file(directory, epoch, ".csv"), counts_csv(counts, names))
+        for path in (written, publish_latest(written)):
+            record(path.relative_to(run_dir).as_posix(), path)
+
+    def picture() -> None:
+        drawn = draw_confusion(
+            epoch_file(directory, epoch, ".png"), counts, names, normalize=normalize, epoch=epoch
+        )
+        for path in (drawn, publish_latest(drawn)):
+            record(path.relative_to(run_dir).as_posix(), path)
+
+    all_of(table, picture)
 
 
 def draw_confusion(

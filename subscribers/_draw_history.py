@@ -9,6 +9,7 @@ the last step's value is not), ``val/acc_top1``, and ``lr-SGD`` or ``lr-AdamW/pg
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import math
 from collections.abc import Mapping
@@ -19,6 +20,7 @@ import attrs
 
 from harness.io.artifacts import write_text
 from subscribers._chart import TAB10, Chart, Series, render
+from subscribers._draw import all_of
 from subscribers._raster import save_png
 
 if TYPE_CHECKING:
@@ -128,17 +130,27 @@ def history_csv(history: History) -> str:
 def draw_history(
     run_dir: Path, history: History, monitor: str, mode: Literal["max", "min"], record: Record
 ) -> None:
-    """The `Plots` job: every picture and ``history.csv`` under ``run_dir/plots/`` from the whole
-    `history`, each file recorded."""
+    """The `Plots` job: ``history.csv`` and every picture under ``run_dir/plots/`` from the whole
+    `history`, each file recorded; each in its own attempt, the table first."""
     directory = run_dir / "plots"
     best = best_epoch(history, monitor, mode)
-    written = [
-        draw_family(directory / f"{family}.png", family, family_curves, best)
-        for family, family_curves in curves(history).items()
-    ]
-    written.append(write_text(directory / "history.csv", history_csv(history)))
-    for path in written:
+
+    def keep(path: Path) -> None:
         record(path.relative_to(run_dir).as_posix(), path)
+
+    def table() -> None:
+        keep(write_text(directory / "history.csv", history_csv(history)))
+
+    def picture(family: Family, family_curves: Mapping[str, Curve]) -> None:
+        keep(draw_family(directory / f"{family}.png", family, family_curves, best))
+
+    all_of(
+        table,
+        *(
+            functools.partial(picture, family, family_curves)
+            for family, family_curves in curves(history).items()
+        ),
+    )
 
 
 def draw_family(path: Path, family: Family, family_curves: Mapping[str, Curve], best: Best | None) -> Path:

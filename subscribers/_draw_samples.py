@@ -22,7 +22,7 @@ import numpy.typing as npt
 from PIL import Image
 
 from harness.io.artifacts import write_json
-from subscribers._draw import epoch_file, publish_latest, shorten
+from subscribers._draw import all_of, epoch_file, publish_latest, shorten
 from subscribers._raster import Canvas, save_png
 
 if TYPE_CHECKING:
@@ -82,25 +82,33 @@ def to_pixels(images: torch.Tensor) -> npt.NDArray[np.uint8]:
 def write_epoch(
     run_dir: Path, names: Sequence[str], shown: Sequence[Shown], epoch: int, seed: int, record: Record
 ) -> None:
-    """The `Samples` job: one epoch's grid and its list under ``run_dir/samples/``, the `latest`
-    copies refreshed, each file recorded."""
+    """The `Samples` job: one epoch's list and grid under ``run_dir/samples/``, the `latest`
+    copies refreshed, each file recorded; the list first, kept if the grid fails."""
     directory = run_dir / "samples"
-    picture = draw_samples(epoch_file(directory, epoch, ".png"), shown, names, epoch=epoch, seed=seed)
-    listing = write_json(
-        epoch_file(directory, epoch, ".json"),
-        [
-            {
-                "position": sample.position,
-                "true": names[sample.target],
-                "predicted": names[sample.predicted],
-                "confidence": round(sample.confidence, 4),
-                "correct": sample.correct,
-            }
-            for sample in shown
-        ],
-    )
-    for path in (picture, listing, publish_latest(picture), publish_latest(listing)):
-        record(path.relative_to(run_dir).as_posix(), path)
+
+    def listing() -> None:
+        written = write_json(
+            epoch_file(directory, epoch, ".json"),
+            [
+                {
+                    "position": sample.position,
+                    "true": names[sample.target],
+                    "predicted": names[sample.predicted],
+                    "confidence": round(sample.confidence, 4),
+                    "correct": sample.correct,
+                }
+                for sample in shown
+            ],
+        )
+        for path in (written, publish_latest(written)):
+            record(path.relative_to(run_dir).as_posix(), path)
+
+    def picture() -> None:
+        drawn = draw_samples(epoch_file(directory, epoch, ".png"), shown, names, epoch=epoch, seed=seed)
+        for path in (drawn, publish_latest(drawn)):
+            record(path.relative_to(run_dir).as_posix(), path)
+
+    all_of(listing, picture)
 
 
 def draw_samples(

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from subscribers._chart import TAB10, Chart, Series, render
+from subscribers._draw import all_of
 from subscribers._raster import save_png
 from subscribers._tables import percent, write_csv
 
@@ -97,16 +98,22 @@ def write_history(
 ) -> None:
     """``draws.csv``, ``trained.csv`` (a row per epoch of `history`) and ``draws.png``, recorded.
 
-    `history` holds the subscriber's entries (``epoch``, ``drawn``, ``trained``).
+    `history` holds the subscriber's entries (``epoch``, ``drawn``, ``trained``). Each file
+    is written in its own attempt, the tables first: a picture that fails keeps its tables.
     """
     out = run_dir / "sampler_tracking"
-    for name, key in (("draws", "drawn"), ("trained", "trained")):
+
+    def table(name: str, key: str) -> None:
         path = write_csv(
             out / f"{name}.csv",
             ["epoch", "total", *class_names],
             ([e["epoch"], sum(e[key]), *e[key]] for e in history),
         )
         record(f"sampler_{name}", path)
-    epochs = [entry["epoch"] for entry in history]
-    chart = share_chart(epochs, [e["drawn"] for e in history], expected, class_names)
-    record("sampler_draws_plot", save_png(render(chart), out / "draws.png"))
+
+    def picture() -> None:
+        epochs = [entry["epoch"] for entry in history]
+        chart = share_chart(epochs, [e["drawn"] for e in history], expected, class_names)
+        record("sampler_draws_plot", save_png(render(chart), out / "draws.png"))
+
+    all_of(lambda: table("draws", "drawn"), lambda: table("trained", "trained"), picture)
