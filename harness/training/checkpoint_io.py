@@ -46,9 +46,24 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 os.fsync(descriptor)
             finally:
                 os.close(descriptor)
-        except OSError as error:
+        # torch's zip writer turns a failed write into a RuntimeError whose context is the OSError.
+        except (OSError, RuntimeError) as error:
             tmp.unlink(missing_ok=True)
+            cause = _os_error(error)
+            if cause is None:
+                raise
             raise CheckpointWriteError(
-                f"{target}: cannot write the checkpoint ({error.strerror or error}); "
+                f"{target}: cannot write the checkpoint ({cause.strerror or cause}); "
                 "the earlier checkpoints are untouched"
             ) from None
+
+
+def _os_error(error: BaseException | None) -> OSError | None:
+    """The OSError behind `error` (itself, its cause or its context), if any."""
+    seen = 0
+    while error is not None and seen < 10:
+        if isinstance(error, OSError):
+            return error
+        error = error.__cause__ or error.__context__
+        seen += 1
+    return None
