@@ -7,8 +7,10 @@ each image is converted to RGB, resized to the model's square size (bilinear), s
 [0, 1] and normalised by the stored mean and std, as in training.
 
 Folders are searched recursively for image files; hidden files are skipped. One line per
-image (path, class name, probability, tab-separated), or one JSON document with
-``--json``. Exit codes: 0 done, 2 bad input (the error names the path).
+image (path, class name, probability, tab-separated; with ``--topk K`` the next K-1
+classes and probabilities follow on the line), or one JSON document with ``--json``
+(each image's ``top`` list holds its K most probable classes).
+Exit codes: 0 done, 2 bad input (the error names the path).
 """
 
 from __future__ import annotations
@@ -21,68 +23,60 @@ from pathlib import Path
 
 import attrs
 import numpy as np
-import numpy.typing as npt
-import onnxruntime as ort
 
 from harness.core.errors import DataError
-from harness.io.images import find_images, load_rgb, to_input
-from harness.onnx.card import ModelCard
+from harness.evaluation.metrics import softmax
+from harness.io.images import find_images
+from harness.onnx.session import OnnxModel
 
-__all__ = ["Prediction", "Predictor", "main"]
+__all__ = ["Prediction", "Predictor", "Ranked", "main"]
 
 
 @attrs.frozen(kw_only=True)
-class Prediction:
-    """The most probable class of one image."""
+class Ranked:
+    """One class of an image's top-k, with its probability."""
 
-    path: str
     label: str
     index: int
     probability: float
 
 
-def softmax(logits: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
-    shifted = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
-    exp = np.exp(shifted)
-    probabilities: npt.NDArray[np.float64] = exp / exp.sum(axis=1, keepdims=True)
-    return probabilities
+@attrs.frozen(kw_only=True)
+class Prediction:
+    """The most probable class of one image, and its `top` k classes, most probable first."""
+
+    path: str
+    label: str
+    index: int
+    probability: float
+    top: tuple[Ranked, ...] = ()
 
 
 class Predictor:
     """An ONNX model exported by the harness, with the preprocessing it stores."""
 
     def __init__(self, model_path: Path) -> None:
-        if not model_path.is_file():
-            raise DataError(f"{model_path}: no such model file")
-        try:
-            self.session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
-        # onnxruntime's errors derive from Exception directly, one type per status code.
-        except Exception as error:
-            raise DataError(f"{model_path}: not a loadable ONNX model ({error})") from error
-        metadata = self.session.get_modelmeta().custom_metadata_map
-        self.card = ModelCard.from_metadata(metadata, str(model_path))
-        spec = self.card.preprocessing
-        if (spec.channel_order, spec.layout) != ("RGB", "NCHW"):
-            raise DataError(
-                f"{model_path}: expects {spec.channel_order} {spec.layout} input; "
-                "harness.predict prepares RGB NCHW only"
-            )
-        self.input_name = self.session.get_inputs()[0].name
+        self.model = OnnxModel(model_path)
+        self.card = self.model.card
 
-    def predict(self, paths: Sequence[Path], batch_size: int = 32) -> Iterator[Prediction]:
+    def predict(self, paths: Sequence[Path], batch_size: int = 32, topk: int = 1) -> Iterator[Prediction]:
         """Predictions for `paths` in order; a `DataError` naming the first unreadable one."""
+        names = self.card.class_names
+        k = max(1, min(topk, len(names)))
         for start in range(0, len(paths), batch_size):
             chunk = paths[start : start + batch_size]
-            batch = np.stack([to_input(load_rgb(path), self.card.preprocessing) for path in chunk])
-            logits = self.session.run(None, {self.input_name: batch})[0]
-            probabilities = softmax(logits)
+            probabilities = softmax(self.model.logits(chunk, batch_size))
             for path, row in zip(chunk, probabilities, strict=True):
-                index = int(row.argmax())
+                order = np.argsort(-row, kind="stable")[:k]
+                top = tuple(
+                    Ranked(label=names[int(c)], index=int(c), probability=float(row[c])) for c in order
+                )
                 yield Prediction(
                     path=str(path),
-                    label=self.card.class_names[index],
-                    index=index,
-                    probability=float(row[index]),
+                    label=top[0].label,
+                    index=top[0].index,
+                    probability=top[0].probability,
+                    top=top,
                 )
 
 
@@ -103,17 +97,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--json", action="store_true", help="print one JSON document instead of lines")
     parser.add_argument("--batch-size", type=int, default=32, help="images per inference call (default 32)")
+    parser.add_argument(
+        "--topk", type=int, default=1, help="the K most probable classes per image (default 1)"
+    )
     args = parser.parse_args(argv)
-    if args.batch_size < 1:
-        parser.error(f"--batch-size must be a positive integer, got {args.batch_size}")
+    for flag, value in (("--batch-size", args.batch_size), ("--topk", args.topk)):
+        if value < 1:
+            parser.error(f"{flag} must be a positive integer, got {value}")
     predictions: list[Prediction] = []
     try:
         predictor = Predictor(args.model)
-        for prediction in predictor.predict(find_images(args.inputs), args.batch_size):
+        for prediction in predictor.predict(find_images(args.inputs), args.batch_size, args.topk):
             if args.json:
                 predictions.append(prediction)
             else:
-                print(f"{prediction.path}\t{prediction.label}\t{prediction.probability:.4f}", flush=True)
+                ranked = "".join(f"\t{r.label}\t{r.probability:.4f}" for r in prediction.top)
+                print(f"{prediction.path}{ranked}", flush=True)
     except DataError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

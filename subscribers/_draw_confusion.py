@@ -25,7 +25,15 @@ from harness.core.context import Record
 from harness.io.artifacts import save_figure, write_text
 from subscribers._draw import epoch_file, name_fonts, new_figure, publish_latest, shorten
 
-__all__ = ["Normalize", "counts_csv", "draw_confusion", "normalise", "write_epoch"]
+__all__ = [
+    "Normalize",
+    "counts_csv",
+    "draw_confusion",
+    "normalise",
+    "per_class_csv",
+    "write_epoch",
+    "write_test",
+]
 
 Normalize = Literal["none", "true", "pred"]
 
@@ -77,14 +85,60 @@ def write_epoch(
         epoch_file(directory, epoch, ".png"), counts, names, normalize=normalize, epoch=epoch
     )
     table = write_text(epoch_file(directory, epoch, ".csv"), counts_csv(counts, names))
-    for path in (picture, table, publish_latest(picture), publish_latest(table)):
+    per_class = write_text(epoch_file(directory / "per_class", epoch, ".csv"), per_class_csv(counts, names))
+    for path in (
+        picture,
+        table,
+        publish_latest(picture),
+        publish_latest(table),
+        per_class,
+        publish_latest(per_class),
+    ):
         record(path.relative_to(run_dir).as_posix(), path)
 
 
+def write_test(
+    run_dir: Path, names: Sequence[str], counts: torch.Tensor, normalize: Normalize, record: Record
+) -> None:
+    """The `ConfusionMatrix` job for an evaluation: ``confusion_matrix/test.png``, ``test.csv``
+    and ``per_class/test.csv`` under the evaluation folder, each file recorded."""
+    directory = run_dir / "confusion_matrix"
+    picture = draw_confusion(
+        directory / "test.png", counts, names, normalize=normalize, epoch=0, title="Confusion matrix, test"
+    )
+    table = write_text(directory / "test.csv", counts_csv(counts, names))
+    per_class = write_text(directory / "per_class" / "test.csv", per_class_csv(counts, names))
+    for path in (picture, table, per_class):
+        record(path.relative_to(run_dir).as_posix(), path)
+
+
+def per_class_csv(counts: torch.Tensor, class_names: Sequence[str]) -> str:
+    """Precision, recall, F1 and support of each class, from the counts (`harness.evaluation.metrics`)."""
+    from harness.evaluation.metrics import class_scores
+
+    scores = class_scores(counts.detach().cpu().long().numpy())
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["class", "precision", "recall", "f1", "support"])
+    for i, name in enumerate(class_names):
+        p, r, f = (f"{float(v[i]):.6f}" for v in (scores.precision, scores.recall, scores.f1))
+        writer.writerow([name, p, r, f, int(scores.support[i])])
+    return buffer.getvalue()
+
+
 def draw_confusion(
-    path: Path, counts: torch.Tensor, class_names: Sequence[str], *, normalize: Normalize, epoch: int
+    path: Path,
+    counts: torch.Tensor,
+    class_names: Sequence[str],
+    *,
+    normalize: Normalize,
+    epoch: int,
+    title: str | None = None,
 ) -> Path:
-    """Draw `counts` (C x C, true by predicted) to `path`, coloured by the `normalize` view."""
+    """Draw `counts` (C x C, true by predicted) to `path`, coloured by the `normalize` view.
+
+    The title's first line is `title`, by default ``Confusion matrix, epoch N``.
+    """
     counts = counts.detach().cpu().long()
     n = len(class_names)
     values = normalise(counts, normalize)
@@ -122,8 +176,9 @@ def draw_confusion(
         axes.set_xlabel("predicted class", fontsize=10)
         axes.set_ylabel("true class", fontsize=10)
         accuracy = correct / total if total else 0.0
+        heading = title or f"Confusion matrix, epoch {epoch}"
         axes.set_title(
-            f"Confusion matrix, epoch {epoch}\naccuracy {accuracy:.1%} ({correct:,} of {total:,})",
+            f"{heading}\naccuracy {accuracy:.1%} ({correct:,} of {total:,})",
             fontsize=12,
         )
         if n <= _MAX_CLASSES_WITH_NUMBERS:

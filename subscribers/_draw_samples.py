@@ -22,7 +22,7 @@ from harness.core.context import Record
 from harness.io.artifacts import save_figure, write_json
 from subscribers._draw import epoch_file, name_fonts, new_figure, publish_latest, shorten
 
-__all__ = ["Shown", "draw_samples", "priority", "unnormalise", "write_epoch"]
+__all__ = ["Shown", "draw_samples", "priority", "unnormalise", "write_epoch", "write_test"]
 
 _CELL = 1.9  # inches per image
 _GAP = 0.1  # inches between two columns
@@ -87,8 +87,42 @@ def write_epoch(
         record(path.relative_to(run_dir).as_posix(), path)
 
 
+def write_test(
+    run_dir: Path, names: Sequence[str], shown: Sequence[Shown], seed: int, record: Record
+) -> None:
+    """The `Samples` job for an evaluation: ``samples/test.png`` and ``test.json``, each recorded."""
+    directory = run_dir / "samples"
+    wrong = sum(not sample.correct for sample in shown)
+    heading = (
+        f"Test samples: {wrong} of {len(shown)} wrong\na seeded sample of the evaluated images (seed {seed})"
+    )
+    picture = draw_samples(directory / "test.png", shown, names, epoch=0, seed=seed, heading=heading)
+    listing = write_json(directory / "test.json", _listing(shown, names))
+    for path in (picture, listing):
+        record(path.relative_to(run_dir).as_posix(), path)
+
+
+def _listing(shown: Sequence[Shown], names: Sequence[str]) -> list[dict[str, object]]:
+    return [
+        {
+            "position": sample.position,
+            "true": names[sample.target],
+            "predicted": names[sample.predicted],
+            "confidence": round(sample.confidence, 4),
+            "correct": sample.correct,
+        }
+        for sample in shown
+    ]
+
+
 def draw_samples(
-    path: Path, shown: Sequence[Shown], class_names: Sequence[str], *, epoch: int, seed: int
+    path: Path,
+    shown: Sequence[Shown],
+    class_names: Sequence[str],
+    *,
+    epoch: int,
+    seed: int,
+    heading: str | None = None,
 ) -> Path:
     """A grid of `shown` (in order), each titled with true and predicted class; wrong ones framed red.
 
@@ -106,7 +140,8 @@ def draw_samples(
     height = rows * (_CELL + _TITLE_BAND)
     with new_figure(width, height + _HEADER, layout=None) as figure:
         figure.suptitle(
-            f"Validation samples, epoch {epoch}: {wrong} of {len(shown)} wrong\n"
+            heading
+            or f"Validation samples, epoch {epoch}: {wrong} of {len(shown)} wrong\n"
             f"the same images every epoch (seed {seed})",
             fontsize=11,
             y=1.0,

@@ -37,6 +37,7 @@ from harness.io.record import EventLog
 from harness.settings import Settings, resolve_specs, settings_to_toml
 from harness.training.callback import BusCallback
 from harness.training.data import ImageDataModule, scan
+from harness.training.evaluation import evaluate_test_split
 from harness.training.model import Classifier
 from harness.training.sampler import make_sampler
 
@@ -219,6 +220,7 @@ def run(settings: Settings, *, extra_subscribers: Mapping[str, Subscriber] | Non
     os.environ[RUN_DIR_VARIABLE] = str(run_dir)
     os.environ[RESUME_VARIABLE] = str(resume_from or "")
     status = "failed"
+    tested: dict[str, Any] | None = None
     try:
         trainer.fit(
             module,
@@ -227,6 +229,9 @@ def run(settings: Settings, *, extra_subscribers: Mapping[str, Subscriber] | Non
             weights_only=True,
         )
         status = "interrupted" if trainer.interrupted else "completed"
+        if status == "completed" and trainer.is_global_zero:
+            # A held-out test/ folder beside train/ is scored once, with the exported best weights.
+            tested = evaluate_test_split(run_dir, info.root, context.best_checkpoint)
     except SystemExit:
         # Lightning turns Ctrl-C into a graceful shutdown ending in sys.exit(1).
         status = "interrupted"
@@ -248,6 +253,8 @@ def run(settings: Settings, *, extra_subscribers: Mapping[str, Subscriber] | Non
             }
             for failure in background_failures
         ]
+        if tested is not None:
+            summary["test"] = tested
         if trainer.is_global_zero:
             write_json(run_dir / "summary.json", summary)
     return RunResult(run_dir=run_dir, summary=summary)
