@@ -136,6 +136,7 @@ def print_report(evaluation: Evaluation) -> None:
         f"balanced {figures['balanced_accuracy']:.4f}  macro F1 {macro['f1']:.4f}  "
         f"ECE {figures['ece']:.4f}  on {figures['samples']} images",
         highlight=False,
+        soft_wrap=True,
     )
     for pair in figures["most_confused"][:5]:
         console.print(f"  {pair['true']} -> {pair['predicted']}: {pair['count']}", highlight=False)
