@@ -24,7 +24,7 @@ from pathlib import Path
 import attrs
 import numpy as np
 
-from harness.core.errors import DataError
+from harness.core.errors import DataError, report
 from harness.evaluation.metrics import softmax
 from harness.io.images import find_images
 from harness.onnx.session import OnnxModel
@@ -114,8 +114,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 ranked = "".join(f"\t{r.label}\t{r.probability:.4f}" for r in prediction.top)
                 print(f"{prediction.path}{ranked}", flush=True)
     except DataError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        return report(error)
     if args.json:
         print(json.dumps([attrs.asdict(p) for p in predictions], indent=2))
     return 0
