@@ -328,6 +328,12 @@ def test_a_real_run_validates_with_one_forward_per_batch(make_settings: MakeSett
                 "epoch_001.png",
                 "latest.csv",
                 "latest.png",
+                "per_class",
+            ]
+            assert sorted(p.name for p in (folder / "per_class").iterdir()) == [
+                "epoch_000.csv",
+                "epoch_001.csv",
+                "latest.csv",
             ]
             counted = sum(sum(row) for row in read_counts(folder / "latest.csv")[2])
             info, _ = scan(settings.data, settings.run.seed)
@@ -356,6 +362,7 @@ def test_under_ddp_every_rank_computes_and_rank_zero_writes_the_whole_matrix(
         "epoch_000.png",
         "latest.csv",
         "latest.png",
+        "per_class",
     ]
     info, _ = scan(settings.data, settings.run.seed)
     # Each rank saw half of the validation set; the written matrix holds all of it.
