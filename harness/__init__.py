@@ -3,7 +3,7 @@ furniture is a subscriber to typed events.
 
 The layout is the architecture; dependencies point down the list:
 
-    harness.run, .evaluate, .export, .predict, .report, .replay   command-line tools
+    harness.cli (`harness`), .run, .evaluate, .export, .predict, .report, .replay   command-line tools
     harness.training    the Lightning side: BusCallback, model, data, sampler, the run
     harness.evaluation  scoring a model on labelled images: metrics, pictures, the folder (torch-free)
     harness.onnx        the exported model: its card and session (torch-free), the export bundle

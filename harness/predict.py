@@ -9,8 +9,12 @@ each image is converted to RGB, resized to the model's square size (bilinear), s
 Folders are searched recursively for image files; hidden files are skipped. One line per
 image (path, class name, probability, tab-separated; with ``--topk K`` the next K-1
 classes and probabilities follow on the line), or one JSON document with ``--json``
-(each image's ``top`` list holds its K most probable classes).
-Exit codes: 0 done, 2 bad input (the error names the path).
+(each image's ``top`` list holds its K most probable classes). An image that cannot be
+read (corrupt, not an image, too large) does not stop the others: every readable image
+is printed, each unreadable one is named on stderr, and the exit code is 1. Exit codes:
+0 every image classified, 1 some images unreadable (the others printed), 2 bad input (a
+missing path, a folder without images, a model that is not the harness's; the error
+names it, nothing is printed).
 """
 
 from __future__ import annotations
@@ -23,13 +27,14 @@ from pathlib import Path
 
 import attrs
 import numpy as np
+import numpy.typing as npt
 
 from harness.core.errors import DataError, report
 from harness.evaluation.metrics import softmax
-from harness.io.images import find_images
+from harness.io.images import find_images, load_rgb, to_input
 from harness.onnx.session import OnnxModel
 
-__all__ = ["Prediction", "Predictor", "Ranked", "main"]
+__all__ = ["Prediction", "Predictor", "Ranked", "Unreadable", "main"]
 
 
 @attrs.frozen(kw_only=True)
@@ -52,6 +57,14 @@ class Prediction:
     top: tuple[Ranked, ...] = ()
 
 
+@attrs.frozen(kw_only=True)
+class Unreadable:
+    """An image that could not be read, and why (the `DataError` message, naming its path)."""
+
+    path: str
+    error: str
+
+
 class Predictor:
     """An ONNX model exported by the harness, with the preprocessing it stores."""
 
@@ -59,13 +72,26 @@ class Predictor:
         self.model = OnnxModel(model_path)
         self.card = self.model.card
 
-    def predict(self, paths: Sequence[Path], batch_size: int = 32, topk: int = 1) -> Iterator[Prediction]:
-        """Predictions for `paths` in order; a `DataError` naming the first unreadable one."""
+    def predict(
+        self, paths: Sequence[Path], batch_size: int = 32, topk: int = 1
+    ) -> Iterator[Prediction | Unreadable]:
+        """A prediction for each of `paths`, in order, or an `Unreadable` for a file that cannot be read."""
         names = self.card.class_names
         k = max(1, min(topk, len(names)))
         for start in range(0, len(paths), batch_size):
-            chunk = paths[start : start + batch_size]
-            probabilities = softmax(self.model.logits(chunk, batch_size))
+            chunk: list[Path] = []
+            inputs: list[npt.NDArray[np.float32]] = []
+            unreadable: list[Unreadable] = []
+            for path in paths[start : start + batch_size]:
+                try:
+                    inputs.append(to_input(load_rgb(path), self.card.preprocessing))
+                    chunk.append(path)
+                except DataError as error:
+                    unreadable.append(Unreadable(path=str(path), error=str(error)))
+            yield from unreadable
+            if not chunk:
+                continue
+            probabilities = softmax(self.model.run(np.stack(inputs)))
             for path, row in zip(chunk, probabilities, strict=True):
                 order = np.argsort(-row, kind="stable")[:k]
                 top = tuple(
@@ -85,7 +111,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m harness.predict",
         description="Classify images with a model exported by the harness, on onnxruntime alone.",
-        epilog="Exit codes: 0 done, 2 bad input (the message names the path).",
+        epilog=(
+            "Unreadable images are named on stderr and the others still printed. Exit codes: "
+            "0 every image classified, 1 some images unreadable, 2 bad input (the message names the path)."
+        ),
     )
     parser.add_argument("model", type=Path, help="model.onnx written by the harness's ONNX export")
     parser.add_argument(
@@ -105,18 +134,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         if value < 1:
             parser.error(f"{flag} must be a positive integer, got {value}")
     predictions: list[Prediction] = []
+    unreadable = 0
     try:
         predictor = Predictor(args.model)
-        for prediction in predictor.predict(find_images(args.inputs), args.batch_size, args.topk):
-            if args.json:
-                predictions.append(prediction)
+        for result in predictor.predict(find_images(args.inputs), args.batch_size, args.topk):
+            if isinstance(result, Unreadable):
+                unreadable += 1
+                print(f"error: {result.error}", file=sys.stderr, flush=True)
+            elif args.json:
+                predictions.append(result)
             else:
-                ranked = "".join(f"\t{r.label}\t{r.probability:.4f}" for r in prediction.top)
-                print(f"{prediction.path}{ranked}", flush=True)
+                ranked = "".join(f"\t{r.label}\t{r.probability:.4f}" for r in result.top)
+                print(f"{result.path}{ranked}", flush=True)
     except DataError as error:
         return report(error)
     if args.json:
         print(json.dumps([attrs.asdict(p) for p in predictions], indent=2))
+    if unreadable:
+        print(f"error: {unreadable} image(s) could not be read; the others were classified", file=sys.stderr)
+        return 1
     return 0
 
 

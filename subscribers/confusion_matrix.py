@@ -81,8 +81,9 @@ class ConfusionMatrix:
         if event.sanity_check or self.metric.update_count == 0:
             self.metric.reset()
             return
-        # The collective runs here, on every rank; the copy is the job's own.
-        counts = self.metric.compute().cpu().clone()
+        # The collective runs here, on every rank; the job gets its own numpy copy, so the
+        # background writer's worker never imports torch.
+        counts = self.metric.compute().cpu().numpy().astype("int64")
         self.metric.reset()
         if self.context.is_rank_zero:
             context = self.context
@@ -99,7 +100,7 @@ class ConfusionMatrix:
     def on_test_epoch_end(self, event: TestEpochEnd) -> None:
         if self.metric.update_count == 0:
             return
-        counts = self.metric.compute().cpu().clone()
+        counts = self.metric.compute().cpu().numpy().astype("int64")
         self.metric.reset()
         if self.context.is_rank_zero:
             context = self.context

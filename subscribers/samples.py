@@ -26,7 +26,7 @@ from harness.core.context import RunContext
 from harness.core.events import BatchEnd, TestEpochEnd, ValidationEpochEnd
 from harness.core.options import option, positive
 from harness.core.spec import OnError, SubscriberSettings, SubscriberSpec, on_error_option
-from subscribers._draw_samples import Shown, priority, unnormalise, write_epoch, write_test
+from subscribers._draw_samples import Shown, priority, to_pixels, unnormalise, write_epoch, write_test
 
 __all__ = ["SPEC", "Samples", "SamplesSettings"]
 
@@ -70,11 +70,13 @@ class Samples:
             return
         rows = torch.tensor([i for _, i in chosen], device=event.logits.device)
         preprocessing = self.context.preprocessing
-        images = unnormalise(
-            event.inputs.index_select(0, rows.to(event.inputs.device)).float(),
-            preprocessing.mean,
-            preprocessing.std,
-        ).cpu()
+        images = to_pixels(
+            unnormalise(
+                event.inputs.index_select(0, rows.to(event.inputs.device)).float(),
+                preprocessing.mean,
+                preprocessing.std,
+            )
+        )
         confidences, predictions = event.logits.index_select(0, rows).float().softmax(dim=1).max(dim=1)
         targets = event.targets.index_select(0, rows.to(event.targets.device)).tolist()
         for k, ((rank, i), target, predicted, confidence) in enumerate(

@@ -29,6 +29,8 @@ Tensors in a payload are detached. This module is the table of contents of a run
     on any exception in the run:
         RunFailed(error, interrupted)         then the exception propagates
 
+    RunEnd(status)                            always last, once summary.json is written
+
 Evaluating a checkpoint (``harness.evaluate``, or a run's ``test/`` split) is Lightning's
 ``trainer.test`` with the same adapter, weights already loaded (no swap)::
 
@@ -55,6 +57,7 @@ __all__ = [
     "Event",
     "FitEnd",
     "FitStart",
+    "RunEnd",
     "RunFailed",
     "Stage",
     "TrainEnd",
@@ -191,6 +194,17 @@ class RunFailed(Event):
     interrupted: bool = False
 
 
+@attrs.frozen(kw_only=True)
+class RunEnd(Event):
+    """The run is over, whatever its end, and ``summary.json`` is written: the very last event.
+
+    Published by the run itself (not a Lightning hook) on rank zero, after the background
+    writer has finished: ``run_dir/summary.json`` holds the run's outcome.
+    """
+
+    status: Literal["completed", "failed", "interrupted"]
+
+
 EVENT_TYPES: tuple[type[Event], ...] = (
     FitStart,
     TrainEpochStart,
@@ -206,4 +220,5 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     TestStart,
     TestEpochEnd,
     RunFailed,
+    RunEnd,
 )

@@ -42,13 +42,18 @@ class OnnxModel:
             )
         self.input_name = self.session.get_inputs()[0].name
 
+    def run(self, batch: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        """The logits of a prepared batch (N x 3 x H x W, as `harness.io.images.to_input` makes)."""
+        output: npt.NDArray[np.float32] = self.session.run(None, {self.input_name: batch})[0]
+        return output
+
     def logits(self, paths: Sequence[Path], batch_size: int = 32) -> npt.NDArray[np.float32]:
         """The model's logits (N x C) for image files, in order; a `DataError` names an unreadable one."""
         chunks = []
         for start in range(0, len(paths), batch_size):
             chunk = paths[start : start + batch_size]
             batch = np.stack([to_input(load_rgb(path), self.card.preprocessing) for path in chunk])
-            chunks.append(self.session.run(None, {self.input_name: batch})[0])
+            chunks.append(self.run(batch))
         classes = len(self.card.class_names)
         output: npt.NDArray[np.float32] = (
             np.concatenate(chunks).astype(np.float32) if chunks else np.zeros((0, classes), np.float32)

@@ -16,6 +16,7 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from typing_extensions import override
 
 from harness.core.bus import Bus, Stateful
@@ -257,7 +258,8 @@ class BusCallback(Callback):
             epoch=epoch,
             global_step=step,
             error=f"{type(exception).__name__}: {exception}",
-            interrupted=isinstance(exception, KeyboardInterrupt),
+            # Ctrl-C, and SIGTERM (what SLURM and Kubernetes send before a kill), stop cleanly.
+            interrupted=isinstance(exception, KeyboardInterrupt | SIGTERMException),
         )
         try:
             self.bus.publish(event)

@@ -14,7 +14,7 @@ import os
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import attrs
 import lightning as L
@@ -23,30 +23,38 @@ from lightning.pytorch.callbacks import (
     EarlyStopping,
     LearningRateMonitor,
     ModelCheckpoint,
-    RichProgressBar,
 )
-from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from harness.core.bus import Bus, Subscriber
+from harness.core.bus import Bus, Stateful, Subscriber
 from harness.core.context import RunContext
-from harness.core.errors import SettingsError
+from harness.core.errors import Terminated
+from harness.core.events import RunEnd
 from harness.core.preprocessing import Preprocessing
-from harness.io.artifacts import run_dir_of, write_json, write_label_map, write_text
+from harness.io.artifacts import write_json, write_label_map, write_text
 from harness.io.background import BackgroundWriter
+from harness.io.lock import RunLock
 from harness.io.record import EventLog
 from harness.settings import Settings, resolve_specs, settings_to_toml
 from harness.training.callback import BusCallback, scalar_metrics
+from harness.training.checkpoint_io import AtomicCheckpointIO
 from harness.training.data import ImageDataModule, scan
 from harness.training.evaluation import evaluate_test_split
-from harness.training.model import Classifier
+from harness.training.loggers import LoggerTrackers, build_loggers, logger_artifacts, require_packages
+from harness.training.model import Classifier, check_monitor
+from harness.training.run_dir import (
+    RESUME_VARIABLE,
+    RUN_DIR_VARIABLE,
+    check_resume,
+    keep_attempt,
+    resolve_run_dir,
+)
 from harness.training.sampler import make_sampler
+from harness.training.terminal import MetricFreeProgressBar
 
-__all__ = ["RESUME_VARIABLE", "RUN_DIR_VARIABLE", "RunResult", "resolve_run_dir", "run"]
+__all__ = ["RunResult", "run"]
 
 log = logging.getLogger("harness")
-
-RUN_DIR_VARIABLE = "HARNESS_RUN_DIR"
-RESUME_VARIABLE = "HARNESS_RESUME_FROM"
 
 
 @attrs.frozen(kw_only=True)
@@ -55,53 +63,6 @@ class RunResult:
 
     run_dir: Path
     summary: dict[str, Any]
-
-
-def _launched_rank() -> int:
-    """This process's rank as the launcher's environment says, before any Trainer exists."""
-    for variable in ("RANK", "LOCAL_RANK"):
-        if os.environ.get(variable, "").isdigit():
-            return int(os.environ[variable])
-    return 0
-
-
-def resolve_run_dir(settings: Settings) -> tuple[Path, Path | None]:
-    """The run directory and the checkpoint to resume from (None for a fresh run).
-
-    Processes that Lightning's ``ddp`` launcher starts for ranks above zero re-run the
-    command; they join the run directory that rank zero chose (``HARNESS_RUN_DIR``).
-    """
-    joined = os.environ.get(RUN_DIR_VARIABLE)
-    if joined and _launched_rank() != 0:
-        resumed = os.environ.get(RESUME_VARIABLE)
-        return Path(joined), Path(resumed) if resumed else None
-    base = Path(settings.run.output_dir).expanduser() / settings.run.name
-    resume = settings.trainer.resume
-    if resume == "last":
-        candidates = sorted(
-            (p for p in base.glob("version_*") if (p / "checkpoints" / "last.ckpt").is_file()),
-            key=lambda p: int(p.name.split("_")[-1]) if p.name.split("_")[-1].isdigit() else -1,
-        )
-        if not candidates:
-            raise SettingsError(
-                f"[trainer].resume = 'last': no run under {str(base)!r} has checkpoints/last.ckpt"
-            )
-        return candidates[-1], candidates[-1] / "checkpoints" / "last.ckpt"
-    if resume:
-        checkpoint = Path(resume).expanduser()
-        if not checkpoint.is_file():
-            raise SettingsError(f"[trainer].resume: no such checkpoint file {resume!r}")
-        return run_dir_of(checkpoint), checkpoint
-    base.mkdir(parents=True, exist_ok=True)
-    version = 1 + max((int(p.name[8:]) for p in base.glob("version_*") if p.name[8:].isdigit()), default=-1)
-    while True:
-        run_dir = base / f"version_{version}"
-        try:
-            run_dir.mkdir()
-        except FileExistsError:
-            version += 1
-            continue
-        return run_dir, None
 
 
 def _lightning_callbacks(settings: Settings, run_dir: Path) -> list[Callback]:
@@ -117,6 +78,8 @@ def _lightning_callbacks(settings: Settings, run_dir: Path) -> list[Callback]:
                 mode=ckpt.mode,
                 save_top_k=ckpt.save_top_k,
                 save_last=ckpt.save_last,
+                # A moved or resumed run directory must not grow `last-v1.ckpt` beside `last.ckpt`.
+                enable_version_counter=False,
             )
         )
     if settings.early_stopping.enabled:
@@ -126,8 +89,8 @@ def _lightning_callbacks(settings: Settings, run_dir: Path) -> list[Callback]:
                 monitor=ckpt.monitor, mode=ckpt.mode, patience=stop.patience, min_delta=stop.min_delta
             )
         )
-    if settings.trainer.progress_bar:
-        callbacks.append(RichProgressBar(leave=True))
+    if settings.trainer.progress_bar and settings.run.terminal != "quiet":
+        callbacks.append(MetricFreeProgressBar())
     return callbacks
 
 
@@ -152,9 +115,17 @@ def run(settings: Settings, *, extra_subscribers: Mapping[str, Subscriber] | Non
         )
     module = Classifier.from_settings(settings.model, num_classes=len(classes))
     specs = resolve_specs(settings.run.plugins)
+    require_packages(settings.logger)  # before the run directory is made
+    check_monitor(settings.checkpoint.monitor, settings.checkpoint.mode)
     run_dir, resume_from = resolve_run_dir(settings)
+    lock = RunLock(run_dir)
+    joined = os.environ.get(RUN_DIR_VARIABLE) == str(run_dir)
+    if not joined:
+        lock.acquire()
     # Pictures are drawn in its worker process while training goes on; closed in the finally below.
     writer = BackgroundWriter()
+    loggers = build_loggers(settings.logger, run_dir, settings.run.name)
+    trackers = LoggerTrackers.of(loggers)
     context = RunContext(
         run_dir=run_dir,
         class_names=classes,
@@ -166,6 +137,8 @@ def run(settings: Settings, *, extra_subscribers: Mapping[str, Subscriber] | Non
             info.train_targets, balanced=settings.data.balanced, seed=settings.run.seed
         ),
         background=writer,
+        trackers=trackers,
+        verbosity=settings.run.terminal,
     )
     bus = Bus()
     event_log = EventLog(context) if settings.run.record_events else None
@@ -181,10 +154,25 @@ def run(settings: Settings, *, extra_subscribers: Mapping[str, Subscriber] | Non
     for subscriber in extras.values():
         bus.attach(subscriber, on_error="raise")
     stateful = subscribers | extras
+    attempts: list[dict[str, Any]] = []
+    if resume_from is not None and not joined:
+        try:
+            check_resume(
+                resume_from,
+                run_dir,
+                settings,
+                classes,
+                [k for k, s in stateful.items() if isinstance(s, Stateful)],
+            )
+        except BaseException:
+            lock.release()
+            raise
+        attempts = keep_attempt(run_dir)
+        for name, path in (attempts[-1].get("artifacts") or {}).items() if attempts else ():
+            if (run_dir / path).exists():
+                context.artifacts.setdefault(name, path)
 
     trainer_settings = settings.trainer
-    # A new logger version per attempt: Lightning's CSVLogger deletes an existing metrics.csv.
-    logger = CSVLogger(save_dir=run_dir, name="logs")
     interrupt_checkpoint = run_dir / "checkpoints" / "last.ckpt" if settings.checkpoint.enabled else None
     trainer = L.Trainer(
         default_root_dir=run_dir,
@@ -199,10 +187,11 @@ def run(settings: Settings, *, extra_subscribers: Mapping[str, Subscriber] | Non
         limit_val_batches=_fraction(trainer_settings.limit_val_batches),
         num_sanity_val_steps=trainer_settings.num_sanity_val_steps,
         log_every_n_steps=trainer_settings.log_every_n_steps,
-        enable_progress_bar=trainer_settings.progress_bar,
+        enable_progress_bar=trainer_settings.progress_bar and settings.run.terminal != "quiet",
         enable_model_summary=False,
         enable_checkpointing=settings.checkpoint.enabled,
-        logger=logger,
+        logger=loggers,
+        plugins=[AtomicCheckpointIO()],
         callbacks=[
             BusCallback(bus, context, stateful, interrupt_checkpoint=interrupt_checkpoint),
             *_lightning_callbacks(settings, run_dir),
@@ -215,12 +204,14 @@ def run(settings: Settings, *, extra_subscribers: Mapping[str, Subscriber] | Non
         writer.start()
     context.record_artifact("settings", run_dir / "settings.toml")
     context.record_artifact("label_map", run_dir / "labels.json")
-    context.record_artifact("metrics", Path(logger.log_dir) / "metrics.csv")
+    for name, path in logger_artifacts(loggers).items():
+        context.record_artifact(name, path)
 
     os.environ[RUN_DIR_VARIABLE] = str(run_dir)
     os.environ[RESUME_VARIABLE] = str(resume_from or "")
     status = "failed"
     tested: dict[str, Any] | None = None
+    error: str | None = None
     try:
         trainer.fit(
             module,
@@ -232,15 +223,29 @@ def run(settings: Settings, *, extra_subscribers: Mapping[str, Subscriber] | Non
         if status == "completed" and trainer.is_global_zero:
             # A held-out test/ folder beside train/ is scored once, with the exported best weights.
             tested = evaluate_test_split(run_dir, info.root, context.best_checkpoint)
+    except SIGTERMException:
+        status = "interrupted"
+        where = context.run_dir / "checkpoints" / "last.ckpt"
+        kept = (
+            f"checkpoint {where} written at step {trainer.global_step}"
+            if where.is_file()
+            else "no checkpoint"
+        )
+        raise Terminated(
+            f"SIGTERM at step {trainer.global_step}: {kept}; summary.json has the resume command"
+        ) from None
     except SystemExit:
         # Lightning turns Ctrl-C into a graceful shutdown ending in sys.exit(1).
         status = "interrupted"
         raise
+    except BaseException as exception:
+        error = f"{type(exception).__name__}: {exception}"
+        if isinstance(exception, KeyboardInterrupt):
+            status = "interrupted"
+        raise
     finally:
         os.environ.pop(RUN_DIR_VARIABLE, None)
         os.environ.pop(RESUME_VARIABLE, None)
-        if event_log is not None:
-            event_log.close()
         background_failures = writer.close()
         summary = _summary(settings, context, trainer, bus, status, time.monotonic() - started)
         summary["failures"] += [
@@ -255,9 +260,30 @@ def run(settings: Settings, *, extra_subscribers: Mapping[str, Subscriber] | Non
         ]
         if tested is not None:
             summary["test"] = tested
+        summary["error"] = error
+        summary["attempts"] = attempts
         if trainer.is_global_zero:
-            write_json(run_dir / "summary.json", summary)
+            try:
+                write_json(run_dir / "summary.json", summary)
+            except OSError as failure:  # a full disk: the run's own outcome must still be reported
+                log.error("could not write %s: %s", run_dir / "summary.json", failure.strerror or failure)
+            _publish_run_end(bus, trainer, status)
+        if event_log is not None:
+            event_log.close()
+        if trackers is not None:
+            trackers.close()
+        lock.release()
     return RunResult(run_dir=run_dir, summary=summary)
+
+
+def _publish_run_end(bus: Bus, trainer: L.Trainer, status: str) -> None:
+    final: Literal["completed", "failed", "interrupted"] = (
+        "completed" if status == "completed" else "interrupted" if status == "interrupted" else "failed"
+    )
+    try:
+        bus.publish(RunEnd(epoch=trainer.current_epoch, global_step=trainer.global_step, status=final))
+    except Exception:  # the run's own outcome (and its exception, if any) must win
+        log.exception("a subscriber failed while handling RunEnd")
 
 
 def _summary(

@@ -6,8 +6,9 @@ runs the model a second time.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import lightning as L
 import torch
@@ -19,9 +20,34 @@ from torchmetrics.classification import MulticlassAccuracy
 from harness.core.errors import SettingsError
 from harness.settings import ModelSettings
 
-__all__ = ["Classifier", "build_network"]
+__all__ = ["METRICS", "Classifier", "build_network", "check_monitor"]
 
 Batch = tuple[torch.Tensor, torch.Tensor]
+
+METRICS: dict[str, Literal["max", "min"]] = {
+    "val/acc_top1": "max",
+    "val/acc_top5": "max",
+    "val/loss": "min",
+    "train/loss": "min",
+}
+"""Every metric the Classifier logs, with the direction in which it improves."""
+
+
+def check_monitor(monitor: str, mode: str) -> None:
+    """Refuse a checkpoint monitor the model never logs; warn when its mode looks reversed."""
+    if monitor not in METRICS:
+        listed = ", ".join(METRICS)
+        raise SettingsError(
+            f"[checkpoint].monitor = {monitor!r} is not a metric the model logs; one of: {listed}"
+        )
+    if METRICS[monitor] != mode:
+        logging.getLogger("harness").warning(
+            "[checkpoint].mode = %r for %s, which improves when it goes %s: did you mean mode = %r?",
+            mode,
+            monitor,
+            "up" if METRICS[monitor] == "max" else "down",
+            METRICS[monitor],
+        )
 
 
 def build_network(arch: str, num_classes: int, weights: str = "") -> nn.Module:

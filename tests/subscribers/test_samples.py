@@ -24,7 +24,7 @@ from harness.io.background import BackgroundWriter
 from harness.settings import Settings
 from harness.training.data import scan
 from harness.training.fit import run
-from subscribers._draw_samples import Shown, draw_samples, unnormalise
+from subscribers._draw_samples import Shown, draw_samples, to_pixels, unnormalise
 from subscribers.samples import Samples, SamplesSettings
 
 MakeSettings = Callable[..., Settings]
@@ -219,7 +219,7 @@ def test_long_and_non_ascii_names_draw_without_missing_glyphs(tmp_path: Path, nu
     shown = [
         Shown(
             position=i,
-            image=torch.rand(3, 16, 16),
+            image=to_pixels(torch.rand(1, 3, 16, 16))[0],
             target=(i * 7) % num_classes,
             predicted=(i * 7 + i % 2) % num_classes,
             confidence=0.5,
