@@ -28,7 +28,15 @@ from subscribers._raster import Canvas, colour_scale, save_png, text_width, vert
 if TYPE_CHECKING:
     from harness.core.context import Record
 
-__all__ = ["Normalize", "counts_csv", "draw_confusion", "normalise", "write_epoch"]
+__all__ = [
+    "Normalize",
+    "counts_csv",
+    "draw_confusion",
+    "normalise",
+    "write_epoch",
+    "per_class_csv",
+    "write_test",
+]
 
 Normalize = Literal["none", "true", "pred"]
 Counts = npt.NDArray[np.int64]
@@ -85,6 +93,11 @@ def write_epoch(
         for path in (written, publish_latest(written)):
             record(path.relative_to(run_dir).as_posix(), path)
 
+    def per_class() -> None:
+        written = write_text(epoch_file(directory / "per_class", epoch, ".csv"), per_class_csv(counts, names))
+        for path in (written, publish_latest(written)):
+            record(path.relative_to(run_dir).as_posix(), path)
+
     def picture() -> None:
         drawn = draw_confusion(
             epoch_file(directory, epoch, ".png"), counts, names, normalize=normalize, epoch=epoch
@@ -92,13 +105,64 @@ def write_epoch(
         for path in (drawn, publish_latest(drawn)):
             record(path.relative_to(run_dir).as_posix(), path)
 
-    all_of(table, picture)
+    all_of(table, per_class, picture)
+
+
+def write_test(
+    run_dir: Path, names: Sequence[str], counts: Counts, normalize: Normalize, record: Record
+) -> None:
+    """The `ConfusionMatrix` job for an evaluation: ``confusion_matrix/test.csv``, ``test.png``
+    and ``per_class/test.csv`` under the evaluation folder, each file recorded."""
+    directory = run_dir / "confusion_matrix"
+
+    def tables() -> None:
+        for path in (
+            write_text(directory / "test.csv", counts_csv(counts, names)),
+            write_text(directory / "per_class" / "test.csv", per_class_csv(counts, names)),
+        ):
+            record(path.relative_to(run_dir).as_posix(), path)
+
+    def picture() -> None:
+        drawn = draw_confusion(
+            directory / "test.png",
+            counts,
+            names,
+            normalize=normalize,
+            epoch=0,
+            title="Confusion matrix, test",
+        )
+        record(drawn.relative_to(run_dir).as_posix(), drawn)
+
+    all_of(tables, picture)
+
+
+def per_class_csv(counts: Counts, class_names: Sequence[str]) -> str:
+    """Precision, recall, F1 and support of each class, from the counts (`harness.evaluation.metrics`)."""
+    from harness.evaluation.metrics import class_scores
+
+    scores = class_scores(np.asarray(counts, dtype=np.int64))
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["class", "precision", "recall", "f1", "support"])
+    for i, name in enumerate(class_names):
+        p, r, f = (f"{float(v[i]):.6f}" for v in (scores.precision, scores.recall, scores.f1))
+        writer.writerow([name, p, r, f, int(scores.support[i])])
+    return buffer.getvalue()
 
 
 def draw_confusion(
-    path: Path, counts: Any, class_names: Sequence[str], *, normalize: Normalize, epoch: int
+    path: Path,
+    counts: Any,
+    class_names: Sequence[str],
+    *,
+    normalize: Normalize,
+    epoch: int,
+    title: str | None = None,
 ) -> Path:
-    """Draw `counts` (C x C, true by predicted) to `path`, coloured by the `normalize` view."""
+    """Draw `counts` (C x C, true by predicted) to `path`, coloured by the `normalize` view.
+
+    The title's first line is `title`, by default ``Confusion matrix, epoch N``.
+    """
     counts = np.asarray(counts, dtype=np.int64)
     n = len(class_names)
     values = normalise(counts, normalize)
@@ -123,7 +187,7 @@ def draw_confusion(
     accuracy = correct / total if total else 0.0
     canvas.multiline(
         (left + side / 2, 8),
-        f"Confusion matrix, epoch {epoch}\naccuracy {accuracy:.1%} ({correct:,} of {total:,})",
+        f"{title or f'Confusion matrix, epoch {epoch}'}\naccuracy {accuracy:.1%} ({correct:,} of {total:,})",
         16,
         anchor="ma",
     )

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 
     from harness.core.context import Record
 
-__all__ = ["Shown", "draw_samples", "priority", "to_pixels", "unnormalise", "write_epoch"]
+__all__ = ["Shown", "draw_samples", "priority", "to_pixels", "unnormalise", "write_epoch", "write_test"]
 
 _CELL = 180  # pixels per image
 _GAP = 20  # pixels between two images
@@ -111,8 +111,45 @@ def write_epoch(
     all_of(listing, picture)
 
 
+def write_test(
+    run_dir: Path, names: Sequence[str], shown: Sequence[Shown], seed: int, record: Record
+) -> None:
+    """The `Samples` job for an evaluation: ``samples/test.json`` and ``test.png``, each recorded."""
+    directory = run_dir / "samples"
+    wrong = sum(not sample.correct for sample in shown)
+    heading = (
+        f"Test samples: {wrong} of {len(shown)} wrong\na seeded sample of the evaluated images (seed {seed})"
+    )
+
+    def listing() -> None:
+        rows = [
+            {
+                "position": sample.position,
+                "true": names[sample.target],
+                "predicted": names[sample.predicted],
+                "confidence": round(sample.confidence, 4),
+                "correct": sample.correct,
+            }
+            for sample in shown
+        ]
+        written = write_json(directory / "test.json", rows)
+        record(written.relative_to(run_dir).as_posix(), written)
+
+    def picture() -> None:
+        drawn = draw_samples(directory / "test.png", shown, names, epoch=0, seed=seed, heading=heading)
+        record(drawn.relative_to(run_dir).as_posix(), drawn)
+
+    all_of(listing, picture)
+
+
 def draw_samples(
-    path: Path, shown: Sequence[Shown], class_names: Sequence[str], *, epoch: int, seed: int
+    path: Path,
+    shown: Sequence[Shown],
+    class_names: Sequence[str],
+    *,
+    epoch: int,
+    seed: int,
+    heading: str | None = None,
 ) -> Path:
     """A grid of `shown` (in order), each titled with true and predicted class; wrong ones framed red.
 
@@ -128,7 +165,8 @@ def draw_samples(
     canvas = Canvas(width, height)
     canvas.multiline(
         (width / 2, 8),
-        f"Validation samples, epoch {epoch}: {wrong} of {len(shown)} wrong\n"
+        heading
+        or f"Validation samples, epoch {epoch}: {wrong} of {len(shown)} wrong\n"
         f"the same images every epoch (seed {seed})",
         15,
         anchor="ma",

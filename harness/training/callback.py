@@ -28,6 +28,8 @@ from harness.core.events import (
     FitStart,
     RunFailed,
     Stage,
+    TestEpochEnd,
+    TestStart,
     TrainEnd,
     TrainEpochEnd,
     TrainEpochStart,
@@ -221,6 +223,31 @@ class BusCallback(Callback):
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         epoch, step = self._progress(trainer)
         self.bus.publish(FitEnd(epoch=epoch, global_step=step))
+
+    @override
+    def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.context.model = pl_module
+        self.context.device = pl_module.device
+        epoch, step = self._progress(trainer)
+        self.bus.publish(TestStart(epoch=epoch, global_step=step))
+
+    @override
+    def on_test_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        self._batch_end(trainer, "test", outputs, batch, batch_idx)
+
+    @override
+    def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        epoch, step = self._progress(trainer)
+        metrics = {k: v for k, v in scalar_metrics(trainer).items() if k.startswith("test/")}
+        self.bus.publish(TestEpochEnd(epoch=epoch, global_step=step, metrics=metrics))
 
     @override
     def on_exception(

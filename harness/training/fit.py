@@ -39,6 +39,7 @@ from harness.settings import Settings, resolve_specs, settings_to_toml
 from harness.training.callback import BusCallback, scalar_metrics
 from harness.training.checkpoint_io import AtomicCheckpointIO
 from harness.training.data import ImageDataModule, scan
+from harness.training.evaluation import evaluate_test_split
 from harness.training.loggers import LoggerTrackers, build_loggers, logger_artifacts, require_packages
 from harness.training.model import Classifier, check_monitor
 from harness.training.run_dir import (
@@ -209,6 +210,7 @@ def run(settings: Settings, *, extra_subscribers: Mapping[str, Subscriber] | Non
     os.environ[RUN_DIR_VARIABLE] = str(run_dir)
     os.environ[RESUME_VARIABLE] = str(resume_from or "")
     status = "failed"
+    tested: dict[str, Any] | None = None
     error: str | None = None
     try:
         trainer.fit(
@@ -218,6 +220,9 @@ def run(settings: Settings, *, extra_subscribers: Mapping[str, Subscriber] | Non
             weights_only=True,
         )
         status = "interrupted" if trainer.interrupted else "completed"
+        if status == "completed" and trainer.is_global_zero:
+            # A held-out test/ folder beside train/ is scored once, with the exported best weights.
+            tested = evaluate_test_split(run_dir, info.root, context.best_checkpoint)
     except SIGTERMException:
         status = "interrupted"
         where = context.run_dir / "checkpoints" / "last.ckpt"
@@ -253,6 +258,8 @@ def run(settings: Settings, *, extra_subscribers: Mapping[str, Subscriber] | Non
             }
             for failure in background_failures
         ]
+        if tested is not None:
+            summary["test"] = tested
         summary["error"] = error
         summary["attempts"] = attempts
         if trainer.is_global_zero:

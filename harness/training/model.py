@@ -1,4 +1,4 @@
-"""The LightningModule: a torchvision architecture, cross-entropy, top-1/top-5 accuracy.
+"""The LightningModule: a torchvision architecture, cross-entropy, top-1/top-5 and balanced accuracy.
 
 Its steps return the logits they computed, so `BatchEnd` carries them and no subscriber
 runs the model a second time.
@@ -100,6 +100,11 @@ class Classifier(L.LightningModule):
         top5 = min(5, num_classes)
         self.val_top1 = MulticlassAccuracy(num_classes=num_classes, top_k=1, average="micro")
         self.val_top5 = MulticlassAccuracy(num_classes=num_classes, top_k=top5, average="micro")
+        # Balanced accuracy: the mean of per-class recalls, so a minority class counts as much.
+        self.val_balanced = MulticlassAccuracy(num_classes=num_classes, average="macro")
+        self.test_top1 = MulticlassAccuracy(num_classes=num_classes, top_k=1, average="micro")
+        self.test_top5 = MulticlassAccuracy(num_classes=num_classes, top_k=top5, average="micro")
+        self.test_balanced = MulticlassAccuracy(num_classes=num_classes, average="macro")
 
     @classmethod
     def from_settings(cls, settings: ModelSettings, num_classes: int) -> Classifier:
@@ -134,10 +139,26 @@ class Classifier(L.LightningModule):
         loss = self._loss(logits, targets)
         self.val_top1.update(logits, targets)
         self.val_top5.update(logits, targets)
+        self.val_balanced.update(logits, targets)
         size = len(targets)
         self.log("val/loss", loss, on_epoch=True, sync_dist=True, batch_size=size)
         self.log("val/acc_top1", self.val_top1, on_epoch=True, prog_bar=True, batch_size=size)
         self.log("val/acc_top5", self.val_top5, on_epoch=True, batch_size=size)
+        self.log("val/acc_balanced", self.val_balanced, on_epoch=True, batch_size=size)
+        return {"loss": loss.detach(), "logits": logits.detach()}
+
+    def test_step(self, batch: Batch, batch_idx: int) -> dict[str, torch.Tensor]:
+        inputs, targets = batch
+        logits = self(inputs)
+        loss = self._loss(logits, targets)
+        self.test_top1.update(logits, targets)
+        self.test_top5.update(logits, targets)
+        self.test_balanced.update(logits, targets)
+        size = len(targets)
+        self.log("test/loss", loss, on_epoch=True, sync_dist=True, batch_size=size)
+        self.log("test/acc_top1", self.test_top1, on_epoch=True, batch_size=size)
+        self.log("test/acc_top5", self.test_top5, on_epoch=True, batch_size=size)
+        self.log("test/acc_balanced", self.test_balanced, on_epoch=True, batch_size=size)
         return {"loss": loss.detach(), "logits": logits.detach()}
 
     def configure_optimizers(self) -> Any:
