@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+from importlib import resources
 import re
 import subprocess
 import sys
@@ -128,7 +129,11 @@ def test_a_run_with_a_test_split_scores_it_at_the_end(trained: Trained) -> None:
     metrics = json.loads((folder / "metrics.json").read_text())
     assert metrics["data"]["split"] == "test"
     assert metrics["top1"] == tested["top1"]
-    assert json.loads((trained.run_dir / "summary.json").read_text())["test"] == tested
+    summary = json.loads((trained.run_dir / "summary.json").read_text())
+    assert summary["test"] == tested
+    jsonschema = pytest.importorskip("jsonschema")
+    schema = json.loads((resources.files("harness") / "summary.schema.json").read_text())
+    jsonschema.validate(summary, schema)
 
 
 def test_balanced_accuracy_is_logged_and_drawn_every_validation_epoch(trained: Trained) -> None:
