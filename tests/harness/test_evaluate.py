@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import csv
 import json
-from importlib import resources
 import re
 import subprocess
 import sys
+from importlib import resources
 from pathlib import Path
 
 import attrs
