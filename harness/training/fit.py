@@ -38,6 +38,7 @@ from harness.settings import Settings, resolve_specs, settings_to_toml
 from harness.training.callback import BusCallback
 from harness.training.data import ImageDataModule, scan
 from harness.training.model import Classifier
+from harness.training.networks import normalization
 from harness.training.sampler import make_sampler
 
 __all__ = ["RESUME_VARIABLE", "RUN_DIR_VARIABLE", "RunResult", "resolve_run_dir", "run"]
@@ -149,7 +150,10 @@ def run(settings: Settings, *, extra_subscribers: Mapping[str, Subscriber] | Non
         log.warning(
             "skipping %d unreadable image file(s) ([data].on_corrupt = skip): %s", len(info.skipped), shown
         )
-    module = Classifier.from_settings(settings.model, num_classes=len(classes))
+    module = Classifier.from_settings(
+        settings.model, num_classes=len(classes), image_size=settings.data.image_size
+    )
+    norm = normalization(settings.model.arch, settings.model.weights)
     specs = resolve_specs(settings.run.plugins)
     run_dir, resume_from = resolve_run_dir(settings)
     # Pictures are drawn in its worker process while training goes on; closed in the finally below.
@@ -157,7 +161,7 @@ def run(settings: Settings, *, extra_subscribers: Mapping[str, Subscriber] | Non
     context = RunContext(
         run_dir=run_dir,
         class_names=classes,
-        preprocessing=Preprocessing(image_size=settings.data.image_size),
+        preprocessing=Preprocessing(image_size=settings.data.image_size, mean=norm.mean, std=norm.std),
         data=info,
         monitor=settings.checkpoint.monitor,
         monitor_mode=settings.checkpoint.mode,
