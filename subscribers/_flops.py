@@ -18,7 +18,15 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-__all__ = ["FLOPS_CONVENTION", "MHA_FLOPS", "arch_name", "count_flops", "input_channels", "model_stats", "network_of"]
+__all__ = [
+    "FLOPS_CONVENTION",
+    "MHA_FLOPS",
+    "arch_name",
+    "count_flops",
+    "input_channels",
+    "model_stats",
+    "network_of",
+]
 
 FLOPS_CONVENTION = (
     "FLOPs counted by torch.utils.flop_counter.FlopCounterMode: 2 per multiply-add; "
@@ -27,7 +35,12 @@ FLOPS_CONVENTION = (
 
 
 def _native_mha_flops(
-    query: tuple[int, ...], key: tuple[int, ...], value: tuple[int, ...], embed_dim: int, *args: Any, **kwargs: Any
+    query: tuple[int, ...],
+    key: tuple[int, ...],
+    value: tuple[int, ...],
+    embed_dim: int,
+    *args: Any,
+    **kwargs: Any,
 ) -> int:
     """Input projections of query, key and value, the two attention products, the output projection."""
     batch, target, embed = query

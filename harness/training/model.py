@@ -92,6 +92,8 @@ class Classifier(L.LightningModule):
 
     def _aux_loss(self, aux: list[torch.Tensor], targets: torch.Tensor) -> torch.Tensor | float:
         """The auxiliary classifiers' weighted losses (torchvision returns them in training only)."""
+        if not aux:
+            return 0.0
         return sum((w * self._loss(a, targets) for w, a in zip(self.aux_weights, aux, strict=True)), 0.0)
 
     @override
@@ -130,10 +132,16 @@ class Classifier(L.LightningModule):
         hp = self.hparams
         optimizer: torch.optim.Optimizer
         if hp["optimizer"] == "adamw":
-            optimizer = torch.optim.AdamW(self._parameter_groups(), lr=hp["lr"], weight_decay=hp["weight_decay"])
+            optimizer = torch.optim.AdamW(
+                self._parameter_groups(), lr=hp["lr"], weight_decay=hp["weight_decay"]
+            )
         else:
             optimizer = torch.optim.SGD(
-                self._parameter_groups(), lr=hp["lr"], momentum=0.9, nesterov=True, weight_decay=hp["weight_decay"]
+                self._parameter_groups(),
+                lr=hp["lr"],
+                momentum=0.9,
+                nesterov=True,
+                weight_decay=hp["weight_decay"],
             )
         if hp["scheduler"] == "none":
             return optimizer

@@ -175,7 +175,9 @@ def build_network(
     elif pretrained:
         return _pretrained(arch, num_classes, _weights_enum(arch, weights), kwargs)
     try:
-        network: nn.Module = torchvision.models.get_model(arch, weights=None, num_classes=num_classes, **kwargs)
+        network: nn.Module = torchvision.models.get_model(
+            arch, weights=None, num_classes=num_classes, **kwargs
+        )
     except ValueError as error:
         # maxvit names the sizes its blocks would get; the first line says it.
         reason = str(error).splitlines()[0]
@@ -202,7 +204,9 @@ def _pretrained(arch: str, num_classes: int, entry: Any, kwargs: dict[str, Any])
         ) from error
     except (RuntimeError, KeyError, ValueError) as error:
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise SettingsError(f"[model].weights = {entry!r}: {cached} does not hold those weights ({first})") from error
+        raise SettingsError(
+            f"[model].weights = {entry!r}: {cached} does not hold those weights ({first})"
+        ) from error
     _replace_heads(network, len(entry.meta["categories"]), num_classes)
     return network
 
@@ -226,7 +230,11 @@ def head_modules(network: nn.Module) -> list[tuple[str, nn.Module]]:
     (VGG, AlexNet, MobileNet, EfficientNet, ConvNeXt, DenseNet, SqueezeNet, MaxViT),
     ``heads`` (ViT), ``head`` (Swin, most timm models), plus ``aux1``/``aux2``/``AuxLogits``.
     """
-    children = [(name, child) for name, child in network.named_children() if next(child.parameters(), None) is not None]
+    children = [
+        (name, child)
+        for name, child in network.named_children()
+        if next(child.parameters(), None) is not None
+    ]
     if not children:
         return []
     heads = [(name, child) for name, child in children[:-1] if name.lower().startswith("aux")]
@@ -250,9 +258,13 @@ def _replace_heads(network: nn.Module, pretrained_classes: int, num_classes: int
         for parent in head.modules():
             for name, layer in list(parent.named_children()):
                 if isinstance(layer, nn.Linear) and layer.out_features == pretrained_classes:
-                    replacement: nn.Module = nn.Linear(layer.in_features, num_classes, bias=layer.bias is not None)
+                    replacement: nn.Module = nn.Linear(
+                        layer.in_features, num_classes, bias=layer.bias is not None
+                    )
                 elif isinstance(layer, nn.Conv2d) and layer.out_channels == pretrained_classes:
-                    replacement = nn.Conv2d(layer.in_channels, num_classes, layer.kernel_size, layer.stride)
+                    # SqueezeNet's head is a 1x1 convolution.
+                    kernel, stride = layer.kernel_size[0], layer.stride[0]
+                    replacement = nn.Conv2d(layer.in_channels, num_classes, kernel, stride)
                 else:
                     continue
                 setattr(parent, name, replacement.to(layer.weight.device, layer.weight.dtype))
@@ -305,7 +317,9 @@ def check_image_size(arch: str, image_size: int, weights: str = "") -> None:
         )
     minimum = minimum_image_size(arch)
     if image_size < minimum:
-        raise SettingsError(f"[data].image_size = {image_size} is too small for {arch}: it needs at least {minimum} px")
+        raise SettingsError(
+            f"[data].image_size = {image_size} is too small for {arch}: it needs at least {minimum} px"
+        )
 
 
 def normalization(arch: str, weights: str) -> Normalization:
@@ -326,4 +340,3 @@ def normalization(arch: str, weights: str) -> Normalization:
 def _triple(values: Sequence[float]) -> tuple[float, float, float]:
     a, b, c = (float(v) for v in values)
     return a, b, c
-

@@ -1,4 +1,4 @@
-"""Networks: pretrained weights from the torch hub cache, heads, auxiliary losses, image sizes, fine-tuning."""
+"""Networks: pretrained weights from the hub caches, heads, auxiliary losses, image sizes, fine-tuning."""
 
 from __future__ import annotations
 
@@ -38,8 +38,10 @@ def plant(arch: str, name: str = "DEFAULT", *, value: float = 0.125) -> Path:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         source = torchvision.models.get_model(arch, weights=None, num_classes=len(entry.meta["categories"]))
-    state = {key: torch.full_like(tensor, value) if tensor.is_floating_point() else tensor
-             for key, tensor in source.state_dict().items()}
+    state = {
+        key: torch.full_like(tensor, value) if tensor.is_floating_point() else tensor
+        for key, tensor in source.state_dict().items()
+    }
     path = torchvision_cache_file(entry)
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(state, path)
@@ -86,7 +88,10 @@ def test_offline_with_nothing_cached_names_the_file_and_the_url(torch_home: Path
 
 
 def test_an_unknown_weights_name_lists_the_known_ones() -> None:
-    with pytest.raises(SettingsError, match=r"'IMAGENET1K_V9' is neither a file nor a weights name of resnet50 .*'IMAGENET1K_V2'"):
+    with pytest.raises(
+        SettingsError,
+        match=r"'IMAGENET1K_V9' is neither a file nor a weights name of resnet50 .*'IMAGENET1K_V2'",
+    ):
         build_network("resnet50", 3, "IMAGENET1K_V9")
 
 
@@ -103,9 +108,19 @@ def test_a_pretrained_run_exports_the_normalisation_and_exit_2_offline(
     settings_file = tmp_path / "pretrained.toml"
     settings_file.write_text("")
     root = make_settings().data.root
-    args = [str(settings_file), "--set", f"data.root={root!r}", "--set", "data.image_size=32",
-            "--set", "model.arch='squeezenet1_1'", "--set", "model.weights='DEFAULT'",
-            "--set", f"run.output_dir={str(tmp_path / 'runs')!r}"]
+    args = [
+        str(settings_file),
+        "--set",
+        f"data.root={root!r}",
+        "--set",
+        "data.image_size=32",
+        "--set",
+        "model.arch='squeezenet1_1'",
+        "--set",
+        "model.weights='DEFAULT'",
+        "--set",
+        f"run.output_dir={str(tmp_path / 'runs')!r}",
+    ]
     assert run_main(args) == 2
     error = capsys.readouterr().err
     assert "squeezenet1_1-b8a52dc0.pth" in error and "https://download.pytorch.org/models/" in error
@@ -113,8 +128,13 @@ def test_a_pretrained_run_exports_the_normalisation_and_exit_2_offline(
 
     plant("squeezenet1_1", "IMAGENET1K_V1")
     settings = make_settings(
-        "onnx_export", "data.image_size=32", "model.arch='squeezenet1_1'", "model.weights='DEFAULT'",
-        "model.lr=0.001", "model.optimizer='adamw'", "trainer.limit_train_batches=2",
+        "onnx_export",
+        "data.image_size=32",
+        "model.arch='squeezenet1_1'",
+        "model.weights='DEFAULT'",
+        "model.lr=0.001",
+        "model.optimizer='adamw'",
+        "trainer.limit_train_batches=2",
     )
     result = run(settings)
     assert result.summary["status"] == "completed"
@@ -123,9 +143,23 @@ def test_a_pretrained_run_exports_the_normalisation_and_exit_2_offline(
 
 
 FAMILIES = [
-    "resnet18", "alexnet", "vgg11", "squeezenet1_0", "densenet121", "googlenet", "inception_v3",
-    "mobilenet_v2", "mobilenet_v3_small", "mnasnet0_5", "shufflenet_v2_x0_5", "efficientnet_b0",
-    "convnext_tiny", "vit_b_32", "swin_t", "swin_v2_t", "maxvit_t",
+    "resnet18",
+    "alexnet",
+    "vgg11",
+    "squeezenet1_0",
+    "densenet121",
+    "googlenet",
+    "inception_v3",
+    "mobilenet_v2",
+    "mobilenet_v3_small",
+    "mnasnet0_5",
+    "shufflenet_v2_x0_5",
+    "efficientnet_b0",
+    "convnext_tiny",
+    "vit_b_32",
+    "swin_t",
+    "swin_v2_t",
+    "maxvit_t",
 ]
 
 
@@ -137,8 +171,11 @@ def test_the_head_is_what_changes_with_the_class_count(arch: str) -> None:
             return torchvision.models.get_model(arch, weights=None, num_classes=classes)
 
     two, three = on_meta(2), on_meta(3)
-    changed = {name for (name, a), (_, b) in zip(two.named_parameters(), three.named_parameters(), strict=True)
-               if a.shape != b.shape}
+    changed = {
+        name
+        for (name, a), (_, b) in zip(two.named_parameters(), three.named_parameters(), strict=True)
+        if a.shape != b.shape
+    }
     head = {id(p) for p in head_parameters(two)}
     head_names = {name for name, p in two.named_parameters() if id(p) in head}
     assert changed and changed <= head_names
@@ -156,14 +193,19 @@ def test_the_minimum_image_size_is_the_smallest_that_runs(arch: str) -> None:
             network(torch.zeros(2, 3, minimum, minimum))
         with pytest.raises(RuntimeError):
             network.eval()(torch.zeros(2, 3, minimum - 1, minimum - 1))
-    with pytest.raises(SettingsError, match=rf"image_size = {minimum - 1} is too small for {arch}: it needs at least {minimum} px"):
+    with pytest.raises(
+        SettingsError,
+        match=rf"image_size = {minimum - 1} is too small for {arch}: it needs at least {minimum} px",
+    ):
         check_image_size(arch, minimum - 1)
 
 
 def test_vision_transformers_are_built_for_the_image_size() -> None:
     network = build_network("vit_b_32", 3, image_size=64)
     assert network.eval()(torch.zeros(1, 3, 64, 64)).shape == (1, 3)
-    with pytest.raises(SettingsError, match="image_size = 40: vit_b_16 needs a multiple of its 16 px patch size"):
+    with pytest.raises(
+        SettingsError, match="image_size = 40: vit_b_16 needs a multiple of its 16 px patch size"
+    ):
         check_image_size("vit_b_16", 40)
     with pytest.raises(SettingsError, match="vit_b_16 with weights 'DEFAULT' needs exactly 224 px"):
         check_image_size("vit_b_16", 64, "DEFAULT")
@@ -196,8 +238,13 @@ def test_networks_with_auxiliary_heads_fit_and_export_with_parity(
     make_settings: MakeSettings, arch: str, size: int, tmp_path: Path
 ) -> None:
     settings: Settings = make_settings(
-        "onnx_export", f"data.image_size={size}", f"model.arch={arch!r}", "trainer.limit_train_batches=2",
-        "trainer.limit_val_batches=1", "model.lr=0.001", "model.optimizer='adamw'",
+        "onnx_export",
+        f"data.image_size={size}",
+        f"model.arch={arch!r}",
+        "trainer.limit_train_batches=2",
+        "trainer.limit_val_batches=1",
+        "model.lr=0.001",
+        "model.optimizer='adamw'",
     )
     result = run(settings)
     assert result.summary["status"] == "completed", result.summary["failures"]
@@ -221,9 +268,52 @@ def test_a_frozen_backbone_keeps_its_weights_while_the_head_learns(make_settings
 
 
 def test_the_backbone_learns_at_a_fraction_of_the_rate() -> None:
-    model = Classifier(arch="resnet18", num_classes=3, lr=0.01, backbone_lr_scale=0.1, optimizer="adamw",
-                       scheduler="none")
+    model = Classifier(
+        arch="resnet18", num_classes=3, lr=0.01, backbone_lr_scale=0.1, optimizer="adamw", scheduler="none"
+    )
     optimizer = model.configure_optimizers()
     backbone, head = optimizer.param_groups
     assert (backbone["lr"], head["lr"]) == pytest.approx((0.001, 0.01))
     assert {id(p) for p in head["params"]} == {id(p) for p in head_parameters(model.net)}
+
+
+@pytest.fixture
+def hub_cache(tmp_path: Path, torch_home: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty Hugging Face hub cache (where timm's pretrained weights live), offline."""
+    constants = pytest.importorskip("huggingface_hub.constants")
+    cache = tmp_path / "hf_hub"
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    return cache
+
+
+def test_timm_pretrained_weights_load_from_the_hub_cache(hub_cache: Path) -> None:
+    timm = pytest.importorskip("timm")
+    safetensors = pytest.importorskip("safetensors.torch")
+    with pytest.raises(SettingsError) as caught:
+        build_network("timm:resnet18.a1_in1k", 3, "DEFAULT")
+    message = str(caught.value)
+    assert str(hub_cache / "models--timm--resnet18.a1_in1k") in message
+    assert "https://huggingface.co/timm/resnet18.a1_in1k/resolve/main/model.safetensors" in message
+
+    revision = "0123456789abcdef0123456789abcdef01234567"
+    repo = hub_cache / "models--timm--resnet18.a1_in1k"
+    (repo / "snapshots" / revision).mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(revision)
+    source = timm.create_model("resnet18.a1_in1k", pretrained=False)
+    state = {k: v.clone().fill_(0.25) if v.is_floating_point() else v for k, v in source.state_dict().items()}
+    safetensors.save_file(state, repo / "snapshots" / revision / "model.safetensors")
+    network = build_network("timm:resnet18.a1_in1k", 3, "DEFAULT")
+    assert torch.all(network.conv1.weight == 0.25)
+    assert network.fc.out_features == 3
+    assert normalization("timm:resnet18.a1_in1k", "DEFAULT").mean == pytest.approx((0.485, 0.456, 0.406))
+
+
+def test_timm_without_the_extra_names_the_pip_command(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "timm", None)
+    with pytest.raises(
+        SettingsError, match=r'timm models need the timm extra \(pip install -e "\.\[timm\]"\)'
+    ):
+        build_network("timm:resnet18", 3)
