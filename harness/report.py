@@ -18,12 +18,12 @@ import datetime
 import html
 import json
 import re
-import sys
 import urllib.parse
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from harness.core.errors import DataError, HarnessError, report
 from harness.io.artifacts import write_text
 
 __all__ = ["REPORT_FILE", "find_pictures", "main", "render_report", "write_report"]
@@ -99,9 +99,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     run_dir: Path = args.run_dir
     if not run_dir.is_dir():
-        print(f"harness.report: {run_dir} is not a directory", file=sys.stderr)
-        return 2
-    print(write_report(run_dir, embed=args.embed))
+        return report(DataError(f"{run_dir}: not a directory (expected a run directory)"))
+    try:
+        page = write_report(run_dir, embed=args.embed)
+    except OSError as error:
+        return report(HarnessError(f"{run_dir / REPORT_FILE}: cannot write the report ({error.strerror})"))
+    print(page)
     return 0
 
 

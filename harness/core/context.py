@@ -37,11 +37,15 @@ class JobRunner(Protocol):
 
 @attrs.frozen(kw_only=True)
 class DatasetInfo:
-    """The samples of a run: `(path, class index)` pairs for each split, and what was skipped."""
+    """The samples of a run: `(path, class index)` pairs for each split, and what was skipped.
+
+    `test` is a tree's own `test/` split: kept for evaluation, never trained or validated on.
+    """
 
     root: Path
     train: tuple[tuple[Path, int], ...]
     val: tuple[tuple[Path, int], ...]
+    test: tuple[tuple[Path, int], ...] = ()
     skipped: tuple[Path, ...] = ()
 
     @property

@@ -65,7 +65,9 @@ class DataSettings:
     """[data]: an ImageFolder tree, or "" for the embedded digits set."""
 
     root: str = option(
-        "", '`""` for the embedded digits set, else an ImageFolder tree (optionally `train/` + `val/`)'
+        "",
+        '`""` for the embedded digits set, else an ImageFolder tree (optionally `train/` + `val/` '
+        "(or `valid/`, `validation/`), and `test/`)",
     )
     image_size: int = option(32, "images are resized to a square of this side", at_least(8))
     batch_size: int = option(64, "images per batch (per process)", positive())
@@ -76,6 +78,11 @@ class DataSettings:
     num_workers: int = option(0, "data-loader worker processes", at_least(0))
     on_corrupt: Literal["stop", "skip"] = option(
         "stop", "unreadable images: stop before training, or skip them with a count"
+    )
+    unknown_classes: Literal["stop", "skip"] = option(
+        "stop",
+        "class folders in `val/` or `test/` that `train/` lacks: stop naming them, or leave them out "
+        "with a warning",
     )
 
 

@@ -35,7 +35,7 @@ from harness.io.artifacts import run_dir_of, write_json, write_label_map, write_
 from harness.io.background import BackgroundWriter
 from harness.io.record import EventLog
 from harness.settings import Settings, resolve_specs, settings_to_toml
-from harness.training.callback import BusCallback
+from harness.training.callback import BusCallback, scalar_metrics
 from harness.training.data import ImageDataModule, scan
 from harness.training.model import Classifier
 from harness.training.networks import normalization
@@ -279,7 +279,7 @@ def _summary(
         "best_checkpoint": relative(best),
         "epochs_completed": trainer.current_epoch,
         "global_step": trainer.global_step,
-        "final_metrics": {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1},
+        "final_metrics": scalar_metrics(trainer),
         "artifacts": dict(sorted(context.artifacts.items())),
         "failures": [attrs.asdict(failure) for failure in bus.failures],
         "skipped_images": [str(path) for path in context.data.skipped] if context.data else [],
