@@ -38,6 +38,7 @@ from harness.onnx.card import ExportSource
 from harness.settings import Settings, load_settings
 from harness.training.data import ImageFiles, materialise_digits
 from harness.training.model import Classifier
+from harness.training.networks import normalization
 
 __all__ = ["export_checkpoint", "main", "sample_images"]
 
@@ -90,8 +91,9 @@ def export_checkpoint(
             f"but {run_dir / LABELS_FILE} names {len(class_names)}"
         )
     # The weights file of a fine-tuned run is not needed (and may be gone): the checkpoint holds every weight.
-    model = Classifier(**{**hparams, "weights": ""})
-    preprocessing = Preprocessing(image_size=settings.data.image_size)
+    model = Classifier(**hparams, load_weights=False)
+    norm = normalization(settings.model.arch, settings.model.weights)
+    preprocessing = Preprocessing(image_size=settings.data.image_size, mean=norm.mean, std=norm.std)
     images: torch.Tensor | None
     try:
         images = sample_images(settings, preprocessing, PARITY_IMAGES)

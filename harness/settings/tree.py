@@ -99,9 +99,11 @@ class DataSettings:
 
 @attrs.frozen(kw_only=True)
 class ModelSettings:
-    """[model]: a torchvision architecture and how it is optimised."""
+    """[model]: a torchvision (or timm) architecture, its starting weights, and how it is optimised."""
 
-    arch: str = option("resnet18", "any torchvision classification architecture")
+    arch: str = option(
+        "resnet18", 'any torchvision classification architecture, or `"timm:<name>"` (the `timm` extra)'
+    )
     lr: float = option(0.05, "learning rate", positive())
     weight_decay: float = option(5e-4, "weight decay", at_least(0))
     optimizer: Literal["sgd", "adamw"] = option("sgd", "SGD (Nesterov momentum 0.9) or AdamW")
@@ -109,7 +111,17 @@ class ModelSettings:
         "cosine", "cosine annealing over `max_epochs`, or a constant rate"
     )
     label_smoothing: float = option(0.0, "cross-entropy label smoothing", within(0, 1))
-    weights: str = option("", "a local state-dict file to start from (never downloaded)")
+    weights: str = option(
+        "",
+        '`""` random; a weights name (`"DEFAULT"`, `"IMAGENET1K_V1"`, ...) from the torch hub cache '
+        "(`TORCH_HOME`), downloaded only when not cached; or a local state-dict file",
+    )
+    freeze_backbone_epochs: int = option(
+        0, "epochs, from the first, in which only the classification head learns", at_least(0)
+    )
+    backbone_lr_scale: float = option(
+        1.0, "the backbone's learning rate as a fraction of `lr` (the head's)", within(0, 1, closed="(]")
+    )
 
 
 @attrs.frozen(kw_only=True)

@@ -42,6 +42,7 @@ from harness.training.data import ImageDataModule, scan
 from harness.training.evaluation import evaluate_test_split
 from harness.training.loggers import LoggerTrackers, build_loggers, logger_artifacts, require_packages
 from harness.training.model import Classifier, check_monitor
+from harness.training.networks import normalization
 from harness.training.run_dir import (
     RESUME_VARIABLE,
     RUN_DIR_VARIABLE,
@@ -113,7 +114,10 @@ def run(settings: Settings, *, extra_subscribers: Mapping[str, Subscriber] | Non
         log.warning(
             "skipping %d unreadable image file(s) ([data].on_corrupt = skip): %s", len(info.skipped), shown
         )
-    module = Classifier.from_settings(settings.model, num_classes=len(classes))
+    module = Classifier.from_settings(
+        settings.model, num_classes=len(classes), image_size=settings.data.image_size
+    )
+    norm = normalization(settings.model.arch, settings.model.weights)
     specs = resolve_specs(settings.run.plugins)
     require_packages(settings.logger)  # before the run directory is made
     check_monitor(settings.checkpoint.monitor, settings.checkpoint.mode)
@@ -129,7 +133,7 @@ def run(settings: Settings, *, extra_subscribers: Mapping[str, Subscriber] | Non
     context = RunContext(
         run_dir=run_dir,
         class_names=classes,
-        preprocessing=Preprocessing(image_size=settings.data.image_size),
+        preprocessing=Preprocessing(image_size=settings.data.image_size, mean=norm.mean, std=norm.std),
         data=info,
         monitor=settings.checkpoint.monitor,
         monitor_mode=settings.checkpoint.mode,

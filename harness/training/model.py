@@ -1,32 +1,40 @@
-"""The LightningModule: a torchvision architecture, cross-entropy, top-1/top-5 and balanced accuracy.
+"""The LightningModule: a network of `harness.training.networks`, cross-entropy, accuracies.
 
-Its steps return the logits they computed, so `BatchEnd` carries them and no subscriber
-runs the model a second time.
+Its steps return the (main) logits they computed, so `BatchEnd` carries them and no
+subscriber runs the model a second time. Networks with auxiliary classifiers add their
+weighted losses in training. Fine-tuning: the backbone's gradients are dropped for the
+first `freeze_backbone_epochs` epochs, and it learns at `backbone_lr_scale` times `lr`.
 """
 
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any, Literal
 
 import lightning as L
 import torch
 import torch.nn.functional as F
-import torchvision
-from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
+from typing_extensions import override
 
 from harness.core.errors import SettingsError
 from harness.settings import ModelSettings
+from harness.training.networks import (
+    AUX_LOSS_WEIGHTS,
+    backbone_parameters,
+    build_network,
+    head_parameters,
+    split_outputs,
+)
 
-__all__ = ["METRICS", "Classifier", "build_network", "check_monitor"]
+__all__ = ["METRICS", "Classifier", "check_monitor"]
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
 METRICS: dict[str, Literal["max", "min"]] = {
     "val/acc_top1": "max",
     "val/acc_top5": "max",
+    "val/acc_balanced": "max",
     "val/loss": "min",
     "train/loss": "min",
 }
@@ -50,34 +58,6 @@ def check_monitor(monitor: str, mode: str) -> None:
         )
 
 
-def build_network(arch: str, num_classes: int, weights: str = "") -> nn.Module:
-    """A randomly initialised torchvision model, or one loaded from a local weights file.
-
-    Nothing is ever downloaded. A classifier head of another class count is left at its
-    random initialisation.
-    """
-    available = torchvision.models.list_models(module=torchvision.models)
-    if arch not in available:
-        import difflib
-
-        close = difflib.get_close_matches(arch, available, n=3)
-        hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-        raise SettingsError(f"[model].arch: unknown torchvision architecture {arch!r}{hint}")
-    network: nn.Module = torchvision.models.get_model(arch, weights=None, num_classes=num_classes)
-    if weights:
-        path = Path(weights).expanduser()
-        if not path.is_file():
-            raise SettingsError(f"[model].weights: no such file {str(path)!r}")
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        state = state.get("state_dict", state) if isinstance(state, dict) else state
-        own = network.state_dict()
-        usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
-        if not usable:
-            raise SettingsError(f"[model].weights: {str(path)!r} holds no tensor that fits {arch}")
-        network.load_state_dict(usable, strict=False)
-    return network
-
-
 class Classifier(L.LightningModule):
     """Image classifier around `net`, a torchvision model named by `arch`."""
 
@@ -92,11 +72,16 @@ class Classifier(L.LightningModule):
         scheduler: str = "cosine",
         label_smoothing: float = 0.0,
         weights: str = "",
+        image_size: int | None = None,
+        freeze_backbone_epochs: int = 0,
+        backbone_lr_scale: float = 1.0,
+        load_weights: bool = True,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters()
+        self.save_hyperparameters(ignore=["load_weights"])
         self.arch = arch
-        self.net = build_network(arch, num_classes, weights)
+        self.net = build_network(arch, num_classes, weights, image_size, load=load_weights)
+        self.aux_weights = AUX_LOSS_WEIGHTS.get(arch, ())
         top5 = min(5, num_classes)
         self.val_top1 = MulticlassAccuracy(num_classes=num_classes, top_k=1, average="micro")
         self.val_top5 = MulticlassAccuracy(num_classes=num_classes, top_k=top5, average="micro")
@@ -107,7 +92,9 @@ class Classifier(L.LightningModule):
         self.test_balanced = MulticlassAccuracy(num_classes=num_classes, average="macro")
 
     @classmethod
-    def from_settings(cls, settings: ModelSettings, num_classes: int) -> Classifier:
+    def from_settings(
+        cls, settings: ModelSettings, num_classes: int, image_size: int | None = None
+    ) -> Classifier:
         return cls(
             arch=settings.arch,
             num_classes=num_classes,
@@ -117,10 +104,13 @@ class Classifier(L.LightningModule):
             scheduler=settings.scheduler,
             label_smoothing=settings.label_smoothing,
             weights=settings.weights,
+            image_size=image_size,
+            freeze_backbone_epochs=settings.freeze_backbone_epochs,
+            backbone_lr_scale=settings.backbone_lr_scale,
         )
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
-        logits: torch.Tensor = self.net(inputs)
+        logits, _ = split_outputs(self.net(inputs))
         return logits
 
     def _loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -128,10 +118,36 @@ class Classifier(L.LightningModule):
 
     def training_step(self, batch: Batch, batch_idx: int) -> dict[str, torch.Tensor]:
         inputs, targets = batch
-        logits = self(inputs)
-        loss = self._loss(logits, targets)
+        logits, aux = split_outputs(self.net(inputs))
+        loss = self._loss(logits, targets) + self._aux_loss(aux, targets)
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(targets))
         return {"loss": loss, "logits": logits.detach()}
+
+    def _aux_loss(self, aux: list[torch.Tensor], targets: torch.Tensor) -> torch.Tensor | float:
+        """The auxiliary classifiers' weighted losses (torchvision returns them in training only)."""
+        if not aux:
+            return 0.0
+        return sum((w * self._loss(a, targets) for w, a in zip(self.aux_weights, aux, strict=True)), 0.0)
+
+    @override
+    def on_after_backward(self) -> None:
+        # Dropping the gradients (rather than requires_grad) keeps DDP's reducer and the
+        # optimizer's parameter groups unchanged when the backbone thaws.
+        if self.current_epoch < self.hparams.get("freeze_backbone_epochs", 0):
+            for parameter in backbone_parameters(self.net):
+                parameter.grad = None
+
+    def _parameter_groups(self) -> list[dict[str, Any]]:
+        """The backbone at `backbone_lr_scale` times the learning rate, the head at the rate itself."""
+        scale = float(self.hparams.get("backbone_lr_scale", 1.0))
+        if scale == 1.0:
+            return [{"params": list(self.parameters())}]
+        head = {id(p) for p in head_parameters(self.net)}
+        rest = [p for p in self.parameters() if id(p) not in head]
+        return [
+            {"params": rest, "lr": self.hparams["lr"] * scale},
+            {"params": [p for p in self.parameters() if id(p) in head]},
+        ]
 
     def validation_step(self, batch: Batch, batch_idx: int) -> dict[str, torch.Tensor]:
         inputs, targets = batch
@@ -165,10 +181,16 @@ class Classifier(L.LightningModule):
         hp = self.hparams
         optimizer: torch.optim.Optimizer
         if hp["optimizer"] == "adamw":
-            optimizer = torch.optim.AdamW(self.parameters(), lr=hp["lr"], weight_decay=hp["weight_decay"])
+            optimizer = torch.optim.AdamW(
+                self._parameter_groups(), lr=hp["lr"], weight_decay=hp["weight_decay"]
+            )
         else:
             optimizer = torch.optim.SGD(
-                self.parameters(), lr=hp["lr"], momentum=0.9, nesterov=True, weight_decay=hp["weight_decay"]
+                self._parameter_groups(),
+                lr=hp["lr"],
+                momentum=0.9,
+                nesterov=True,
+                weight_decay=hp["weight_decay"],
             )
         if hp["scheduler"] == "none":
             return optimizer
