@@ -91,7 +91,7 @@ def export_checkpoint(
         )
     # The weights file of a fine-tuned run is not needed (and may be gone): the checkpoint holds every weight.
     model = Classifier(**{**hparams, "weights": ""})
-    preprocessing = Preprocessing(image_size=settings.data.image_size)
+    preprocessing = settings.data.preprocessing()
     images: torch.Tensor | None
     try:
         images = sample_images(settings, preprocessing, PARITY_IMAGES)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from harness.core.spec import AnySpec
 from subscribers import (
+    augment_preview,
     confusion_matrix,
     dataset_stats,
     ema,
@@ -24,6 +25,7 @@ __all__ = ["BUILTIN"]
 BUILTIN: tuple[AnySpec, ...] = (
     dataset_stats.SPEC,
     model_info.SPEC,
+    augment_preview.SPEC,
     ema.SPEC,
     sampler_tracking.SPEC,
     confusion_matrix.SPEC,

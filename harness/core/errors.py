@@ -4,7 +4,8 @@
     ├── SettingsError            a settings file or override is wrong (exit code 2)
     ├── DataError                the data set cannot be used as it is (exit code 2)
     ├── SubscriberError          a subscriber raised while handling an event
-    └── ExportError              the ONNX export or its parity check failed
+    ├── ExportError              the ONNX export or its parity check failed
+    └── TrainingDiverged         the training loss (or the weights) became NaN or infinite
 
 Every message says where (file, key, path, subscriber), what was expected and what
 was received, in one sentence.
@@ -14,7 +15,15 @@ from __future__ import annotations
 
 import sys
 
-__all__ = ["DataError", "ExportError", "HarnessError", "SettingsError", "SubscriberError", "report"]
+__all__ = [
+    "DataError",
+    "ExportError",
+    "HarnessError",
+    "SettingsError",
+    "SubscriberError",
+    "TrainingDiverged",
+    "report",
+]
 
 
 class HarnessError(Exception):
@@ -49,6 +58,25 @@ class SubscriberError(HarnessError):
 
 class ExportError(HarnessError):
     """The ONNX export failed or its output disagrees with PyTorch."""
+
+
+class TrainingDiverged(HarnessError):
+    """The training loss or the weights stopped being finite; the run stops at that step.
+
+    `step` is the optimizer step the failing batch would have ended, `lr` the learning
+    rate it ran with, `then` what is left and what to do; the message says all of them.
+    """
+
+    def __init__(self, step: int, lr: float, what: str, then: str = "") -> None:
+        self.step = step
+        self.lr = lr
+        self.what = what
+        self.then = then
+        after = f"; {then}" if then else ""
+        super().__init__(f"training diverged at step {step}: {what} at learning rate {lr:.4g}{after}")
+
+    def __reduce__(self) -> tuple[type[TrainingDiverged], tuple[int, float, str, str]]:
+        return (type(self), (self.step, self.lr, self.what, self.then))
 
 
 def report(error: HarnessError) -> int:

@@ -29,8 +29,7 @@ from lightning.pytorch.loggers import CSVLogger
 
 from harness.core.bus import Bus, Subscriber
 from harness.core.context import RunContext
-from harness.core.errors import SettingsError
-from harness.core.preprocessing import Preprocessing
+from harness.core.errors import SettingsError, TrainingDiverged
 from harness.io.artifacts import run_dir_of, write_json, write_label_map, write_text
 from harness.io.background import BackgroundWriter
 from harness.io.record import EventLog
@@ -154,17 +153,19 @@ def run(settings: Settings, *, extra_subscribers: Mapping[str, Subscriber] | Non
     run_dir, resume_from = resolve_run_dir(settings)
     # Pictures are drawn in its worker process while training goes on; closed in the finally below.
     writer = BackgroundWriter()
+    preprocessing = settings.data.preprocessing()
+    sampler = make_sampler(info.train_targets, balanced=settings.data.balanced, seed=settings.run.seed)
+    datamodule = ImageDataModule(info, preprocessing, settings.data, sampler, settings.augment)
     context = RunContext(
         run_dir=run_dir,
         class_names=classes,
-        preprocessing=Preprocessing(image_size=settings.data.image_size),
+        preprocessing=preprocessing,
         data=info,
         monitor=settings.checkpoint.monitor,
         monitor_mode=settings.checkpoint.mode,
-        train_sampler=make_sampler(
-            info.train_targets, balanced=settings.data.balanced, seed=settings.run.seed
-        ),
+        train_sampler=sampler,
         background=writer,
+        augmented_samples=datamodule.preview,
     )
     bus = Bus()
     event_log = EventLog(context) if settings.run.record_events else None
@@ -220,13 +221,17 @@ def run(settings: Settings, *, extra_subscribers: Mapping[str, Subscriber] | Non
     os.environ[RESUME_VARIABLE] = str(resume_from or "")
     status = "failed"
     try:
-        trainer.fit(
-            module,
-            datamodule=ImageDataModule(info, context.preprocessing, settings.data, context.train_sampler),
-            ckpt_path=resume_from,
-            weights_only=True,
-        )
+        trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
         status = "interrupted" if trainer.interrupted else "completed"
+    except TrainingDiverged as error:
+        status = "diverged"
+        last = run_dir / "checkpoints" / "last.ckpt"
+        kept = (
+            f"the last good checkpoint is {last}" if last.is_file() else "no checkpoint was written before it"
+        )
+        raise TrainingDiverged(
+            error.step, error.lr, error.what, f"{kept}; lower [model].lr or lengthen [model].warmup"
+        ) from error
     except SystemExit:
         # Lightning turns Ctrl-C into a graceful shutdown ending in sys.exit(1).
         status = "interrupted"
