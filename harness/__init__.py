@@ -3,7 +3,7 @@ furniture is a subscriber to typed events.
 
 The layout is the architecture; dependencies point down the list:
 
-    harness.run, .export, .predict, .report, .replay   command-line tools
+    harness.cli (`harness`), .run, .export, .predict, .report, .replay   command-line tools
     harness.training    the Lightning side: BusCallback, model, data, sampler, the run
     harness.onnx        the exported model: its card (torch-free) and the export bundle
     harness.settings    the typed settings tree, its loader, plugin specs, the reference

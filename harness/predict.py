@@ -8,7 +8,11 @@ each image is converted to RGB, resized to the model's square size (bilinear), s
 
 Folders are searched recursively for image files; hidden files are skipped. One line per
 image (path, class name, probability, tab-separated), or one JSON document with
-``--json``. Exit codes: 0 done, 2 bad input (the error names the path).
+``--json``. An image that cannot be read (corrupt, not an image, too large) does not stop
+the others: every readable image is printed, each unreadable one is named on stderr, and
+the exit code is 1. Exit codes: 0 every image classified, 1 some images unreadable (the
+others printed), 2 bad input (a missing path, a folder without images, a model that is not
+the harness's; the error names it, nothing is printed).
 """
 
 from __future__ import annotations
@@ -24,11 +28,11 @@ import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort
 
-from harness.core.errors import DataError
+from harness.core.errors import DataError, report
 from harness.io.images import find_images, load_rgb, to_input
 from harness.onnx.card import ModelCard
 
-__all__ = ["Prediction", "Predictor", "main"]
+__all__ = ["Prediction", "Predictor", "Unreadable", "main"]
 
 
 @attrs.frozen(kw_only=True)
@@ -39,6 +43,14 @@ class Prediction:
     label: str
     index: int
     probability: float
+
+
+@attrs.frozen(kw_only=True)
+class Unreadable:
+    """An image that could not be read, and why (the `DataError` message, naming its path)."""
+
+    path: str
+    error: str
 
 
 def softmax(logits: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
@@ -69,12 +81,22 @@ class Predictor:
             )
         self.input_name = self.session.get_inputs()[0].name
 
-    def predict(self, paths: Sequence[Path], batch_size: int = 32) -> Iterator[Prediction]:
-        """Predictions for `paths` in order; a `DataError` naming the first unreadable one."""
+    def predict(self, paths: Sequence[Path], batch_size: int = 32) -> Iterator[Prediction | Unreadable]:
+        """A prediction for each of `paths`, in order, or an `Unreadable` for a file that cannot be read."""
         for start in range(0, len(paths), batch_size):
-            chunk = paths[start : start + batch_size]
-            batch = np.stack([to_input(load_rgb(path), self.card.preprocessing) for path in chunk])
-            logits = self.session.run(None, {self.input_name: batch})[0]
+            chunk: list[Path] = []
+            inputs: list[npt.NDArray[np.float32]] = []
+            unreadable: list[Unreadable] = []
+            for path in paths[start : start + batch_size]:
+                try:
+                    inputs.append(to_input(load_rgb(path), self.card.preprocessing))
+                    chunk.append(path)
+                except DataError as error:
+                    unreadable.append(Unreadable(path=str(path), error=str(error)))
+            yield from unreadable
+            if not chunk:
+                continue
+            logits = self.session.run(None, {self.input_name: np.stack(inputs)})[0]
             probabilities = softmax(logits)
             for path, row in zip(chunk, probabilities, strict=True):
                 index = int(row.argmax())
@@ -91,7 +113,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m harness.predict",
         description="Classify images with a model exported by the harness, on onnxruntime alone.",
-        epilog="Exit codes: 0 done, 2 bad input (the message names the path).",
+        epilog=(
+            "Unreadable images are named on stderr and the others still printed. Exit codes: "
+            "0 every image classified, 1 some images unreadable, 2 bad input (the message names the path)."
+        ),
     )
     parser.add_argument("model", type=Path, help="model.onnx written by the harness's ONNX export")
     parser.add_argument(
@@ -107,18 +132,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.batch_size < 1:
         parser.error(f"--batch-size must be a positive integer, got {args.batch_size}")
     predictions: list[Prediction] = []
+    unreadable = 0
     try:
         predictor = Predictor(args.model)
-        for prediction in predictor.predict(find_images(args.inputs), args.batch_size):
-            if args.json:
-                predictions.append(prediction)
+        for result in predictor.predict(find_images(args.inputs), args.batch_size):
+            if isinstance(result, Unreadable):
+                unreadable += 1
+                print(f"error: {result.error}", file=sys.stderr, flush=True)
+            elif args.json:
+                predictions.append(result)
             else:
-                print(f"{prediction.path}\t{prediction.label}\t{prediction.probability:.4f}", flush=True)
+                print(f"{result.path}\t{result.label}\t{result.probability:.4f}", flush=True)
     except DataError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        return report(error)
     if args.json:
         print(json.dumps([attrs.asdict(p) for p in predictions], indent=2))
+    if unreadable:
+        print(f"error: {unreadable} image(s) could not be read; the others were classified", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from harness.core.errors import HarnessError, report
 from harness.settings import load_settings
 from harness.training.fit import run
+from harness.training.terminal import quiet_libraries
 
 __all__ = ["main"]
 
@@ -35,13 +36,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         metavar="SECTION.KEY=VALUE",
         help="override one setting, validated like the file (repeatable)",
     )
+    loudness = parser.add_mutually_exclusive_group()
+    loudness.add_argument(
+        "--quiet", action="store_true", help="print warnings and the run directory ([run].terminal=quiet)"
+    )
+    loudness.add_argument(
+        "--verbose",
+        action="store_true",
+        help="print everything: Lightning's messages, every sampler table ([run].terminal=verbose)",
+    )
     args = parser.parse_args(argv)
+    if args.quiet or args.verbose:
+        args.overrides.append(f"run.terminal={'quiet' if args.quiet else 'verbose'}")
     # The harness speaks at INFO; libraries (onnxscript's passes, say) only when they warn.
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("harness").setLevel(logging.INFO)
     logging.getLogger("subscribers").setLevel(logging.INFO)
     try:
         settings = load_settings(args.settings, args.overrides)
+        quiet_libraries(settings.run.terminal)
         result = run(settings)
     except HarnessError as error:
         return report(error)

@@ -13,11 +13,14 @@ from subscribers import (
     confusion_matrix,
     dataset_stats,
     ema,
+    epoch_line,
     model_info,
     onnx_export,
     plots,
+    report,
     sampler_tracking,
     samples,
+    trackers,
 )
 
 __all__ = ["BUILTIN"]
@@ -32,4 +35,8 @@ BUILTIN: tuple[AnySpec, ...] = (
     samples.SPEC,
     plots.SPEC,
     onnx_export.SPEC,
+    epoch_line.SPEC,
+    # After every subscriber that draws: their jobs run first on the background writer.
+    trackers.SPEC,
+    report.SPEC,
 )

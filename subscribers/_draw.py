@@ -1,15 +1,20 @@
-"""What the picture subscribers share: a released figure, fonts for class names, short names.
+"""What the picture subscribers share: a released figure, fonts for class names, short and literal names.
 
 Figures are `matplotlib.figure.Figure` objects: no pyplot, no backend selection, no
 rcParams changes. Anything that must differ from matplotlib's defaults is passed to
 the call that draws it. matplotlib is imported by the functions that draw, so that a
 process which only hands drawing to the background writer never loads it.
+
+Every name drawn (a class, a metric) goes through `literal`: matplotlib reads text
+between two ``$`` as mathematics, and a class folder named ``p$\\bad$q`` would otherwise
+fail every picture it appears on. A job writes its tables before its pictures, each in
+its own attempt (`all_of`).
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -18,7 +23,7 @@ if TYPE_CHECKING:
 
 from harness.io.artifacts import write_bytes
 
-__all__ = ["epoch_file", "name_fonts", "new_figure", "publish_latest", "shorten"]
+__all__ = ["all_of", "epoch_file", "literal", "name_fonts", "new_figure", "publish_latest", "shorten"]
 
 _FALLBACK_FAMILIES = (
     "Noto Sans CJK JP",
@@ -70,6 +75,33 @@ def shorten(text: str, limit: int) -> str:
     tail = max((limit - 1) // 2, 1)
     head = max(limit - 1 - tail, 1)
     return text[:head].rstrip() + "…" + text[-tail:].lstrip()
+
+
+def literal(text: str) -> str:
+    """`text` as matplotlib draws it character for character: every ``$`` escaped.
+
+    With no unescaped ``$`` left, matplotlib never enters mathtext and turns each ``\\$``
+    back into ``$``; backslashes elsewhere are drawn as they are. One mechanism for every
+    text artist, legends included (which take no ``parse_math``).
+    """
+    return text.replace("$", r"\$")
+
+
+def all_of(*steps: Callable[[], object]) -> None:
+    """Run every step, even after one raises; then raise the first failure.
+
+    A job lists its tables before its pictures, so a picture that cannot be drawn never
+    takes the numbers with it.
+    """
+    failures: list[Exception] = []
+    for step in steps:
+        try:
+            step()
+        # The first failure is raised below, once every other step has had its turn.
+        except Exception as error:  # noqa: BLE001
+            failures.append(error)
+    if failures:
+        raise failures[0]
 
 
 def epoch_file(directory: Path, epoch: int, suffix: str) -> Path:

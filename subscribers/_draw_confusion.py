@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
 from harness.core.context import Record
 from harness.io.artifacts import save_figure, write_text
-from subscribers._draw import epoch_file, name_fonts, new_figure, publish_latest, shorten
+from subscribers._draw import all_of, epoch_file, literal, name_fonts, new_figure, publish_latest, shorten
 
 __all__ = ["Normalize", "counts_csv", "draw_confusion", "normalise", "write_epoch"]
 
@@ -70,15 +70,23 @@ def write_epoch(
     normalize: Normalize,
     record: Record,
 ) -> None:
-    """The `ConfusionMatrix` job: one epoch's picture and counts under ``run_dir/confusion_matrix/``,
-    the `latest` copies refreshed, each file recorded."""
+    """The `ConfusionMatrix` job: one epoch's counts and picture under ``run_dir/confusion_matrix/``,
+    the `latest` copies refreshed, each file recorded; the counts first, kept if the picture fails."""
     directory = run_dir / "confusion_matrix"
-    picture = draw_confusion(
-        epoch_file(directory, epoch, ".png"), counts, names, normalize=normalize, epoch=epoch
-    )
-    table = write_text(epoch_file(directory, epoch, ".csv"), counts_csv(counts, names))
-    for path in (picture, table, publish_latest(picture), publish_latest(table)):
-        record(path.relative_to(run_dir).as_posix(), path)
+
+    def table() -> None:
+        written = write_text(epoch_file(directory, epoch, ".csv"), counts_csv(counts, names))
+        for path in (written, publish_latest(written)):
+            record(path.relative_to(run_dir).as_posix(), path)
+
+    def picture() -> None:
+        drawn = draw_confusion(
+            epoch_file(directory, epoch, ".png"), counts, names, normalize=normalize, epoch=epoch
+        )
+        for path in (drawn, publish_latest(drawn)):
+            record(path.relative_to(run_dir).as_posix(), path)
+
+    all_of(table, picture)
 
 
 def draw_confusion(
@@ -109,8 +117,9 @@ def draw_confusion(
         colourbar.ax.tick_params(labelsize=8)
         ticks = list(range(0, n, step))
         fonts = name_fonts()
-        axes.set_xticks(ticks, [names[i] for i in ticks], fontsize=label_size, family=fonts)
-        axes.set_yticks(ticks, [names[i] for i in ticks], fontsize=label_size, family=fonts)
+        labels = [literal(names[i]) for i in ticks]
+        axes.set_xticks(ticks, labels, fontsize=label_size, family=fonts)
+        axes.set_yticks(ticks, labels, fontsize=label_size, family=fonts)
         if rotate:
             for label in axes.get_xticklabels():
                 label.set(rotation=45, horizontalalignment="right", rotation_mode="anchor")

@@ -9,6 +9,7 @@ the last step's value is not), ``val/acc_top1``, and ``lr-SGD`` or ``lr-AdamW/pg
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import math
 from collections.abc import Mapping
@@ -23,7 +24,7 @@ if TYPE_CHECKING:
 
 from harness.core.context import Record
 from harness.io.artifacts import save_figure, write_text
-from subscribers._draw import new_figure
+from subscribers._draw import all_of, literal, new_figure
 
 __all__ = [
     "Best",
@@ -129,17 +130,27 @@ def history_csv(history: History) -> str:
 def draw_history(
     run_dir: Path, history: History, monitor: str, mode: Literal["max", "min"], record: Record
 ) -> None:
-    """The `Plots` job: every picture and ``history.csv`` under ``run_dir/plots/`` from the whole
-    `history`, each file recorded."""
+    """The `Plots` job: ``history.csv`` and every picture under ``run_dir/plots/`` from the whole
+    `history`, each file recorded; each in its own attempt, the table first."""
     directory = run_dir / "plots"
     best = best_epoch(history, monitor, mode)
-    written = [
-        draw_family(directory / f"{family}.png", family, family_curves, best)
-        for family, family_curves in curves(history).items()
-    ]
-    written.append(write_text(directory / "history.csv", history_csv(history)))
-    for path in written:
+
+    def keep(path: Path) -> None:
         record(path.relative_to(run_dir).as_posix(), path)
+
+    def table() -> None:
+        keep(write_text(directory / "history.csv", history_csv(history)))
+
+    def picture(family: Family, family_curves: Mapping[str, Curve]) -> None:
+        keep(draw_family(directory / f"{family}.png", family, family_curves, best))
+
+    all_of(
+        table,
+        *(
+            functools.partial(picture, family, family_curves)
+            for family, family_curves in curves(history).items()
+        ),
+    )
 
 
 def draw_family(path: Path, family: Family, family_curves: Mapping[str, Curve], best: Best | None) -> Path:
@@ -161,11 +172,13 @@ def plot_family(
     values = [v for curve in family_curves.values() for _, v in curve if not math.isnan(v)]
     for name, curve in sorted(family_curves.items()):
         style = "--" if name.startswith("val") else "-"
-        axes.plot(*zip(*curve, strict=True), style, marker="o", markersize=3, linewidth=1.6, label=name)
+        axes.plot(
+            *zip(*curve, strict=True), style, marker="o", markersize=3, linewidth=1.6, label=literal(name)
+        )
     if best is not None:
         axes.axvline(
             best.epoch, color="0.35", linestyle=":", linewidth=1.4,
-            label=f"best epoch {best.epoch} ({best.metric} {best.value:.4g})",
+            label=literal(f"best epoch {best.epoch} ({best.metric} {best.value:.4g})"),
         )  # fmt: skip
         if best.metric in family_curves:
             axes.plot([best.epoch], [best.value], "*", color="black", markersize=13, zorder=5)

@@ -20,7 +20,7 @@ import torch
 
 from harness.core.context import Record
 from harness.io.artifacts import save_figure, write_json
-from subscribers._draw import epoch_file, name_fonts, new_figure, publish_latest, shorten
+from subscribers._draw import all_of, epoch_file, literal, name_fonts, new_figure, publish_latest, shorten
 
 __all__ = ["Shown", "draw_samples", "priority", "unnormalise", "write_epoch"]
 
@@ -66,25 +66,33 @@ def unnormalise(images: torch.Tensor, mean: Sequence[float], std: Sequence[float
 def write_epoch(
     run_dir: Path, names: Sequence[str], shown: Sequence[Shown], epoch: int, seed: int, record: Record
 ) -> None:
-    """The `Samples` job: one epoch's grid and its list under ``run_dir/samples/``, the `latest`
-    copies refreshed, each file recorded."""
+    """The `Samples` job: one epoch's list and grid under ``run_dir/samples/``, the `latest`
+    copies refreshed, each file recorded; the list first, kept if the grid fails."""
     directory = run_dir / "samples"
-    picture = draw_samples(epoch_file(directory, epoch, ".png"), shown, names, epoch=epoch, seed=seed)
-    listing = write_json(
-        epoch_file(directory, epoch, ".json"),
-        [
-            {
-                "position": sample.position,
-                "true": names[sample.target],
-                "predicted": names[sample.predicted],
-                "confidence": round(sample.confidence, 4),
-                "correct": sample.correct,
-            }
-            for sample in shown
-        ],
-    )
-    for path in (picture, listing, publish_latest(picture), publish_latest(listing)):
-        record(path.relative_to(run_dir).as_posix(), path)
+
+    def listing() -> None:
+        written = write_json(
+            epoch_file(directory, epoch, ".json"),
+            [
+                {
+                    "position": sample.position,
+                    "true": names[sample.target],
+                    "predicted": names[sample.predicted],
+                    "confidence": round(sample.confidence, 4),
+                    "correct": sample.correct,
+                }
+                for sample in shown
+            ],
+        )
+        for path in (written, publish_latest(written)):
+            record(path.relative_to(run_dir).as_posix(), path)
+
+    def picture() -> None:
+        drawn = draw_samples(epoch_file(directory, epoch, ".png"), shown, names, epoch=epoch, seed=seed)
+        for path in (drawn, publish_latest(drawn)):
+            record(path.relative_to(run_dir).as_posix(), path)
+
+    all_of(listing, picture)
 
 
 def draw_samples(
@@ -136,8 +144,8 @@ def draw_samples(
                     linewidth=1 if sample.correct else 3, clip_on=False,
                 )
             )  # fmt: skip
-            true_name = shorten(class_names[sample.target], limit - 6)
-            predicted_name = shorten(class_names[sample.predicted], limit - 12)
+            true_name = literal(shorten(class_names[sample.target], limit - 6))
+            predicted_name = literal(shorten(class_names[sample.predicted], limit - 12))
             axes.text(
                 left + _CELL / 2,
                 top + 0.06,

@@ -11,6 +11,7 @@ if TYPE_CHECKING:
 
 from harness.core.context import Record
 from harness.io.artifacts import save_figure
+from subscribers._draw import all_of, literal
 from subscribers._tables import percent, write_csv
 
 __all__ = ["share_figure", "table_rows", "write_history"]
@@ -69,7 +70,7 @@ def share_figure(
     colors = [f"C{c % 10}" for c in range(len(class_names))]
     for c, name in enumerate(class_names):
         shares = [row[c] / max(sum(row), 1) for row in drawn]
-        axes.plot(epochs, shares, marker="o", markersize=3, color=colors[c], label=name)
+        axes.plot(epochs, shares, marker="o", markersize=3, color=colors[c], label=literal(name))
         axes.axhline(expected[c], color=colors[c], linestyle=":", linewidth=1)
     axes.set_xlabel("epoch")
     axes.set_ylabel("share of draws")
@@ -91,16 +92,22 @@ def write_history(
 ) -> None:
     """``draws.csv``, ``trained.csv`` (a row per epoch of `history`) and ``draws.png``, recorded.
 
-    `history` holds the subscriber's entries (``epoch``, ``drawn``, ``trained``).
+    `history` holds the subscriber's entries (``epoch``, ``drawn``, ``trained``). Each file
+    is written in its own attempt, the tables first: a picture that fails keeps its tables.
     """
     out = run_dir / "sampler_tracking"
-    for name, key in (("draws", "drawn"), ("trained", "trained")):
+
+    def table(name: str, key: str) -> None:
         path = write_csv(
             out / f"{name}.csv",
             ["epoch", "total", *class_names],
             ([e["epoch"], sum(e[key]), *e[key]] for e in history),
         )
         record(f"sampler_{name}", path)
-    epochs = [entry["epoch"] for entry in history]
-    figure = share_figure(epochs, [e["drawn"] for e in history], expected, class_names)
-    record("sampler_draws_plot", save_figure(figure, out / "draws.png"))
+
+    def picture() -> None:
+        epochs = [entry["epoch"] for entry in history]
+        figure = share_figure(epochs, [e["drawn"] for e in history], expected, class_names)
+        record("sampler_draws_plot", save_figure(figure, out / "draws.png"))
+
+    all_of(lambda: table("draws", "drawn"), lambda: table("trained", "trained"), picture)

@@ -65,8 +65,9 @@ class DatasetStats:
         )
         path = write_json(context.run_dir / "dataset_stats" / "dataset_stats.json", report)
         context.record_artifact("dataset_stats", path)
-        self._print_classes(report)
-        self._print_sizes(report["image_sizes"])
+        if context.verbosity != "quiet":
+            self._print_classes(report)
+            self._print_sizes(report["image_sizes"])
         print_warnings("dataset_stats", report["warnings"])
 
     def _print_classes(self, report: dict[str, Any]) -> None:

@@ -54,9 +54,13 @@ class ModelInfo:
         )
         path = write_json(context.run_dir / "model_info" / "model_info.json", stats)
         context.record_artifact("model_info", path)
-        print_table(
-            f"Model: {stats['arch']}", ["property", "value"], _rows(stats), caption=stats["flops_convention"]
-        )
+        if context.verbosity != "quiet":
+            print_table(
+                f"Model: {stats['arch']}",
+                ["property", "value"],
+                _rows(stats),
+                caption=stats["flops_convention"],
+            )
         if stats["flops"] is None and self.settings.count_flops:
             print_warnings("model_info", [f"FLOPs not counted: {stats['flops_error']}"])
 

@@ -10,8 +10,11 @@ It publishes nothing. Two counts per class and epoch:
   Under DDP this is the rank's own share of the draw (Lightning hands each rank a
   shuffled ``1 / world_size`` of it); with ``limit_train_batches`` it is the part used.
 
-Each epoch, rank zero prints a table (images per class, the share the sampler's weights
-expect, the shares drawn and trained) and rewrites, under ``run_dir/sampler_tracking/``,
+Rank zero prints a table (images per class, the share the sampler's weights expect, the
+shares drawn and trained) at the first epoch it reports, and again only when a class's
+drawn share is further than ``drift_threshold`` from its expected share (every epoch
+with ``[run].terminal = "verbose"``, never with ``"quiet"``). Each epoch it rewrites,
+under ``run_dir/sampler_tracking/``,
 ``draws.csv`` and ``trained.csv`` (a row per epoch, a column per class) and
 ``draws.png`` (drawn share per class over epochs). Every rank keeps its history (its own
 "trained"); it is part of `state_dict`, so a resumed run goes on with the epochs it
@@ -33,7 +36,7 @@ import torch
 from harness.core.bus import Bus
 from harness.core.context import RunContext
 from harness.core.events import BatchEnd, TrainEpochEnd, TrainEpochStart
-from harness.core.options import option, positive
+from harness.core.options import option, positive, within
 from harness.core.spec import OnError, SubscriberSettings, SubscriberSpec, on_error_option
 from harness.training.sampler import Draw, TrackingWeightedRandomSampler, class_counts, find_tracking_sampler
 from subscribers._sampler_report import table_rows, write_history
@@ -51,6 +54,11 @@ class SamplerTrackingSettings(SubscriberSettings):
     on_error: OnError = on_error_option("isolate")
 
     max_table_rows: int = option(30, "classes shown in the terminal table", positive())
+    drift_threshold: float = option(
+        0.05,
+        "print the table again when a class's drawn share is this far from its expected share",
+        within(0, 1, closed="(]"),
+    )
 
 
 class SamplerTracking:
@@ -67,6 +75,7 @@ class SamplerTracking:
         self._trained: torch.Tensor | None = None
         self._last_draw: Draw | None = None
         self._warned = False
+        self._printed = False
 
     def connect(self, bus: Bus) -> None:
         bus.subscribe(TrainEpochStart, self.on_train_epoch_start)
@@ -124,6 +133,37 @@ class SamplerTracking:
         images = torch.bincount(torch.tensor(targets), minlength=len(names)).tolist()
         expected = sampler.expected_shares(targets, len(names)).tolist()
         latest = self.history[-1]
+        if self._should_print(expected, latest["drawn"]):
+            self._print(sampler, targets, images, expected, latest)
+        history = [
+            {"epoch": e["epoch"], "drawn": list(e["drawn"]), "trained": list(e["trained"])}
+            for e in self.history
+        ]
+        job = functools.partial(write_history, context.run_dir, names, history, expected)
+        context.submit("SamplerTracking", job, step=step)
+
+    def _should_print(self, expected: list[float], drawn: list[int]) -> bool:
+        verbosity = self.context.verbosity
+        if verbosity != "normal":
+            return verbosity == "verbose"
+        if not self._printed:
+            return True
+        total = max(sum(drawn), 1)
+        return max(abs(n / total - share) for n, share in zip(drawn, expected, strict=True)) > (
+            self.settings.drift_threshold
+        )
+
+    def _print(
+        self,
+        sampler: TrackingWeightedRandomSampler,
+        targets: list[int],
+        images: list[int],
+        expected: list[float],
+        latest: dict[str, Any],
+    ) -> None:
+        context = self.context
+        names = context.class_names
+        self._printed = True
         rows, note = table_rows(
             names, images, expected, latest["drawn"], latest["trained"], self.settings.max_table_rows
         )
@@ -137,12 +177,6 @@ class SamplerTracking:
             rows,
             caption=caption + (f"; {note}" if note else ""),
         )
-        history = [
-            {"epoch": e["epoch"], "drawn": list(e["drawn"]), "trained": list(e["trained"])}
-            for e in self.history
-        ]
-        job = functools.partial(write_history, context.run_dir, names, history, expected)
-        context.submit("SamplerTracking", job, step=step)
 
     def _warn_once(self, sampler: TrackingWeightedRandomSampler | None) -> None:
         if self._warned:

@@ -17,11 +17,15 @@ from torch import nn
 from torch.utils.data import Sampler
 
 from harness.core.preprocessing import Preprocessing
+from harness.core.tracking import Trackers
 
-__all__ = ["DatasetInfo", "Job", "JobRunner", "Record", "RunContext", "Samples"]
+__all__ = ["DatasetInfo", "Job", "JobRunner", "Record", "RunContext", "Samples", "Verbosity"]
 
 Record = Callable[[str, Path], None]
 """Lists a written file in the run summary: ``record(name, path)`` (`RunContext.record_artifact`)."""
+
+Verbosity = Literal["quiet", "normal", "verbose"]
+"""How much a run prints: nothing but warnings, tables at start and a line per epoch, or everything."""
 
 Job = Callable[[Record], object]
 """Draws and writes files, naming each to `record`. It may run in another process: a
@@ -42,11 +46,15 @@ class JobRunner(Protocol):
 
 @attrs.frozen(kw_only=True)
 class DatasetInfo:
-    """The samples of a run: `(path, class index)` pairs for each split, and what was skipped."""
+    """The samples of a run: `(path, class index)` pairs for each split, and what was skipped.
+
+    `test` is a tree's own `test/` split: kept for evaluation, never trained or validated on.
+    """
 
     root: Path
     train: tuple[tuple[Path, int], ...]
     val: tuple[tuple[Path, int], ...]
+    test: tuple[tuple[Path, int], ...] = ()
     skipped: tuple[Path, ...] = ()
 
     @property
@@ -64,14 +72,17 @@ class RunContext:
 
     Fixed for the run (assigning raises `attrs.exceptions.FrozenAttributeError`):
     `run_dir`, `class_names`, `preprocessing`, `data`, `monitor`, `monitor_mode`,
-    `background`, `augmented_samples`. Filled by the adapter once Lightning has placed the run: `device`,
+    `background`, `augmented_samples`, `trackers`, `verbosity`. Filled by the adapter
+    once Lightning has placed the run: `device`,
     `rank`, `world_size`, `model`, `train_sampler`. Progress, updated by the adapter
     before each event: `epoch`, `global_step`, `max_epochs`, `best_checkpoint`,
     `best_score`. `artifacts` maps an artifact's name to its path relative to `run_dir`
     (``summary.json``'s ``artifacts``); add to it with `record_artifact`.
 
     `background` runs slow writing off the training thread; without one (tests,
-    replays) `submit` runs a job at once, so one unit test covers both.
+    replays) `submit` runs a job at once, so one unit test covers both. `trackers`
+    takes pictures and files for the run's experiment trackers (None when there are none).
+    `verbosity` says what a subscriber prints in the terminal.
     """
 
     run_dir: Path = attrs.field(on_setattr=attrs.setters.frozen)
@@ -82,6 +93,8 @@ class RunContext:
     monitor_mode: Literal["max", "min"] = attrs.field(default="max", on_setattr=attrs.setters.frozen)
     background: JobRunner | None = attrs.field(default=None, on_setattr=attrs.setters.frozen)
     augmented_samples: Samples | None = attrs.field(default=None, on_setattr=attrs.setters.frozen)
+    trackers: Trackers | None = attrs.field(default=None, on_setattr=attrs.setters.frozen)
+    verbosity: Verbosity = attrs.field(default="normal", on_setattr=attrs.setters.frozen)
     device: torch.device = attrs.field(factory=lambda: torch.device("cpu"))
     rank: int = 0
     world_size: int = 1
@@ -109,16 +122,19 @@ class RunContext:
         except ValueError:
             self.artifacts[name] = str(path)
 
-    def submit(self, owner: str, job: Job, *, step: int = -1) -> None:
+    def submit(self, owner: str, job: Job, *, step: int = -1, record: Record | None = None) -> None:
         """Run `job` on the background runner, or here and now without one.
 
-        Inline, an exception propagates to the caller, as any handler's would; in the
-        background it is reported in the run summary under `owner` and `step`.
+        What the job names is handed, in this process once it is done, to `record`
+        (default: `record_artifact`). Inline, an exception propagates to the caller, as
+        any handler's would; in the background it is reported in the run summary under
+        `owner` and `step`.
         """
+        record = record or self.record_artifact
         if self.background is None:
-            job(self.record_artifact)
+            job(record)
         else:
-            self.background.submit(owner, job, record=self.record_artifact, step=step)
+            self.background.submit(owner, job, record=record, step=step)
 
     def require_model(self) -> nn.Module:
         """The model, or a clear error when a subscriber runs before `FitStart` filled it."""

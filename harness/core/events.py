@@ -29,6 +29,8 @@ Tensors in a payload are detached. This module is the table of contents of a run
     on any exception in the run:
         RunFailed(error, interrupted)         then the exception propagates
 
+    RunEnd(status)                            always last, once summary.json is written
+
 The split of `ValidationSwapIn` / `ValidationEpochEnd` and `TrainLoopEnd` / `TrainEnd`
 exists so that no subscriber depends on dispatch order: whoever changes the weights does
 it in the first event, whoever reads them does it in the second.
@@ -48,6 +50,7 @@ __all__ = [
     "Event",
     "FitEnd",
     "FitStart",
+    "RunEnd",
     "RunFailed",
     "Stage",
     "TrainEnd",
@@ -180,6 +183,17 @@ class RunFailed(Event):
     interrupted: bool = False
 
 
+@attrs.frozen(kw_only=True)
+class RunEnd(Event):
+    """The run is over, whatever its end, and ``summary.json`` is written: the very last event.
+
+    Published by the run itself (not a Lightning hook) on rank zero, after the background
+    writer has finished: ``run_dir/summary.json`` holds the run's outcome.
+    """
+
+    status: Literal["completed", "failed", "interrupted"]
+
+
 EVENT_TYPES: tuple[type[Event], ...] = (
     FitStart,
     TrainEpochStart,
@@ -193,4 +207,5 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     TrainEnd,
     FitEnd,
     RunFailed,
+    RunEnd,
 )

@@ -57,7 +57,8 @@ def _run(payload: bytes) -> tuple[bool, Any]:
         job(lambda name, path: recorded.append((name, path)))
     # Whatever a job raises is its failure to report; the worker goes on with the next job.
     except BaseException as error:  # noqa: BLE001
-        return False, (f"{type(error).__name__}: {error}", "".join(traceback.format_exception(error)))
+        trace = "".join(traceback.format_exception(error))
+        return False, (f"{type(error).__name__}: {error}", trace, recorded)
     return True, recorded
 
 

@@ -57,7 +57,8 @@ class _Pending:
 
 
 Reply = tuple[bool, Any]
-"""From the worker, per job: ``(True, [(name, path), ...])`` or ``(False, (error, traceback))``."""
+"""From the worker, per job: ``(True, [(name, path), ...])`` or ``(False, (error, traceback,
+[(name, path), ...]))``: a job that raised still lists the files it wrote before."""
 
 
 class BackgroundWriter:
@@ -70,8 +71,10 @@ class BackgroundWriter:
     step while the drawing went on (a worker process: 1.06 times).
 
     A job gets a `Record` to name the files it wrote; they are recorded here, in this
-    process, once it is done. A job that raises is logged (with its traceback, naming its
-    owner) and reported by the next `drain`; the jobs after it still run. A worker that
+    process, once it is done, also when it raised afterwards (a picture that failed
+    does not unlist the table written before it). A job that raises is logged (with its
+    traceback, naming its owner) and reported by the next `drain`; the jobs after it still
+    run. A worker that
     dies (killed, out of memory) fails the jobs it held, and the next job starts a new
     one. At most `max_pending` jobs wait at a time: past that, `submit` waits for the
     worker, so a writer that falls behind slows training down rather than holding an ever
@@ -197,7 +200,9 @@ def _failure_of(pending: _Pending, reply: Reply) -> BackgroundFailure | None:
         except Exception as exception:  # noqa: BLE001
             error, trace = f"{type(exception).__name__}: {exception}", traceback.format_exc()
     else:
-        error, trace = result
+        error, trace, written = result
+        for name, path in written:
+            pending.record(name, path)
     return BackgroundFailure(owner=pending.owner, step=pending.step, error=error, traceback=trace)
 
 
@@ -284,7 +289,7 @@ class _Worker:
             f"WorkerDied: the background writer's worker process exited with code {code} before the job ended"
         )
         for pending in orphans:
-            self._finish(pending, (False, (died, "")))
+            self._finish(pending, (False, (died, "", [])))
 
 
 _OPEN: weakref.WeakSet[BackgroundWriter] = weakref.WeakSet()

@@ -1,7 +1,10 @@
 """Image files read the one way that training, export and prediction share (no torch).
 
-Any still image becomes 8-bit RGB: grayscale and palette are expanded, alpha is
-composited over white, and 16-bit or float images are scaled by their maximum.
+Any still image becomes 8-bit RGB, upright: an EXIF orientation is applied (a phone's
+portrait photo is stored sideways), grayscale and palette are expanded, alpha is
+composited over white, and 16-bit or float images are scaled by their maximum. An image
+larger than Pillow's decompression-bomb limit (``PIL.Image.MAX_IMAGE_PIXELS``, about 89
+megapixels) is unreadable like a corrupt one: named by path, never a traceback.
 `Preprocessing` says how such an image becomes a model input; `to_input` applies it with
 numpy and Pillow (the prediction path), and `harness.training.data` applies the same with
 torchvision (Pillow's bilinear resize of 8-bit images agrees with torchvision's
@@ -10,12 +13,14 @@ antialiased one within one grey level).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import contextlib
+import warnings
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
-from PIL import Image, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from harness.core.errors import DataError
 from harness.core.preprocessing import Preprocessing
@@ -27,12 +32,23 @@ __all__ = [
     "is_image_file",
     "load_rgb",
     "to_input",
+    "unreadable",
 ]
 
 IMAGE_SUFFIXES = frozenset(
     {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 )
 _HIGH_DEPTH_MODES = frozenset({"I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
+# What Pillow raises for a file it cannot read: a bomb is an error past twice the limit,
+# a warning past the limit, which `_opened` turns into an error.
+_UNREADABLE = (
+    UnidentifiedImageError,
+    OSError,
+    ValueError,
+    SyntaxError,
+    Image.DecompressionBombError,
+    Image.DecompressionBombWarning,
+)
 
 Array = npt.NDArray[np.float32]
 
@@ -73,11 +89,37 @@ def find_images(paths: Iterable[Path]) -> list[Path]:
     return found
 
 
-def load_rgb(path: Path) -> Image.Image:
-    """Open any still image as 8-bit RGB; a `DataError` naming the path if it cannot be read."""
+@contextlib.contextmanager
+def _opened(path: Path) -> Iterator[Image.Image]:
+    """`Image.open` with Pillow's decompression-bomb warning raised as an error."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        image = Image.open(path)
+    with image:
+        yield image
+
+
+def unreadable(path: Path) -> str | None:
+    """Why `path` cannot be read as an image (``"Type: message"``), or None when it can.
+
+    Checks the file's structure without decoding its pixels (`PIL.Image.Image.verify`).
+    """
     try:
-        with Image.open(path) as image:
-            image.load()
+        with _opened(path) as image:
+            image.verify()
+    except _UNREADABLE as error:
+        return f"{type(error).__name__}: {error}"
+    return None
+
+
+def load_rgb(path: Path) -> Image.Image:
+    """Open any still image as upright 8-bit RGB; a `DataError` naming the path if it cannot be read."""
+    try:
+        with _opened(path) as opened:
+            opened.load()
+            image = opened
+            if opened.getexif().get(ExifTags.Base.Orientation, 1) != 1:
+                image = ImageOps.exif_transpose(opened)
             if image.mode in _HIGH_DEPTH_MODES:
                 array = np.asarray(image, dtype=np.float64)
                 top = array.max() or 1.0
@@ -87,7 +129,7 @@ def load_rgb(path: Path) -> Image.Image:
                 background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
                 return Image.alpha_composite(background, rgba).convert("RGB")
             return image.convert("RGB")
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as error:
+    except _UNREADABLE as error:
         raise DataError(f"{path}: not a readable image ({type(error).__name__}: {error})") from None
 
 

@@ -1,8 +1,11 @@
 """The event log: every event of a run as one JSON line in ``events.jsonl``, tensors summarised.
 
 `EventLog` consumes every event (rank zero only) and appends it, flushed, to the log; a
-resumed run appends to the same file. Tensors are summarised by shape and dtype, except
-what is small and useful to re-read: a validation batch's targets and predicted classes.
+resumed run appends to the same file. Each line carries the wall time it was published
+at, ``"time"``, in UNIX seconds (microsecond resolution), so a run's timeline can be read:
+``{"event": "TrainEpochEnd", "time": 1764625536.123456, "epoch": 0, ...}``. Tensors are
+summarised by shape and dtype, except what is small and useful to re-read: a validation
+batch's targets and predicted classes.
 `read_events` turns the log back into events that carry no tensors, so
 ``python -m harness.replay`` can feed them to subscribers without training.
 """
@@ -10,6 +13,7 @@ what is small and useful to re-read: a validation batch's targets and predicted 
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any
@@ -63,7 +67,8 @@ class EventLog:
         if self._file is None:
             self._file = self.path.open("a", encoding="utf-8")
             self.context.record_artifact("events", self.path)
-        self._file.write(json.dumps(encode(event)) + "\n")
+        line = {"event": type(event).__name__, "time": round(time.time(), 6), **encode(event)}
+        self._file.write(json.dumps(line) + "\n")
         self._file.flush()
 
     def close(self) -> None:
@@ -76,7 +81,7 @@ def read_events(path: Path) -> Iterator[Event]:
     """The tensor-free events of a log, in order; a torn last line (a killed run) is skipped.
 
     Events whose payload is tensors (`BatchEnd`, `CheckpointSaving`) cannot be rebuilt
-    and are left out.
+    and are left out; the wall time of each line is not part of an event.
     """
     with path.open(encoding="utf-8") as handle:
         for line in handle:
@@ -84,6 +89,7 @@ def read_events(path: Path) -> Iterator[Event]:
                 record = json.loads(line)
             except json.JSONDecodeError:
                 continue
+            record.pop("time", None)
             cls = _TYPES.get(record.pop("event", ""))
             if cls is None or cls in (BatchEnd,) or "model_state" in record:
                 continue

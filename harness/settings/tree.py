@@ -22,6 +22,7 @@ __all__ = [
     "CheckpointSettings",
     "DataSettings",
     "EarlyStoppingSettings",
+    "LoggerSettings",
     "ModelSettings",
     "RunSettings",
     "Settings",
@@ -73,6 +74,9 @@ class RunSettings:
         "entry point's name; options in `[subscribers.<name>]`",
     )
     record_events: bool = option(True, "write `events.jsonl` (what `harness.replay` reads)")
+    terminal: Literal["quiet", "normal", "verbose"] = option(
+        "normal", "`quiet`: warnings only; `normal`: tables at start, a line per epoch; `verbose`: all"
+    )
 
 
 @attrs.frozen(kw_only=True)
@@ -80,7 +84,9 @@ class DataSettings:
     """[data]: an ImageFolder tree, or "" for the embedded digits set."""
 
     root: str = option(
-        "", '`""` for the embedded digits set, else an ImageFolder tree (optionally `train/` + `val/`)'
+        "",
+        '`""` for the embedded digits set, else an ImageFolder tree (optionally `train/` + `val/` '
+        "(or `valid/`, `validation/`), and `test/`)",
     )
     image_size: int = option(32, "images are resized to a square of this side", at_least(8))
     batch_size: int = option(64, "images per batch (per process)", positive())
@@ -99,6 +105,11 @@ class DataSettings:
     )
     crop_fraction: float = option(
         0.875, 'the share of the shorter side a `"crop"` keeps (timm\'s crop_pct)', within(0, 1, closed="(]")
+    )
+    unknown_classes: Literal["stop", "skip"] = option(
+        "stop",
+        "class folders in `val/` or `test/` that `train/` lacks: stop naming them, or leave them out "
+        "with a warning",
     )
 
     def preprocessing(self) -> Preprocessing:
@@ -215,6 +226,27 @@ class EarlyStoppingSettings:
     min_delta: float = option(0.0, "smallest change that counts as improvement", at_least(0))
 
 
+TRACKER_KINDS = ("csv", "tensorboard", "mlflow")
+
+
+@attrs.frozen(kw_only=True)
+class LoggerSettings:
+    """[logger]: the experiment trackers, through Lightning's own loggers."""
+
+    kinds: tuple[str, ...] = option(
+        ("csv",),
+        '`"csv"`, `"tensorboard"` (extra `.[tensorboard]`), `"mlflow"` (extra `.[mlflow]`); several at once',
+        check(
+            lambda v: bool(v) and len(set(v)) == len(v) and all(k in TRACKER_KINDS for k in v),
+            f"a non-empty list of distinct names from {list(TRACKER_KINDS)}",
+        ),
+    )
+    mlflow_tracking_uri: str = option(
+        "", '`""`: a local file store, `<run_dir>/mlruns`; else an MLflow tracking URI'
+    )
+    mlflow_experiment: str = option("", '`""`: the run name (`[run].name`)')
+
+
 @attrs.frozen(kw_only=True)
 class Settings:
     """The whole settings file.
@@ -230,4 +262,5 @@ class Settings:
     trainer: TrainerSettings = attrs.Factory(TrainerSettings)
     checkpoint: CheckpointSettings = attrs.Factory(CheckpointSettings)
     early_stopping: EarlyStoppingSettings = attrs.Factory(EarlyStoppingSettings)
+    logger: LoggerSettings = attrs.Factory(LoggerSettings)
     subscribers: Mapping[str, SubscriberSettings] = attrs.field(factory=dict)

@@ -37,14 +37,15 @@ from harness.core.events import (
     ValidationSwapOut,
 )
 
-__all__ = ["CHECKPOINT_KEY", "BusCallback"]
+__all__ = ["CHECKPOINT_KEY", "BusCallback", "scalar_metrics"]
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT_KEY = "harness"
 
 
-def _metrics(trainer: L.Trainer) -> dict[str, float]:
+def scalar_metrics(trainer: L.Trainer) -> dict[str, float]:
+    """Every scalar metric the trainer holds (Lightning's `callback_metrics`), as floats."""
     return {name: float(value) for name, value in trainer.callback_metrics.items() if value.numel() == 1}
 
 
@@ -179,7 +180,7 @@ class BusCallback(Callback):
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         epoch, step = self._progress(trainer)
         sanity = trainer.sanity_checking
-        metrics = {k: v for k, v in _metrics(trainer).items() if k.startswith("val/")}
+        metrics = {k: v for k, v in scalar_metrics(trainer).items() if k.startswith("val/")}
         self.bus.publish(
             ValidationEpochEnd(epoch=epoch, global_step=step, metrics=metrics, sanity_check=sanity)
         )
@@ -188,7 +189,7 @@ class BusCallback(Callback):
     @override
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         epoch, step = self._progress(trainer)
-        self.bus.publish(TrainEpochEnd(epoch=epoch, global_step=step, metrics=_metrics(trainer)))
+        self.bus.publish(TrainEpochEnd(epoch=epoch, global_step=step, metrics=scalar_metrics(trainer)))
 
     @override
     def on_save_checkpoint(
@@ -221,7 +222,7 @@ class BusCallback(Callback):
         self._update_best(trainer)
         epoch, step = self._progress(trainer)
         self.bus.publish(TrainLoopEnd(epoch=epoch, global_step=step))
-        self.bus.publish(TrainEnd(epoch=epoch, global_step=step, metrics=_metrics(trainer)))
+        self.bus.publish(TrainEnd(epoch=epoch, global_step=step, metrics=scalar_metrics(trainer)))
 
     @override
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

@@ -1,13 +1,22 @@
 """Image data: an ImageFolder tree (or the embedded digits set) as a Lightning data module.
 
-The tree is one folder per class. When `root` holds `train/` and `val/` folders those
-are the split; otherwise the class folders under `root` are split by a seeded,
-stratified fraction. Every file is checked once, before training: an unreadable image is
-reported by path and either stops the run (the default) or is skipped with a count.
+The tree is one folder per class. When the folders under `root` are split folders
+(`train/`, one of `val/`, `valid/` or `validation/`, and optionally `test/`, in any
+case), each holds class folders and they are the split; `test/` is kept for evaluation
+and never trained on. Otherwise the class folders under `root` are split by a seeded,
+stratified fraction. A tree that mixes split and class folders, or has split folders
+but no training or no validation split, is refused: training on classes named "train"
+and "val" is never what was meant. Class folders in `val/` or `test/` that `train/` lacks
+stop the run, naming them, or are left out with a warning (`[data].unknown_classes`).
+
+Every file is checked once, before training: an unreadable image (corrupt, or past
+Pillow's decompression-bomb limit) is reported by path and either stops the run (the
+default) or is skipped with a count.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 from collections.abc import Sequence, Sized
@@ -17,14 +26,14 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from harness.core.context import DatasetInfo
 from harness.core.errors import DataError
 from harness.core.preprocessing import Preprocessing
 from harness.io.artifacts import atomic_path
-from harness.io.images import image_files, load_rgb
+from harness.io.images import image_files, load_rgb, unreadable
 from harness.settings import AugmentSettings, DataSettings
 from harness.training.augment import BatchMixer, Transform, eval_transform, train_transform
 
@@ -35,6 +44,11 @@ __all__ = [
     "materialise_digits",
     "scan",
 ]
+
+log = logging.getLogger(__name__)
+
+SPLIT_NAMES = {"train": ("train",), "val": ("val", "valid", "validation"), "test": ("test",)}
+"""The folder names (compared in lower case) that mark a tree as split, by split."""
 
 
 def cache_dir() -> Path:
@@ -79,44 +93,110 @@ def _files_by_class(root: Path, classes: Sequence[str]) -> dict[str, list[Path]]
     return found
 
 
-def _unreadable(path: Path) -> str | None:
-    try:
-        with Image.open(path) as image:
-            image.verify()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
-        return f"{type(error).__name__}: {error}"
-    return None
+def _splits(root: Path, where: str) -> dict[str, Path] | None:
+    """The split folders under `root` by split (``train``, ``val``, ``test``), or None for a class tree."""
+    folders = _class_folders(root)
+    split_of = {alias: split for split, aliases in SPLIT_NAMES.items() for alias in aliases}
+    splits = [folder for folder in folders if folder.name.lower() in split_of]
+    if not splits:
+        return None
+    others = [folder.name for folder in folders if folder not in splits]
+    named = ", ".join(f"{folder.name}/" for folder in splits)
+    if others:
+        raise DataError(
+            f"{where}: mixes split folders ({named}) with other folders ({', '.join(others)}); "
+            "expected either split folders holding class folders, or class folders only"
+        )
+    found: dict[str, Path] = {}
+    for folder in splits:
+        split = split_of[folder.name.lower()]
+        if split in found:
+            raise DataError(
+                f"{where}: two {split} split folders, {found[split].name}/ and {folder.name}/; keep one"
+            )
+        found[split] = folder
+    for split, needed in (("train", "a train/ folder"), ("val", "a val/, valid/ or validation/ folder")):
+        if split not in found:
+            raise DataError(
+                f"{where}: holds only split folders ({named}) and no {split} split; expected {needed} "
+                "of class folders beside it, or the class folders themselves under the root "
+                "(then [data].val_fraction splits them)"
+            )
+    return found
+
+
+def _unknown_classes(
+    settings: DataSettings, where: str, split_files: dict[str, dict[str, list[Path]]], classes: Sequence[str]
+) -> None:
+    """Stop at, or drop (with a warning), class folders of `split_files` that the training split lacks."""
+    known = set(classes)
+    unknown = {
+        split: {name: files for name, files in by_class.items() if name not in known}
+        for split, by_class in split_files.items()
+    }
+    listed = "; ".join(
+        f"{split}/: {', '.join(repr(name) for name in sorted(extra))}"
+        for split, extra in unknown.items()
+        if extra
+    )
+    if not listed:
+        return
+    if settings.unknown_classes == "stop":
+        raise DataError(
+            f"{where}: class folders not in train/ ({listed}); the model cannot predict them. "
+            'Rename or remove them, or set [data].unknown_classes = "skip" to leave their images out'
+        )
+    count = sum(len(files) for extra in unknown.values() for files in extra.values())
+    log.warning(
+        "leaving out %d image(s) of class folders not in train/ ([data].unknown_classes = skip): %s",
+        count,
+        listed,
+    )
+    for split, extra in unknown.items():
+        for name in extra:
+            del split_files[split][name]
 
 
 def scan(settings: DataSettings, seed: int) -> tuple[DatasetInfo, tuple[str, ...]]:
-    """Find classes and images, check every file, and split train from validation.
+    """Find classes and images, check every file, and split train from validation (and test).
 
     Raises `DataError` naming the path for a missing root, no class folders, a single
-    class, a class with no images, or (with ``on_corrupt = "stop"``) unreadable files.
+    class, a class with no images, split folders without a train or validation split,
+    class folders of `val/` or `test/` missing from `train/` (with ``unknown_classes =
+    "stop"``) or (with ``on_corrupt = "stop"``) unreadable files.
     """
     root = Path(settings.root).expanduser() if settings.root else materialise_digits()
     where = f"[data].root = {str(root)!r}"
     if not root.is_dir():
         raise DataError(f"{where}: no such directory")
-    presplit = (root / "train").is_dir() and (root / "val").is_dir()
-    class_root = root / "train" if presplit else root
+    splits = _splits(root, where)
+    class_root = splits["train"] if splits else root
     classes = tuple(p.name for p in _class_folders(class_root))
     if not classes:
-        raise DataError(f"{where}: no class folders found (expected one folder of images per class)")
+        inside = f" in {class_root.name}/" if splits else ""
+        raise DataError(f"{where}: no class folders found{inside} (expected one folder of images per class)")
     if len(classes) < 2:
         raise DataError(f"{where}: only one class ({classes[0]!r}); a classifier needs at least two")
     train_files = _files_by_class(class_root, classes)
-    val_files = _files_by_class(root / "val", classes) if presplit else {}
     for name, files in train_files.items():
         if not files:
             raise DataError(f"{where}: class folder {str(class_root / name)!r} holds no images")
+    held_out: dict[str, dict[str, list[Path]]] = {}
+    if splits:
+        for split in ("val", "test"):
+            if split in splits:
+                names = [p.name for p in _class_folders(splits[split])]
+                held_out[split] = _files_by_class(splits[split], names)
+        _unknown_classes(settings, where, held_out, classes)
+    val_files = held_out.get("val", {})
+    test_files = held_out.get("test", {})
 
     skipped: list[Path] = []
     bad = [
         (path, reason)
-        for files in (*train_files.values(), *val_files.values())
+        for files in (*train_files.values(), *val_files.values(), *test_files.values())
         for path in files
-        if (reason := _unreadable(path)) is not None
+        if (reason := unreadable(path)) is not None
     ]
     if bad:
         if settings.on_corrupt == "stop":
@@ -130,9 +210,11 @@ def scan(settings: DataSettings, seed: int) -> tuple[DatasetInfo, tuple[str, ...
         drop = set(skipped)
         train_files = {k: [p for p in v if p not in drop] for k, v in train_files.items()}
         val_files = {k: [p for p in v if p not in drop] for k, v in val_files.items()}
+        test_files = {k: [p for p in v if p not in drop] for k, v in test_files.items()}
 
     index = {name: i for i, name in enumerate(classes)}
-    if presplit:
+    test = [(p, index[name]) for name, files in test_files.items() for p in files]
+    if splits:
         train = [(p, index[name]) for name, files in train_files.items() for p in files]
         val = [(p, index[name]) for name, files in val_files.items() for p in files]
     else:
@@ -142,7 +224,10 @@ def scan(settings: DataSettings, seed: int) -> tuple[DatasetInfo, tuple[str, ...
     # A fixed, seeded order that mixes the classes: a partial validation (limit_val_batches)
     # then measures every class, not the first ones in folder order.
     random.Random(seed + 1).shuffle(val)
-    return DatasetInfo(root=root, train=tuple(train), val=tuple(val), skipped=tuple(skipped)), classes
+    info = DatasetInfo(
+        root=root, train=tuple(train), val=tuple(val), test=tuple(test), skipped=tuple(skipped)
+    )
+    return info, classes
 
 
 def _stratified_split(

@@ -14,7 +14,7 @@ import os
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import attrs
 import lightning as L
@@ -23,21 +23,22 @@ from lightning.pytorch.callbacks import (
     EarlyStopping,
     LearningRateMonitor,
     ModelCheckpoint,
-    RichProgressBar,
 )
-from lightning.pytorch.loggers import CSVLogger
 
 from harness.core.bus import Bus, Subscriber
 from harness.core.context import RunContext
 from harness.core.errors import SettingsError, TrainingDiverged
+from harness.core.events import RunEnd
 from harness.io.artifacts import run_dir_of, write_json, write_label_map, write_text
 from harness.io.background import BackgroundWriter
 from harness.io.record import EventLog
 from harness.settings import Settings, resolve_specs, settings_to_toml
-from harness.training.callback import BusCallback
+from harness.training.callback import BusCallback, scalar_metrics
 from harness.training.data import ImageDataModule, scan
+from harness.training.loggers import LoggerTrackers, build_loggers, logger_artifacts, require_packages
 from harness.training.model import Classifier
 from harness.training.sampler import make_sampler
+from harness.training.terminal import MetricFreeProgressBar
 
 __all__ = ["RESUME_VARIABLE", "RUN_DIR_VARIABLE", "RunResult", "resolve_run_dir", "run"]
 
@@ -124,8 +125,8 @@ def _lightning_callbacks(settings: Settings, run_dir: Path) -> list[Callback]:
                 monitor=ckpt.monitor, mode=ckpt.mode, patience=stop.patience, min_delta=stop.min_delta
             )
         )
-    if settings.trainer.progress_bar:
-        callbacks.append(RichProgressBar(leave=True))
+    if settings.trainer.progress_bar and settings.run.terminal != "quiet":
+        callbacks.append(MetricFreeProgressBar())
     return callbacks
 
 
@@ -150,12 +151,15 @@ def run(settings: Settings, *, extra_subscribers: Mapping[str, Subscriber] | Non
         )
     module = Classifier.from_settings(settings.model, num_classes=len(classes))
     specs = resolve_specs(settings.run.plugins)
+    require_packages(settings.logger)  # before the run directory is made
     run_dir, resume_from = resolve_run_dir(settings)
     # Pictures are drawn in its worker process while training goes on; closed in the finally below.
     writer = BackgroundWriter()
     preprocessing = settings.data.preprocessing()
     sampler = make_sampler(info.train_targets, balanced=settings.data.balanced, seed=settings.run.seed)
     datamodule = ImageDataModule(info, preprocessing, settings.data, sampler, settings.augment)
+    loggers = build_loggers(settings.logger, run_dir, settings.run.name)
+    trackers = LoggerTrackers.of(loggers)
     context = RunContext(
         run_dir=run_dir,
         class_names=classes,
@@ -166,6 +170,8 @@ def run(settings: Settings, *, extra_subscribers: Mapping[str, Subscriber] | Non
         train_sampler=sampler,
         background=writer,
         augmented_samples=datamodule.preview,
+        trackers=trackers,
+        verbosity=settings.run.terminal,
     )
     bus = Bus()
     event_log = EventLog(context) if settings.run.record_events else None
@@ -183,8 +189,6 @@ def run(settings: Settings, *, extra_subscribers: Mapping[str, Subscriber] | Non
     stateful = subscribers | extras
 
     trainer_settings = settings.trainer
-    # A new logger version per attempt: Lightning's CSVLogger deletes an existing metrics.csv.
-    logger = CSVLogger(save_dir=run_dir, name="logs")
     interrupt_checkpoint = run_dir / "checkpoints" / "last.ckpt" if settings.checkpoint.enabled else None
     trainer = L.Trainer(
         default_root_dir=run_dir,
@@ -199,10 +203,10 @@ def run(settings: Settings, *, extra_subscribers: Mapping[str, Subscriber] | Non
         limit_val_batches=_fraction(trainer_settings.limit_val_batches),
         num_sanity_val_steps=trainer_settings.num_sanity_val_steps,
         log_every_n_steps=trainer_settings.log_every_n_steps,
-        enable_progress_bar=trainer_settings.progress_bar,
+        enable_progress_bar=trainer_settings.progress_bar and settings.run.terminal != "quiet",
         enable_model_summary=False,
         enable_checkpointing=settings.checkpoint.enabled,
-        logger=logger,
+        logger=loggers,
         callbacks=[
             BusCallback(bus, context, stateful, interrupt_checkpoint=interrupt_checkpoint),
             *_lightning_callbacks(settings, run_dir),
@@ -215,32 +219,39 @@ def run(settings: Settings, *, extra_subscribers: Mapping[str, Subscriber] | Non
         writer.start()
     context.record_artifact("settings", run_dir / "settings.toml")
     context.record_artifact("label_map", run_dir / "labels.json")
-    context.record_artifact("metrics", Path(logger.log_dir) / "metrics.csv")
+    for name, path in logger_artifacts(loggers).items():
+        context.record_artifact(name, path)
 
     os.environ[RUN_DIR_VARIABLE] = str(run_dir)
     os.environ[RESUME_VARIABLE] = str(resume_from or "")
     status = "failed"
+    error: str | None = None
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
         status = "interrupted" if trainer.interrupted else "completed"
-    except TrainingDiverged as error:
+    except TrainingDiverged as diverged:
         status = "diverged"
         last = run_dir / "checkpoints" / "last.ckpt"
         kept = (
             f"the last good checkpoint is {last}" if last.is_file() else "no checkpoint was written before it"
         )
-        raise TrainingDiverged(
-            error.step, error.lr, error.what, f"{kept}; lower [model].lr or lengthen [model].warmup"
-        ) from error
+        stopped = TrainingDiverged(
+            diverged.step, diverged.lr, diverged.what, f"{kept}; lower [model].lr or lengthen [model].warmup"
+        )
+        error = f"{type(stopped).__name__}: {stopped}"
+        raise stopped from diverged
     except SystemExit:
         # Lightning turns Ctrl-C into a graceful shutdown ending in sys.exit(1).
         status = "interrupted"
         raise
+    except BaseException as exception:
+        error = f"{type(exception).__name__}: {exception}"
+        if isinstance(exception, KeyboardInterrupt):
+            status = "interrupted"
+        raise
     finally:
         os.environ.pop(RUN_DIR_VARIABLE, None)
         os.environ.pop(RESUME_VARIABLE, None)
-        if event_log is not None:
-            event_log.close()
         background_failures = writer.close()
         summary = _summary(settings, context, trainer, bus, status, time.monotonic() - started)
         summary["failures"] += [
@@ -253,9 +264,25 @@ def run(settings: Settings, *, extra_subscribers: Mapping[str, Subscriber] | Non
             }
             for failure in background_failures
         ]
+        summary["error"] = error
         if trainer.is_global_zero:
             write_json(run_dir / "summary.json", summary)
+            _publish_run_end(bus, trainer, status)
+        if event_log is not None:
+            event_log.close()
+        if trackers is not None:
+            trackers.close()
     return RunResult(run_dir=run_dir, summary=summary)
+
+
+def _publish_run_end(bus: Bus, trainer: L.Trainer, status: str) -> None:
+    final: Literal["completed", "failed", "interrupted"] = (
+        "completed" if status == "completed" else "interrupted" if status == "interrupted" else "failed"
+    )
+    try:
+        bus.publish(RunEnd(epoch=trainer.current_epoch, global_step=trainer.global_step, status=final))
+    except Exception:  # the run's own outcome (and its exception, if any) must win
+        log.exception("a subscriber failed while handling RunEnd")
 
 
 def _summary(
@@ -280,7 +307,7 @@ def _summary(
         "best_checkpoint": relative(best),
         "epochs_completed": trainer.current_epoch,
         "global_step": trainer.global_step,
-        "final_metrics": {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1},
+        "final_metrics": scalar_metrics(trainer),
         "artifacts": dict(sorted(context.artifacts.items())),
         "failures": [attrs.asdict(failure) for failure in bus.failures],
         "skipped_images": [str(path) for path in context.data.skipped] if context.data else [],

@@ -209,3 +209,40 @@ def test_events_are_frozen_and_keyword_only() -> None:
     with pytest.raises(TypeError):
         TrainEpochEnd(0, 0, {})  # type: ignore[misc]
     assert isinstance(event.logits, torch.Tensor)
+
+
+def test_a_stage_outside_the_stages_is_refused_at_subscribe_time() -> None:
+    bus = Bus()
+    with pytest.raises(ValueError, match=r"stage='val'\): stage must be one of 'train', 'validate', 'test'"):
+        bus.subscribe(BatchEnd, lambda event: None, stage="val")  # type: ignore[arg-type]
+
+
+def test_a_handler_that_cannot_take_the_event_alone_is_refused_at_subscribe_time() -> None:
+    def two(event: BatchEnd, extra: int) -> None: ...
+
+    def none() -> None: ...
+
+    bus = Bus()
+    for handler in (two, none):
+        with pytest.raises(
+            TypeError, match=rf"subscribe\(BatchEnd, .*{handler.__name__}\): a handler takes exactly one"
+        ):
+            bus.subscribe(BatchEnd, handler)  # type: ignore[arg-type]
+    bus.subscribe(BatchEnd, lambda event, *rest: None)
+    assert len(bus.subscriptions()) == 1
+
+
+def test_a_raising_subscriber_is_recorded_before_the_run_stops() -> None:
+    class Broken:
+        def connect(self, bus: Bus) -> None:
+            bus.subscribe(BatchEnd, self.on_batch_end)
+
+        def on_batch_end(self, event: BatchEnd) -> None:
+            raise RuntimeError("broken")
+
+    bus = Bus()
+    bus.attach(Broken(), on_error="raise")
+    with pytest.raises(SubscriberError):
+        bus.publish(batch_end(global_step=3))
+    [failure] = bus.failures
+    assert (failure.subscriber, failure.event, failure.step) == ("Broken.on_batch_end", "BatchEnd", 3)

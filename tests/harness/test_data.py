@@ -150,3 +150,168 @@ def test_a_run_on_messy_data_skips_the_broken_files_and_says_so(tmp_path: Path) 
     assert result.summary["status"] == "completed"
     assert result.summary["skipped_images"] == [str(broken)]
     assert (result.run_dir / "confusion_matrix" / "latest.png").is_file()
+
+
+# Data as users have it (issue 14): split folders, unknown classes, decompression bombs, EXIF.
+
+
+def snapshot(root: Path) -> dict[Path, bytes]:
+    """Every file under `root` with its bytes: what must be unchanged after a refused run."""
+    return {path: path.read_bytes() for path in sorted(root.rglob("*")) if path.is_file()}
+
+
+def refused_run(tmp_path: Path, data: Path, capsys: pytest.CaptureFixture[str], *overrides: str) -> str:
+    """`python -m harness.run` on `data`: asserts exit 2, one line on stderr, nothing written or changed."""
+    from harness.run import main
+
+    before = snapshot(tmp_path)
+    runs = tmp_path / "runs"
+    argv = [f"data.root={str(data)!r}", f"run.output_dir={str(runs)!r}", "trainer.accelerator='cpu'"]
+    code = main([item for override in (*argv, *overrides) for item in ("--set", override)])
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert code == 2, captured.err
+    assert len(lines) == 1 and lines[0].startswith("error: "), captured.err
+    assert snapshot(tmp_path) == before, "a refused run changes nothing"
+    assert not runs.exists(), "a refused run makes no run directory"
+    return lines[0]
+
+
+def split_tree(root: Path, splits: dict[str, tuple[str, ...]], count: int = 2) -> Path:
+    """`root/<split>/<class>/<n>.png` for each split and its classes."""
+    for split, classes in splits.items():
+        for name in classes:
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            for n in range(count):
+                Image.new("RGB", (6, 6), (40 * n, 0, 0)).save(folder / f"{n}.png")
+    return root
+
+
+@pytest.mark.parametrize("val_name", ["val", "valid", "validation", "Validation"])
+def test_usual_split_folder_names_are_splits_not_classes(tmp_path: Path, val_name: str) -> None:
+    root = split_tree(tmp_path / "data", {"train": ("a", "b"), val_name: ("a", "b"), "test": ("a", "b")})
+    info, classes = scan(DataSettings(root=str(root)), seed=0)
+    assert classes == ("a", "b")
+    assert {path.parts[-3] for path, _ in info.train} == {"train"}
+    assert {path.parts[-3] for path, _ in info.val} == {val_name}
+    assert {path.parts[-3] for path, _ in info.test} == {"test"}, "test/ is kept for evaluation"
+    assert (len(info.train), len(info.val), len(info.test)) == (4, 4, 4)
+    assert [target for _, target in info.test] == [0, 0, 1, 1]
+
+
+@pytest.mark.parametrize(
+    ("splits", "says"),
+    [
+        ({"train": ("a", "b")}, "holds only split folders (train/) and no val split"),
+        ({"train": ("a", "b"), "test": ("a", "b")}, "holds only split folders (test/, train/) and no val"),
+        ({"validation": ("a", "b")}, "holds only split folders (validation/) and no train split"),
+        ({"train": ("a", "b"), "val": ("a",), "valid": ("b",)}, "two val split folders, val/ and valid/"),
+        (
+            {"train": ("a", "b"), "val": ("a", "b"), "cats": ("x",)},
+            "mixes split folders (train/, val/) with other",
+        ),
+    ],
+    ids=["train-only", "train-test", "validation-only", "two-vals", "mixed"],
+)
+def test_a_tree_of_split_names_without_a_split_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], splits: dict[str, tuple[str, ...]], says: str
+) -> None:
+    root = split_tree(tmp_path / "data", splits)
+    line = refused_run(tmp_path, root, capsys)
+    assert f"error: [data].root = {str(root)!r}: {says}" in line
+
+
+def test_validation_classes_missing_from_train_are_named(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = split_tree(tmp_path / "data", {"train": ("a", "b"), "val": ("a", "b", "c"), "test": ("a", "d")})
+    line = refused_run(tmp_path, root, capsys)
+    assert "class folders not in train/ (val/: 'c'; test/: 'd')" in line
+    assert '[data].unknown_classes = "skip"' in line
+
+
+def test_validation_classes_missing_from_train_can_be_left_out_with_a_count(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    root = split_tree(tmp_path / "data", {"train": ("a", "b"), "val": ("a", "b", "c"), "test": ("a", "d")})
+    info, classes = scan(DataSettings(root=str(root), unknown_classes="skip"), seed=0)
+    assert classes == ("a", "b")
+    assert {path.parent.name for path, _ in info.val} == {"a", "b"}
+    assert {path.parent.name for path, _ in info.test} == {"a"}
+    assert "leaving out 4 image(s) of class folders not in train/" in caplog.text
+    assert "val/: 'c'; test/: 'd'" in caplog.text
+
+
+def bomb_png(path: Path, side: int) -> Path:
+    """A valid black 1-bit PNG of `side` x `side` pixels (a few kB, written in well under a second)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    compressor = zlib.compressobj(9)
+    row = b"\x00" * (1 + (side + 7) // 8)  # filter byte, then the packed pixels
+    pixels = b"".join(compressor.compress(row) for _ in range(side)) + compressor.flush()
+    header = struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0)
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b"")
+    )
+    return path
+
+
+@pytest.mark.parametrize(
+    ("side", "raised"),
+    [(15000, "DecompressionBombError"), (10000, "DecompressionBombWarning")],
+    ids=["past-twice-the-limit", "past-the-limit"],
+)
+def test_a_decompression_bomb_is_an_unreadable_image_named_by_path(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], side: int, raised: str
+) -> None:
+    from harness.core.testing import write_imagefolder
+    from harness.io.images import load_rgb
+
+    root = write_imagefolder(tmp_path / "data", {"a": 4, "b": 4}, size=6)
+    bomb = bomb_png(root / "a" / "huge.png", side)
+    with pytest.raises(DataError, match=f"huge.png: not a readable image \\({raised}"):
+        load_rgb(bomb)
+
+    line = refused_run(tmp_path, root, capsys)
+    assert f"1 unreadable image file(s): {bomb} ({raised}: Image size ({side * side} pixels)" in line
+
+    info, _ = scan(DataSettings(root=str(root), on_corrupt="skip"), seed=0)
+    assert info.skipped == (bomb,)
+    assert bomb not in {path for path, _ in (*info.train, *info.val)}
+
+
+def exif_rotated_jpeg(path: Path) -> Path:
+    """A JPEG stored 24 wide x 12 tall, left half red, right half blue, with EXIF orientation 6.
+
+    Orientation 6 says: turn it 90 degrees clockwise to show it, so upright it is 12 wide x 24
+    tall, red on top and blue below.
+    """
+    pixels = np.zeros((12, 24, 3), dtype=np.uint8)
+    pixels[:, :12, 0] = 255
+    pixels[:, 12:, 2] = 255
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(pixels).save(path, format="JPEG", quality=95, exif=exif)
+    return path
+
+
+def test_an_exif_orientation_is_applied_when_training(tmp_path: Path) -> None:
+    from harness.io.images import load_rgb
+
+    path = exif_rotated_jpeg(tmp_path / "portrait.jpg")
+    with Image.open(path) as stored:
+        assert stored.size == (24, 12), "the file itself is stored sideways"
+    upright = np.asarray(load_rgb(path), dtype=np.int32)
+    assert upright.shape == (24, 12, 3)
+    assert upright[:10, :, 0].min() > 200 and upright[:10, :, 2].max() < 60, "red on top"
+    assert upright[14:, :, 2].min() > 200 and upright[14:, :, 0].max() < 60, "blue below"
+
+    plain = Preprocessing(image_size=8, mean=(0, 0, 0), std=(1, 1, 1))
+    tensor, _ = ImageFiles([(path, 0)], plain)[0]
+    assert float(tensor[0, :3].mean()) > 0.8 and float(tensor[2, :3].mean()) < 0.2, "training sees red on top"
+    assert float(tensor[2, -3:].mean()) > 0.8 and float(tensor[0, -3:].mean()) < 0.2, "and blue below"

@@ -133,7 +133,11 @@ def test_a_raising_subscriber_stops_the_run_by_default(tmp_path: Path) -> None:
     assert "RuntimeError: injected failure" in failed.stderr
     run_dir = only_run_dir(tmp_path)
     check_artifacts_whole(run_dir)
-    assert json.loads((run_dir / "summary.json").read_text())["status"] == "failed"
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "failed"
+    (failure,) = summary["failures"]
+    assert (failure["subscriber"], failure["event"]) == ("Fault.on_event", "BatchEnd")
+    assert "injected failure" in failure["error"] and failure["step"] > 0
 
 
 def test_an_isolated_raising_subscriber_is_reported_and_the_run_finishes(tmp_path: Path) -> None:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from harness.core.errors import SettingsError
 from harness.run import main
 from harness.training.fit import run
 from tests.conftest import MakeSettings
@@ -176,3 +177,26 @@ def test_mypy_strict_finds_the_installed_package_typed(tour: dict[str, Path], tm
         wrong.returncode == 1
         and 'Incompatible types in assignment (expression has type "Tensor"' in wrong.stdout
     )
+
+
+def install_fake_distribution(site: Path, entry_points: str) -> None:
+    """A distribution as pip leaves one: its metadata and its entry points, found on sys.path."""
+    info = site / "spike_tools-1.0.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: spike-tools\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text(entry_points)
+
+
+def test_an_installed_entry_point_is_enabled_only_when_named(
+    tour: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from harness.settings import load_settings
+
+    install_fake_distribution(
+        tour["loss_spikes.py"].parent, "[harness.subscribers]\nspikes = loss_spikes:SPEC\n"
+    )
+    assert "loss_spikes" not in load_settings(None).subscribers, "installed is not enabled"
+    settings = load_settings(None, ["run.plugins=['spikes']", "subscribers.loss_spikes.factor=4"])
+    assert settings.subscribers["loss_spikes"].factor == 4.0
+    with pytest.raises(SettingsError, match=r"'spiks' is neither .* entry point; did you mean 'spikes'\?"):
+        load_settings(None, ["run.plugins=['spiks']"])

@@ -166,19 +166,19 @@ def bad_input(tmp_path: Path, kind: str) -> Path:
 
 
 @pytest.mark.parametrize(
-    ("kind", "says"),
+    ("kind", "says", "code"),
     [
-        ("missing", "no such file or folder"),
-        ("empty-folder", "folder holds no image files"),
-        ("not-an-image", "not a readable image"),
+        ("missing", "no such file or folder", 2),
+        ("empty-folder", "folder holds no image files", 2),
+        ("not-an-image", "not a readable image", 1),
     ],
 )
-def test_bad_input_exits_2_naming_the_path(
-    exported: Exported, tmp_path: Path, capsys: pytest.CaptureFixture[str], kind: str, says: str
+def test_bad_input_exits_naming_the_path(
+    exported: Exported, tmp_path: Path, capsys: pytest.CaptureFixture[str], kind: str, says: str, code: int
 ) -> None:
     bad = bad_input(tmp_path, kind)
 
-    assert main([str(exported.path), str(bad)]) == 2
+    assert main([str(exported.path), str(bad)]) == code
 
     error = capsys.readouterr().err
     assert f"{bad}: {says}" in error
@@ -218,3 +218,57 @@ def test_the_command_runs_without_importing_torch(exported: Exported, tmp_path: 
     imported = {line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines() if "|" in line}
     assert "onnxruntime" in imported
     assert not {name for name in imported if name == "torch" or name.startswith("torch.")}
+
+
+@pytest.mark.parametrize("as_json", [False, True], ids=["lines", "json"])
+def test_unreadable_images_among_good_ones_are_named_and_the_others_printed(
+    exported: Exported, tmp_path: Path, capsys: pytest.CaptureFixture[str], as_json: bool
+) -> None:
+    good = [save_image(tmp_path / f"{index}.png", seed=index) for index in range(4)]
+    expected = run_json(capsys, exported.path, *good)
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40)
+    text = tmp_path / "notes.jpg"
+    text.write_text("text, named like an image")
+    before = {path: path.read_bytes() for path in tmp_path.iterdir()}
+
+    # Two bad files among the good ones, one in the first batch and one in the last.
+    argv = [str(exported.path), *map(str, [good[0], broken, *good[1:3], text, good[3]]), "--batch-size", "2"]
+    assert main([*argv, "--json"] if as_json else argv) == 1
+
+    captured = capsys.readouterr()
+    if as_json:
+        printed = json.loads(captured.out)
+    else:
+        printed = [
+            dict(zip(("path", "label"), line.split("\t"), strict=False)) for line in captured.out.splitlines()
+        ]
+    assert [p["path"] for p in printed] == [str(path) for path in good]
+    assert [p["label"] for p in printed] == [p["label"] for p in expected]
+    errors = captured.err.splitlines()
+    assert errors[0].startswith(f"error: {broken}: not a readable image (")
+    assert errors[1].startswith(f"error: {text}: not a readable image (")
+    assert errors[2] == "error: 2 image(s) could not be read; the others were classified"
+    assert len(errors) == 3
+    assert {path: path.read_bytes() for path in tmp_path.iterdir()} == before
+
+
+def test_an_exif_orientation_is_applied_as_in_training(exported: Exported, tmp_path: Path) -> None:
+    """Prediction, training and the export's parity images (validation batches) read one way."""
+    pixels = np.zeros((12, 24, 3), dtype=np.uint8)
+    pixels[:, :12, 0] = 255
+    pixels[:, 12:, 2] = 255
+    exif = Image.Exif()
+    exif[0x0112] = 6  # shown turned 90 degrees clockwise: red on top, blue below
+    path = tmp_path / "portrait.jpg"
+    Image.fromarray(pixels).save(path, format="JPEG", quality=95, exif=exif)
+
+    prepared = to_input(load_rgb(path), PREPROCESSING)
+    trained = training_inputs([path])[0].numpy()
+    grey_level = 1.0 / 255 / min(PREPROCESSING.std)
+    np.testing.assert_allclose(prepared, trained, atol=grey_level * 1.01, rtol=0)
+    red, blue = prepared[0], prepared[2]
+    assert red[:4].mean() > blue[:4].mean() + 1 and blue[-4:].mean() > red[-4:].mean() + 1, "upright"
+    with Image.open(path) as sideways:
+        unrotated = to_input(sideways.convert("RGB"), PREPROCESSING)
+    assert not np.allclose(prepared, unrotated, atol=0.5), "the orientation made a difference"

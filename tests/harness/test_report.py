@@ -123,7 +123,7 @@ def test_the_command_writes_the_page_and_refuses_a_missing_directory(
     assert main([str(run_dir)]) == 0
     assert (run_dir / REPORT_FILE).is_file()
     assert main([str(tmp_path / "nowhere")]) == 2
-    assert "nowhere is not a directory" in capsys.readouterr().err
+    assert "nowhere: not a directory (expected a run directory)" in capsys.readouterr().err
 
 
 def test_python_dash_m_runs_it(run_dir: Path) -> None:

@@ -50,7 +50,16 @@ def test_events_fire_in_the_documented_order(make_settings: MakeSettings) -> Non
         ("TrainEpochEnd", 1),
         ("CheckpointSaving", 2),
     ]
-    expected = [("FitStart", 1), *sanity, *epoch, *epoch, ("TrainLoopEnd", 1), ("TrainEnd", 1), ("FitEnd", 1)]
+    expected = [
+        ("FitStart", 1),
+        *sanity,
+        *epoch,
+        *epoch,
+        ("TrainLoopEnd", 1),
+        ("TrainEnd", 1),
+        ("FitEnd", 1),
+        ("RunEnd", 1),
+    ]
     assert compress(recorder.names()) == expected
 
     batches = recorder.of(BatchEnd)

@@ -38,6 +38,33 @@ def test_resolved_settings_read_back_identically(tmp_path: Path) -> None:
     assert load_settings(path) == settings
 
 
+ODD_STRINGS = [
+    "a\nb",
+    "tab\there, return\r, bell\a, escape\x1b, nul\x00, delete\x7f, \x85 next line",
+    "double \" quote, single ' quote, three \"\"\" and '''",
+    "back\\slash, \\n not a newline, ends in a backslash\\",
+    "unicode: Straße, 猫, 🐱, e\u0301 combining, \u202eright-to-left\u202c, \u2028 line separator",
+    "p$\\bad$q, 100%, {braces}, [brackets], # not a comment, = not a key",
+    "",
+    " leading and trailing spaces ",
+]
+
+
+@pytest.mark.parametrize("text", ODD_STRINGS, ids=range(len(ODD_STRINGS)))
+def test_odd_strings_round_trip_through_settings_toml(tmp_path: Path, text: str) -> None:
+    defaults = load_settings(None)
+    settings = attrs.evolve(
+        defaults,
+        run=attrs.evolve(defaults.run, name=text or "x", output_dir=text),
+        data=attrs.evolve(defaults.data, root=text),
+        model=attrs.evolve(defaults.model, weights=text),
+    )
+    path = tmp_path / "settings.toml"
+    path.write_text(settings_to_toml(settings), encoding="utf-8")
+
+    assert load_settings(path) == settings
+
+
 def test_the_shipped_settings_file_is_valid() -> None:
     load_settings(Path(__file__).parents[2] / "settings.toml")
 

@@ -10,6 +10,7 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
+from typing import Literal
 
 import attrs
 import pytest
@@ -122,13 +123,39 @@ def test_prints_a_table_and_records_artifacts(tmp_path: Path, capsys: pytest.Cap
     run(context, epochs=2)
 
     out = " ".join(capsys.readouterr().out.split())
-    assert "Sampler draws, epoch 1" in out
+    assert "Sampler draws, epoch 0" in out
+    assert "Sampler draws, epoch 1" not in out, "shares within the drift threshold: printed once"
     assert "class_0 │ 1000 │ 71.4% │ 33.3%" in out
     folder = context.run_dir / "sampler_tracking"
     assert (folder / "draws.png").stat().st_size > 0
     assert context.artifacts["sampler_draws"] == "sampler_tracking/draws.csv"
     assert context.artifacts["sampler_draws_plot"] == "sampler_tracking/draws.png"
     assert not (folder / "per_rank.csv").exists()
+
+
+@pytest.mark.parametrize(
+    ("verbosity", "threshold", "printed"),
+    [
+        ("normal", 0.05, [0]),
+        ("normal", 0.0001, [0, 1, 2]),  # 1,400 draws stray from 1/3 by more than 0.01%
+        ("verbose", 0.05, [0, 1, 2]),
+        ("quiet", 0.0001, []),
+    ],
+)
+def test_the_table_is_printed_at_the_first_epoch_and_on_drift(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    verbosity: Literal["quiet", "normal", "verbose"],
+    threshold: float,
+    printed: list[int],
+) -> None:
+    context = attrs.evolve(imbalanced_context(tmp_path, balanced=True), verbosity=verbosity)
+
+    run(context, epochs=3, settings=SamplerTrackingSettings(drift_threshold=threshold))
+
+    out = capsys.readouterr().out
+    assert [e for e in range(3) if f"Sampler draws, epoch {e}" in out] == printed
+    assert (context.run_dir / "sampler_tracking" / "draws.csv").is_file(), "the files are written anyway"
 
 
 class FolderSnapshot:

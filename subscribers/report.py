@@ -1,0 +1,73 @@
+"""The run's HTML page, kept current; consumes FitStart, TrainEpochEnd, RunFailed and RunEnd.
+
+It publishes nothing. ``run_dir/report.html`` (`harness.io.report_page`) is written at
+fit start, again at every epoch end (on the run's background writer, after the epoch's
+pictures, so training goes on meanwhile) while the run is going (the page reloads
+itself), and a last time when the run ends, completed, failed or interrupted, showing
+that status and the failure. ``python -m harness.report`` is not needed after a run.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import attrs
+
+from harness.core.bus import Bus
+from harness.core.context import Record, RunContext
+from harness.core.events import FitStart, RunEnd, RunFailed, TrainEpochEnd
+from harness.core.options import option
+from harness.core.spec import OnError, SubscriberSettings, SubscriberSpec, on_error_option
+from harness.io.report_page import REPORT_FILE, write_report
+
+__all__ = ["SPEC", "Report", "ReportSettings"]
+
+
+@attrs.frozen(kw_only=True)
+class ReportSettings(SubscriberSettings):
+    """The run's HTML page, `report.html`, refreshed every epoch and written when the run ends."""
+
+    on_error: OnError = on_error_option("isolate")
+
+    embed: bool = option(False, "put the pictures in the page (base64), for a page that travels alone")
+
+
+def _write_page(run_dir: Path, embed: bool, status: str, record: Record) -> None:
+    record("report", write_report(run_dir, embed=embed, status=status))
+
+
+class Report:
+    """Writes ``report.html`` on rank zero: running at each epoch end, the outcome at the end."""
+
+    def __init__(self, context: RunContext, settings: ReportSettings | None = None) -> None:
+        self.context = context
+        self.settings = settings or ReportSettings()
+        self.error: str | None = None
+
+    def connect(self, bus: Bus) -> None:
+        bus.subscribe(FitStart, self.on_fit_start, rank_zero_only=True)
+        bus.subscribe(TrainEpochEnd, self.on_train_epoch_end, rank_zero_only=True)
+        bus.subscribe(RunFailed, self.on_run_failed, rank_zero_only=True)
+        bus.subscribe(RunEnd, self.on_run_end, rank_zero_only=True)
+
+    def on_fit_start(self, event: FitStart) -> None:
+        # Listed now: the summary is written before the last page is.
+        self.context.record_artifact("report", self.context.run_dir / REPORT_FILE)
+        self._submit("running: starting", event.global_step)
+
+    def on_train_epoch_end(self, event: TrainEpochEnd) -> None:
+        self._submit(f"running: epoch {event.epoch + 1} of {self.context.max_epochs} done", event.global_step)
+
+    def on_run_failed(self, event: RunFailed) -> None:
+        self.error = event.error
+
+    def on_run_end(self, event: RunEnd) -> None:
+        write_report(self.context.run_dir, embed=self.settings.embed, status=event.status, error=self.error)
+
+    def _submit(self, status: str, step: int) -> None:
+        job = functools.partial(_write_page, self.context.run_dir, self.settings.embed, status)
+        self.context.submit("Report", job, step=step)
+
+
+SPEC = SubscriberSpec(name="report", build=Report, settings=ReportSettings, replayable=True)

@@ -1,0 +1,47 @@
+"""summary.json against its schema, harness/summary.schema.json, field by field."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from importlib import resources
+from typing import Any
+
+import pytest
+
+from harness.settings import Settings
+from harness.training.fit import run
+
+jsonschema = pytest.importorskip("jsonschema", reason="the dev extra installs jsonschema")
+
+MakeSettings = Callable[..., Settings]
+
+
+def schema() -> dict[str, Any]:
+    loaded: dict[str, Any] = json.loads(
+        resources.files("harness").joinpath("summary.schema.json").read_text()
+    )
+    return loaded
+
+
+def test_the_schema_is_valid_and_documents_every_field() -> None:
+    document = schema()
+    jsonschema.Draft202012Validator.check_schema(document)
+    assert set(document["required"]) == set(document["properties"])
+    for name, field in document["properties"].items():
+        assert field.get("description"), f"{name} has no description"
+
+
+@pytest.mark.slow
+def test_a_real_summary_follows_the_schema_and_a_changed_one_does_not(make_settings: MakeSettings) -> None:
+    result = run(make_settings("report"))
+    validator = jsonschema.Draft202012Validator(schema())
+    on_disk = json.loads((result.run_dir / "summary.json").read_text())
+    assert list(validator.iter_errors(on_disk)) == []
+    assert on_disk["artifacts"]["report"] == "report.html"
+    for broken in (
+        {**on_disk, "status": "done"},
+        {**on_disk, "extra": 1},
+        {k: v for k, v in on_disk.items() if k != "error"},
+    ):
+        assert list(validator.iter_errors(broken)), broken
