@@ -20,6 +20,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+import attrs
 import torch
 
 from harness.core.errors import DataError, ExportError, HarnessError, report
@@ -93,7 +94,7 @@ def export_checkpoint(
     # The weights file of a fine-tuned run is not needed (and may be gone): the checkpoint holds every weight.
     model = Classifier(**hparams, load_weights=False)
     norm = normalization(settings.model.arch, settings.model.weights)
-    preprocessing = Preprocessing(image_size=settings.data.image_size, mean=norm.mean, std=norm.std)
+    preprocessing = attrs.evolve(settings.data.preprocessing(), mean=norm.mean, std=norm.std)
     images: torch.Tensor | None
     try:
         images = sample_images(settings, preprocessing, PARITY_IMAGES)

@@ -17,7 +17,6 @@ from pathlib import Path
 from harness.core.bus import Bus
 from harness.core.context import RunContext
 from harness.core.errors import DataError, HarnessError, report
-from harness.core.preprocessing import Preprocessing
 from harness.io.artifacts import read_label_map
 from harness.io.record import EVENTS_FILE, read_events
 from harness.settings import load_settings, resolve_plugin, resolve_specs
@@ -38,7 +37,7 @@ def replay(run_dir: Path, output: Path | None = None, plugins: Sequence[str] = (
     context = RunContext(
         run_dir=output,
         class_names=tuple(read_label_map(run_dir)),
-        preprocessing=Preprocessing(image_size=settings.data.image_size),
+        preprocessing=settings.data.preprocessing(),
         monitor=settings.checkpoint.monitor,
         monitor_mode=settings.checkpoint.mode,
     )

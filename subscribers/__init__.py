@@ -23,6 +23,7 @@ __all__ = ["BUILTIN"]
 @functools.cache
 def _builtin() -> tuple[AnySpec, ...]:
     from subscribers import (
+        augment_preview,
         confusion_matrix,
         dataset_stats,
         ema,
@@ -39,6 +40,7 @@ def _builtin() -> tuple[AnySpec, ...]:
     return (
         dataset_stats.SPEC,
         model_info.SPEC,
+        augment_preview.SPEC,
         ema.SPEC,
         sampler_tracking.SPEC,
         confusion_matrix.SPEC,

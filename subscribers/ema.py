@@ -4,7 +4,8 @@ The average covers every parameter and floating-point buffer in the model's `sta
 (integer buffers are copied) and is updated after an optimizer step: after step
 ``global_step`` when ``global_step >= start_step`` and ``global_step % update_every == 0``,
 so batches that only accumulate gradients never update it. The first update copies the
-weights; the next ones use timm's warm-up decay (`subscribers._ema.ema_decay`).
+weights; the next ones use timm's warm-up decay (`subscribers._ema.ema_decay`), capped by
+`EMASettings.horizon` so that the average never lags a short run (see there).
 
 Validation sees the averaged weights: `ValidationSwapIn` exchanges averaged and training
 tensors by storage, `ValidationSwapOut` exchanges them back (nothing happens before the
@@ -48,6 +49,16 @@ class EMASettings(SubscriberSettings):
     The average is updated after optimizer step ``s`` (counted from 1) when
     ``s >= start_step`` and ``s % update_every == 0``. The first update copies the weights;
     with `warmup`, update ``n + 1`` uses ``min(decay, 1 - (1 + n / warmup_gamma) ** -warmup_power)``.
+
+    `horizon` bounds the averaging window ``1 / (1 - decay)`` to that share of the run's
+    optimizer steps ``T`` (`FitStart.total_steps`): the decay used is
+    ``min(decay, 1 - 1 / (horizon * T))``. The weights of the last ``k * horizon * T`` steps
+    then carry at least ``1 - exp(-k)`` of the average (95% for ``k = 3``): with the default
+    0.1 the average at the end of a run is made of its last 30% of steps, where the
+    learning rate has decayed, never of the unstable early weights. A 6-epoch run of 60
+    steps with decay 0.99 (a window of 100 steps, longer than the run) averages 6 steps
+    instead; a long run (``horizon * T > 1 / (1 - decay)``) is not affected. With the cap
+    in place the schedule is still timm's `ModelEmaV3` with ``decay`` set to the capped value.
     """
 
     decay: float = option(0.999, "EMA decay after warm-up", within(0, 1, closed="()"))
@@ -56,6 +67,10 @@ class EMASettings(SubscriberSettings):
     warmup_power: float = option(0.75, "warm-up power", positive())
     update_every: int = option(1, "optimizer steps between EMA updates", positive())
     start_step: int = option(0, "optimizer steps before the first update", at_least(0))
+    horizon: float = option(
+        0.1, "cap the decay so the averaging window is at most this share of the run's steps (0: no cap)",
+        within(0, 1, closed="[]"),
+    )  # fmt: skip
 
 
 class EMA:
@@ -73,6 +88,7 @@ class EMA:
         self._shadow: ShadowWeights | None = None
         self._resume: Mapping[str, torch.Tensor] | None = None
         self._final = False
+        self._total_steps = 0
 
     def connect(self, bus: Bus) -> None:
         bus.subscribe(FitStart, self.on_fit_start)
@@ -85,7 +101,16 @@ class EMA:
     def on_fit_start(self, event: FitStart) -> None:
         self._shadow = None
         self._final = False
+        self._total_steps = event.total_steps
         self._attach()
+
+    @property
+    def decay(self) -> float:
+        """The decay after warm-up: `EMASettings.decay`, capped by the `horizon` of this run."""
+        horizon, steps = self.settings.horizon, self._total_steps
+        if horizon <= 0 or steps <= 0:
+            return self.settings.decay
+        return max(0.0, min(self.settings.decay, 1.0 - 1.0 / (horizon * steps)))
 
     def on_batch_end(self, event: BatchEnd) -> None:
         step = event.global_step
@@ -101,7 +126,7 @@ class EMA:
         settings = self.settings
         decay = ema_decay(
             self.updates,
-            decay=settings.decay,
+            decay=self.decay,
             warmup=settings.warmup,
             gamma=settings.warmup_gamma,
             power=settings.warmup_power,

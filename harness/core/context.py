@@ -19,7 +19,7 @@ from torch.utils.data import Sampler
 from harness.core.preprocessing import Preprocessing
 from harness.core.tracking import Trackers
 
-__all__ = ["DatasetInfo", "Job", "JobRunner", "Record", "RunContext", "Verbosity"]
+__all__ = ["DatasetInfo", "Job", "JobRunner", "Record", "RunContext", "Samples", "Verbosity"]
 
 Record = Callable[[str, Path], None]
 """Lists a written file in the run summary: ``record(name, path)`` (`RunContext.record_artifact`)."""
@@ -31,6 +31,11 @@ Job = Callable[[Record], object]
 """Draws and writes files, naming each to `record`. It may run in another process: a
 module-level function, or a `functools.partial` of one, whose arguments pickle (numbers,
 strings, paths, numpy arrays, CPU tensors, and lists and dicts of those)."""
+
+
+Samples = Callable[[int, int], tuple[torch.Tensor, torch.Tensor]]
+"""``samples(n, seed)``: `n` training images as the model gets them (augmented, normalised,
+N x 3 x H x W) and their class indices; seeded, and leaves training's random numbers alone."""
 
 
 class JobRunner(Protocol):
@@ -67,7 +72,8 @@ class RunContext:
 
     Fixed for the run (assigning raises `attrs.exceptions.FrozenAttributeError`):
     `run_dir`, `class_names`, `preprocessing`, `data`, `monitor`, `monitor_mode`,
-    `background`, `trackers`, `verbosity`. Filled by the adapter once Lightning has placed the run: `device`,
+    `background`, `augmented_samples`, `trackers`, `verbosity`. Filled by the adapter
+    once Lightning has placed the run: `device`,
     `rank`, `world_size`, `model`, `train_sampler`. Progress, updated by the adapter
     before each event: `epoch`, `global_step`, `max_epochs`, `best_checkpoint`,
     `best_score`. `artifacts` maps an artifact's name to its path relative to `run_dir`
@@ -86,6 +92,7 @@ class RunContext:
     monitor: str = attrs.field(default="val/acc_top1", on_setattr=attrs.setters.frozen)
     monitor_mode: Literal["max", "min"] = attrs.field(default="max", on_setattr=attrs.setters.frozen)
     background: JobRunner | None = attrs.field(default=None, on_setattr=attrs.setters.frozen)
+    augmented_samples: Samples | None = attrs.field(default=None, on_setattr=attrs.setters.frozen)
     trackers: Trackers | None = attrs.field(default=None, on_setattr=attrs.setters.frozen)
     verbosity: Verbosity = attrs.field(default="normal", on_setattr=attrs.setters.frozen)
     device: torch.device = attrs.field(factory=lambda: torch.device("cpu"))

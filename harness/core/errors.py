@@ -7,7 +7,8 @@
     ├── SubscriberError          a subscriber raised while handling an event
     ├── ExportError              the ONNX export or its parity check failed
     ├── CheckpointWriteError     a checkpoint could not be written (earlier ones untouched)
-    └── Terminated               the run was stopped by SIGTERM after writing a checkpoint (exit 143)
+    ├── Terminated               the run was stopped by SIGTERM after writing a checkpoint (exit 143)
+    └── TrainingDiverged         the training loss (or the weights) became NaN or infinite
 
 Every message says where (file, key, path, subscriber), what was expected and what
 was received, in one sentence.
@@ -26,6 +27,7 @@ __all__ = [
     "SettingsError",
     "SubscriberError",
     "Terminated",
+    "TrainingDiverged",
     "report",
 ]
 
@@ -84,6 +86,25 @@ class Terminated(HarnessError):
     """SIGTERM (what SLURM and Kubernetes send) stopped the run after a checkpoint was written."""
 
     exit_code = 143
+
+
+class TrainingDiverged(HarnessError):
+    """The training loss or the weights stopped being finite; the run stops at that step.
+
+    `step` is the optimizer step the failing batch would have ended, `lr` the learning
+    rate it ran with, `then` what is left and what to do; the message says all of them.
+    """
+
+    def __init__(self, step: int, lr: float, what: str, then: str = "") -> None:
+        self.step = step
+        self.lr = lr
+        self.what = what
+        self.then = then
+        after = f"; {then}" if then else ""
+        super().__init__(f"training diverged at step {step}: {what} at learning rate {lr:.4g}{after}")
+
+    def __reduce__(self) -> tuple[type[TrainingDiverged], tuple[int, float, str, str]]:
+        return (type(self), (self.step, self.lr, self.what, self.then))
 
 
 def report(error: HarnessError) -> int:

@@ -85,10 +85,15 @@ class Event:
 
 @attrs.frozen(kw_only=True)
 class FitStart(Event):
-    """Training is about to start; `RunContext` is filled (model, sampler, classes)."""
+    """Training is about to start; `RunContext` is filled (model, sampler, classes).
+
+    `total_steps` is the optimizer steps the whole run will have taken at `max_epochs`, as
+    the Trainer estimates them (0 when unknown).
+    """
 
     max_epochs: int
     resumed: bool = False
+    total_steps: int = 0
 
 
 @attrs.frozen(kw_only=True)
@@ -101,7 +106,12 @@ class BatchEnd(Event):
     """A batch went through the model: everything a subscriber needs, computed once.
 
     `logits` are the model's outputs for `inputs`; a subscriber never runs the model
-    again. For training batches `optimizer_stepped` says whether this batch ended with an
+    again. `targets` are always class indices. On a training batch that MixUp or CutMix
+    mixed, `inputs` are the mixed images the model saw, `logits` its outputs for them, and
+    `targets` the class with the largest share of each mixed image (the loss used the
+    mixed label distribution, which is not in the event); accuracy and the confusion
+    matrix only read validation batches, which are never mixed. For training batches
+    `optimizer_stepped` says whether this batch ended with an
     optimizer step (false between steps of gradient accumulation); `global_step` counts
     optimizer steps taken so far.
     """

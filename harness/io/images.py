@@ -134,10 +134,14 @@ def load_rgb(path: Path) -> Image.Image:
 
 
 def to_input(image: Image.Image, spec: Preprocessing) -> Array:
-    """One RGB image as the model's input: CHW float32, resized and normalised."""
+    """One RGB image as the model's input: CHW float32, resized (and cropped) and normalised."""
     size = spec.image_size
-    if image.size != (size, size):
-        image = image.resize((size, size), Image.Resampling.BILINEAR)
+    resized = spec.resized_size(*image.size)
+    if image.size != resized:
+        image = image.resize(resized, Image.Resampling.BILINEAR)
+    if resized != (size, size):
+        left, top = spec.crop_box(*resized)
+        image = image.crop((left, top, left + size, top + size))
     pixels = np.asarray(image, dtype=np.float32) / np.float32(255.0)
     mean = np.asarray(spec.mean, dtype=np.float32)
     std = np.asarray(spec.std, dtype=np.float32)

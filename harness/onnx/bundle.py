@@ -92,6 +92,8 @@ class Parity:
     real_images: int
     random_images: int
     tolerance: float
+    finite: bool = True
+    """Whether PyTorch's and ONNX Runtime's logits were all finite (a diverged model's are not)."""
 
     @property
     def allowed(self) -> float:
@@ -99,12 +101,17 @@ class Parity:
 
     @property
     def passed(self) -> bool:
-        return self.max_abs_diff <= self.allowed and self.argmax_agreement == 1.0
+        return self.finite and self.max_abs_diff <= self.allowed and self.argmax_agreement == 1.0
 
     def to_json(self) -> dict[str, Any]:
         return {**attrs.asdict(self), "allowed": self.allowed, "passed": self.passed}
 
     def describe(self) -> str:
+        if not self.finite:
+            return (
+                f"the logits are not finite (NaN or infinite) on {self.real_images} real and "
+                f"{self.random_images} random images: the weights are unusable (did training diverge?)"
+            )
         scale = f" x largest |logit| {self.max_abs_logit:.3g}" if self.max_abs_logit > 1 else ""
         return (
             f"max |logit difference| {self.max_abs_diff:.3g} (allowed {self.allowed:.3g} = "
@@ -216,7 +223,9 @@ def check_parity(model: nn.Module, onnx_path: Path, images: torch.Tensor, *, tol
     single = np.concatenate([session.run([OUTPUT_NAME], {INPUT_NAME: row[None]})[0] for row in inputs])
     diffs = [float(np.abs(got - expected).max()) for got in (single, batched)]
     agreement = np.concatenate([got.argmax(1) == expected.argmax(1) for got in (single, batched)])
+    finite = bool(np.isfinite(expected).all() and np.isfinite(single).all() and np.isfinite(batched).all())
     return Parity(
+        finite=finite,
         max_abs_diff=max(diffs),
         max_abs_logit=float(np.abs(expected).max()),
         argmax_agreement=float(agreement.mean()),

@@ -9,6 +9,7 @@ reference   the settings reference in the README, generated from the tree and th
 from harness.settings.load import load_settings, parse_override, settings_to_toml, tables
 from harness.settings.plugins import builtin_specs, resolve_plugin, resolve_specs
 from harness.settings.tree import (
+    AugmentSettings,
     CheckpointSettings,
     DataSettings,
     EarlyStoppingSettings,
@@ -24,6 +25,7 @@ __all__ = [
     "RunSettings",
     "DataSettings",
     "ModelSettings",
+    "AugmentSettings",
     "TrainerSettings",
     "CheckpointSettings",
     "EarlyStoppingSettings",

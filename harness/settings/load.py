@@ -207,6 +207,14 @@ def _coerce(hint: Any, value: Any, source: str, table: tuple[str, ...], key: str
         names = " or ".join(_type_name(o) for o in typing.get_args(hint))
         raise SettingsError(f"{where} must be {names}, got {value!r}")
     if origin is tuple:
+        items = typing.get_args(hint)
+        if items and items[0] is float:
+            numbers = isinstance(value, list) and all(
+                isinstance(v, int | float) and not isinstance(v, bool) for v in value
+            )
+            if not numbers or (Ellipsis not in items and len(value) != len(items)):
+                raise SettingsError(f"{where} must be a list of {len(items)} numbers, got {value!r}")
+            return tuple(float(v) for v in value)
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise SettingsError(f"{where} must be a list of strings, got {value!r}")
         return tuple(value)

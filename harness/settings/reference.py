@@ -28,7 +28,8 @@ def _allowed(hint: Any) -> str:
     if origin is Literal:
         return " / ".join(f"`{value}`" for value in typing.get_args(hint))
     if origin is tuple:
-        return "list of strings"
+        kinds = {arg for arg in typing.get_args(hint) if arg is not Ellipsis}
+        return "list of numbers" if kinds <= {float, int} else "list of strings"
     if origin is not None:
         return " or ".join(_allowed(arg) for arg in typing.get_args(hint))
     return {int: "integer", float: "number", str: "string", bool: "boolean"}.get(hint, str(hint))

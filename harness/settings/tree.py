@@ -13,10 +13,12 @@ from typing import Literal
 
 import attrs
 
-from harness.core.options import Validator, at_least, check, option, positive, within
+from harness.core.options import Validator, at_least, check, finite, option, positive, within
+from harness.core.preprocessing import Preprocessing
 from harness.core.spec import SubscriberSettings
 
 __all__ = [
+    "AugmentSettings",
     "CheckpointSettings",
     "DataSettings",
     "EarlyStoppingSettings",
@@ -35,6 +37,19 @@ def _batches_limit() -> Validator:
             or (isinstance(v, float) and 0 < v <= 1)
         ),
         "a fraction in (0, 1.0] or a whole number of batches",
+    )
+
+
+def _range(low: float, high: float) -> Validator:
+    return check(
+        lambda v: len(v) == 2 and low <= v[0] <= v[1] <= high and v[0] > 0,
+        f"[min, max] with 0 < min <= max <= {high:g}",
+    )
+
+
+def _fractions() -> Validator:
+    return check(
+        lambda v: all(0 < f < 1 for f in v) and list(v) == sorted(v), "increasing fractions in (0, 1)"
     )
 
 
@@ -90,11 +105,62 @@ class DataSettings:
     on_corrupt: Literal["stop", "skip"] = option(
         "stop", "unreadable images: stop before training, or skip them with a count"
     )
+    resize: Literal["squash", "crop"] = option(
+        "squash",
+        "evaluation (and export) preprocessing: squash the whole image to the square, or resize "
+        "the shorter side to `image_size / crop_fraction` and centre crop",
+    )
+    crop_fraction: float = option(
+        0.875, 'the share of the shorter side a `"crop"` keeps (timm\'s crop_pct)', within(0, 1, closed="(]")
+    )
     unknown_classes: Literal["stop", "skip"] = option(
         "stop",
         "class folders in `val/` or `test/` that `train/` lacks: stop naming them, or leave them out "
         "with a warning",
     )
+
+    def preprocessing(self) -> Preprocessing:
+        """The evaluation preprocessing these settings ask for (what export and predict record)."""
+        crop = self.crop_fraction if self.resize == "crop" else 1.0
+        return Preprocessing(image_size=self.image_size, resize=self.resize, crop_fraction=crop)
+
+
+@attrs.frozen(kw_only=True)
+class AugmentSettings:
+    """[augment]: training-time augmentation (validation and export never see it)."""
+
+    crop_scale: tuple[float, float] = option(
+        (0.7, 1.0),
+        "random resized crop: share of the image area kept, [min, max]; [1, 1] with ratio [1, 1] is no crop",
+        _range(0, 1),
+    )
+    crop_ratio: tuple[float, float] = option(
+        (0.9, 1.1), "random resized crop: aspect ratio range, [min, max]", _range(0, 10)
+    )
+    hflip: float = option(
+        0.0, "probability of a horizontal flip (off: flips change digits and text)", within(0, 1, closed="[]")
+    )
+    auto_augment: Literal["none", "trivial", "rand", "auto"] = option(
+        "none", "TrivialAugmentWide, RandAugment, AutoAugment (ImageNet policy) or none"
+    )
+    magnitude: int = option(9, "RandAugment magnitude (0-30)", within(0, 30, closed="[]"))
+    color_jitter: float = option(
+        0.2, "brightness, contrast and saturation jitter strength, 0 for none", within(0, 1, closed="[]")
+    )
+    erasing: float = option(
+        0.0, "probability of random erasing (after normalisation)", within(0, 1, closed="[]")
+    )
+    mixup_alpha: float = option(0.0, "MixUp Beta(alpha, alpha), 0 for none", at_least(0))
+    cutmix_alpha: float = option(
+        0.0, "CutMix Beta(alpha, alpha), 0 for none; with MixUp, one of the two per batch", at_least(0)
+    )
+    mix_prob: float = option(
+        1.0, "probability that a batch is mixed when MixUp or CutMix is on", within(0, 1, closed="[]")
+    )
+
+    @property
+    def mixes(self) -> bool:
+        return self.mix_prob > 0 and (self.mixup_alpha > 0 or self.cutmix_alpha > 0)
 
 
 @attrs.frozen(kw_only=True)
@@ -104,13 +170,21 @@ class ModelSettings:
     arch: str = option(
         "resnet18", 'any torchvision classification architecture, or `"timm:<name>"` (the `timm` extra)'
     )
-    lr: float = option(0.05, "learning rate", positive())
-    weight_decay: float = option(5e-4, "weight decay", at_least(0))
-    optimizer: Literal["sgd", "adamw"] = option("sgd", "SGD (Nesterov momentum 0.9) or AdamW")
-    scheduler: Literal["cosine", "none"] = option(
-        "cosine", "cosine annealing over `max_epochs`, or a constant rate"
+    lr: float = option(1e-3, "peak learning rate (after warm-up)", positive(), finite())
+    weight_decay: float = option(0.05, "weight decay (decoupled for AdamW)", at_least(0))
+    optimizer: Literal["sgd", "adamw"] = option("adamw", "AdamW, or SGD (Nesterov momentum 0.9)")
+    scheduler: Literal["cosine", "step", "none"] = option(
+        "cosine", "decay after warm-up, stepped per optimizer step: cosine to 0, steps, or constant"
     )
-    label_smoothing: float = option(0.0, "cross-entropy label smoothing", within(0, 1))
+    warmup: float = option(1.0, "linear warm-up length, in `warmup_unit`s", at_least(0))
+    warmup_unit: Literal["epochs", "steps"] = option("epochs", "the unit of `warmup`")
+    step_milestones: tuple[float, ...] = option(
+        (0.5, 0.75),
+        '`"step"` decay: shares of the schedule after which the rate is multiplied by `step_gamma`',
+        _fractions(),
+    )
+    step_gamma: float = option(0.1, '`"step"` decay factor', within(0, 1, closed="(]"))
+    label_smoothing: float = option(0.1, "cross-entropy label smoothing", within(0, 1))
     weights: str = option(
         "",
         '`""` random; a weights name (`"DEFAULT"`, `"IMAGENET1K_V1"`, ...) from the torch hub cache '
@@ -203,6 +277,7 @@ class Settings:
     run: RunSettings = attrs.Factory(RunSettings)
     data: DataSettings = attrs.Factory(DataSettings)
     model: ModelSettings = attrs.Factory(ModelSettings)
+    augment: AugmentSettings = attrs.Factory(AugmentSettings)
     trainer: TrainerSettings = attrs.Factory(TrainerSettings)
     checkpoint: CheckpointSettings = attrs.Factory(CheckpointSettings)
     early_stopping: EarlyStoppingSettings = attrs.Factory(EarlyStoppingSettings)

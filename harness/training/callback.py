@@ -9,6 +9,7 @@ No other module of the harness knows Lightning's hooks.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -113,8 +114,15 @@ class BusCallback(Callback):
         self.context.device = pl_module.device
         self.context.max_epochs = int(trainer.max_epochs or 0)
         epoch, step = self._progress(trainer)
+        estimated = float(trainer.estimated_stepping_batches)
         self.bus.publish(
-            FitStart(epoch=epoch, global_step=step, max_epochs=self.context.max_epochs, resumed=self._resumed)
+            FitStart(
+                epoch=epoch,
+                global_step=step,
+                max_epochs=self.context.max_epochs,
+                resumed=self._resumed,
+                total_steps=int(estimated) if math.isfinite(estimated) else 0,
+            )
         )
 
     @override

@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import os
 import random
-from collections.abc import Sequence
+from collections.abc import Sequence, Sized
 from pathlib import Path
 
 import lightning as L
@@ -28,14 +28,14 @@ import torch
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
-from torchvision.transforms import v2
 
 from harness.core.context import DatasetInfo
 from harness.core.errors import DataError
 from harness.core.preprocessing import Preprocessing
 from harness.io.artifacts import atomic_path
 from harness.io.images import image_files, load_rgb, unreadable
-from harness.settings import DataSettings
+from harness.settings import AugmentSettings, DataSettings
+from harness.training.augment import BatchMixer, Transform, eval_transform, train_transform
 from harness.training.scan_cache import cache_file, unreadable_files
 
 __all__ = [
@@ -221,6 +221,9 @@ def scan(settings: DataSettings, seed: int) -> tuple[DatasetInfo, tuple[str, ...
         train, val = _stratified_split(train_files, index, settings.val_fraction, seed)
     if not val:
         raise DataError(f"{where}: the validation split is empty; add images or raise [data].val_fraction")
+    # A fixed, seeded order that mixes the classes: a partial validation (limit_val_batches)
+    # then measures every class, not the first ones in folder order.
+    random.Random(seed + 1).shuffle(val)
     info = DatasetInfo(
         root=root, train=tuple(train), val=tuple(val), test=tuple(test), skipped=tuple(skipped)
     )
@@ -243,19 +246,19 @@ def _stratified_split(
 
 
 class ImageFiles(Dataset[tuple[torch.Tensor, int]]):
-    """`(path, class index)` pairs read as normalised tensors of one size."""
+    """`(path, class index)` pairs read as normalised tensors of one size.
 
-    def __init__(self, samples: Sequence[tuple[Path, int]], preprocessing: Preprocessing) -> None:
+    `transform` defaults to the evaluation preprocessing of `preprocessing`.
+    """
+
+    def __init__(
+        self,
+        samples: Sequence[tuple[Path, int]],
+        preprocessing: Preprocessing,
+        transform: Transform | None = None,
+    ) -> None:
         self.samples = list(samples)
-        size = preprocessing.image_size
-        self.transform = v2.Compose(
-            [
-                v2.ToImage(),
-                v2.Resize((size, size), antialias=True),
-                v2.ToDtype(torch.float32, scale=True),
-                v2.Normalize(mean=list(preprocessing.mean), std=list(preprocessing.std)),
-            ]
-        )
+        self.transform = transform or eval_transform(preprocessing)
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -276,7 +279,12 @@ def loader_workers(setting: int | str) -> int:
 
 
 class ImageDataModule(L.LightningDataModule):
-    """Train and validation loaders over a scanned data set, with an optional sampler."""
+    """Train and validation loaders over a scanned data set, with an optional sampler.
+
+    With `augment`, training images go through `train_transform` (and `BatchMixer` when
+    MixUp or CutMix is on); validation always gets the evaluation preprocessing. A last
+    training batch of a single image is dropped: BatchNorm cannot train on one.
+    """
 
     def __init__(
         self,
@@ -284,15 +292,46 @@ class ImageDataModule(L.LightningDataModule):
         preprocessing: Preprocessing,
         settings: DataSettings,
         sampler: Sampler[int] | None = None,
+        augment: AugmentSettings | None = None,
     ) -> None:
         super().__init__()
-        self.train_set = ImageFiles(info.train, preprocessing)
+        transform = None if augment is None else train_transform(preprocessing, augment)
+        self.train_set = ImageFiles(info.train, preprocessing, transform)
         self.val_set = ImageFiles(info.val, preprocessing)
         self.settings = settings
         self.sampler = sampler
+        classes = 1 + max((target for _, target in (*info.train, *info.val)), default=0)
+        self.mixer = BatchMixer(augment, classes) if augment is not None and augment.mixes else None
+
+    def preview(self, count: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """`count` training images after augmentation (and mixing), and their class indices.
+
+        Draws from a generator of its own (`seed`), so training sees the same random
+        numbers with or without a preview; the images cycle through the classes.
+        """
+        by_class: dict[int, list[int]] = {}
+        for index, (_, target) in enumerate(self.train_set.samples):
+            by_class.setdefault(target, []).append(index)
+        queues = [list(indices) for _, indices in sorted(by_class.items())]
+        picked: list[int] = []
+        while len(picked) < count and any(queues):
+            picked += [queue.pop(0) for queue in queues if queue][: count - len(picked)]
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            samples = [self.train_set[index] for index in picked]
+            if self.mixer is not None:
+                inputs, targets, _ = self.mixer(samples)
+                return inputs, targets
+        return torch.stack([image for image, _ in samples]), torch.tensor([t for _, t in samples])
+
+    def _drop_last(self, trainer_world_size: int) -> bool:
+        drawn = len(self.sampler) if isinstance(self.sampler, Sized) else len(self.train_set)
+        per_rank = -(-drawn // max(1, trainer_world_size))
+        return per_rank % self.settings.batch_size == 1 and per_rank > 1
 
     def _loader(self, dataset: ImageFiles, *, train: bool) -> DataLoader[tuple[torch.Tensor, int]]:
         workers = loader_workers(self.settings.num_workers)
+        world = self.trainer.world_size if self.trainer is not None else 1
         return DataLoader(
             dataset,
             batch_size=self.settings.batch_size,
@@ -301,7 +340,8 @@ class ImageDataModule(L.LightningDataModule):
             num_workers=workers,
             persistent_workers=workers > 0,
             pin_memory=torch.cuda.is_available(),
-            drop_last=False,
+            drop_last=train and self._drop_last(world),
+            collate_fn=self.mixer if train and self.mixer is not None else None,
         )
 
     def train_dataloader(self) -> DataLoader[tuple[torch.Tensor, int]]:

@@ -28,9 +28,8 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from harness.core.bus import Bus, Stateful, Subscriber
 from harness.core.context import RunContext
-from harness.core.errors import Terminated
+from harness.core.errors import Terminated, TrainingDiverged
 from harness.core.events import RunEnd
-from harness.core.preprocessing import Preprocessing
 from harness.io.artifacts import write_json, write_label_map, write_text
 from harness.io.background import BackgroundWriter
 from harness.io.lock import RunLock
@@ -128,19 +127,21 @@ def run(settings: Settings, *, extra_subscribers: Mapping[str, Subscriber] | Non
         lock.acquire()
     # Pictures are drawn in its worker process while training goes on; closed in the finally below.
     writer = BackgroundWriter()
+    preprocessing = attrs.evolve(settings.data.preprocessing(), mean=norm.mean, std=norm.std)
+    sampler = make_sampler(info.train_targets, balanced=settings.data.balanced, seed=settings.run.seed)
+    datamodule = ImageDataModule(info, preprocessing, settings.data, sampler, settings.augment)
     loggers = build_loggers(settings.logger, run_dir, settings.run.name)
     trackers = LoggerTrackers.of(loggers)
     context = RunContext(
         run_dir=run_dir,
         class_names=classes,
-        preprocessing=Preprocessing(image_size=settings.data.image_size, mean=norm.mean, std=norm.std),
+        preprocessing=preprocessing,
         data=info,
         monitor=settings.checkpoint.monitor,
         monitor_mode=settings.checkpoint.mode,
-        train_sampler=make_sampler(
-            info.train_targets, balanced=settings.data.balanced, seed=settings.run.seed
-        ),
+        train_sampler=sampler,
         background=writer,
+        augmented_samples=datamodule.preview,
         trackers=trackers,
         verbosity=settings.run.terminal,
     )
@@ -217,12 +218,7 @@ def run(settings: Settings, *, extra_subscribers: Mapping[str, Subscriber] | Non
     tested: dict[str, Any] | None = None
     error: str | None = None
     try:
-        trainer.fit(
-            module,
-            datamodule=ImageDataModule(info, context.preprocessing, settings.data, context.train_sampler),
-            ckpt_path=resume_from,
-            weights_only=True,
-        )
+        trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
         status = "interrupted" if trainer.interrupted else "completed"
         if status == "completed" and trainer.is_global_zero:
             # A held-out test/ folder beside train/ is scored once, with the exported best weights.
@@ -238,6 +234,17 @@ def run(settings: Settings, *, extra_subscribers: Mapping[str, Subscriber] | Non
         raise Terminated(
             f"SIGTERM at step {trainer.global_step}: {kept}; summary.json has the resume command"
         ) from None
+    except TrainingDiverged as diverged:
+        status = "diverged"
+        last = run_dir / "checkpoints" / "last.ckpt"
+        kept = (
+            f"the last good checkpoint is {last}" if last.is_file() else "no checkpoint was written before it"
+        )
+        stopped = TrainingDiverged(
+            diverged.step, diverged.lr, diverged.what, f"{kept}; lower [model].lr or lengthen [model].warmup"
+        )
+        error = f"{type(stopped).__name__}: {stopped}"
+        raise stopped from diverged
     except SystemExit:
         # Lightning turns Ctrl-C into a graceful shutdown ending in sys.exit(1).
         status = "interrupted"

@@ -1,9 +1,14 @@
 """The LightningModule: a network of `harness.training.networks`, cross-entropy, accuracies.
 
 Its steps return the (main) logits they computed, so `BatchEnd` carries them and no
-subscriber runs the model a second time. Networks with auxiliary classifiers add their
-weighted losses in training. Fine-tuning: the backbone's gradients are dropped for the
-first `freeze_backbone_epochs` epochs, and it learns at `backbone_lr_scale` times `lr`.
+subscriber runs the model a second time. A training batch is ``(inputs, targets)`` or,
+when MixUp or CutMix mixed it, ``(inputs, targets, soft_targets)``: the loss then uses the
+soft targets. Networks with auxiliary classifiers add their weighted losses in training.
+The rate follows `harness.training.optim.Schedule`, stepped per optimizer step.
+Fine-tuning: the backbone's gradients are dropped for the first `freeze_backbone_epochs`
+epochs, and it learns at `backbone_lr_scale` times `lr`. A non-finite training loss (or
+non-finite weights at an epoch's end, before any checkpoint is written) raises
+`TrainingDiverged`.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import torch.nn.functional as F
 from torchmetrics.classification import MulticlassAccuracy
 from typing_extensions import override
 
-from harness.core.errors import SettingsError
+from harness.core.errors import SettingsError, TrainingDiverged
 from harness.settings import ModelSettings
 from harness.training.networks import (
     AUX_LOSS_WEIGHTS,
@@ -26,10 +31,12 @@ from harness.training.networks import (
     head_parameters,
     split_outputs,
 )
+from harness.training.optim import Schedule
 
 __all__ = ["METRICS", "Classifier", "check_monitor"]
 
 Batch = tuple[torch.Tensor, torch.Tensor]
+TrainBatch = tuple[torch.Tensor, torch.Tensor] | tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
 METRICS: dict[str, Literal["max", "min"]] = {
     "val/acc_top1": "max",
@@ -66,11 +73,15 @@ class Classifier(L.LightningModule):
         *,
         arch: str,
         num_classes: int,
-        lr: float = 0.05,
-        weight_decay: float = 5e-4,
-        optimizer: str = "sgd",
+        lr: float = 1e-3,
+        weight_decay: float = 0.05,
+        optimizer: str = "adamw",
         scheduler: str = "cosine",
-        label_smoothing: float = 0.0,
+        warmup: float = 1.0,
+        warmup_unit: str = "epochs",
+        step_milestones: tuple[float, ...] = (0.5, 0.75),
+        step_gamma: float = 0.1,
+        label_smoothing: float = 0.1,
         weights: str = "",
         image_size: int | None = None,
         freeze_backbone_epochs: int = 0,
@@ -102,6 +113,10 @@ class Classifier(L.LightningModule):
             weight_decay=settings.weight_decay,
             optimizer=settings.optimizer,
             scheduler=settings.scheduler,
+            warmup=settings.warmup,
+            warmup_unit=settings.warmup_unit,
+            step_milestones=settings.step_milestones,
+            step_gamma=settings.step_gamma,
             label_smoothing=settings.label_smoothing,
             weights=settings.weights,
             image_size=image_size,
@@ -116,10 +131,20 @@ class Classifier(L.LightningModule):
     def _loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(logits, targets, label_smoothing=self.hparams["label_smoothing"])
 
-    def training_step(self, batch: Batch, batch_idx: int) -> dict[str, torch.Tensor]:
-        inputs, targets = batch
+    def _lr(self) -> float:
+        optimizer = self.optimizers(use_pl_optimizer=False)
+        assert isinstance(optimizer, torch.optim.Optimizer)
+        return float(optimizer.param_groups[-1]["lr"])
+
+    def training_step(self, batch: TrainBatch, batch_idx: int) -> dict[str, torch.Tensor]:
+        inputs, targets = batch[0], batch[1]
         logits, aux = split_outputs(self.net(inputs))
-        loss = self._loss(logits, targets) + self._aux_loss(aux, targets)
+        wanted = batch[2] if len(batch) == 3 else targets
+        loss = self._loss(logits, wanted) + self._aux_loss(aux, wanted)
+        if not torch.isfinite(loss):
+            raise TrainingDiverged(
+                self.trainer.global_step + 1, self._lr(), f"the training loss is {loss.item()}"
+            )
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(targets))
         return {"loss": loss, "logits": logits.detach()}
 
@@ -128,6 +153,12 @@ class Classifier(L.LightningModule):
         if not aux:
             return 0.0
         return sum((w * self._loss(a, targets) for w, a in zip(self.aux_weights, aux, strict=True)), 0.0)
+
+    def on_train_epoch_end(self) -> None:
+        # Runs before ModelCheckpoint saves: a checkpoint never holds non-finite weights.
+        bad = next((name for name, p in self.named_parameters() if not torch.isfinite(p).all()), None)
+        if bad is not None:
+            raise TrainingDiverged(self.trainer.global_step, self._lr(), f"parameter {bad!r} is not finite")
 
     @override
     def on_after_backward(self) -> None:
@@ -192,8 +223,27 @@ class Classifier(L.LightningModule):
                 nesterov=True,
                 weight_decay=hp["weight_decay"],
             )
-        if hp["scheduler"] == "none":
+        if hp["scheduler"] == "none" and not hp["warmup"]:
             return optimizer
-        epochs = max(1, int(self.trainer.max_epochs or 1))
-        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "epoch"}}
+        self.schedule = Schedule.for_run(
+            total_steps=int(self.trainer.estimated_stepping_batches),
+            max_epochs=max(1, int(self.trainer.max_epochs or 1)),
+            warmup=hp["warmup"],
+            warmup_unit=hp["warmup_unit"],
+            kind=hp["scheduler"],
+            milestones=tuple(hp["step_milestones"]),
+            gamma=hp["step_gamma"],
+        )
+        # A plain function, not a callable object: LambdaLR's state_dict then keeps only the
+        # step count, so a resume with a longer run follows the new, longer schedule.
+        schedule = self.schedule
+        lambda_lr = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: schedule.factor(step))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": lambda_lr, "interval": "step"}}
+
+    def on_train_start(self) -> None:
+        # A resume restores the optimizer's rate of the old schedule's last step (0 at the
+        # end of a cosine); the first step after it must use the new schedule's rate.
+        for config in self.trainer.lr_scheduler_configs:
+            scheduler = config.scheduler
+            for group, base in zip(scheduler.optimizer.param_groups, scheduler.base_lrs, strict=True):
+                group["lr"] = base * self.schedule.factor(scheduler.last_epoch)

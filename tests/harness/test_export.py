@@ -125,3 +125,23 @@ def test_exports_a_checkpoint_of_a_real_run_with_images_from_its_data_set(
     assert "parity images: random images, because the data set is unavailable" in capsys.readouterr().out
     parity = json.loads((result.run_dir / "again" / "parity.json").read_text())
     assert (parity["real_images"], parity["random_images"]) == (0, 2)
+
+
+def test_parity_refuses_non_finite_logits(tmp_path: Path) -> None:
+    import torch as _torch
+
+    from harness.core.errors import ExportError
+    from harness.core.preprocessing import Preprocessing
+    from harness.core.testing import tiny_model
+    from harness.onnx.bundle import export_bundle
+    from harness.onnx.card import ExportSource
+
+    model = tiny_model(seed=0).eval()
+    with _torch.no_grad():
+        model[-1].weight.fill_(float("nan"))
+    with pytest.raises(ExportError, match="not finite"):
+        export_bundle(
+            model, None, class_names=("a", "b", "c"), preprocessing=Preprocessing(image_size=16),
+            source=ExportSource(checkpoint=None), images=None, directory=tmp_path,
+        )  # fmt: skip
+    assert not (tmp_path / "model.onnx").exists()

@@ -42,7 +42,7 @@ def test_tensorboard_scalars_match_the_history_and_its_images_hold_the_latest_ma
     events.Reload()
     rows = history(run_dir)
     assert len(rows) == 2
-    for name in ("val/acc_top1", "val/loss", "lr-SGD"):
+    for name in ("val/acc_top1", "val/loss", "lr-AdamW"):
         logged = [scalar.value for scalar in events.Scalars(name)]
         assert logged == pytest.approx([float(row[name]) for row in rows], rel=1e-6), name
     losses = [scalar.value for scalar in events.Scalars("train/loss_epoch")]
@@ -80,7 +80,7 @@ def test_mlflow_holds_the_metrics_parameters_pictures_and_summary(make_settings:
     rows = history(run_dir)
     top1 = [metric.value for metric in client.get_metric_history(run_id, "val/acc_top1")]
     assert top1 == pytest.approx([float(row["val/acc_top1"]) for row in rows], rel=1e-6)
-    assert found.data.params["model.lr"] == "0.05"
+    assert found.data.params["model.lr"] == "0.001"
     assert found.data.params["trainer.max_epochs"] == "2"
     artifacts = {artifact.path for artifact in client.list_artifacts(run_id)}
     assert {"summary.json", "settings.toml", "images"} <= artifacts

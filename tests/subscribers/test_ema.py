@@ -379,3 +379,16 @@ def test_resume_with_a_different_model_names_the_missing_key(tmp_path: Path) -> 
     ema.load_state_dict({"updates": 2, "training": {"0.weight": torch.zeros(4, 3, 3, 3)}})
     with pytest.raises(SubscriberError, match=r"training weights lack 8 model key\(s\), first '0.bias'"):
         bus.publish(FitStart(epoch=0, global_step=2, max_epochs=1, resumed=True))
+
+
+def test_horizon_caps_the_decay_to_a_share_of_the_run(tmp_path: Path) -> None:
+    from subscribers.ema import EMA, EMASettings
+
+    ema = EMA(make_context(tmp_path), EMASettings(decay=0.99, horizon=0.1))
+    ema.on_fit_start(FitStart(epoch=0, global_step=0, max_epochs=6, total_steps=60))
+    assert ema.decay == pytest.approx(1 - 1 / 6)
+    ema.on_fit_start(FitStart(epoch=0, global_step=0, max_epochs=6, total_steps=100_000))
+    assert ema.decay == 0.99
+    uncapped = EMA(make_context(tmp_path), EMASettings(decay=0.99, horizon=0.0))
+    uncapped.on_fit_start(FitStart(epoch=0, global_step=0, max_epochs=6, total_steps=60))
+    assert uncapped.decay == 0.99
