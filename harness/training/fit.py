@@ -269,8 +269,7 @@ def run(settings: Settings, *, extra_subscribers: Mapping[str, Subscriber] | Non
             }
             for failure in background_failures
         ]
-        if tested is not None:
-            summary["test"] = tested
+        summary["test"] = tested
         summary["error"] = error
         summary["attempts"] = attempts
         if trainer.is_global_zero:
