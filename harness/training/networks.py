@@ -77,6 +77,8 @@ Measured on torchvision 0.29 by forward passes in train and eval mode (every oth
 convolutional architecture runs at 8 px; vit and maxvit are built for the image size).
 """
 
+_FILE_SUFFIXES = frozenset({".pt", ".pth", ".ckpt", ".bin", ".safetensors"})
+
 _IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 
 
@@ -93,8 +95,9 @@ def _is_timm(arch: str) -> bool:
 
 
 def _is_path(weights: str) -> bool:
-    """A local file, as opposed to a weights name: it has a path separator or a suffix, or exists."""
-    return "/" in weights or "\\" in weights or Path(weights).suffix != "" or Path(weights).is_file()
+    """A local file, as opposed to a weights name: a path separator, a weights-file suffix, or it exists."""
+    suffix = Path(weights).suffix.lower()
+    return "/" in weights or "\\" in weights or suffix in _FILE_SUFFIXES or Path(weights).is_file()
 
 
 def _check_arch(arch: str) -> None:

@@ -64,6 +64,9 @@ def test_pretrained_weights_load_from_the_torch_hub_cache_with_a_new_head(torch_
     planted = plant("resnet18")
     assert planted == torch_home / "hub" / "checkpoints" / "resnet18-f37072fd.pth"
     network = build_network("resnet18", 3, "DEFAULT")
+    assert torch.equal(
+        build_network("resnet18", 3, "ResNet18_Weights.IMAGENET1K_V1").conv1.weight, network.conv1.weight
+    )
     assert torch.equal(network.conv1.weight, torch.full_like(network.conv1.weight, 0.125))
     assert network.fc.out_features == 3
     assert not torch.equal(network.fc.weight, torch.full_like(network.fc.weight, 0.125))
