@@ -5,6 +5,7 @@
     .venv/bin/python -m bench --device cuda       # one GPU: the ones that take a device
     .venv/bin/python -m bench --details           # each benchmark's own tables too
     .venv/bin/python -m bench --smoke             # tiny sizes where offered: checks that it runs
+    .venv/bin/python -m bench --one-core          # pinned to one core: wall time with no core to spare
     .venv/bin/python -m bench --list
 
 Each benchmark runs in a process of its own (a fresh interpreter: no thread setting,
@@ -137,8 +138,11 @@ def _call_rows(module: Any, device: str, smoke: bool, details: list[str]) -> lis
     return list(result)
 
 
-def _worker(name: str, device: str, threads: int, smoke: bool, out: Path) -> int:
+def _worker(name: str, device: str, threads: int, smoke: bool, out: Path, one_core: bool = False) -> int:
     """Inside the child process: measure one benchmark and write its rows to `out`."""
+    if one_core:
+        # Before any import starts threads: every thread and child process inherits it.
+        os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
     if device == "cpu":
         import torch
 
@@ -215,6 +219,7 @@ def _run(benchmark: Benchmark, args: argparse.Namespace) -> tuple[list[Row], str
             "--out",
             str(out),
             *(["--smoke"] if args.smoke else []),
+            *(["--one-core"] if args.one_core else []),
         ]
         completed = subprocess.run(command, stdout=subprocess.PIPE, text=True, check=False)
         if completed.returncode != 0 or not out.is_file():
@@ -240,12 +245,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="tiny sizes where offered (the epoch: the GPU code paths); figures mean nothing",
     )
+    parser.add_argument(
+        "--one-core",
+        action="store_true",
+        help="pin each benchmark (and the processes it starts) to one core: wall time without a spare core",
+    )
     parser.add_argument("--list", action="store_true", help="list the benchmarks and exit")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
-        return _worker(args.worker, args.device, args.threads, args.smoke, args.out)
+        return _worker(args.worker, args.device, args.threads, args.smoke, args.out, args.one_core)
     if args.list:
         for benchmark in BENCHMARKS:
             print(f"{benchmark.name:18} {benchmark.compares}")
@@ -278,6 +288,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         for name, output in outputs:
             print(f"## bench.{name}\n\n{output.strip()}\n")
     threads = f", {args.threads} torch thread(s)" if args.device == "cpu" else ""
+    if args.one_core:
+        threads += ", every benchmark pinned to one core"
     print(f"Benchmarks on {_machine(args.device)}{threads}\n")
     if measured:
         print(rows_table(measured))

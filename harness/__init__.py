@@ -3,9 +3,10 @@ furniture is a subscriber to typed events.
 
 The layout is the architecture; dependencies point down the list:
 
-    harness.cli (`harness`), .run, .export, .predict, .report, .replay   command-line tools
+    harness.cli (`harness`), .run, .evaluate, .export, .predict, .report, .replay   command-line tools
     harness.training    the Lightning side: BusCallback, model, data, sampler, the run
-    harness.onnx        the exported model: its card (torch-free) and the export bundle
+    harness.evaluation  scoring a model on labelled images: metrics, pictures, the folder (torch-free)
+    harness.onnx        the exported model: its card and session (torch-free), the export bundle
     harness.settings    the typed settings tree, its loader, plugin specs, the reference
     harness.io          artifacts, the event record, the background writer, image files
     harness.core        bus, events, context, errors, options, spec, testing (no Lightning)
@@ -14,4 +15,4 @@ Subscribers live in the sibling package `subscribers`, which imports the core; n
 here imports it.
 """
 
-__all__ = ["core", "io", "onnx", "settings", "training"]
+__all__ = ["core", "evaluation", "io", "onnx", "settings", "training"]

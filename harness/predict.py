@@ -7,12 +7,14 @@ each image is converted to RGB, resized to the model's square size (bilinear), s
 [0, 1] and normalised by the stored mean and std, as in training.
 
 Folders are searched recursively for image files; hidden files are skipped. One line per
-image (path, class name, probability, tab-separated), or one JSON document with
-``--json``. An image that cannot be read (corrupt, not an image, too large) does not stop
-the others: every readable image is printed, each unreadable one is named on stderr, and
-the exit code is 1. Exit codes: 0 every image classified, 1 some images unreadable (the
-others printed), 2 bad input (a missing path, a folder without images, a model that is not
-the harness's; the error names it, nothing is printed).
+image (path, class name, probability, tab-separated; with ``--topk K`` the next K-1
+classes and probabilities follow on the line), or one JSON document with ``--json``
+(each image's ``top`` list holds its K most probable classes). An image that cannot be
+read (corrupt, not an image, too large) does not stop the others: every readable image
+is printed, each unreadable one is named on stderr, and the exit code is 1. Exit codes:
+0 every image classified, 1 some images unreadable (the others printed), 2 bad input (a
+missing path, a folder without images, a model that is not the harness's; the error
+names it, nothing is printed).
 """
 
 from __future__ import annotations
@@ -26,23 +28,33 @@ from pathlib import Path
 import attrs
 import numpy as np
 import numpy.typing as npt
-import onnxruntime as ort
 
 from harness.core.errors import DataError, report
+from harness.evaluation.metrics import softmax
 from harness.io.images import find_images, load_rgb, to_input
-from harness.onnx.card import ModelCard
+from harness.onnx.session import OnnxModel
 
-__all__ = ["Prediction", "Predictor", "Unreadable", "main"]
+__all__ = ["Prediction", "Predictor", "Ranked", "Unreadable", "main"]
+
+
+@attrs.frozen(kw_only=True)
+class Ranked:
+    """One class of an image's top-k, with its probability."""
+
+    label: str
+    index: int
+    probability: float
 
 
 @attrs.frozen(kw_only=True)
 class Prediction:
-    """The most probable class of one image."""
+    """The most probable class of one image, and its `top` k classes, most probable first."""
 
     path: str
     label: str
     index: int
     probability: float
+    top: tuple[Ranked, ...] = ()
 
 
 @attrs.frozen(kw_only=True)
@@ -53,36 +65,19 @@ class Unreadable:
     error: str
 
 
-def softmax(logits: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
-    shifted = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
-    exp = np.exp(shifted)
-    probabilities: npt.NDArray[np.float64] = exp / exp.sum(axis=1, keepdims=True)
-    return probabilities
-
-
 class Predictor:
     """An ONNX model exported by the harness, with the preprocessing it stores."""
 
     def __init__(self, model_path: Path) -> None:
-        if not model_path.is_file():
-            raise DataError(f"{model_path}: no such model file")
-        try:
-            self.session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
-        # onnxruntime's errors derive from Exception directly, one type per status code.
-        except Exception as error:
-            raise DataError(f"{model_path}: not a loadable ONNX model ({error})") from error
-        metadata = self.session.get_modelmeta().custom_metadata_map
-        self.card = ModelCard.from_metadata(metadata, str(model_path))
-        spec = self.card.preprocessing
-        if (spec.channel_order, spec.layout) != ("RGB", "NCHW"):
-            raise DataError(
-                f"{model_path}: expects {spec.channel_order} {spec.layout} input; "
-                "harness.predict prepares RGB NCHW only"
-            )
-        self.input_name = self.session.get_inputs()[0].name
+        self.model = OnnxModel(model_path)
+        self.card = self.model.card
 
-    def predict(self, paths: Sequence[Path], batch_size: int = 32) -> Iterator[Prediction | Unreadable]:
+    def predict(
+        self, paths: Sequence[Path], batch_size: int = 32, topk: int = 1
+    ) -> Iterator[Prediction | Unreadable]:
         """A prediction for each of `paths`, in order, or an `Unreadable` for a file that cannot be read."""
+        names = self.card.class_names
+        k = max(1, min(topk, len(names)))
         for start in range(0, len(paths), batch_size):
             chunk: list[Path] = []
             inputs: list[npt.NDArray[np.float32]] = []
@@ -96,15 +91,18 @@ class Predictor:
             yield from unreadable
             if not chunk:
                 continue
-            logits = self.session.run(None, {self.input_name: np.stack(inputs)})[0]
-            probabilities = softmax(logits)
+            probabilities = softmax(self.model.run(np.stack(inputs)))
             for path, row in zip(chunk, probabilities, strict=True):
-                index = int(row.argmax())
+                order = np.argsort(-row, kind="stable")[:k]
+                top = tuple(
+                    Ranked(label=names[int(c)], index=int(c), probability=float(row[c])) for c in order
+                )
                 yield Prediction(
                     path=str(path),
-                    label=self.card.class_names[index],
-                    index=index,
-                    probability=float(row[index]),
+                    label=top[0].label,
+                    index=top[0].index,
+                    probability=top[0].probability,
+                    top=top,
                 )
 
 
@@ -128,21 +126,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--json", action="store_true", help="print one JSON document instead of lines")
     parser.add_argument("--batch-size", type=int, default=32, help="images per inference call (default 32)")
+    parser.add_argument(
+        "--topk", type=int, default=1, help="the K most probable classes per image (default 1)"
+    )
     args = parser.parse_args(argv)
-    if args.batch_size < 1:
-        parser.error(f"--batch-size must be a positive integer, got {args.batch_size}")
+    for flag, value in (("--batch-size", args.batch_size), ("--topk", args.topk)):
+        if value < 1:
+            parser.error(f"{flag} must be a positive integer, got {value}")
     predictions: list[Prediction] = []
     unreadable = 0
     try:
         predictor = Predictor(args.model)
-        for result in predictor.predict(find_images(args.inputs), args.batch_size):
+        for result in predictor.predict(find_images(args.inputs), args.batch_size, args.topk):
             if isinstance(result, Unreadable):
                 unreadable += 1
                 print(f"error: {result.error}", file=sys.stderr, flush=True)
             elif args.json:
                 predictions.append(result)
             else:
-                print(f"{result.path}\t{result.label}\t{result.probability:.4f}", flush=True)
+                ranked = "".join(f"\t{r.label}\t{r.probability:.4f}" for r in result.top)
+                print(f"{result.path}{ranked}", flush=True)
     except DataError as error:
         return report(error)
     if args.json:

@@ -17,6 +17,7 @@ from pathlib import Path
 from harness.core.errors import HarnessError, report
 from harness.settings import load_settings
 from harness.training.fit import run
+from harness.training.run_dir import AlreadyComplete
 from harness.training.terminal import quiet_libraries
 
 __all__ = ["main"]
@@ -56,6 +57,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = load_settings(args.settings, args.overrides)
         quiet_libraries(settings.run.terminal)
         result = run(settings)
+    except AlreadyComplete as done:
+        print(done, file=sys.stderr)
+        return 0
     except HarnessError as error:
         return report(error)
     except SystemExit:

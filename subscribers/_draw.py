@@ -1,68 +1,18 @@
-"""What the picture subscribers share: a released figure, fonts for class names, short and literal names.
+"""What the picture subscribers share: short names, epoch file names, `latest` copies.
 
-Figures are `matplotlib.figure.Figure` objects: no pyplot, no backend selection, no
-rcParams changes. Anything that must differ from matplotlib's defaults is passed to
-the call that draws it. matplotlib is imported by the functions that draw, so that a
-process which only hands drawing to the background writer never loads it.
-
-Every name drawn (a class, a metric) goes through `literal`: matplotlib reads text
-between two ``$`` as mathematics, and a class folder named ``p$\\bad$q`` would otherwise
-fail every picture it appears on. A job writes its tables before its pictures, each in
-its own attempt (`all_of`).
+The pictures themselves are drawn as pixels (`subscribers._raster`, `subscribers._chart`),
+where a name is drawn character for character (no mathtext: ``p$\\bad$q`` is just a name).
+A job writes its tables before its pictures, each in its own attempt (`all_of`).
 """
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
-
-if TYPE_CHECKING:
-    from matplotlib.figure import Figure
 
 from harness.io.artifacts import write_bytes
 
-__all__ = ["all_of", "epoch_file", "literal", "name_fonts", "new_figure", "publish_latest", "shorten"]
-
-_FALLBACK_FAMILIES = (
-    "Noto Sans CJK JP",
-    "Noto Sans CJK SC",
-    "Noto Sans CJK KR",
-    "Noto Sans",
-    "Arial Unicode MS",
-    "Microsoft YaHei",
-    "PingFang SC",
-)
-
-
-@contextlib.contextmanager
-def new_figure(
-    width: float, height: float, *, layout: Literal["constrained"] | None = "constrained"
-) -> Iterator[Figure]:
-    """A figure of `width` x `height` inches, emptied on exit so its artists are freed at once.
-
-    `layout=None` is for a figure that places its axes itself.
-    """
-    from matplotlib.figure import Figure
-
-    figure = Figure(figsize=(width, height), layout=layout)
-    try:
-        yield figure
-    finally:
-        figure.clear()
-
-
-def name_fonts() -> list[str]:
-    """Font families for class names: DejaVu Sans, then installed fonts with wider coverage.
-
-    matplotlib falls back along the list glyph by glyph, so a name in a script DejaVu
-    lacks (Chinese, say) renders when a font for it is installed, instead of as boxes.
-    """
-    from matplotlib import font_manager
-
-    installed = {entry.name for entry in font_manager.fontManager.ttflist}
-    return ["DejaVu Sans", *(family for family in _FALLBACK_FAMILIES if family in installed)]
+__all__ = ["all_of", "epoch_file", "publish_latest", "shorten"]
 
 
 def shorten(text: str, limit: int) -> str:
@@ -75,16 +25,6 @@ def shorten(text: str, limit: int) -> str:
     tail = max((limit - 1) // 2, 1)
     head = max(limit - 1 - tail, 1)
     return text[:head].rstrip() + "…" + text[-tail:].lstrip()
-
-
-def literal(text: str) -> str:
-    """`text` as matplotlib draws it character for character: every ``$`` escaped.
-
-    With no unescaped ``$`` left, matplotlib never enters mathtext and turns each ``\\$``
-    back into ``$``; backslashes elsewhere are drawn as they are. One mechanism for every
-    text artist, legends included (which take no ``parse_math``).
-    """
-    return text.replace("$", r"\$")
 
 
 def all_of(*steps: Callable[[], object]) -> None:

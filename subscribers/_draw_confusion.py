@@ -1,10 +1,12 @@
 """The confusion matrix as numbers (normalised views, CSV) and as a picture.
 
 Rows are true classes, columns predicted classes, as in torchmetrics and scikit-learn.
-The picture scales with the class count: cells shrink from 0.6 to 0.22 inch, fonts with
-them, and past 136 classes the matrix stays 30 inches wide and names every few classes.
-Numbers are written in the cells up to 50 classes and while they fit (past that the
-picture is read for its pattern); long class names are cut in the middle.
+The picture is drawn as pixels (`subscribers._raster`): one coloured square per cell,
+from 72 pixels for a few classes down to 26 at 32 classes and more, and past 115
+classes the matrix stays 3,000 pixels wide with every few classes named. Counts are
+written in the cells up to 50 classes and while they fit (past that the picture is read
+for its pattern); long class names are cut in the middle. Nothing here imports torch:
+the counts arrive as a numpy array.
 """
 
 from __future__ import annotations
@@ -14,20 +16,30 @@ import io
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import torch
+import numpy as np
+import numpy.typing as npt
+
+from harness.io.artifacts import write_text
+from subscribers._draw import all_of, epoch_file, publish_latest, shorten
+from subscribers._raster import Canvas, colour_scale, save_png, text_width, vertical
 
 if TYPE_CHECKING:
-    from matplotlib.axes import Axes
+    from harness.core.context import Record
 
-from harness.core.context import Record
-from harness.io.artifacts import save_figure, write_text
-from subscribers._draw import all_of, epoch_file, literal, name_fonts, new_figure, publish_latest, shorten
-
-__all__ = ["Normalize", "counts_csv", "draw_confusion", "normalise", "write_epoch"]
+__all__ = [
+    "Normalize",
+    "counts_csv",
+    "draw_confusion",
+    "normalise",
+    "write_epoch",
+    "per_class_csv",
+    "write_test",
+]
 
 Normalize = Literal["none", "true", "pred"]
+Counts = npt.NDArray[np.int64]
 
 _COLOURBAR_LABEL = {
     "none": "count",
@@ -36,28 +48,30 @@ _COLOURBAR_LABEL = {
 }
 _NAME_LIMIT = 28
 _MAX_CLASSES_WITH_NUMBERS = 50
-_MAX_SIDE = 30.0  # inches; past it cells shrink and only every few classes is named
-_POINTS_PER_CHAR = 0.62  # average advance of DejaVu Sans, in font sizes
+_MAX_SIDE = 3000  # pixels; past it cells shrink and only every few classes is named
+_CHAR_WIDTH = 0.62  # average advance of DejaVu Sans, in font sizes
+_GAP = 6  # pixels between the matrix and its labels
 
 
-def normalise(counts: torch.Tensor, mode: Normalize) -> torch.Tensor:
+def normalise(counts: Any, mode: Normalize) -> npt.NDArray[np.float64]:
     """`counts` as floats, divided by row sums (``"true"``) or column sums (``"pred"``).
 
     A class with no samples (an empty row or column) stays at zero rather than NaN.
     """
-    values = counts.double()
+    values = np.asarray(counts, dtype=np.float64)
     if mode == "none":
         return values
-    totals = values.sum(dim=1 if mode == "true" else 0, keepdim=True)
-    return torch.where(totals > 0, values / totals.clamp_min(1), torch.zeros_like(values))
+    totals = values.sum(axis=1 if mode == "true" else 0, keepdims=True)
+    shares: npt.NDArray[np.float64] = np.divide(values, totals, out=np.zeros_like(values), where=totals > 0)
+    return shares
 
 
-def counts_csv(counts: torch.Tensor, class_names: Sequence[str]) -> str:
+def counts_csv(counts: Any, class_names: Sequence[str]) -> str:
     """The raw counts as CSV: a header of predicted classes, one row per true class."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["true \\ predicted", *class_names])
-    for name, row in zip(class_names, counts.tolist(), strict=True):
+    for name, row in zip(class_names, np.asarray(counts).tolist(), strict=True):
         writer.writerow([name, *(int(value) for value in row)])
     return buffer.getvalue()
 
@@ -65,7 +79,7 @@ def counts_csv(counts: torch.Tensor, class_names: Sequence[str]) -> str:
 def write_epoch(
     run_dir: Path,
     names: Sequence[str],
-    counts: torch.Tensor,
+    counts: Counts,
     epoch: int,
     normalize: Normalize,
     record: Record,
@@ -79,6 +93,11 @@ def write_epoch(
         for path in (written, publish_latest(written)):
             record(path.relative_to(run_dir).as_posix(), path)
 
+    def per_class() -> None:
+        written = write_text(epoch_file(directory / "per_class", epoch, ".csv"), per_class_csv(counts, names))
+        for path in (written, publish_latest(written)):
+            record(path.relative_to(run_dir).as_posix(), path)
+
     def picture() -> None:
         drawn = draw_confusion(
             epoch_file(directory, epoch, ".png"), counts, names, normalize=normalize, epoch=epoch
@@ -86,90 +105,154 @@ def write_epoch(
         for path in (drawn, publish_latest(drawn)):
             record(path.relative_to(run_dir).as_posix(), path)
 
-    all_of(table, picture)
+    all_of(table, per_class, picture)
+
+
+def write_test(
+    run_dir: Path, names: Sequence[str], counts: Counts, normalize: Normalize, record: Record
+) -> None:
+    """The `ConfusionMatrix` job for an evaluation: ``confusion_matrix/test.csv``, ``test.png``
+    and ``per_class/test.csv`` under the evaluation folder, each file recorded."""
+    directory = run_dir / "confusion_matrix"
+
+    def tables() -> None:
+        for path in (
+            write_text(directory / "test.csv", counts_csv(counts, names)),
+            write_text(directory / "per_class" / "test.csv", per_class_csv(counts, names)),
+        ):
+            record(path.relative_to(run_dir).as_posix(), path)
+
+    def picture() -> None:
+        drawn = draw_confusion(
+            directory / "test.png",
+            counts,
+            names,
+            normalize=normalize,
+            epoch=0,
+            title="Confusion matrix, test",
+        )
+        record(drawn.relative_to(run_dir).as_posix(), drawn)
+
+    all_of(tables, picture)
+
+
+def per_class_csv(counts: Counts, class_names: Sequence[str]) -> str:
+    """Precision, recall, F1 and support of each class, from the counts (`harness.evaluation.metrics`)."""
+    from harness.evaluation.metrics import class_scores
+
+    scores = class_scores(np.asarray(counts, dtype=np.int64))
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["class", "precision", "recall", "f1", "support"])
+    for i, name in enumerate(class_names):
+        p, r, f = (f"{float(v[i]):.6f}" for v in (scores.precision, scores.recall, scores.f1))
+        writer.writerow([name, p, r, f, int(scores.support[i])])
+    return buffer.getvalue()
 
 
 def draw_confusion(
-    path: Path, counts: torch.Tensor, class_names: Sequence[str], *, normalize: Normalize, epoch: int
+    path: Path,
+    counts: Any,
+    class_names: Sequence[str],
+    *,
+    normalize: Normalize,
+    epoch: int,
+    title: str | None = None,
 ) -> Path:
-    """Draw `counts` (C x C, true by predicted) to `path`, coloured by the `normalize` view."""
-    counts = counts.detach().cpu().long()
+    """Draw `counts` (C x C, true by predicted) to `path`, coloured by the `normalize` view.
+
+    The title's first line is `title`, by default ``Confusion matrix, epoch N``.
+    """
+    counts = np.asarray(counts, dtype=np.int64)
     n = len(class_names)
     values = normalise(counts, normalize)
-    top = 1.0 if normalize != "none" else max(float(values.max()), 1.0)
-    total, correct = int(counts.sum()), int(counts.trace())
+    top = 1.0 if normalize != "none" else max(float(values.max(initial=0.0)), 1.0)
+    total, correct = int(counts.sum()), int(np.trace(counts))
 
-    cell = min(0.6, max(0.22, 7.0 / n), _MAX_SIDE / n)
-    cell_points = cell * 72
-    step = max(1, math.ceil(11.0 / cell_points))
-    label_size = min(10.0, step * cell_points * 0.6)
-    names = [shorten(name, _NAME_LIMIT) for name in class_names]
-    label_inches = max(len(name) for name in names) * _POINTS_PER_CHAR * label_size / 72
-    rotate = label_inches > cell * step * 0.9
-    width = max(5.5, n * cell + label_inches + 1.6)
-    height = max(4.0, n * cell + (label_inches * 0.75 if rotate else 0.3) + 1.3)
+    cell = max(2, min(72, max(26, 840 // n), _MAX_SIDE // n))
+    side = n * cell
+    step = max(1, math.ceil(14 / cell))
+    label_size = min(13, max(9, int(cell * step * 0.7)))
+    ticks = range(0, n, step)
+    names = [shorten(class_names[i], _NAME_LIMIT) for i in ticks]
+    label_width = max(text_width(name, label_size) for name in names) + _GAP
 
-    with new_figure(width, height) as figure:
-        axes = figure.add_subplot()
-        image = axes.imshow(values.numpy(), cmap="Blues", vmin=0.0, vmax=top, interpolation="nearest")
-        colourbar = figure.colorbar(image, ax=axes, fraction=0.046, pad=0.02, shrink=min(1.0, 4.0 / n + 0.6))
-        colourbar.set_label(_COLOURBAR_LABEL[normalize], fontsize=9)
-        colourbar.ax.tick_params(labelsize=8)
-        ticks = list(range(0, n, step))
-        fonts = name_fonts()
-        labels = [literal(names[i]) for i in ticks]
-        axes.set_xticks(ticks, labels, fontsize=label_size, family=fonts)
-        axes.set_yticks(ticks, labels, fontsize=label_size, family=fonts)
-        if rotate:
-            for label in axes.get_xticklabels():
-                label.set(rotation=45, horizontalalignment="right", rotation_mode="anchor")
-        if n <= 60:
-            edges = [i - 0.5 for i in range(n + 1)]
-            axes.hlines(edges, -0.5, n - 0.5, colors="white", linewidth=0.6)
-            axes.vlines(edges, -0.5, n - 0.5, colors="white", linewidth=0.6)
-        axes.tick_params(length=2)
-        axes.set_xlabel("predicted class", fontsize=10)
-        axes.set_ylabel("true class", fontsize=10)
-        accuracy = correct / total if total else 0.0
-        axes.set_title(
-            f"Confusion matrix, epoch {epoch}\naccuracy {accuracy:.1%} ({correct:,} of {total:,})",
-            fontsize=12,
+    title_height, axis_title = 52, 22
+    bar_width, bar_labels = 18, 60
+    left = axis_title + label_width
+    width = left + side + 20 + bar_width + bar_labels + axis_title
+    height = title_height + side + label_width + axis_title
+    canvas = Canvas(width, height)
+
+    accuracy = correct / total if total else 0.0
+    canvas.multiline(
+        (left + side / 2, 8),
+        f"{title or f'Confusion matrix, epoch {epoch}'}\naccuracy {accuracy:.1%} ({correct:,} of {total:,})",
+        16,
+        anchor="ma",
+    )
+    cells = colour_scale(values / top)
+    block = np.repeat(np.repeat(cells, cell, axis=0), cell, axis=1)
+    if n <= 60:
+        block[::cell, :] = 255
+        block[:, ::cell] = 255
+    canvas.paste(block, left, title_height)
+    if n <= _MAX_CLASSES_WITH_NUMBERS:
+        _write_cells(
+            canvas,
+            counts,
+            values,
+            top=top,
+            cell=cell,
+            at=(left, title_height),
+            with_share=normalize != "none",
         )
-        if n <= _MAX_CLASSES_WITH_NUMBERS:
-            _write_cells(
-                axes, counts, values, top=top, cell_points=cell_points, with_share=normalize != "none"
-            )
-        return save_figure(figure, path)
+
+    x_labels = Canvas(label_width, side)
+    for i, name in zip(ticks, names, strict=True):
+        middle = i * cell + cell / 2
+        canvas.text((left - _GAP, title_height + middle), name, label_size, anchor="rm")
+        x_labels.text((label_width - _GAP, middle), name, label_size, anchor="rm")
+    canvas.paste(x_labels.image.rotate(90, expand=True), left, title_height + side)
+    canvas.text((left + side / 2, height - axis_title / 2), "predicted class", 13, anchor="mm")
+    canvas.paste(vertical("true class", 13, height=side), 0, title_height)
+
+    bar_left = left + side + 20
+    bar = colour_scale(np.linspace(1.0, 0.0, side)[:, None].repeat(bar_width, axis=1))
+    canvas.paste(bar, bar_left, title_height)
+    for k in range(5):
+        value = top * k / 4
+        label = f"{value:.2f}" if normalize != "none" else f"{value:,.0f}"
+        y = title_height + side - 1 - (side - 1) * k / 4
+        canvas.text((bar_left + bar_width + 4, y), label, 11, anchor="lm")
+    canvas.paste(
+        vertical(_COLOURBAR_LABEL[normalize], 11, height=side),
+        bar_left + bar_width + bar_labels,
+        title_height,
+    )
+    return save_png(canvas.image, path)
 
 
 def _write_cells(
-    axes: Axes,
-    counts: torch.Tensor,
-    values: torch.Tensor,
+    canvas: Canvas,
+    counts: Counts,
+    values: npt.NDArray[np.float64],
     *,
     top: float,
-    cell_points: float,
+    cell: int,
+    at: tuple[int, int],
     with_share: bool,
 ) -> None:
     """Counts in the cells (zeros left blank), plus the share when the cell has room."""
-    digits = len(str(int(counts.max()))) if counts.numel() else 1
-    size = min(10.0, cell_points * 0.85 / (_POINTS_PER_CHAR * max(digits, 2)))
-    if size < 5.5:
+    digits = len(str(int(counts.max()))) if counts.size else 1
+    size = min(14, int(cell * 0.85 / (_CHAR_WIDTH * max(digits, 2))))
+    if size < 8:
         return
-    share_fits = cell_points * 0.85 >= size * _POINTS_PER_CHAR * 4
-    two_lines = with_share and share_fits and cell_points >= size * 2.6
-    for row, column in torch.nonzero(counts).tolist():
+    share_fits = cell * 0.85 >= size * _CHAR_WIDTH * 4
+    two_lines = with_share and share_fits and cell >= size * 2.6
+    left, top_edge = at
+    for row, column in zip(*np.nonzero(counts), strict=True):
         count, share = int(counts[row, column]), float(values[row, column])
-        text = f"{count}\n{share:.0%}" if two_lines else str(count)
-        colour = "white" if float(values[row, column]) > top * 0.55 else "black"
-        axes.text(
-            column,
-            row,
-            text,
-            ha="center",
-            va="center",
-            fontsize=size,
-            color=colour,
-            linespacing=1.1,
-            in_layout=False,
-        )
+        colour = "white" if share > top * 0.55 else "black"
+        xy = (left + column * cell + cell / 2, top_edge + row * cell + cell / 2)
+        canvas.stamp(xy, f"{count}\n{share:.0%}" if two_lines else str(count), size, fill=colour)

@@ -18,24 +18,24 @@ from typing import TYPE_CHECKING, Literal
 
 import attrs
 
-if TYPE_CHECKING:
-    from matplotlib.axes import Axes
-    from matplotlib.figure import Figure
+from harness.io.artifacts import write_text
+from subscribers._chart import TAB10, Chart, Series, render
+from subscribers._draw import all_of
+from subscribers._raster import save_png
 
-from harness.core.context import Record
-from harness.io.artifacts import save_figure, write_text
-from subscribers._draw import all_of, literal, new_figure
+if TYPE_CHECKING:
+    from harness.core.context import Record
 
 __all__ = [
     "Best",
     "Family",
     "History",
     "best_epoch",
+    "chart_of",
     "curves",
     "draw_family",
     "draw_history",
     "history_csv",
-    "plot_family",
     "series_name",
 ]
 
@@ -155,44 +155,36 @@ def draw_history(
 
 def draw_family(path: Path, family: Family, family_curves: Mapping[str, Curve], best: Best | None) -> Path:
     """One picture: every curve of `family` against epochs, the best epoch marked."""
-    with new_figure(7.5, 4.5) as figure:
-        plot_family(figure, family, family_curves, best)
-        return save_figure(figure, path)
+    return save_png(render(chart_of(family, family_curves, best)), path)
 
 
-def plot_family(
-    figure: Figure, family: Family, family_curves: Mapping[str, Curve], best: Best | None
-) -> Axes:
-    """Draw `family` onto `figure`: a dotted line and a legend entry at the best epoch, a star
-    on the monitored curve when it is one of this family's."""
-    from matplotlib.ticker import MaxNLocator, PercentFormatter
-
+def chart_of(family: Family, family_curves: Mapping[str, Curve], best: Best | None) -> Chart:
+    """What `family`'s picture shows: its curves (validation dashed), a dotted line and a
+    legend entry at the best epoch, a star on the monitored curve when it is one of this family's."""
     title, label = _TITLES[family]
-    axes = figure.add_subplot()
     values = [v for curve in family_curves.values() for _, v in curve if not math.isnan(v)]
-    for name, curve in sorted(family_curves.items()):
-        style = "--" if name.startswith("val") else "-"
-        axes.plot(
-            *zip(*curve, strict=True), style, marker="o", markersize=3, linewidth=1.6, label=literal(name)
+    series = tuple(
+        Series(
+            name=name,
+            points=tuple((float(epoch), value) for epoch, value in curve),
+            colour=TAB10[index % len(TAB10)],
+            style="dashed" if name.startswith("val") else "solid",
         )
-    if best is not None:
-        axes.axvline(
-            best.epoch, color="0.35", linestyle=":", linewidth=1.4,
-            label=literal(f"best epoch {best.epoch} ({best.metric} {best.value:.4g})"),
-        )  # fmt: skip
-        if best.metric in family_curves:
-            axes.plot([best.epoch], [best.value], "*", color="black", markersize=13, zorder=5)
+        for index, (name, curve) in enumerate(sorted(family_curves.items()))
+    )
+    percent_of = None
     if family == "accuracy":
-        axes.yaxis.set_major_formatter(PercentFormatter(1.0 if max(values, default=0) <= 1 else 100.0))
-    epochs = [epoch for curve in family_curves.values() for epoch, _ in curve]
-    axes.set_xlim(min(epochs) - 0.5, max(epochs) + 0.5)
-    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
-    axes.set_xlabel("epoch", fontsize=10)
-    axes.set_ylabel(label, fontsize=10)
-    axes.set_title(title, fontsize=12)
-    axes.grid(alpha=0.3)
-    axes.legend(fontsize=8, loc="best")
-    return axes
+        percent_of = 1.0 if max(values, default=0) <= 1 else 100.0
+    return Chart(
+        title=title,
+        x_label="epoch",
+        y_label=label,
+        series=series,
+        marked_x=None if best is None else float(best.epoch),
+        marked_label=None if best is None else f"best epoch {best.epoch} ({best.metric} {best.value:.4g})",
+        star=(float(best.epoch), best.value) if best is not None and best.metric in family_curves else None,
+        percent_of=percent_of,
+    )
 
 
 def _cell(value: float | None) -> str:

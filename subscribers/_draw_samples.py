@@ -14,31 +14,39 @@ import hashlib
 import math
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import attrs
-import torch
+import numpy as np
+import numpy.typing as npt
+from PIL import Image
 
-from harness.core.context import Record
-from harness.io.artifacts import save_figure, write_json
-from subscribers._draw import all_of, epoch_file, literal, name_fonts, new_figure, publish_latest, shorten
+from harness.io.artifacts import write_json
+from subscribers._draw import all_of, epoch_file, publish_latest, shorten
+from subscribers._raster import Canvas, save_png
 
-__all__ = ["Shown", "draw_samples", "priority", "unnormalise", "write_epoch"]
+if TYPE_CHECKING:
+    import torch
 
-_CELL = 1.9  # inches per image
-_GAP = 0.1  # inches between two columns
-_TITLE_BAND = 0.5  # inches above each image for its two lines of title
-_HEADER = 0.4  # inches above the grid for the figure's title
-_TITLE_SIZE = 8.0
+    from harness.core.context import Record
+
+__all__ = ["Shown", "draw_samples", "priority", "to_pixels", "unnormalise", "write_epoch", "write_test"]
+
+_CELL = 180  # pixels per image
+_GAP = 20  # pixels between two images
+_TITLE_BAND = 40  # pixels above each image for its two lines of title
+_HEADER = 52  # pixels above the grid for the picture's title
+_TITLE_SIZE = 12
 _RIGHT = "#1b7a36"
 _WRONG = "#c0392b"
 
 
 @attrs.frozen(kw_only=True)
 class Shown:
-    """One sample on the grid: its image (C x H x W in [0, 1], CPU) and what the model said."""
+    """One sample on the grid: its image (H x W x C, 8-bit, C 1 or 3) and what the model said."""
 
     position: int
-    image: torch.Tensor
+    image: npt.NDArray[np.uint8]
     target: int
     predicted: int
     confidence: float
@@ -56,11 +64,19 @@ def priority(seed: int, position: int) -> int:
 
 def unnormalise(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
     """Undo ``(x - mean) / std`` per channel and clamp to [0, 1] for display."""
+    import torch
+
     channels = images.shape[1]
     shape = (1, channels, 1, 1)
     mean_t = torch.tensor(mean[:channels], dtype=images.dtype, device=images.device).view(shape)
     std_t = torch.tensor(std[:channels], dtype=images.dtype, device=images.device).view(shape)
     return (images * std_t + mean_t).clamp(0.0, 1.0)
+
+
+def to_pixels(images: torch.Tensor) -> npt.NDArray[np.uint8]:
+    """N x C x H x W in [0, 1] as N x H x W x C 8-bit pixels on the host (what `Shown` holds)."""
+    scaled = (images.detach().float().clamp(0.0, 1.0) * 255.0).round().byte()
+    return np.ascontiguousarray(scaled.permute(0, 2, 3, 1).cpu().numpy())
 
 
 def write_epoch(
@@ -95,66 +111,87 @@ def write_epoch(
     all_of(listing, picture)
 
 
+def write_test(
+    run_dir: Path, names: Sequence[str], shown: Sequence[Shown], seed: int, record: Record
+) -> None:
+    """The `Samples` job for an evaluation: ``samples/test.json`` and ``test.png``, each recorded."""
+    directory = run_dir / "samples"
+    wrong = sum(not sample.correct for sample in shown)
+    heading = (
+        f"Test samples: {wrong} of {len(shown)} wrong\na seeded sample of the evaluated images (seed {seed})"
+    )
+
+    def listing() -> None:
+        rows = [
+            {
+                "position": sample.position,
+                "true": names[sample.target],
+                "predicted": names[sample.predicted],
+                "confidence": round(sample.confidence, 4),
+                "correct": sample.correct,
+            }
+            for sample in shown
+        ]
+        written = write_json(directory / "test.json", rows)
+        record(written.relative_to(run_dir).as_posix(), written)
+
+    def picture() -> None:
+        drawn = draw_samples(directory / "test.png", shown, names, epoch=0, seed=seed, heading=heading)
+        record(drawn.relative_to(run_dir).as_posix(), drawn)
+
+    all_of(listing, picture)
+
+
 def draw_samples(
-    path: Path, shown: Sequence[Shown], class_names: Sequence[str], *, epoch: int, seed: int
+    path: Path,
+    shown: Sequence[Shown],
+    class_names: Sequence[str],
+    *,
+    epoch: int,
+    seed: int,
+    heading: str | None = None,
 ) -> Path:
     """A grid of `shown` (in order), each titled with true and predicted class; wrong ones framed red.
 
-    The grid is one set of axes measured in inches, every image placed on it by its extent:
-    a subplot per image would cost ten times as long to lay out and draw.
+    A mosaic of pixels (`subscribers._raster`): each image scaled to its cell with nearest
+    neighbours (the pixels the model saw), two lines of text above it.
     """
-    from matplotlib.patches import Rectangle
-
     columns = max(1, math.ceil(math.sqrt(len(shown))))
     rows = max(1, math.ceil(len(shown) / columns))
-    limit = int(_CELL * 72 / (0.55 * _TITLE_SIZE))
-    fonts = name_fonts()
+    limit = int(_CELL / (0.55 * _TITLE_SIZE))
     wrong = sum(not sample.correct for sample in shown)
-    width = columns * _CELL + (columns - 1) * _GAP
-    height = rows * (_CELL + _TITLE_BAND)
-    with new_figure(width, height + _HEADER, layout=None) as figure:
-        figure.suptitle(
-            f"Validation samples, epoch {epoch}: {wrong} of {len(shown)} wrong\n"
-            f"the same images every epoch (seed {seed})",
-            fontsize=11,
-            y=1.0,
-            va="top",
+    width = columns * _CELL + (columns + 1) * _GAP
+    height = _HEADER + rows * (_CELL + _TITLE_BAND + _GAP)
+    canvas = Canvas(width, height)
+    canvas.multiline(
+        (width / 2, 8),
+        heading
+        or f"Validation samples, epoch {epoch}: {wrong} of {len(shown)} wrong\n"
+        f"the same images every epoch (seed {seed})",
+        15,
+        anchor="ma",
+    )
+    for index, sample in enumerate(shown):
+        row, column = divmod(index, columns)
+        left = _GAP + column * (_CELL + _GAP)
+        top = _HEADER + row * (_CELL + _TITLE_BAND + _GAP) + _TITLE_BAND
+        pixels = sample.image[:, :, 0] if sample.image.shape[2] == 1 else sample.image
+        picture = Image.fromarray(pixels).convert("RGB").resize((_CELL, _CELL), Image.Resampling.NEAREST)
+        canvas.paste(picture, left, top)
+        mark, colour = ("✓", _RIGHT) if sample.correct else ("✗", _WRONG)
+        frame = 1 if sample.correct else 4
+        canvas.rectangle(
+            (left - frame, top - frame, left + _CELL + frame - 1, top + _CELL + frame - 1),
+            outline=colour,
+            width=frame,
         )
-        axes = figure.add_axes((0.0, 0.0, 1.0, height / (height + _HEADER)))
-        axes.set_axis_off()
-        axes.set_xlim(0.0, width)
-        axes.set_ylim(0.0, height)
-        for index, sample in enumerate(shown):
-            row, column = divmod(index, columns)
-            left = column * (_CELL + _GAP)
-            top = height - row * (_CELL + _TITLE_BAND) - _TITLE_BAND
-            extent = (left, left + _CELL, top - _CELL, top)
-            image = sample.image.permute(1, 2, 0).numpy()
-            if image.shape[2] == 1:
-                axes.imshow(
-                    image[:, :, 0], cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest",
-                    extent=extent, aspect="auto",
-                )  # fmt: skip
-            else:
-                axes.imshow(image, interpolation="nearest", extent=extent, aspect="auto")
-            mark, colour = ("✓", _RIGHT) if sample.correct else ("✗", _WRONG)
-            axes.add_patch(
-                Rectangle(
-                    (left, top - _CELL), _CELL, _CELL, fill=False, edgecolor=colour,
-                    linewidth=1 if sample.correct else 3, clip_on=False,
-                )
-            )  # fmt: skip
-            true_name = literal(shorten(class_names[sample.target], limit - 6))
-            predicted_name = literal(shorten(class_names[sample.predicted], limit - 12))
-            axes.text(
-                left + _CELL / 2,
-                top + 0.06,
-                f"true: {true_name}\n{mark} pred: {predicted_name} ({sample.confidence:.0%})",
-                ha="center",
-                va="bottom",
-                fontsize=_TITLE_SIZE,
-                color=colour,
-                family=fonts,
-                linespacing=1.2,
-            )
-        return save_figure(figure, path)
+        true_name = shorten(class_names[sample.target], limit - 6)
+        predicted_name = shorten(class_names[sample.predicted], limit - 12)
+        canvas.multiline(
+            (left + _CELL / 2, top - frame - 3),
+            f"true: {true_name}\n{mark} pred: {predicted_name} ({sample.confidence:.0%})",
+            _TITLE_SIZE,
+            fill=colour,
+            anchor="md",
+        )
+    return save_png(canvas.image, path)

@@ -6,15 +6,15 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-if TYPE_CHECKING:
-    from matplotlib.figure import Figure
-
-from harness.core.context import Record
-from harness.io.artifacts import save_figure
-from subscribers._draw import all_of, literal
+from subscribers._chart import TAB10, Chart, Series, render
+from subscribers._draw import all_of
+from subscribers._raster import save_png
 from subscribers._tables import percent, write_csv
 
-__all__ = ["share_figure", "table_rows", "write_history"]
+if TYPE_CHECKING:
+    from harness.core.context import Record
+
+__all__ = ["share_chart", "table_rows", "write_history"]
 
 _MAX_LEGEND_CLASSES = 20
 
@@ -55,32 +55,38 @@ def table_rows(
     return rows, note
 
 
-def share_figure(
+def share_chart(
     epochs: Sequence[int],
     drawn: Sequence[Sequence[int]],
     expected: Sequence[float],
     class_names: Sequence[str],
-) -> Figure:
+) -> Chart:
     """Share of each epoch's draws per class (solid), against the share the weights expect (dotted)."""
-    from matplotlib.figure import Figure
-    from matplotlib.ticker import MaxNLocator, PercentFormatter
-
-    figure = Figure(figsize=(8.0, 4.5))
-    axes = figure.add_subplot()
-    colors = [f"C{c % 10}" for c in range(len(class_names))]
-    for c, name in enumerate(class_names):
-        shares = [row[c] / max(sum(row), 1) for row in drawn]
-        axes.plot(epochs, shares, marker="o", markersize=3, color=colors[c], label=literal(name))
-        axes.axhline(expected[c], color=colors[c], linestyle=":", linewidth=1)
-    axes.set_xlabel("epoch")
-    axes.set_ylabel("share of draws")
-    axes.set_title("Drawn share per class (dotted: expected from the sampler's weights)")
-    axes.set_ylim(bottom=0)
-    axes.yaxis.set_major_formatter(PercentFormatter(1.0))
-    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
-    if len(class_names) <= _MAX_LEGEND_CLASSES:
-        axes.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize="small", title="class")
-    return figure
+    colours = [TAB10[c % len(TAB10)] for c in range(len(class_names))]
+    totals = [max(sum(row), 1) for row in drawn]
+    series = tuple(
+        Series(
+            name=name,
+            points=tuple(
+                (float(e), row[c] / total) for e, row, total in zip(epochs, drawn, totals, strict=True)
+            ),
+            colour=colours[c],
+            markers=len(epochs) <= 50,
+        )
+        for c, name in enumerate(class_names)
+    )
+    return Chart(
+        title="Drawn share per class (dotted: expected from the sampler's weights)",
+        x_label="epoch",
+        y_label="share of draws",
+        series=series,
+        levels=tuple(zip(expected, colours, strict=True)),
+        percent_of=1.0,
+        from_zero=True,
+        legend=len(class_names) <= _MAX_LEGEND_CLASSES,
+        legend_title="class",
+        legend_outside=True,
+    )
 
 
 def write_history(
@@ -107,7 +113,7 @@ def write_history(
 
     def picture() -> None:
         epochs = [entry["epoch"] for entry in history]
-        figure = share_figure(epochs, [e["drawn"] for e in history], expected, class_names)
-        record("sampler_draws_plot", save_figure(figure, out / "draws.png"))
+        chart = share_chart(epochs, [e["drawn"] for e in history], expected, class_names)
+        record("sampler_draws_plot", save_png(render(chart), out / "draws.png"))
 
     all_of(lambda: table("draws", "drawn"), lambda: table("trained", "trained"), picture)

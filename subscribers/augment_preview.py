@@ -17,22 +17,25 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import attrs
-import torch
+import numpy as np
+import numpy.typing as npt
+from PIL import Image
 
 from harness.core.bus import Bus
 from harness.core.context import Record, RunContext
 from harness.core.events import FitStart
 from harness.core.options import option, positive
 from harness.core.spec import OnError, SubscriberSettings, SubscriberSpec, on_error_option
-from harness.io.artifacts import save_figure
-from subscribers._draw import name_fonts, new_figure, shorten
-from subscribers._draw_samples import unnormalise
+from subscribers._draw import shorten
+from subscribers._draw_samples import to_pixels, unnormalise
+from subscribers._raster import Canvas, save_png
 
 __all__ = ["SPEC", "AugmentPreview", "AugmentPreviewSettings"]
 
 FILE = "augment_preview.png"
-_CELL = 1.3  # inches per image
-_TITLE = 0.3  # inches above each image for its class
+_CELL = 96  # pixels per image
+_TITLE = 18  # pixels above each image for its class
+_HEADER = 28  # pixels above the grid for its title
 
 
 @attrs.frozen(kw_only=True)
@@ -45,33 +48,20 @@ class AugmentPreviewSettings(SubscriberSettings):
     seed: int = option(0, "which augmentations are drawn")
 
 
-def draw_preview(path: Path, images: torch.Tensor, labels: Sequence[str], record: Record) -> None:
-    """The job: `images` (N x C x H x W in [0, 1]) in a grid, each titled with its label."""
-    columns = max(1, math.ceil(math.sqrt(len(images) * 1.5)))
-    rows = max(1, math.ceil(len(images) / columns))
-    fonts = name_fonts()
-    limit = int(_CELL * 72 / (0.55 * 7))
-    with new_figure(columns * _CELL, rows * (_CELL + _TITLE) + 0.4, layout=None) as figure:
-        figure.suptitle("Training images after augmentation", fontsize=10, y=1.0, va="top")
-        top = rows * (_CELL + _TITLE) / (rows * (_CELL + _TITLE) + 0.4)
-        for index, (image, label) in enumerate(zip(images, labels, strict=True)):
-            row, column = divmod(index, columns)
-            axes = figure.add_axes(
-                (
-                    column / columns,
-                    top * (1 - (row + 1) / rows),
-                    1 / columns,
-                    top * _CELL / (rows * (_CELL + _TITLE)),
-                )
-            )
-            axes.set_axis_off()
-            pixels = image.permute(1, 2, 0).numpy()
-            axes.imshow(pixels, interpolation="nearest", vmin=0.0, vmax=1.0)
-            axes.text(
-                0.5, 1.02, shorten(label, limit), transform=axes.transAxes, ha="center", va="bottom",
-                fontsize=7, family=fonts, parse_math=False,
-            )  # fmt: skip
-        record("augment_preview", save_figure(figure, path))
+def draw_preview(path: Path, pixels: npt.NDArray[np.uint8], labels: Sequence[str], record: Record) -> None:
+    """The job: `pixels` (N x H x W x C, 8-bit) in a grid, each titled with its label."""
+    columns = max(1, math.ceil(math.sqrt(len(pixels) * 1.5)))
+    rows = max(1, math.ceil(len(pixels) / columns))
+    canvas = Canvas(columns * _CELL, _HEADER + rows * (_CELL + _TITLE))
+    canvas.text((columns * _CELL / 2, _HEADER / 2), "Training images after augmentation", 14, anchor="mm")
+    limit = max(4, _CELL // 7)
+    for index, (image, label) in enumerate(zip(pixels, labels, strict=True)):
+        row, column = divmod(index, columns)
+        left, top = column * _CELL, _HEADER + row * (_CELL + _TITLE)
+        picture = Image.fromarray(image[:, :, 0] if image.shape[2] == 1 else image).convert("RGB")
+        canvas.paste(picture.resize((_CELL - 4, _CELL - 4), Image.Resampling.NEAREST), left + 2, top + _TITLE)
+        canvas.text((left + _CELL / 2, top + _TITLE / 2), shorten(label, limit), 11, anchor="mm")
+    record("augment_preview", save_png(canvas.image, path))
 
 
 class AugmentPreview:
@@ -91,7 +81,7 @@ class AugmentPreview:
         if samples is None or (event.resumed and path.is_file()):
             return
         images, targets = samples(self.settings.count, self.settings.seed)
-        shown = unnormalise(images.float(), context.preprocessing.mean, context.preprocessing.std).cpu()
+        shown = to_pixels(unnormalise(images.float(), context.preprocessing.mean, context.preprocessing.std))
         labels = [context.class_names[int(target)] for target in targets.tolist()]
         context.submit(
             "AugmentPreview", functools.partial(draw_preview, path, shown, labels), step=event.global_step

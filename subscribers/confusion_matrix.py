@@ -1,6 +1,7 @@
 """A confusion matrix per validation epoch, from the logits the run already computed.
 
-Consumes `BatchEnd(stage="validate")` and `ValidationEpochEnd`; publishes nothing. The
+Consumes `BatchEnd(stage="validate" or "test")`, `ValidationEpochEnd` and `TestEpochEnd`;
+publishes nothing. The
 model is never called: each batch's logits and targets update a torchmetrics
 `MulticlassConfusionMatrix` that lives on the logits' device. At the end of every
 validation epoch (not the sanity check) every rank computes it (a collective under DDP),
@@ -10,7 +11,13 @@ and rank zero writes, under ``run_dir/confusion_matrix/``:
   `normalize` view (``none``, ``true`` rows or ``pred`` columns), epoch and accuracy in
   the title;
 - ``epoch_NNN.csv``: the raw counts, rows true, columns predicted;
-- ``latest.png`` and ``latest.csv``: copies of the newest epoch's files.
+- ``latest.png`` and ``latest.csv``: copies of the newest epoch's files;
+- ``per_class/epoch_NNN.csv`` (and ``latest.csv``): each class's precision, recall, F1
+  and support that epoch.
+
+In an evaluation (`TestStart`, `BatchEnd(stage="test")`, `TestEpochEnd`, published by
+``trainer.test``) it counts the test batches the same way and writes ``test.png``,
+``test.csv`` and ``per_class/test.csv`` under the evaluation folder (its `run_dir`).
 
 Drawing and writing run on the run's background writer (`RunContext.background`), so
 training goes on meanwhile; without one (tests) they run inline.
@@ -25,10 +32,10 @@ import attrs
 
 from harness.core.bus import Bus
 from harness.core.context import RunContext
-from harness.core.events import BatchEnd, ValidationEpochEnd
+from harness.core.events import BatchEnd, TestEpochEnd, ValidationEpochEnd
 from harness.core.options import option
 from harness.core.spec import OnError, SubscriberSettings, SubscriberSpec, on_error_option
-from subscribers._draw_confusion import write_epoch
+from subscribers._draw_confusion import write_epoch, write_test
 
 __all__ = ["SPEC", "ConfusionMatrix", "ConfusionMatrixSettings"]
 
@@ -60,6 +67,8 @@ class ConfusionMatrix:
     def connect(self, bus: Bus) -> None:
         bus.subscribe(BatchEnd, self.on_batch_end, stage="validate")
         bus.subscribe(ValidationEpochEnd, self.on_validation_epoch_end)
+        bus.subscribe(BatchEnd, self.on_batch_end, stage="test")
+        bus.subscribe(TestEpochEnd, self.on_test_epoch_end)
 
     def on_batch_end(self, event: BatchEnd) -> None:
         if event.sanity_check:
@@ -72,8 +81,9 @@ class ConfusionMatrix:
         if event.sanity_check or self.metric.update_count == 0:
             self.metric.reset()
             return
-        # The collective runs here, on every rank; the copy is the job's own.
-        counts = self.metric.compute().cpu().clone()
+        # The collective runs here, on every rank; the job gets its own numpy copy, so the
+        # background writer's worker never imports torch.
+        counts = self.metric.compute().cpu().numpy().astype("int64")
         self.metric.reset()
         if self.context.is_rank_zero:
             context = self.context
@@ -84,6 +94,18 @@ class ConfusionMatrix:
                 counts,
                 event.epoch,
                 self.settings.normalize,
+            )
+            context.submit("ConfusionMatrix", job, step=event.global_step)
+
+    def on_test_epoch_end(self, event: TestEpochEnd) -> None:
+        if self.metric.update_count == 0:
+            return
+        counts = self.metric.compute().cpu().numpy().astype("int64")
+        self.metric.reset()
+        if self.context.is_rank_zero:
+            context = self.context
+            job = functools.partial(
+                write_test, context.run_dir, context.class_names, counts, self.settings.normalize
             )
             context.submit("ConfusionMatrix", job, step=event.global_step)
 

@@ -1,13 +1,15 @@
 """A grid of validation images with true and predicted class, per validation epoch.
 
-Consumes `BatchEnd(stage="validate")` and `ValidationEpochEnd`, on rank zero; publishes
-nothing. The predictions come from the batch's logits (the model is never called). Which
+Consumes `BatchEnd(stage="validate" or "test")`, `ValidationEpochEnd` and `TestEpochEnd`, on
+rank zero; publishes nothing. The predictions come from the batch's logits (the model is never called). Which
 images are shown is fixed by `SamplesSettings.seed` (see `subscribers._draw_samples`), so
 the same images appear every epoch. Writes, under ``run_dir/samples/``: ``epoch_NNN.png``
 (images un-normalised with `context.preprocessing`, wrong predictions framed in red),
 ``epoch_NNN.json`` (what each shown image is: stream position, true and predicted class,
 confidence) and ``latest.png`` / ``latest.json``, copies of the newest epoch's.
-Under DDP it shows images from rank zero's share of the validation set. The grid is drawn
+Under DDP it shows images from rank zero's share of the validation set. In an evaluation
+(`BatchEnd(stage="test")`, `TestEpochEnd`) it samples the test images the same way and
+writes ``samples/test.png`` and ``test.json`` under the evaluation folder. The grid is drawn
 on the run's background writer (`RunContext.background`), inline without one.
 """
 
@@ -21,10 +23,10 @@ import torch
 
 from harness.core.bus import Bus
 from harness.core.context import RunContext
-from harness.core.events import BatchEnd, ValidationEpochEnd
+from harness.core.events import BatchEnd, TestEpochEnd, ValidationEpochEnd
 from harness.core.options import option, positive
 from harness.core.spec import OnError, SubscriberSettings, SubscriberSpec, on_error_option
-from subscribers._draw_samples import Shown, priority, unnormalise, write_epoch
+from subscribers._draw_samples import Shown, priority, to_pixels, unnormalise, write_epoch, write_test
 
 __all__ = ["SPEC", "Samples", "SamplesSettings"]
 
@@ -52,6 +54,8 @@ class Samples:
     def connect(self, bus: Bus) -> None:
         bus.subscribe(BatchEnd, self.on_batch_end, stage="validate", rank_zero_only=True)
         bus.subscribe(ValidationEpochEnd, self.on_validation_epoch_end, rank_zero_only=True)
+        bus.subscribe(BatchEnd, self.on_batch_end, stage="test", rank_zero_only=True)
+        bus.subscribe(TestEpochEnd, self.on_test_epoch_end, rank_zero_only=True)
 
     def on_batch_end(self, event: BatchEnd) -> None:
         if event.sanity_check:
@@ -66,11 +70,13 @@ class Samples:
             return
         rows = torch.tensor([i for _, i in chosen], device=event.logits.device)
         preprocessing = self.context.preprocessing
-        images = unnormalise(
-            event.inputs.index_select(0, rows.to(event.inputs.device)).float(),
-            preprocessing.mean,
-            preprocessing.std,
-        ).cpu()
+        images = to_pixels(
+            unnormalise(
+                event.inputs.index_select(0, rows.to(event.inputs.device)).float(),
+                preprocessing.mean,
+                preprocessing.std,
+            )
+        )
         confidences, predictions = event.logits.index_select(0, rows).float().softmax(dim=1).max(dim=1)
         targets = event.targets.index_select(0, rows.to(event.targets.device)).tolist()
         for k, ((rank, i), target, predicted, confidence) in enumerate(
@@ -96,6 +102,16 @@ class Samples:
             write_epoch, context.run_dir, context.class_names, shown, event.epoch, self.settings.seed
         )
         context.submit("Samples", job, step=event.global_step)
+
+    def on_test_epoch_end(self, event: TestEpochEnd) -> None:
+        shown = sorted((entry[2] for entry in self.kept), key=lambda sample: sample.position)
+        self.kept, self.seen = [], 0
+        if shown:
+            context = self.context
+            job = functools.partial(
+                write_test, context.run_dir, context.class_names, shown, self.settings.seed
+            )
+            context.submit("Samples", job, step=event.global_step)
 
 
 SPEC = SubscriberSpec(name="samples", build=Samples, settings=SamplesSettings)

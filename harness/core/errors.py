@@ -3,8 +3,11 @@
     HarnessError                 base of everything the harness raises on purpose
     ├── SettingsError            a settings file or override is wrong (exit code 2)
     ├── DataError                the data set cannot be used as it is (exit code 2)
+    ├── RunLocked                another live process holds the run directory (exit code 2)
     ├── SubscriberError          a subscriber raised while handling an event
     ├── ExportError              the ONNX export or its parity check failed
+    ├── CheckpointWriteError     a checkpoint could not be written (earlier ones untouched)
+    ├── Terminated               the run was stopped by SIGTERM after writing a checkpoint (exit 143)
     └── TrainingDiverged         the training loss (or the weights) became NaN or infinite
 
 Every message says where (file, key, path, subscriber), what was expected and what
@@ -16,26 +19,41 @@ from __future__ import annotations
 import sys
 
 __all__ = [
+    "CheckpointWriteError",
     "DataError",
     "ExportError",
     "HarnessError",
+    "RunLocked",
     "SettingsError",
     "SubscriberError",
+    "Terminated",
     "TrainingDiverged",
     "report",
 ]
 
 
 class HarnessError(Exception):
-    """Base of every error the harness raises on purpose."""
+    """Base of every error the harness raises on purpose; `exit_code` is what a tool exits with."""
+
+    exit_code = 1
 
 
 class SettingsError(HarnessError):
     """A setting is unknown, of the wrong type or out of range."""
 
+    exit_code = 2
+
 
 class DataError(HarnessError):
     """The data set is missing, empty, corrupt or otherwise unusable."""
+
+    exit_code = 2
+
+
+class RunLocked(HarnessError):
+    """Another live process holds the run directory (its PID is in the message)."""
+
+    exit_code = 2
 
 
 class SubscriberError(HarnessError):
@@ -60,6 +78,16 @@ class ExportError(HarnessError):
     """The ONNX export failed or its output disagrees with PyTorch."""
 
 
+class CheckpointWriteError(HarnessError):
+    """A checkpoint could not be written (a full disk, say); the earlier checkpoints are untouched."""
+
+
+class Terminated(HarnessError):
+    """SIGTERM (what SLURM and Kubernetes send) stopped the run after a checkpoint was written."""
+
+    exit_code = 143
+
+
 class TrainingDiverged(HarnessError):
     """The training loss or the weights stopped being finite; the run stops at that step.
 
@@ -80,6 +108,7 @@ class TrainingDiverged(HarnessError):
 
 
 def report(error: HarnessError) -> int:
-    """Print `error` for a command line user; return its exit code: 2 for bad input, else 1."""
-    print(f"error: {error}", file=sys.stderr)
-    return 2 if isinstance(error, SettingsError | DataError) else 1
+    """Print `error` for a command line user in one line; return its exit code (`exit_code`)."""
+    prefix = "stopped" if isinstance(error, Terminated) else "error"
+    print(f"{prefix}: {error}", file=sys.stderr)
+    return error.exit_code

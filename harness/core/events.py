@@ -31,6 +31,13 @@ Tensors in a payload are detached. This module is the table of contents of a run
 
     RunEnd(status)                            always last, once summary.json is written
 
+Evaluating a checkpoint (``harness.evaluate``, or a run's ``test/`` split) is Lightning's
+``trainer.test`` with the same adapter, weights already loaded (no swap)::
+
+    TestStart                                 on_test_start; `RunContext.model` is filled
+    BatchEnd(stage="test")                    per batch, logits already computed
+    TestEpochEnd(metrics)                     the ``test/...`` metrics; pictures are drawn
+
 The split of `ValidationSwapIn` / `ValidationEpochEnd` and `TrainLoopEnd` / `TrainEnd`
 exists so that no subscriber depends on dispatch order: whoever changes the weights does
 it in the first event, whoever reads them does it in the second.
@@ -56,6 +63,8 @@ __all__ = [
     "TrainEnd",
     "TrainEpochEnd",
     "TrainEpochStart",
+    "TestEpochEnd",
+    "TestStart",
     "TrainLoopEnd",
     "ValidationEpochEnd",
     "ValidationSwapIn",
@@ -176,6 +185,18 @@ class FitEnd(Event):
 
 
 @attrs.frozen(kw_only=True)
+class TestStart(Event):
+    """Evaluation of loaded weights on a labelled set is about to start; the model is in the context."""
+
+
+@attrs.frozen(kw_only=True)
+class TestEpochEnd(Event):
+    """Evaluation went through every test batch; `metrics` holds the ``test/...`` metrics."""
+
+    metrics: Mapping[str, float]
+
+
+@attrs.frozen(kw_only=True)
 class RunFailed(Event):
     """The run raised; published before the exception propagates."""
 
@@ -206,6 +227,8 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     TrainLoopEnd,
     TrainEnd,
     FitEnd,
+    TestStart,
+    TestEpochEnd,
     RunFailed,
     RunEnd,
 )

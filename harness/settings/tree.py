@@ -94,7 +94,14 @@ class DataSettings:
         0.2, "stratified, seeded validation share when the tree has no `val/`", within(0, 1, closed="()")
     )
     balanced: bool = option(True, "class-balanced sampling (weights 1 / class count)")
-    num_workers: int = option(0, "data-loader worker processes", at_least(0))
+    num_workers: int | Literal["auto"] = option(
+        "auto",
+        'data-loader worker processes; "auto": the cores this process may use minus one, at most 8',
+        check(
+            lambda v: v == "auto" or (isinstance(v, int) and not isinstance(v, bool) and v >= 0),
+            '"auto" or >= 0',
+        ),
+    )
     on_corrupt: Literal["stop", "skip"] = option(
         "stop", "unreadable images: stop before training, or skip them with a count"
     )

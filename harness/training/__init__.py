@@ -5,8 +5,9 @@
     data      the ImageFolder scan and the data module
     sampler   the class-balanced sampler that records its draws
     fit       `run`: a whole training run from settings
+    evaluation  a checkpoint through ``trainer.test``; a run's ``test/`` split
 
 Its modules are imported by name; importing this package imports none of them.
 """
 
-__all__ = ["callback", "data", "fit", "model", "sampler"]
+__all__ = ["callback", "data", "evaluation", "fit", "model", "sampler"]

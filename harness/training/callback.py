@@ -17,6 +17,7 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from typing_extensions import override
 
 from harness.core.bus import Bus, Stateful
@@ -28,6 +29,8 @@ from harness.core.events import (
     FitStart,
     RunFailed,
     Stage,
+    TestEpochEnd,
+    TestStart,
     TrainEnd,
     TrainEpochEnd,
     TrainEpochStart,
@@ -230,6 +233,31 @@ class BusCallback(Callback):
         self.bus.publish(FitEnd(epoch=epoch, global_step=step))
 
     @override
+    def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.context.model = pl_module
+        self.context.device = pl_module.device
+        epoch, step = self._progress(trainer)
+        self.bus.publish(TestStart(epoch=epoch, global_step=step))
+
+    @override
+    def on_test_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        self._batch_end(trainer, "test", outputs, batch, batch_idx)
+
+    @override
+    def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        epoch, step = self._progress(trainer)
+        metrics = {k: v for k, v in scalar_metrics(trainer).items() if k.startswith("test/")}
+        self.bus.publish(TestEpochEnd(epoch=epoch, global_step=step, metrics=metrics))
+
+    @override
     def on_exception(
         self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
     ) -> None:
@@ -238,7 +266,8 @@ class BusCallback(Callback):
             epoch=epoch,
             global_step=step,
             error=f"{type(exception).__name__}: {exception}",
-            interrupted=isinstance(exception, KeyboardInterrupt),
+            # Ctrl-C, and SIGTERM (what SLURM and Kubernetes send before a kill), stop cleanly.
+            interrupted=isinstance(exception, KeyboardInterrupt | SIGTERMException),
         )
         try:
             self.bus.publish(event)

@@ -36,11 +36,13 @@ from harness.io.artifacts import atomic_path
 from harness.io.images import image_files, load_rgb, unreadable
 from harness.settings import AugmentSettings, DataSettings
 from harness.training.augment import BatchMixer, Transform, eval_transform, train_transform
+from harness.training.scan_cache import cache_file, unreadable_files
 
 __all__ = [
     "ImageDataModule",
     "ImageFiles",
     "cache_dir",
+    "loader_workers",
     "materialise_digits",
     "scan",
 ]
@@ -192,12 +194,10 @@ def scan(settings: DataSettings, seed: int) -> tuple[DatasetInfo, tuple[str, ...
     test_files = held_out.get("test", {})
 
     skipped: list[Path] = []
-    bad = [
-        (path, reason)
-        for files in (*train_files.values(), *val_files.values(), *test_files.values())
-        for path in files
-        if (reason := unreadable(path)) is not None
+    every = [
+        path for files in (*train_files.values(), *val_files.values(), *test_files.values()) for path in files
     ]
+    bad = unreadable_files(every, unreadable, cache=cache_file(cache_dir(), root))
     if bad:
         if settings.on_corrupt == "stop":
             listed = "; ".join(f"{path} ({reason})" for path, reason in bad[:10])
@@ -270,6 +270,14 @@ class ImageFiles(Dataset[tuple[torch.Tensor, int]]):
         return tensor, target
 
 
+def loader_workers(setting: int | str) -> int:
+    """``[data].num_workers`` as a count: "auto" is the cores this process may use minus one, at most 8."""
+    if setting != "auto":
+        return int(setting)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(0, min(cores - 1, 8))
+
+
 class ImageDataModule(L.LightningDataModule):
     """Train and validation loaders over a scanned data set, with an optional sampler.
 
@@ -322,7 +330,7 @@ class ImageDataModule(L.LightningDataModule):
         return per_rank % self.settings.batch_size == 1 and per_rank > 1
 
     def _loader(self, dataset: ImageFiles, *, train: bool) -> DataLoader[tuple[torch.Tensor, int]]:
-        workers = self.settings.num_workers
+        workers = loader_workers(self.settings.num_workers)
         world = self.trainer.world_size if self.trainer is not None else 1
         return DataLoader(
             dataset,
@@ -331,6 +339,7 @@ class ImageDataModule(L.LightningDataModule):
             shuffle=train and self.sampler is None,
             num_workers=workers,
             persistent_workers=workers > 0,
+            pin_memory=torch.cuda.is_available(),
             drop_last=train and self._drop_last(world),
             collate_fn=self.mixer if train and self.mixer is not None else None,
         )
@@ -354,4 +363,5 @@ class ImageDataModule(L.LightningDataModule):
             sampler=shards,
             num_workers=loader.num_workers,
             persistent_workers=loader.persistent_workers,
+            pin_memory=loader.pin_memory,
         )

@@ -24,28 +24,36 @@ from lightning.pytorch.callbacks import (
     LearningRateMonitor,
     ModelCheckpoint,
 )
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from harness.core.bus import Bus, Subscriber
+from harness.core.bus import Bus, Stateful, Subscriber
 from harness.core.context import RunContext
-from harness.core.errors import SettingsError, TrainingDiverged
+from harness.core.errors import Terminated, TrainingDiverged
 from harness.core.events import RunEnd
-from harness.io.artifacts import run_dir_of, write_json, write_label_map, write_text
+from harness.io.artifacts import write_json, write_label_map, write_text
 from harness.io.background import BackgroundWriter
+from harness.io.lock import RunLock
 from harness.io.record import EventLog
 from harness.settings import Settings, resolve_specs, settings_to_toml
 from harness.training.callback import BusCallback, scalar_metrics
+from harness.training.checkpoint_io import AtomicCheckpointIO
 from harness.training.data import ImageDataModule, scan
+from harness.training.evaluation import evaluate_test_split
 from harness.training.loggers import LoggerTrackers, build_loggers, logger_artifacts, require_packages
-from harness.training.model import Classifier
+from harness.training.model import Classifier, check_monitor
+from harness.training.run_dir import (
+    RESUME_VARIABLE,
+    RUN_DIR_VARIABLE,
+    check_resume,
+    keep_attempt,
+    resolve_run_dir,
+)
 from harness.training.sampler import make_sampler
 from harness.training.terminal import MetricFreeProgressBar
 
-__all__ = ["RESUME_VARIABLE", "RUN_DIR_VARIABLE", "RunResult", "resolve_run_dir", "run"]
+__all__ = ["RunResult", "run"]
 
 log = logging.getLogger("harness")
-
-RUN_DIR_VARIABLE = "HARNESS_RUN_DIR"
-RESUME_VARIABLE = "HARNESS_RESUME_FROM"
 
 
 @attrs.frozen(kw_only=True)
@@ -54,53 +62,6 @@ class RunResult:
 
     run_dir: Path
     summary: dict[str, Any]
-
-
-def _launched_rank() -> int:
-    """This process's rank as the launcher's environment says, before any Trainer exists."""
-    for variable in ("RANK", "LOCAL_RANK"):
-        if os.environ.get(variable, "").isdigit():
-            return int(os.environ[variable])
-    return 0
-
-
-def resolve_run_dir(settings: Settings) -> tuple[Path, Path | None]:
-    """The run directory and the checkpoint to resume from (None for a fresh run).
-
-    Processes that Lightning's ``ddp`` launcher starts for ranks above zero re-run the
-    command; they join the run directory that rank zero chose (``HARNESS_RUN_DIR``).
-    """
-    joined = os.environ.get(RUN_DIR_VARIABLE)
-    if joined and _launched_rank() != 0:
-        resumed = os.environ.get(RESUME_VARIABLE)
-        return Path(joined), Path(resumed) if resumed else None
-    base = Path(settings.run.output_dir).expanduser() / settings.run.name
-    resume = settings.trainer.resume
-    if resume == "last":
-        candidates = sorted(
-            (p for p in base.glob("version_*") if (p / "checkpoints" / "last.ckpt").is_file()),
-            key=lambda p: int(p.name.split("_")[-1]) if p.name.split("_")[-1].isdigit() else -1,
-        )
-        if not candidates:
-            raise SettingsError(
-                f"[trainer].resume = 'last': no run under {str(base)!r} has checkpoints/last.ckpt"
-            )
-        return candidates[-1], candidates[-1] / "checkpoints" / "last.ckpt"
-    if resume:
-        checkpoint = Path(resume).expanduser()
-        if not checkpoint.is_file():
-            raise SettingsError(f"[trainer].resume: no such checkpoint file {resume!r}")
-        return run_dir_of(checkpoint), checkpoint
-    base.mkdir(parents=True, exist_ok=True)
-    version = 1 + max((int(p.name[8:]) for p in base.glob("version_*") if p.name[8:].isdigit()), default=-1)
-    while True:
-        run_dir = base / f"version_{version}"
-        try:
-            run_dir.mkdir()
-        except FileExistsError:
-            version += 1
-            continue
-        return run_dir, None
 
 
 def _lightning_callbacks(settings: Settings, run_dir: Path) -> list[Callback]:
@@ -116,6 +77,8 @@ def _lightning_callbacks(settings: Settings, run_dir: Path) -> list[Callback]:
                 mode=ckpt.mode,
                 save_top_k=ckpt.save_top_k,
                 save_last=ckpt.save_last,
+                # A moved or resumed run directory must not grow `last-v1.ckpt` beside `last.ckpt`.
+                enable_version_counter=False,
             )
         )
     if settings.early_stopping.enabled:
@@ -152,7 +115,12 @@ def run(settings: Settings, *, extra_subscribers: Mapping[str, Subscriber] | Non
     module = Classifier.from_settings(settings.model, num_classes=len(classes))
     specs = resolve_specs(settings.run.plugins)
     require_packages(settings.logger)  # before the run directory is made
+    check_monitor(settings.checkpoint.monitor, settings.checkpoint.mode)
     run_dir, resume_from = resolve_run_dir(settings)
+    lock = RunLock(run_dir)
+    joined = os.environ.get(RUN_DIR_VARIABLE) == str(run_dir)
+    if not joined:
+        lock.acquire()
     # Pictures are drawn in its worker process while training goes on; closed in the finally below.
     writer = BackgroundWriter()
     preprocessing = settings.data.preprocessing()
@@ -187,6 +155,23 @@ def run(settings: Settings, *, extra_subscribers: Mapping[str, Subscriber] | Non
     for subscriber in extras.values():
         bus.attach(subscriber, on_error="raise")
     stateful = subscribers | extras
+    attempts: list[dict[str, Any]] = []
+    if resume_from is not None and not joined:
+        try:
+            check_resume(
+                resume_from,
+                run_dir,
+                settings,
+                classes,
+                [k for k, s in stateful.items() if isinstance(s, Stateful)],
+            )
+        except BaseException:
+            lock.release()
+            raise
+        attempts = keep_attempt(run_dir)
+        for name, path in (attempts[-1].get("artifacts") or {}).items() if attempts else ():
+            if (run_dir / path).exists():
+                context.artifacts.setdefault(name, path)
 
     trainer_settings = settings.trainer
     interrupt_checkpoint = run_dir / "checkpoints" / "last.ckpt" if settings.checkpoint.enabled else None
@@ -207,6 +192,7 @@ def run(settings: Settings, *, extra_subscribers: Mapping[str, Subscriber] | Non
         enable_model_summary=False,
         enable_checkpointing=settings.checkpoint.enabled,
         logger=loggers,
+        plugins=[AtomicCheckpointIO()],
         callbacks=[
             BusCallback(bus, context, stateful, interrupt_checkpoint=interrupt_checkpoint),
             *_lightning_callbacks(settings, run_dir),
@@ -225,10 +211,25 @@ def run(settings: Settings, *, extra_subscribers: Mapping[str, Subscriber] | Non
     os.environ[RUN_DIR_VARIABLE] = str(run_dir)
     os.environ[RESUME_VARIABLE] = str(resume_from or "")
     status = "failed"
+    tested: dict[str, Any] | None = None
     error: str | None = None
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
         status = "interrupted" if trainer.interrupted else "completed"
+        if status == "completed" and trainer.is_global_zero:
+            # A held-out test/ folder beside train/ is scored once, with the exported best weights.
+            tested = evaluate_test_split(run_dir, info.root, context.best_checkpoint)
+    except SIGTERMException:
+        status = "interrupted"
+        where = context.run_dir / "checkpoints" / "last.ckpt"
+        kept = (
+            f"checkpoint {where} written at step {trainer.global_step}"
+            if where.is_file()
+            else "no checkpoint"
+        )
+        raise Terminated(
+            f"SIGTERM at step {trainer.global_step}: {kept}; summary.json has the resume command"
+        ) from None
     except TrainingDiverged as diverged:
         status = "diverged"
         last = run_dir / "checkpoints" / "last.ckpt"
@@ -264,14 +265,21 @@ def run(settings: Settings, *, extra_subscribers: Mapping[str, Subscriber] | Non
             }
             for failure in background_failures
         ]
+        if tested is not None:
+            summary["test"] = tested
         summary["error"] = error
+        summary["attempts"] = attempts
         if trainer.is_global_zero:
-            write_json(run_dir / "summary.json", summary)
+            try:
+                write_json(run_dir / "summary.json", summary)
+            except OSError as failure:  # a full disk: the run's own outcome must still be reported
+                log.error("could not write %s: %s", run_dir / "summary.json", failure.strerror or failure)
             _publish_run_end(bus, trainer, status)
         if event_log is not None:
             event_log.close()
         if trackers is not None:
             trackers.close()
+        lock.release()
     return RunResult(run_dir=run_dir, summary=summary)
 
 

@@ -1,4 +1,4 @@
-"""The LightningModule: a torchvision architecture, cross-entropy, top-1/top-5 accuracy.
+"""The LightningModule: a torchvision architecture, cross-entropy, top-1/top-5 and balanced accuracy.
 
 Its steps return the logits they computed, so `BatchEnd` carries them and no subscriber
 runs the model a second time. A training batch is ``(inputs, targets)`` or, when MixUp
@@ -10,8 +10,9 @@ checkpoint is written) raises `TrainingDiverged`.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import lightning as L
 import torch
@@ -24,10 +25,35 @@ from harness.core.errors import SettingsError, TrainingDiverged
 from harness.settings import ModelSettings
 from harness.training.optim import Schedule
 
-__all__ = ["Classifier", "build_network"]
+__all__ = ["METRICS", "Classifier", "build_network", "check_monitor"]
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 TrainBatch = tuple[torch.Tensor, torch.Tensor] | tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+
+METRICS: dict[str, Literal["max", "min"]] = {
+    "val/acc_top1": "max",
+    "val/acc_top5": "max",
+    "val/loss": "min",
+    "train/loss": "min",
+}
+"""Every metric the Classifier logs, with the direction in which it improves."""
+
+
+def check_monitor(monitor: str, mode: str) -> None:
+    """Refuse a checkpoint monitor the model never logs; warn when its mode looks reversed."""
+    if monitor not in METRICS:
+        listed = ", ".join(METRICS)
+        raise SettingsError(
+            f"[checkpoint].monitor = {monitor!r} is not a metric the model logs; one of: {listed}"
+        )
+    if METRICS[monitor] != mode:
+        logging.getLogger("harness").warning(
+            "[checkpoint].mode = %r for %s, which improves when it goes %s: did you mean mode = %r?",
+            mode,
+            monitor,
+            "up" if METRICS[monitor] == "max" else "down",
+            METRICS[monitor],
+        )
 
 
 def build_network(arch: str, num_classes: int, weights: str = "") -> nn.Module:
@@ -84,6 +110,11 @@ class Classifier(L.LightningModule):
         top5 = min(5, num_classes)
         self.val_top1 = MulticlassAccuracy(num_classes=num_classes, top_k=1, average="micro")
         self.val_top5 = MulticlassAccuracy(num_classes=num_classes, top_k=top5, average="micro")
+        # Balanced accuracy: the mean of per-class recalls, so a minority class counts as much.
+        self.val_balanced = MulticlassAccuracy(num_classes=num_classes, average="macro")
+        self.test_top1 = MulticlassAccuracy(num_classes=num_classes, top_k=1, average="micro")
+        self.test_top5 = MulticlassAccuracy(num_classes=num_classes, top_k=top5, average="micro")
+        self.test_balanced = MulticlassAccuracy(num_classes=num_classes, average="macro")
 
     @classmethod
     def from_settings(cls, settings: ModelSettings, num_classes: int) -> Classifier:
@@ -137,10 +168,26 @@ class Classifier(L.LightningModule):
         loss = self._loss(logits, targets)
         self.val_top1.update(logits, targets)
         self.val_top5.update(logits, targets)
+        self.val_balanced.update(logits, targets)
         size = len(targets)
         self.log("val/loss", loss, on_epoch=True, sync_dist=True, batch_size=size)
         self.log("val/acc_top1", self.val_top1, on_epoch=True, prog_bar=True, batch_size=size)
         self.log("val/acc_top5", self.val_top5, on_epoch=True, batch_size=size)
+        self.log("val/acc_balanced", self.val_balanced, on_epoch=True, batch_size=size)
+        return {"loss": loss.detach(), "logits": logits.detach()}
+
+    def test_step(self, batch: Batch, batch_idx: int) -> dict[str, torch.Tensor]:
+        inputs, targets = batch
+        logits = self(inputs)
+        loss = self._loss(logits, targets)
+        self.test_top1.update(logits, targets)
+        self.test_top5.update(logits, targets)
+        self.test_balanced.update(logits, targets)
+        size = len(targets)
+        self.log("test/loss", loss, on_epoch=True, sync_dist=True, batch_size=size)
+        self.log("test/acc_top1", self.test_top1, on_epoch=True, batch_size=size)
+        self.log("test/acc_top5", self.test_top5, on_epoch=True, batch_size=size)
+        self.log("test/acc_balanced", self.test_balanced, on_epoch=True, batch_size=size)
         return {"loss": loss.detach(), "logits": logits.detach()}
 
     def configure_optimizers(self) -> Any:

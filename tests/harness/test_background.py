@@ -313,3 +313,27 @@ def test_a_script_runs_once_and_its_jobs_finish_closed_or_not(ending: str, tmp_p
     assert [line.split()[0] for line in out.read_text().splitlines()] == ["drawn", "late"]
     assert "noise" in done.stderr, "what a job prints goes to stderr"
     assert "failed" not in done.stderr
+
+
+def test_the_worker_draws_every_built_in_picture_without_importing_torch(
+    jobs: ModuleType, tmp_path: Path
+) -> None:
+    from harness.core.bus import Bus
+    from harness.core.testing import scripted_run
+    from subscribers.confusion_matrix import ConfusionMatrix
+    from subscribers.plots import Plots
+    from subscribers.samples import Samples
+
+    writer = BackgroundWriter()
+    context = make_context(tmp_path, class_names=("a", "b", "c"), background=writer)
+    bus = Bus()
+    for subscriber in (ConfusionMatrix(context), Samples(context), Plots(context)):
+        bus.attach(subscriber)
+    scripted_run(bus, context, epochs=2, train_batches=1, val_batches=2)
+    out = tmp_path / "modules.json"
+    heavy = ["torch", "lightning", "torchmetrics", "matplotlib.pyplot"]
+    writer.submit("Test", functools.partial(jobs.note_modules, out, heavy), record=Recorded())
+    assert writer.close() == []
+    for name in ("confusion_matrix/latest.png", "samples/latest.png", "plots/losses.png"):
+        assert (context.run_dir / name).is_file(), name
+    assert json.loads(out.read_text(encoding="utf-8")) == dict.fromkeys(heavy, False)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -315,3 +316,18 @@ def test_an_exif_orientation_is_applied_when_training(tmp_path: Path) -> None:
     tensor, _ = ImageFiles([(path, 0)], plain)[0]
     assert float(tensor[0, :3].mean()) > 0.8 and float(tensor[2, :3].mean()) < 0.2, "training sees red on top"
     assert float(tensor[2, -3:].mean()) > 0.8 and float(tensor[0, -3:].mean()) < 0.2, "and blue below"
+
+
+def test_num_workers_defaults_to_auto_the_cores_minus_one_at_most_eight() -> None:
+    from harness.core.errors import SettingsError
+    from harness.settings import load_settings
+    from harness.training.data import loader_workers
+
+    assert load_settings(None).data.num_workers == "auto"
+    cores = len(os.sched_getaffinity(0))
+    assert loader_workers("auto") == max(0, min(cores - 1, 8))
+    assert loader_workers(3) == 3
+    assert load_settings(None, overrides=["data.num_workers=2"]).data.num_workers == 2
+    for bad in ("-1", '"many"'):
+        with pytest.raises(SettingsError, match="num_workers"):
+            load_settings(None, overrides=[f"data.num_workers={bad}"])

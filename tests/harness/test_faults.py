@@ -107,6 +107,22 @@ def test_killed_run_resumes_from_last_and_keeps_its_history(tmp_path: Path, wher
     assert len(sampler_rows) == 1 + 3, "one row per epoch, header first"
 
 
+def test_sigterm_writes_a_checkpoint_at_that_moment_and_exits_143(tmp_path: Path) -> None:
+    """What SLURM and Kubernetes send before a kill: a real signal to the real run."""
+    stopped = harness_run(tmp_path, "trainer.max_epochs=3", env={"FAULT_AT": "BatchEnd:1:2", "FAULT": "term"})
+    assert stopped.returncode == 143, stopped.stderr[-2000:]
+    last = stopped.stderr.strip().splitlines()[-1]
+    assert last.startswith("stopped: SIGTERM at step ") and "last.ckpt written at step" in last
+    run_dir = only_run_dir(tmp_path)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "interrupted" and "trainer.resume=" in summary["resume"]
+    saved = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    assert saved["epoch"] == 1 and saved["global_step"] > 4, "the checkpoint is from the moment of the signal"
+    events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
+    [failed] = [event for event in events if event["event"] == "RunFailed"]
+    assert failed["interrupted"] is True
+
+
 def test_ctrl_c_writes_a_last_checkpoint_and_says_how_to_resume(tmp_path: Path) -> None:
     interrupted = harness_run(
         tmp_path, "trainer.max_epochs=3", env={"FAULT_AT": "BatchEnd:1:2", "FAULT": "interrupt"}

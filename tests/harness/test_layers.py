@@ -43,7 +43,7 @@ def test_the_core_imports_no_lightning_and_no_other_layer(path: Path) -> None:
     assert not outside
 
 
-@pytest.mark.parametrize("layer", ["io", "onnx", "settings"])
+@pytest.mark.parametrize("layer", ["evaluation", "io", "onnx", "settings"])
 def test_lower_layers_never_import_the_lightning_side_or_the_tools(layer: str) -> None:
     tools = {p.stem for p in HARNESS.glob("*.py") if p.stem != "__init__"}
     for path in modules(HARNESS / layer):
@@ -84,6 +84,7 @@ def test_every_package_states_its_public_names() -> None:
 def test_prediction_and_the_model_card_load_without_torch() -> None:
     code = (
         "import sys, harness.predict, harness.onnx.card, harness.core.errors, harness.core.preprocessing; "
+        "import harness.evaluate, harness.evaluation.folder, harness.onnx.session; "
         "print('torch' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -220,6 +220,33 @@ def test_the_command_runs_without_importing_torch(exported: Exported, tmp_path: 
     assert not {name for name in imported if name == "torch" or name.startswith("torch.")}
 
 
+def test_topk_lists_the_k_most_probable_classes_in_json_and_text(
+    exported: Exported, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    paths = [save_image(tmp_path / f"{index}.png", seed=index) for index in range(4)]
+    with torch.no_grad():
+        probabilities = torch.softmax(exported.model(training_inputs(paths)), dim=1)
+    ranked = probabilities.argsort(dim=1, descending=True)[:, :2]
+
+    predictions = run_json(capsys, exported.path, *paths, "--topk", "2")
+    for prediction, order, row in zip(predictions, ranked.tolist(), probabilities, strict=True):
+        top = prediction["top"]
+        assert isinstance(top, list)
+        assert [entry["label"] for entry in top] == [CLASSES[i] for i in order]
+        np.testing.assert_allclose([entry["probability"] for entry in top], row[order].numpy(), atol=1e-5)
+        assert prediction["label"] == top[0]["label"]
+
+    assert main([str(exported.path), *map(str, paths), "--topk", "2"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    for line, order in zip(lines, ranked.tolist(), strict=True):
+        fields = line.split("\t")
+        assert len(fields) == 5
+        assert [fields[1], fields[3]] == [CLASSES[i] for i in order]
+    # The default stays one class per image: path, label, probability.
+    assert main([str(exported.path), str(paths[0])]) == 0
+    assert len(capsys.readouterr().out.strip().split("\t")) == 3
+
+
 @pytest.mark.parametrize("as_json", [False, True], ids=["lines", "json"])
 def test_unreadable_images_among_good_ones_are_named_and_the_others_printed(
     exported: Exported, tmp_path: Path, capsys: pytest.CaptureFixture[str], as_json: bool

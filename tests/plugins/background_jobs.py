@@ -53,3 +53,11 @@ def submit_and_leave(out: Path) -> None:
 
     writer = BackgroundWriter()
     writer.submit("Test", functools.partial(append, out, "child"), record=lambda name, path: None)
+
+
+def note_modules(out: Path, names: list[str], record: Record) -> None:
+    """Write which of `names` the process running this job has imported, as JSON."""
+    import json
+    import sys
+
+    out.write_text(json.dumps({name: name in sys.modules for name in names}), encoding="utf-8")

@@ -1,7 +1,7 @@
 """Plugin subscribers that hurt a run on purpose, for the fault tests (run in subprocesses).
 
 They are configured by environment variables, read when constructed, since a plugin gets
-only the run context: ``FAULT_AT="<event>:<epoch>:<count>"`` and ``FAULT="kill|interrupt|raise"``.
+only the run context: ``FAULT_AT="<event>:<epoch>:<count>"`` and ``FAULT="kill|interrupt|term|raise"``.
 """
 
 from __future__ import annotations
@@ -42,6 +42,8 @@ class Fault:
             os.kill(os.getpid(), signal.SIGKILL)
         elif self.fault == "interrupt":
             os.kill(os.getpid(), signal.SIGINT)
+        elif self.fault == "term":
+            os.kill(os.getpid(), signal.SIGTERM)
         elif self.fault == "raise":
             raise RuntimeError("injected failure")
 

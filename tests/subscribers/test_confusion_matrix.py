@@ -11,6 +11,7 @@ from pathlib import Path
 from types import ModuleType
 
 import attrs
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -204,7 +205,7 @@ def test_normalisation_modes_divide_by_rows_or_columns_and_leave_empty_classes_a
     mode: str, expected: list[list[float]]
 ) -> None:
     counts = torch.tensor([[2, 2, 0], [0, 1, 0], [0, 0, 0]])
-    assert torch.allclose(normalise(counts, mode), torch.tensor(expected, dtype=torch.float64))  # type: ignore[arg-type]
+    assert np.allclose(normalise(counts.numpy(), mode), np.array(expected))  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("mode", ["none", "true", "pred"])
@@ -328,6 +329,12 @@ def test_a_real_run_validates_with_one_forward_per_batch(make_settings: MakeSett
                 "epoch_001.png",
                 "latest.csv",
                 "latest.png",
+                "per_class",
+            ]
+            assert sorted(p.name for p in (folder / "per_class").iterdir()) == [
+                "epoch_000.csv",
+                "epoch_001.csv",
+                "latest.csv",
             ]
             counted = sum(sum(row) for row in read_counts(folder / "latest.csv")[2])
             info, _ = scan(settings.data, settings.run.seed)
@@ -356,8 +363,40 @@ def test_under_ddp_every_rank_computes_and_rank_zero_writes_the_whole_matrix(
         "epoch_000.png",
         "latest.csv",
         "latest.png",
+        "per_class",
     ]
     info, _ = scan(settings.data, settings.run.seed)
     # Each rank saw half of the validation set; the written matrix holds all of it.
     counted = sum(sum(row) for row in read_counts(folder / "latest.csv")[2])
     assert counted == len(info.val)
+
+
+def test_the_test_stage_is_counted_apart_and_drawn_as_test(context: RunContext) -> None:
+    from harness.core.events import TestEpochEnd, TestStart
+
+    bus = attach(context)
+    bus.publish(TestStart(epoch=0, global_step=0))
+    for batch_idx, (targets, predicted) in enumerate([([0, 0, 1], [0, 1, 1]), ([2, 2], [2, 0])]):
+        logits = torch.nn.functional.one_hot(torch.tensor(predicted), 3).float() * 5
+        bus.publish(
+            batch_end(stage="test", batch_idx=batch_idx, targets=torch.tensor(targets), logits=logits)
+        )
+    bus.publish(TestEpochEnd(epoch=0, global_step=0, metrics={}))
+
+    folder = context.run_dir / "confusion_matrix"
+    _, _, counts = read_counts(folder / "test.csv")
+    assert counts == [[1, 1, 0], [0, 1, 0], [1, 0, 1]]
+    assert (folder / "test.png").is_file()
+    rows = list(csv.reader((folder / "per_class" / "test.csv").open()))
+    assert rows[0] == ["class", "precision", "recall", "f1", "support"]
+    assert [row[4] for row in rows[1:]] == ["2", "1", "2"]
+    assert not list(folder.glob("epoch_*"))
+
+
+def test_every_validation_epoch_writes_per_class_figures(context: RunContext) -> None:
+    bus = attach(context)
+    validate(bus, 2, [([0, 1, 2, 2], [0, 1, 1, 2])])
+    rows = list(csv.reader((context.run_dir / "confusion_matrix" / "per_class" / "epoch_002.csv").open()))
+    by_class = {row[0]: row[1:] for row in rows[1:]}
+    assert by_class[NAMES[1]][:2] == ["0.500000", "1.000000"]  # precision 1/2, recall 1/1
+    assert by_class[NAMES[2]][1] == "0.500000"

@@ -14,7 +14,6 @@ import attrs
 import numpy as np
 import pytest
 import torch
-from matplotlib.figure import Figure
 from PIL import Image
 
 from harness.core.bus import Bus
@@ -24,7 +23,7 @@ from harness.core.testing import make_context, scripted_run
 from harness.io.background import BackgroundWriter
 from harness.settings import Settings
 from harness.training.fit import run
-from subscribers._draw_history import Best, best_epoch, curves, plot_family
+from subscribers._draw_history import Best, best_epoch, chart_of, curves, draw_family
 from subscribers.plots import Plots
 
 MakeSettings = Callable[..., Settings]
@@ -164,14 +163,24 @@ def test_the_best_epoch_is_marked_on_every_picture_and_starred_on_its_curve(cont
     best = best_epoch(history, "val/acc_top1")
     assert best is not None and best.epoch == 1
     for family, family_curves in curves(history).items():
-        axes = plot_family(Figure(), family, family_curves, best)
-        legend = axes.get_legend()
-        assert legend is not None
-        assert "best epoch 1 (val/acc_top1 0.81)" in [text.get_text() for text in legend.get_texts()]
-        vertical = [line for line in axes.get_lines() if np.asarray(line.get_xdata()).tolist() == [1, 1]]
-        assert vertical, f"no line at the best epoch on the {family} picture"
-        starred = [line for line in axes.get_lines() if line.get_marker() == "*"]
-        assert bool(starred) == (family == "accuracy")
+        chart = chart_of(family, family_curves, best)
+        assert "best epoch 1 (val/acc_top1 0.81)" in [label for label, _, _ in chart.legend_entries]
+        assert chart.marked_x == 1, f"no line at the best epoch on the {family} picture"
+        assert (chart.star is not None) == (family == "accuracy")
+        assert chart.star in (None, (1.0, 0.81))
+
+
+def test_the_marked_epoch_and_the_star_are_on_the_picture(tmp_path: Path) -> None:
+    history = {epoch: metrics(epoch) for epoch in range(3)}
+    best = best_epoch(history, "val/acc_top1")
+    accuracy = curves(history)["accuracy"]
+    with_best = np.asarray(Image.open(draw_family(tmp_path / "a.png", "accuracy", accuracy, best)))
+    without = np.asarray(Image.open(draw_family(tmp_path / "b.png", "accuracy", accuracy, None)))
+    assert with_best.shape == without.shape == (540, 900, 3)
+    differs = np.any(with_best != without, axis=2)
+    assert differs.sum() > 200, "the best epoch's line, star and legend entry change the picture"
+    black = np.all(with_best < 40, axis=2) & differs
+    assert black.sum() > 50, "a black star on the monitored curve"
 
 
 def test_lower_is_better_for_a_monitored_loss() -> None:

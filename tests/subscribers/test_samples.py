@@ -24,7 +24,7 @@ from harness.io.background import BackgroundWriter
 from harness.settings import Settings
 from harness.training.data import scan
 from harness.training.fit import run
-from subscribers._draw_samples import Shown, draw_samples, unnormalise
+from subscribers._draw_samples import Shown, draw_samples, to_pixels, unnormalise
 from subscribers.samples import Samples, SamplesSettings
 
 MakeSettings = Callable[..., Settings]
@@ -219,7 +219,7 @@ def test_long_and_non_ascii_names_draw_without_missing_glyphs(tmp_path: Path, nu
     shown = [
         Shown(
             position=i,
-            image=torch.rand(3, 16, 16),
+            image=to_pixels(torch.rand(1, 3, 16, 16))[0],
             target=(i * 7) % num_classes,
             predicted=(i * 7 + i % 2) % num_classes,
             confidence=0.5,
@@ -244,3 +244,15 @@ def test_a_real_run_shows_the_same_validation_images_each_epoch(make_settings: M
     assert [row["position"] for row in first] == [row["position"] for row in second]
     assert [row["true"] for row in first] == [classes[info.val[row["position"]][1]] for row in first]
     assert "samples/latest.png" in result.summary["artifacts"]
+
+
+def test_the_test_stage_draws_its_own_grid(context: RunContext) -> None:
+    from harness.core.events import TestEpochEnd
+
+    bus = attach(context, count=4)
+    images, targets = stream(10, 3)
+    bus.publish(batch_end(stage="test", inputs=images, targets=targets, logits=torch.randn(10, 3)))
+    bus.publish(TestEpochEnd(epoch=0, global_step=0, metrics={}))
+    assert len(listing(context, "test.json")) == 4
+    assert (context.run_dir / "samples" / "test.png").is_file()
+    assert not (context.run_dir / "samples" / "latest.json").exists()

@@ -1,0 +1,202 @@
+"""Score a model on labelled images: ``python -m harness.evaluate SOURCE DATA [--split S] [--output DIR]``.
+
+SOURCE is one of three kinds:
+
+- a run directory: its best checkpoint (``summary.json``'s ``best_checkpoint``);
+- a ``.ckpt`` checkpoint of a run: evaluated through Lightning's ``trainer.test`` with
+  `BusCallback`, so the run's subscribers receive `TestStart`, `BatchEnd(stage="test")`
+  and `TestEpochEnd` and draw the test set (confusion matrix, sample grid) into the
+  evaluation folder (`harness.training.evaluation`);
+- an exported ``model.onnx``: evaluated with onnxruntime alone; torch is never imported.
+
+DATA is an ImageFolder tree; its ``test/`` folder is scored when it has one (or the folder
+``--split`` names), else the whole tree, every file checked first. Class folders are
+matched by name to the model's label map: a class the model lacks is an error naming it,
+or with ``--unknown count`` its images are counted in ``metrics.json`` and left out.
+
+The evaluation folder (default ``<run_dir>/evaluation/<data>[-<split>]``, never overwriting
+an earlier one) holds what `harness.evaluation.folder` lists: ``metrics.json``,
+``per_class.csv``, ``confusion_matrix.png/.csv``, ``most_confused.csv``,
+``predictions.csv``, ``top_losses.png`` and ``reliability.png``. The per-class table is
+also printed. Exit codes: 0 done, 1 another harness error, 2 bad input (the message
+names the path).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+from harness.core.errors import DataError, HarnessError, report
+from harness.evaluation.data import Unknown, load_evaluation_data
+from harness.evaluation.folder import Evaluation, Source, evaluation_dir, sha256_of, write_evaluation
+from harness.evaluation.metrics import softmax
+from harness.io.artifacts import run_dir_of
+
+__all__ = ["evaluate", "main", "resolve_source"]
+
+
+def resolve_source(source: Path) -> tuple[str, Path]:
+    """The kind of `source` (``run``, ``checkpoint``, ``onnx``) and the file to read."""
+    if source.is_dir():
+        summary = source / "summary.json"
+        best = None
+        if summary.is_file():
+            try:
+                best = json.loads(summary.read_text(encoding="utf-8")).get("best_checkpoint")
+            except (ValueError, AttributeError):
+                raise DataError(f"SOURCE {str(summary)!r}: not a readable JSON summary") from None
+        if not best:
+            raise DataError(
+                f"SOURCE {str(source)!r}: a directory, but not a run with a best checkpoint "
+                "(summary.json names none); pass a .ckpt or a model.onnx instead"
+            )
+        checkpoint = Path(best) if Path(best).is_absolute() else source / best
+        if not checkpoint.is_file():
+            raise DataError(f"SOURCE {str(source)!r}: its best checkpoint {str(checkpoint)!r} is gone")
+        return "run", checkpoint
+    if source.is_file() and source.suffix == ".ckpt":
+        return "checkpoint", source
+    if source.is_file() and source.suffix == ".onnx":
+        return "onnx", source
+    what = "no such file or directory" if not source.exists() else f"a {source.suffix or 'suffix-less'} file"
+    raise DataError(
+        f"SOURCE {str(source)!r}: expected a run directory, a .ckpt checkpoint or a model.onnx, got {what}"
+    )
+
+
+def _default_output(kind: str, path: Path, data: Path, split: str | None) -> Path:
+    run_dir = run_dir_of(path)
+    if kind == "onnx":
+        run_dir = path.parent.parent if path.parent.name == "onnx_export" else path.parent
+    name = data.resolve().name + (f"-{split}" if split else "")
+    return run_dir / "evaluation" / name
+
+
+def evaluate(
+    source: Path,
+    data: Path,
+    *,
+    split: str | None = None,
+    output: Path | None = None,
+    unknown: Unknown = "error",
+    batch_size: int = 64,
+    bins: int = 15,
+    top_losses: int = 16,
+    accelerator: str = "auto",
+) -> Evaluation:
+    """Evaluate `source` on `data` and write the evaluation folder; see the module."""
+    kind, path = resolve_source(source)
+    probabilities: npt.NDArray[np.float64]
+    if kind == "onnx":
+        from harness.onnx.session import OnnxModel
+
+        model = OnnxModel(path)
+        names = model.card.class_names
+        scored = load_evaluation_data(data, names, split=split, unknown=unknown)
+        directory = evaluation_dir(output or _default_output(kind, path, data, scored.split))
+        probabilities = softmax(model.logits(scored.paths, batch_size))
+    else:
+        # The Lightning side is imported only for a checkpoint.
+        from harness.training.evaluation import load_checkpoint, test_model
+
+        loaded = load_checkpoint(path)
+        names = loaded.class_names
+        scored = load_evaluation_data(data, names, split=split, unknown=unknown)
+        directory = evaluation_dir(output or _default_output(kind, path, data, scored.split))
+        probabilities = test_model(loaded, scored, directory, batch_size=batch_size, accelerator=accelerator)
+    origin = Source(kind=kind, path=path, sha256=sha256_of(path))
+    return write_evaluation(directory, probabilities, scored, names, origin, bins=bins, top_losses=top_losses)
+
+
+def print_report(evaluation: Evaluation) -> None:
+    """The headline figures and the per-class table, as a rich table in the terminal."""
+    from rich.console import Console
+    from rich.table import Table
+
+    figures = evaluation.summary
+    table = Table(title=f"per class ({figures['data']['folder']})")
+    for column in ("class", "precision", "recall", "f1", "support"):
+        table.add_column(column, justify="left" if column == "class" else "right")
+    for name, scores in figures["per_class"].items():
+        table.add_row(
+            name, *(f"{scores[key]:.3f}" for key in ("precision", "recall", "f1")), str(scores["support"])
+        )
+    console = Console()
+    console.print(table)
+    macro = figures["macro"]
+    console.print(
+        f"top-1 {figures['top1']:.4f}  top-{figures['top5_k']} {figures['top5']:.4f}  "
+        f"balanced {figures['balanced_accuracy']:.4f}  macro F1 {macro['f1']:.4f}  "
+        f"ECE {figures['ece']:.4f}  on {figures['samples']} images",
+        highlight=False,
+        soft_wrap=True,
+    )
+    for pair in figures["most_confused"][:5]:
+        console.print(f"  {pair['true']} -> {pair['predicted']}: {pair['count']}", highlight=False)
+    if figures["data"]["left_out"]:
+        console.print(f"left out (classes the model lacks): {figures['data']['left_out']}", highlight=False)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The command line; returns the exit code."""
+    parser = argparse.ArgumentParser(
+        prog="python -m harness.evaluate",
+        description="Score a run, a checkpoint or an exported model.onnx on a labelled ImageFolder tree.",
+        epilog="Exit codes: 0 done, 1 another harness error, 2 bad input (the message names the path).",
+    )
+    parser.add_argument("source", type=Path, help="a run directory, a .ckpt checkpoint or a model.onnx")
+    parser.add_argument("data", type=Path, help="an ImageFolder tree (its test/ split when it has one)")
+    parser.add_argument(
+        "--split", help="the sub-folder of DATA to score (default test/ if present, else DATA)"
+    )
+    parser.add_argument("--output", type=Path, help="the evaluation folder (default <run>/evaluation/<data>)")
+    parser.add_argument(
+        "--unknown",
+        choices=("error", "count"),
+        default="error",
+        help="a DATA class the model lacks: an error (default), or its images counted and left out",
+    )
+    parser.add_argument("--batch-size", type=int, default=64, help="images per batch (default 64)")
+    parser.add_argument(
+        "--bins", type=int, default=15, help="equal-width confidence bins of the ECE (default 15)"
+    )
+    parser.add_argument(
+        "--top-losses", type=int, default=16, help="images on the top-losses grid (default 16)"
+    )
+    parser.add_argument("--accelerator", default="auto", help="Lightning's accelerator for a checkpoint")
+    args = parser.parse_args(argv)
+    for flag, value in (
+        ("--batch-size", args.batch_size),
+        ("--bins", args.bins),
+        ("--top-losses", args.top_losses),
+    ):
+        if value < 1:
+            parser.error(f"{flag} must be a positive integer, got {value}")
+    try:
+        evaluation = evaluate(
+            args.source,
+            args.data,
+            split=args.split,
+            output=args.output,
+            unknown=args.unknown,
+            batch_size=args.batch_size,
+            bins=args.bins,
+            top_losses=args.top_losses,
+            accelerator=args.accelerator,
+        )
+    except HarnessError as error:
+        return report(error)
+    print_report(evaluation)
+    print(evaluation.directory)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

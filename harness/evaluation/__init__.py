@@ -1,0 +1,12 @@
+"""Scoring a model on a labelled folder, torch-free: data, metrics, pictures, the folder.
+
+    data      `EvaluationData`: a labelled ImageFolder split, classes matched to the model's
+    metrics   top-k, balanced accuracy, precision/recall/F1, ECE, most-confused pairs (numpy)
+    pictures  the top-losses grid, the reliability diagram, the confusion matrix (matplotlib)
+    folder    `write_evaluation`: metrics.json, tables, pictures, predictions.csv
+
+The checkpoint side (Lightning's ``trainer.test``) is `harness.training.evaluation`; the
+command line is `harness.evaluate`. Its modules are imported by name.
+"""
+
+__all__ = ["data", "folder", "metrics", "pictures"]

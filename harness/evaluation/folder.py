@@ -1,0 +1,176 @@
+"""An evaluation folder: every figure of a model on a labelled set, as files (no torch).
+
+`write_evaluation` takes the class probabilities of each image (from onnxruntime or from
+Lightning's ``trainer.test``) and writes, under `directory`:
+
+- ``metrics.json``: top-1, top-5, balanced accuracy, loss, macro and weighted
+  precision/recall/F1, per class precision/recall/F1/support, ECE, the most-confused
+  pairs, the source (kind, path, sha256 digest) and the data (folder, split, images,
+  classes left out);
+- ``per_class.csv``: class, precision, recall, f1, support;
+- ``confusion_matrix.csv`` (rows true, columns predicted) and ``confusion_matrix.png``;
+- ``most_confused.csv``: true, predicted, count, the largest off-diagonal cells;
+- ``predictions.csv``: path, true, predicted, probability, then the top-k classes;
+- ``top_losses.png``: the wrong images with the highest loss, fastai-style;
+- ``reliability.png``: the reliability diagram with the ECE.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+import numpy as np
+import numpy.typing as npt
+
+from harness.evaluation.data import EvaluationData
+from harness.evaluation.metrics import Metrics, compute_metrics
+from harness.evaluation.pictures import Loss, draw_confusion, draw_reliability, draw_top_losses
+from harness.io.artifacts import write_json, write_text
+
+__all__ = ["Evaluation", "Source", "counts_csv", "evaluation_dir", "sha256_of", "write_evaluation"]
+
+
+@attrs.frozen(kw_only=True)
+class Source:
+    """What was evaluated: ``run``, ``checkpoint`` or ``onnx``, the file read and its digest."""
+
+    kind: str
+    path: Path
+    sha256: str
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@attrs.frozen(kw_only=True)
+class Evaluation:
+    """A written evaluation folder and its figures."""
+
+    directory: Path
+    metrics: Metrics
+    summary: dict[str, Any]
+
+
+def evaluation_dir(base: Path) -> Path:
+    """`base`, or ``base-1``, ``base-2``, ... when it exists already: nothing earlier is overwritten."""
+    candidate, n = base, 0
+    while candidate.exists():
+        n += 1
+        candidate = base.with_name(f"{base.name}-{n}")
+    return candidate
+
+
+def _csv(rows: Sequence[Sequence[object]]) -> str:
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="\n").writerows(rows)
+    return buffer.getvalue()
+
+
+def counts_csv(counts: npt.NDArray[np.int64], class_names: Sequence[str]) -> str:
+    """The counts as CSV, in the format of the run's ``confusion_matrix/epoch_NNN.csv``."""
+    header: list[object] = ["true \\ predicted", *class_names]
+    return _csv(
+        [header, *([name, *(int(v) for v in row)] for name, row in zip(class_names, counts, strict=True))]
+    )
+
+
+def write_evaluation(
+    directory: Path,
+    probabilities: npt.ArrayLike,
+    data: EvaluationData,
+    class_names: Sequence[str],
+    source: Source,
+    *,
+    bins: int = 15,
+    top_losses: int = 16,
+    topk: int = 5,
+) -> Evaluation:
+    """Compute every figure and write the folder described in the module docstring."""
+    probs = np.asarray(probabilities, dtype=np.float64)
+    targets = np.asarray(data.targets, dtype=np.int64)
+    metrics = compute_metrics(probs, targets, bins=bins)
+    names = list(class_names)
+    scores = metrics.classes
+    summary: dict[str, Any] = {
+        "source": {"kind": source.kind, "path": str(source.path), "sha256": source.sha256},
+        "data": {
+            "folder": str(data.folder),
+            "split": data.split,
+            "images": len(data.samples),
+            "left_out": dict(data.unknown),
+        },
+        **metrics.to_json(names),
+    }
+    write_json(directory / "metrics.json", summary)
+    write_text(
+        directory / "per_class.csv",
+        _csv(
+            [
+                ["class", "precision", "recall", "f1", "support"],
+                *(
+                    [name, f"{scores.precision[i]:.6f}", f"{scores.recall[i]:.6f}", f"{scores.f1[i]:.6f}",
+                     int(scores.support[i])]
+                    for i, name in enumerate(names)
+                ),
+            ]
+        ),
+    )  # fmt: skip
+    write_text(directory / "confusion_matrix.csv", counts_csv(metrics.counts, names))
+    scored = f"{data.folder.parent.name}/{data.split}" if data.split else data.folder.name
+    draw_confusion(
+        directory / "confusion_matrix.png",
+        metrics.counts,
+        names,
+        title=f"Confusion matrix, {scored}",
+    )
+    write_text(
+        directory / "most_confused.csv",
+        _csv(
+            [
+                ["true", "predicted", "count"],
+                *([names[p.true], names[p.predicted], p.count] for p in metrics.confused),
+            ]
+        ),
+    )
+    k = min(topk, len(names))
+    order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+    predicted = order[:, 0]
+    header: list[object] = ["path", "true", "predicted", "probability", *(f"top{j + 1}" for j in range(k))]
+    rows: list[list[object]] = [header]
+    for i, (path, target) in enumerate(data.samples):
+        tops = [f"{names[c]}:{probs[i, c]:.4f}" for c in order[i]]
+        rows.append([str(path), names[target], names[predicted[i]], f"{probs[i, predicted[i]]:.6f}", *tops])
+    write_text(directory / "predictions.csv", _csv(rows))
+
+    true_p = probs[np.arange(len(targets)), targets]
+    losses = -np.log(np.clip(true_p, 1e-12, None))
+    wrong = np.nonzero(predicted != targets)[0]
+    worst = wrong[np.argsort(-losses[wrong], kind="stable")][:top_losses]
+    draw_top_losses(
+        directory / "top_losses.png",
+        [
+            Loss(
+                path=data.samples[i][0],
+                true=names[targets[i]],
+                predicted=names[predicted[i]],
+                probability=float(probs[i, predicted[i]]),
+                loss=float(losses[i]),
+            )
+            for i in worst
+        ],
+        total=len(targets),
+        wrong=len(wrong),
+    )
+    draw_reliability(directory / "reliability.png", metrics.calibration, title=f"Reliability, {scored}")
+    return Evaluation(directory=directory, metrics=metrics, summary=summary)

@@ -1,0 +1,229 @@
+"""Classification metrics from predicted probabilities, in numpy alone (no torch).
+
+Everything is computed from one `(N, C)` array of class probabilities and the `N` true
+class indices. Conventions follow scikit-learn (checked against it in the tests):
+
+- a class's precision, recall or F1 with a zero denominator is 0 (``zero_division=0``);
+- macro averages are the unweighted mean over all classes of the model, weighted
+  averages weight each class by its support (true samples);
+- balanced accuracy is the mean recall over the classes that have true samples
+  (`sklearn.metrics.balanced_accuracy_score`);
+- top-k counts a sample right when its true class is among the k most probable
+  (ties broken by class index);
+- the expected calibration error (ECE) uses `bins` equal-width bins of confidence (the
+  top probability): bin ``b`` holds confidences in ``(b / bins, (b + 1) / bins]``, a
+  confidence of exactly 0 falls in the first; ``ECE = sum_b n_b / N * |acc_b - conf_b|``
+  where ``acc_b`` is the top-1 accuracy and ``conf_b`` the mean confidence of the bin.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import attrs
+import numpy as np
+import numpy.typing as npt
+
+__all__ = [
+    "Calibration",
+    "ClassScores",
+    "ConfusedPair",
+    "Metrics",
+    "calibration",
+    "class_scores",
+    "compute_metrics",
+    "confusion_counts",
+    "most_confused",
+    "softmax",
+    "top_k_accuracy",
+]
+
+Floats = npt.NDArray[np.float64]
+Ints = npt.NDArray[np.int64]
+
+
+def softmax(logits: npt.ArrayLike) -> Floats:
+    """Row-wise softmax in float64, shifted by the row maximum so large logits do not overflow."""
+    values = np.asarray(logits, dtype=np.float64)
+    shifted = np.exp(values - values.max(axis=1, keepdims=True))
+    probabilities: Floats = shifted / shifted.sum(axis=1, keepdims=True)
+    return probabilities
+
+
+def confusion_counts(targets: npt.ArrayLike, predicted: npt.ArrayLike, num_classes: int) -> Ints:
+    """C x C counts, rows true class, columns predicted class (as scikit-learn and torchmetrics)."""
+    true = np.asarray(targets, dtype=np.int64)
+    pred = np.asarray(predicted, dtype=np.int64)
+    flat = np.bincount(true * num_classes + pred, minlength=num_classes * num_classes)
+    counts: Ints = flat.reshape(num_classes, num_classes).astype(np.int64)
+    return counts
+
+
+def _ratio(numerator: Floats, denominator: Floats) -> Floats:
+    out: Floats = np.divide(
+        numerator, denominator, out=np.zeros_like(numerator, dtype=np.float64), where=denominator > 0
+    )
+    return out
+
+
+@attrs.frozen(kw_only=True)
+class ClassScores:
+    """Per-class precision, recall, F1 and support, indexed by class."""
+
+    precision: Floats
+    recall: Floats
+    f1: Floats
+    support: Ints
+
+
+def class_scores(counts: Ints) -> ClassScores:
+    """Precision, recall and F1 of every class from a confusion matrix (zero when undefined)."""
+    counts64 = counts.astype(np.float64)
+    hits = np.diag(counts64)
+    predicted = counts64.sum(axis=0)
+    support = counts64.sum(axis=1)
+    precision = _ratio(hits, predicted)
+    recall = _ratio(hits, support)
+    f1 = _ratio(2 * precision * recall, precision + recall)
+    return ClassScores(precision=precision, recall=recall, f1=f1, support=support.astype(np.int64))
+
+
+def top_k_accuracy(probabilities: Floats, targets: Ints, k: int) -> float:
+    """Share of samples whose true class is among the `k` most probable (ties by class index)."""
+    k = min(k, probabilities.shape[1])
+    order = np.argsort(-probabilities, axis=1, kind="stable")[:, :k]
+    return float((order == targets[:, None]).any(axis=1).mean()) if len(targets) else 0.0
+
+
+@attrs.frozen(kw_only=True)
+class Calibration:
+    """The reliability diagram's numbers: per equal-width bin, its count, accuracy and confidence."""
+
+    bins: int
+    counts: Ints
+    accuracy: Floats
+    confidence: Floats
+    ece: float
+
+    @property
+    def edges(self) -> Floats:
+        edges: Floats = np.linspace(0.0, 1.0, self.bins + 1)
+        return edges
+
+
+def calibration(probabilities: Floats, targets: Ints, bins: int = 15) -> Calibration:
+    """Bin the top probability into `bins` equal-width bins and compute the ECE (see the module)."""
+    confidence = probabilities.max(axis=1)
+    correct = (probabilities.argmax(axis=1) == targets).astype(np.float64)
+    which = np.clip(np.ceil(confidence * bins).astype(np.int64) - 1, 0, bins - 1)
+    counts = np.bincount(which, minlength=bins).astype(np.int64)
+    sizes = counts.astype(np.float64)
+    accuracy = _ratio(np.bincount(which, weights=correct, minlength=bins).astype(np.float64), sizes)
+    mean_confidence = _ratio(np.bincount(which, weights=confidence, minlength=bins).astype(np.float64), sizes)
+    total = max(int(counts.sum()), 1)
+    ece = float(np.sum(sizes / total * np.abs(accuracy - mean_confidence)))
+    return Calibration(bins=bins, counts=counts, accuracy=accuracy, confidence=mean_confidence, ece=ece)
+
+
+@attrs.frozen(kw_only=True)
+class ConfusedPair:
+    """A true class mistaken for a predicted one, `count` times."""
+
+    true: int
+    predicted: int
+    count: int
+
+
+def most_confused(counts: Ints, limit: int = 10) -> list[ConfusedPair]:
+    """The off-diagonal cells with the most samples, largest first (fastai's `most_confused`)."""
+    off = counts.copy()
+    np.fill_diagonal(off, 0)
+    rows, columns = np.nonzero(off)
+    pairs = sorted(
+        (
+            ConfusedPair(true=int(r), predicted=int(c), count=int(off[r, c]))
+            for r, c in zip(rows, columns, strict=True)
+        ),
+        key=lambda pair: (-pair.count, pair.true, pair.predicted),
+    )
+    return pairs[:limit]
+
+
+@attrs.frozen(kw_only=True)
+class Metrics:
+    """Every figure of an evaluation (see the module for the conventions)."""
+
+    samples: int
+    top1: float
+    top5: float
+    top5_k: int
+    """Classes counted by `top5`: 5, or all of them when the model has fewer."""
+    balanced_accuracy: float
+    loss: float
+    macro: tuple[float, float, float]
+    weighted: tuple[float, float, float]
+    classes: ClassScores
+    counts: Ints
+    calibration: Calibration
+    confused: list[ConfusedPair]
+
+    def to_json(self, class_names: Sequence[str]) -> dict[str, object]:
+        """The figures as JSON-ready values, classes by name."""
+        scores = self.classes
+        return {
+            "samples": self.samples,
+            "top1": self.top1,
+            "top5": self.top5,
+            "top5_k": self.top5_k,
+            "balanced_accuracy": self.balanced_accuracy,
+            "loss": self.loss,
+            "macro": dict(zip(("precision", "recall", "f1"), self.macro, strict=True)),
+            "weighted": dict(zip(("precision", "recall", "f1"), self.weighted, strict=True)),
+            "ece": self.calibration.ece,
+            "ece_bins": self.calibration.bins,
+            "per_class": {
+                name: {
+                    "precision": float(scores.precision[i]),
+                    "recall": float(scores.recall[i]),
+                    "f1": float(scores.f1[i]),
+                    "support": int(scores.support[i]),
+                }
+                for i, name in enumerate(class_names)
+            },
+            "most_confused": [
+                {"true": class_names[p.true], "predicted": class_names[p.predicted], "count": p.count}
+                for p in self.confused
+            ],
+        }
+
+
+def compute_metrics(probabilities: npt.ArrayLike, targets: npt.ArrayLike, *, bins: int = 15) -> Metrics:
+    """All the figures for `probabilities` (N x C, rows summing to 1) against `targets` (N)."""
+    probs = np.asarray(probabilities, dtype=np.float64)
+    true = np.asarray(targets, dtype=np.int64)
+    num_classes = probs.shape[1]
+    counts = confusion_counts(true, probs.argmax(axis=1), num_classes)
+    scores = class_scores(counts)
+    support = scores.support.astype(np.float64)
+    total = max(float(support.sum()), 1.0)
+
+    def weighted(values: Floats) -> float:
+        return float(np.sum(values * support) / total)
+
+    present = scores.support > 0
+    picked = probs[np.arange(len(true)), true] if len(true) else np.zeros(0)
+    k = min(5, num_classes)
+    return Metrics(
+        samples=len(true),
+        top1=top_k_accuracy(probs, true, 1),
+        top5=top_k_accuracy(probs, true, k),
+        top5_k=k,
+        balanced_accuracy=float(scores.recall[present].mean()) if present.any() else 0.0,
+        loss=float(-np.log(np.clip(picked, 1e-12, None)).mean()) if len(true) else 0.0,
+        macro=(float(scores.precision.mean()), float(scores.recall.mean()), float(scores.f1.mean())),
+        weighted=(weighted(scores.precision), weighted(scores.recall), weighted(scores.f1)),
+        classes=scores,
+        counts=counts,
+        calibration=calibration(probs, true, bins),
+        confused=most_confused(counts),
+    )

@@ -1,0 +1,190 @@
+"""Evaluating a checkpoint with Lightning's ``trainer.test``, and a run's ``test/`` split.
+
+`load_checkpoint` rebuilds the `Classifier` of a harness checkpoint with its run's class
+names and preprocessing. `test_model` runs it over labelled images through
+``trainer.test`` with `BusCallback`, so every subscriber the run enabled receives
+`TestStart`, `BatchEnd(stage="test")` and `TestEpochEnd` with the evaluation folder as
+its run directory (the confusion matrix and the sample grid draw the test set there);
+the class probabilities come from the logits those events carry.
+`evaluate_test_split` is what a training run does at its end when its data has a
+``test/`` folder: the exported ONNX model (else the best checkpoint) scored on it, into
+``<run_dir>/evaluation/test/``.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import attrs
+import lightning as L
+import numpy as np
+import numpy.typing as npt
+import torch
+from torch.utils.data import DataLoader
+
+from harness.core.bus import Bus
+from harness.core.context import RunContext
+from harness.core.errors import DataError, ExportError, HarnessError
+from harness.core.events import BatchEnd
+from harness.core.preprocessing import Preprocessing
+from harness.evaluation.data import EvaluationData, load_evaluation_data, test_split_of
+from harness.evaluation.folder import Evaluation, Source, evaluation_dir, sha256_of, write_evaluation
+from harness.evaluation.metrics import softmax
+from harness.io.artifacts import LABELS_FILE, read_label_map, run_dir_of
+from harness.settings import Settings, load_settings, resolve_specs
+from harness.training.callback import BusCallback
+from harness.training.data import ImageFiles
+from harness.training.model import Classifier
+
+__all__ = ["LoadedModel", "evaluate_test_split", "load_checkpoint", "test_model"]
+
+log = logging.getLogger("harness")
+
+
+@attrs.frozen(kw_only=True)
+class LoadedModel:
+    """A checkpoint's model with what its run says about it."""
+
+    checkpoint: Path
+    module: Classifier
+    class_names: tuple[str, ...]
+    preprocessing: Preprocessing
+    settings: Settings
+
+
+def load_checkpoint(checkpoint: Path) -> LoadedModel:
+    """The model of a ``harness.run`` checkpoint; a `DataError` naming what is missing or wrong."""
+    from harness.onnx.bundle import read_checkpoint
+
+    if not checkpoint.is_file():
+        raise DataError(f"{checkpoint}: no such checkpoint file")
+    run_dir = run_dir_of(checkpoint)
+    settings_file, labels = run_dir / "settings.toml", run_dir / LABELS_FILE
+    for needed in (settings_file, labels):
+        if not needed.is_file():
+            raise DataError(f"{needed}: not found; evaluating {checkpoint} needs its run's {needed.name}")
+    try:
+        loaded = read_checkpoint(checkpoint)
+    except ExportError as error:
+        raise DataError(str(error)) from error
+    hparams = loaded.hyper_parameters
+    class_names = tuple(read_label_map(labels))
+    if int(hparams.get("num_classes", -1)) != len(class_names):
+        raise DataError(
+            f"{checkpoint}: the model has {hparams.get('num_classes')} classes but {labels} names "
+            f"{len(class_names)}; not a harness.run checkpoint of this run"
+        )
+    settings = load_settings(settings_file)
+    module = Classifier(**{**hparams, "weights": ""})
+    module.load_state_dict(loaded.state_dict)
+    return LoadedModel(
+        checkpoint=checkpoint,
+        module=module,
+        class_names=class_names,
+        preprocessing=Preprocessing(image_size=settings.data.image_size),
+        settings=settings,
+    )
+
+
+class _Logits:
+    """Keeps the logits of every test batch, in order (the probabilities of the evaluation)."""
+
+    def __init__(self) -> None:
+        self.batches: list[torch.Tensor] = []
+
+    def connect(self, bus: Bus) -> None:
+        bus.subscribe(BatchEnd, self.on_batch_end, stage="test")
+
+    def on_batch_end(self, event: BatchEnd) -> None:
+        self.batches.append(event.logits.float().cpu())
+
+
+def test_model(
+    loaded: LoadedModel,
+    data: EvaluationData,
+    directory: Path,
+    *,
+    batch_size: int = 64,
+    accelerator: str = "auto",
+) -> npt.NDArray[np.float64]:
+    """Class probabilities (N x C) of `data` from ``trainer.test``, the run's subscribers attached."""
+    context = RunContext(
+        run_dir=directory,
+        class_names=loaded.class_names,
+        preprocessing=loaded.preprocessing,
+        monitor=loaded.settings.checkpoint.monitor,
+        monitor_mode=loaded.settings.checkpoint.mode,
+    )
+    bus = Bus()
+    for name, spec in resolve_specs(loaded.settings.run.plugins).items():
+        options = loaded.settings.subscribers[name]
+        if options.enabled:
+            bus.attach(spec.build(context, options), on_error=options.on_error)
+    logits = bus.attach(_Logits(), on_error="raise")
+    trainer = L.Trainer(
+        accelerator=accelerator,
+        devices=1,
+        precision="32-true",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=directory,
+        callbacks=[BusCallback(bus, context, {})],
+    )
+    loader = DataLoader(ImageFiles(data.samples, loaded.preprocessing), batch_size=batch_size, shuffle=False)
+    trainer.test(loaded.module, dataloaders=loader, verbose=False)
+    for failure in bus.failures:
+        log.warning(
+            "evaluation: subscriber %s failed on %s: %s", failure.subscriber, failure.event, failure.error
+        )
+    return softmax(torch.cat(logits.batches).numpy())
+
+
+def evaluate_test_split(run_dir: Path, root: Path, best_checkpoint: Path | None) -> dict[str, Any] | None:
+    """Score a finished run on ``root/test`` (None when there is none); the headline for ``summary.json``.
+
+    An evaluation that fails is reported in the returned record and the log, not raised:
+    training has succeeded by then and its artifacts stand.
+    """
+    test = test_split_of(root)
+    if test is None:
+        return None
+    model_file = run_dir / "onnx_export" / "model.onnx"
+    directory = evaluation_dir(run_dir / "evaluation" / "test")
+    try:
+        evaluation: Evaluation
+        if model_file.is_file():
+            from harness.onnx.session import OnnxModel
+
+            model = OnnxModel(model_file)
+            data = load_evaluation_data(root, model.card.class_names, split="test", unknown="count")
+            probabilities = softmax(model.logits(data.paths))
+            source = Source(kind="onnx", path=model_file, sha256=sha256_of(model_file))
+            names = model.card.class_names
+        elif best_checkpoint is not None and best_checkpoint.is_file():
+            loaded = load_checkpoint(best_checkpoint)
+            data = load_evaluation_data(root, loaded.class_names, split="test", unknown="count")
+            probabilities = test_model(loaded, data, directory, accelerator="cpu")
+            source = Source(kind="checkpoint", path=best_checkpoint, sha256=sha256_of(best_checkpoint))
+            names = loaded.class_names
+        else:
+            return {"folder": str(test), "error": "no exported model and no checkpoint to evaluate"}
+        evaluation = write_evaluation(directory, probabilities, data, names, source)
+    except HarnessError as error:
+        log.warning("evaluating the test split %s failed: %s", test, error)
+        return {"folder": str(test), "error": str(error)}
+    figures = evaluation.summary
+    return {
+        "folder": str(test),
+        "directory": str(directory.relative_to(run_dir)),
+        "source": figures["source"],
+        "images": figures["samples"],
+        "top1": figures["top1"],
+        "balanced_accuracy": figures["balanced_accuracy"],
+        "macro_f1": figures["macro"]["f1"],
+        "ece": figures["ece"],
+        "left_out": figures["data"]["left_out"],
+    }

@@ -1,0 +1,232 @@
+"""Where a run writes and what it resumes from, checked before anything is written.
+
+A run directory is ``<output_dir>/<name>/version_<n>/`` holding ``settings.toml``,
+``labels.json`` and ``checkpoints/``. A resume:
+
+- reads the newest checkpoint by its global step (``resume = "last"``: of the newest run
+  of this name that has one), never by its file name;
+- refuses, naming every difference, a checkpoint whose classes (and their order),
+  architecture or image size differ from the settings, or whose subscribers' state does
+  not match the subscribers now attached (the EMA on or off, say);
+- refuses a truncated or unreadable checkpoint, naming it;
+- says so and trains nothing when the run already completed its ``max_epochs``;
+- keeps each attempt's record: the settings and summary of the attempt before it go to
+  ``attempts/<n>/`` and the run's ``summary.json`` lists every attempt;
+- goes into a new run directory when the checkpoint lies outside one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tomllib
+from collections.abc import Collection, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from harness.core.errors import HarnessError, SettingsError
+from harness.io.artifacts import LABELS_FILE, read_label_map, run_dir_of
+from harness.settings import Settings
+
+__all__ = [
+    "ATTEMPTS_DIR",
+    "RESUME_VARIABLE",
+    "RUN_DIR_VARIABLE",
+    "AlreadyComplete",
+    "check_resume",
+    "is_run_dir",
+    "keep_attempt",
+    "launched_rank",
+    "newest_checkpoint",
+    "resolve_run_dir",
+]
+
+RUN_DIR_VARIABLE = "HARNESS_RUN_DIR"
+RESUME_VARIABLE = "HARNESS_RESUME_FROM"
+ATTEMPTS_DIR = "attempts"
+_SETTINGS = "settings.toml"
+_SUMMARY = "summary.json"
+
+
+class AlreadyComplete(HarnessError):
+    """A resume of a run that already trained its ``max_epochs``: nothing to do (exit 0)."""
+
+    exit_code = 0
+
+
+def launched_rank() -> int:
+    """This process's rank as the launcher's environment says, before any Trainer exists."""
+    for variable in ("RANK", "LOCAL_RANK"):
+        if os.environ.get(variable, "").isdigit():
+            return int(os.environ[variable])
+    return 0
+
+
+def is_run_dir(folder: Path) -> bool:
+    """Whether `folder` is a run directory the harness made."""
+    return (folder / _SETTINGS).is_file() and (folder / LABELS_FILE).is_file()
+
+
+def _read(checkpoint: Path) -> dict[str, Any]:
+    try:
+        raw = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
+    # torch.load raises many types for a torn, empty or foreign file; each means "unusable".
+    except Exception as error:  # noqa: BLE001
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise SettingsError(
+            f"[trainer].resume: {checkpoint} is not a readable checkpoint ({reason})"
+        ) from None
+    if not isinstance(raw, dict) or "state_dict" not in raw:
+        raise SettingsError(f"[trainer].resume: {checkpoint} is not a Lightning checkpoint")
+    return raw
+
+
+def _step(checkpoint: Path) -> int:
+    try:
+        return int(_read(checkpoint).get("global_step", -1))
+    except SettingsError:
+        return -1
+
+
+def newest_checkpoint(run_dir: Path) -> Path | None:
+    """The checkpoint of `run_dir` with the highest global step (``last.ckpt`` on a tie)."""
+    found = sorted((run_dir / "checkpoints").glob("*.ckpt"), key=lambda p: (_step(p), p.name == "last.ckpt"))
+    return found[-1] if found else None
+
+
+def _new_version(base: Path) -> Path:
+    try:
+        base.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise SettingsError(
+            f"[run].output_dir: cannot make the run directory under {str(base)!r} ({error.strerror or error})"
+        ) from None
+    version = 1 + max((int(p.name[8:]) for p in base.glob("version_*") if p.name[8:].isdigit()), default=-1)
+    while True:
+        run_dir = base / f"version_{version}"
+        try:
+            run_dir.mkdir()
+        except FileExistsError:
+            version += 1
+            continue
+        except OSError as error:
+            raise SettingsError(
+                f"[run].output_dir: cannot make {str(run_dir)!r} ({error.strerror or error})"
+            ) from None
+        if not os.access(run_dir, os.W_OK):
+            raise SettingsError(f"[run].output_dir: {str(run_dir)!r} is not writable")
+        return run_dir
+
+
+def resolve_run_dir(settings: Settings) -> tuple[Path, Path | None]:
+    """The run directory and the checkpoint to resume from (None for a fresh run).
+
+    Processes that Lightning's ``ddp`` launcher starts for ranks above zero re-run the
+    command; they join the run directory that rank zero chose (``HARNESS_RUN_DIR``).
+    """
+    joined = os.environ.get(RUN_DIR_VARIABLE)
+    if joined and launched_rank() != 0:
+        resumed = os.environ.get(RESUME_VARIABLE)
+        return Path(joined), Path(resumed) if resumed else None
+    base = Path(settings.run.output_dir).expanduser() / settings.run.name
+    resume = settings.trainer.resume
+    if resume == "last":
+        runs = sorted(
+            (p for p in base.glob("version_*") if p.name[8:].isdigit() and newest_checkpoint(p) is not None),
+            key=lambda p: int(p.name[8:]),
+        )
+        if not runs:
+            raise SettingsError(f"[trainer].resume = 'last': no run under {str(base)!r} has a checkpoint")
+        checkpoint = newest_checkpoint(runs[-1])
+        assert checkpoint is not None
+        return runs[-1], checkpoint
+    if resume:
+        checkpoint = Path(resume).expanduser()
+        if not checkpoint.is_file():
+            raise SettingsError(f"[trainer].resume: no such checkpoint file {resume!r}")
+        _read(checkpoint)
+        home = run_dir_of(checkpoint)
+        return (home if is_run_dir(home) else _new_version(base)), checkpoint
+    return _new_version(base), None
+
+
+def check_resume(
+    checkpoint: Path,
+    run_dir: Path,
+    settings: Settings,
+    classes: Sequence[str],
+    stateful: Collection[str],
+) -> None:
+    """Refuse a resume that cannot continue this run as configured, naming every difference.
+
+    `stateful` names the attached subscribers that keep state in checkpoints.
+    """
+    raw = _read(checkpoint)
+    hparams = raw.get("hyper_parameters") or {}
+    differences: list[str] = []
+    if hparams.get("arch") not in (None, settings.model.arch):
+        differences.append(f"architecture {hparams['arch']!r} in the checkpoint, {settings.model.arch!r} now")
+    if (run_dir / LABELS_FILE).is_file():
+        then = read_label_map(run_dir)
+        if list(then) != list(classes):
+            differences.append(f"classes {then} in the run, {list(classes)} in the data now")
+    elif hparams.get("num_classes") not in (None, len(classes)):
+        differences.append(f"{hparams['num_classes']} classes in the checkpoint, {len(classes)} now")
+    saved = _saved_settings(run_dir)
+    size = saved.get("data", {}).get("image_size")
+    if size is not None and size != settings.data.image_size:
+        differences.append(f"[data].image_size {size} in the run, {settings.data.image_size} now")
+    states = set((raw.get("harness") or {}).keys())
+    was_disabled = {
+        name for name, table in saved.get("subscribers", {}).items() if table.get("enabled") is False
+    }
+    for name in sorted(states - set(stateful)):
+        differences.append(f"[subscribers.{name}] kept state in the checkpoint but is not attached now")
+    for name in sorted((set(stateful) - states) & was_disabled):
+        differences.append(f"[subscribers.{name}] was off when the checkpoint was written, on now")
+    if differences:
+        raise SettingsError(
+            f"[trainer].resume: {checkpoint} does not fit these settings: " + "; ".join(differences)
+        )
+    summary = _saved_summary(run_dir)
+    epoch = int(raw.get("epoch", -1))
+    if summary.get("status") == "completed" and epoch + 1 >= settings.trainer.max_epochs:
+        raise AlreadyComplete(
+            f"{run_dir}: the run already completed {epoch + 1} epoch(s); nothing to do "
+            "(raise [trainer].max_epochs to train further)"
+        )
+
+
+def _saved_settings(run_dir: Path) -> dict[str, Any]:
+    try:
+        return tomllib.loads((run_dir / _SETTINGS).read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError):
+        return {}
+
+
+def _saved_summary(run_dir: Path) -> dict[str, Any]:
+    try:
+        loaded = json.loads((run_dir / _SUMMARY).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return {}
+    return loaded if isinstance(loaded, dict) else {}
+
+
+def keep_attempt(run_dir: Path) -> list[dict[str, Any]]:
+    """Move the record of the attempt before this one to ``attempts/<n>/``; return every attempt.
+
+    Each entry is an earlier attempt's summary (without its own ``attempts``), oldest first.
+    """
+    summary = _saved_summary(run_dir)
+    earlier: list[dict[str, Any]] = list(summary.pop("attempts", []) or [])
+    if not summary and not (run_dir / _SETTINGS).is_file():
+        return earlier
+    folder = run_dir / ATTEMPTS_DIR / f"{len(earlier) + 1:03d}"
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in (_SETTINGS, _SUMMARY):
+        if (run_dir / name).is_file():
+            shutil.copy2(run_dir / name, folder / name)
+    return [*earlier, {**summary, "record": str(folder.relative_to(run_dir))}]

@@ -1,0 +1,198 @@
+"""harness.evaluate: a checkpoint (through trainer.test) and its ONNX export score a folder alike.
+
+One tiny run is trained once for the module on a tree with train/, val/ and test/ folders
+(16 px images, so neither path resizes and both see the same pixels).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+import subprocess
+import sys
+from importlib import resources
+from pathlib import Path
+
+import attrs
+import pytest
+
+from harness.core.testing import write_imagefolder
+from harness.evaluate import evaluate, main
+from harness.settings import load_settings
+from harness.training.fit import run
+from tests.conftest import SUBSCRIBER_NAMES
+
+pytestmark = pytest.mark.slow
+
+CLASSES = {"blue": 10, "green": 10, "red": 10}
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@attrs.frozen(kw_only=True)
+class Trained:
+    run_dir: Path
+    data: Path
+    summary: dict[str, object]
+
+    @property
+    def onnx(self) -> Path:
+        return self.run_dir / "onnx_export" / "model.onnx"
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.run_dir / str(self.summary["best_checkpoint"])
+
+    @property
+    def best_epoch(self) -> int:
+        return int(re.match(r"epoch=(\d+)", self.checkpoint.name).group(1))  # type: ignore[union-attr]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Trained:
+    base = tmp_path_factory.mktemp("evaluate")
+    data = base / "data"
+    for seed, split in enumerate(("train", "val", "test")):
+        write_imagefolder(data / split, CLASSES, size=16, seed=seed)
+    enabled = {"onnx_export", "confusion_matrix", "samples", "plots"}
+    settings = load_settings(
+        None,
+        [
+            f"data.root={str(data)!r}",
+            "data.image_size=16",
+            "data.batch_size=8",
+            # AdamW learns these colours within two epochs; one SGD epoch predicts a single class.
+            "trainer.max_epochs=2",
+            "model.optimizer='adamw'",
+            "model.lr=0.003",
+            "trainer.accelerator='cpu'",
+            "trainer.devices=1",
+            "trainer.num_sanity_val_steps=0",
+            "trainer.progress_bar=false",
+            f"run.output_dir={str(base / 'runs')!r}",
+            *(f"subscribers.{n}.enabled={'true' if n in enabled else 'false'}" for n in SUBSCRIBER_NAMES),
+        ],
+    )
+    result = run(settings)
+    assert result.summary["status"] == "completed", result.summary["failures"]
+    return Trained(run_dir=result.run_dir, data=data, summary=result.summary)
+
+
+def read_rows(path: Path) -> list[list[str]]:
+    with path.open(newline="") as handle:
+        return list(csv.reader(handle))
+
+
+def predicted_by_path(folder: Path) -> dict[str, str]:
+    rows = read_rows(folder / "predictions.csv")
+    header = rows[0]
+    return {row[0]: row[header.index("predicted")] for row in rows[1:]}
+
+
+def test_onnx_and_checkpoint_agree_image_for_image_and_with_the_validation_matrix(trained: Trained) -> None:
+    by_checkpoint = evaluate(trained.checkpoint, trained.data, split="val", accelerator="cpu")
+    by_onnx = evaluate(trained.onnx, trained.data, split="val")
+    assert by_checkpoint.directory != by_onnx.directory
+    predicted = predicted_by_path(by_onnx.directory)
+    assert predicted_by_path(by_checkpoint.directory) == predicted
+    assert len(predicted) == sum(CLASSES.values())
+    assert len(set(predicted.values())) >= 2  # a model that learned something, not one constant answer
+    # Both equal what validation counted at the epoch of the best checkpoint.
+    validated = read_rows(trained.run_dir / "confusion_matrix" / f"epoch_{trained.best_epoch:03d}.csv")
+    assert read_rows(by_checkpoint.directory / "confusion_matrix.csv") == validated
+    assert read_rows(by_onnx.directory / "confusion_matrix.csv") == validated
+    # trainer.test published the test stage: the confusion matrix subscriber drew it there too.
+    assert read_rows(by_checkpoint.directory / "confusion_matrix" / "test.csv") == validated
+    assert (by_checkpoint.directory / "samples" / "test.png").is_file()
+    assert not (by_onnx.directory / "confusion_matrix").exists()
+    metrics = json.loads((by_onnx.directory / "metrics.json").read_text())
+    assert metrics["source"]["kind"] == "onnx"
+    assert len(metrics["source"]["sha256"]) == 64
+    assert metrics["data"]["split"] == "val"
+    assert set(metrics["per_class"]) == set(CLASSES)
+    for name in (
+        "per_class.csv",
+        "most_confused.csv",
+        "top_losses.png",
+        "reliability.png",
+        "confusion_matrix.png",
+    ):
+        assert (by_onnx.directory / name).is_file(), name
+
+
+def test_a_run_with_a_test_split_scores_it_at_the_end(trained: Trained) -> None:
+    tested = trained.summary["test"]
+    assert isinstance(tested, dict)
+    assert tested["source"]["kind"] == "onnx"
+    assert tested["images"] == sum(CLASSES.values())
+    folder = trained.run_dir / tested["directory"]
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert metrics["data"]["split"] == "test"
+    assert metrics["top1"] == tested["top1"]
+    summary = json.loads((trained.run_dir / "summary.json").read_text())
+    assert summary["test"] == tested
+    jsonschema = pytest.importorskip("jsonschema")
+    schema = json.loads((resources.files("harness") / "summary.schema.json").read_text())
+    jsonschema.validate(summary, schema)
+
+
+def test_balanced_accuracy_is_logged_and_drawn_every_validation_epoch(trained: Trained) -> None:
+    assert "val/acc_balanced" in trained.summary["final_metrics"]
+    history = read_rows(trained.run_dir / "plots" / "history.csv")
+    assert "val/acc_balanced" in history[0]
+    per_class = read_rows(trained.run_dir / "confusion_matrix" / "per_class" / "epoch_000.csv")
+    assert per_class[0] == ["class", "precision", "recall", "f1", "support"]
+    assert [row[0] for row in per_class[1:]] == sorted(CLASSES)
+
+
+def test_a_run_directory_means_its_best_checkpoint(trained: Trained, tmp_path: Path) -> None:
+    evaluation = evaluate(trained.run_dir, trained.data, output=tmp_path / "out", accelerator="cpu")
+    metrics = json.loads((evaluation.directory / "metrics.json").read_text())
+    assert metrics["source"]["kind"] == "run"
+    assert metrics["source"]["path"] == str(trained.checkpoint)
+    assert metrics["data"]["split"] == "test"  # DATA's test/ folder, found without --split
+    again = evaluate(trained.onnx, trained.data, output=tmp_path / "out")
+    assert again.directory == tmp_path / "out-1"  # the first evaluation is not overwritten
+
+
+def one_line_error(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str:
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and err.startswith("error: ")
+    return err
+
+
+def test_bad_input_is_one_line_and_exit_code_2(
+    trained: Trained, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    extra = write_imagefolder(tmp_path / "extra", {"red": 2, "zebra": 3}, size=16)
+    err = one_line_error(capsys, [str(trained.onnx), str(extra)])
+    assert "'zebra'" in err and "label map" in err
+    empty = tmp_path / "empty"
+    (empty / "red").mkdir(parents=True)
+    assert "holds no image files" in one_line_error(capsys, [str(trained.onnx), str(empty)])
+    stray = tmp_path / "notes.txt"
+    stray.write_text("hello")
+    err = one_line_error(capsys, [str(stray), str(trained.data)])
+    assert "expected a run directory, a .ckpt checkpoint or a model.onnx" in err
+    assert "no such file" in one_line_error(capsys, [str(tmp_path / "missing.onnx"), str(trained.data)])
+
+
+def test_unknown_classes_can_be_counted_instead(trained: Trained, tmp_path: Path) -> None:
+    extra = write_imagefolder(tmp_path / "extra", {"red": 2, "zebra": 3}, size=16)
+    out = tmp_path / "counted"
+    assert main([str(trained.onnx), str(extra), "--unknown", "count", "--output", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["data"]["left_out"] == {"zebra": 3}
+    assert metrics["samples"] == 2
+    assert metrics["per_class"]["red"]["support"] == 2
+
+
+def test_the_onnx_path_never_imports_torch(trained: Trained, tmp_path: Path) -> None:
+    code = (
+        "import sys; from harness.evaluate import main; "
+        f"code = main([{str(trained.onnx)!r}, {str(trained.data)!r}, '--output', {str(tmp_path / 'e')!r}]); "
+        "print(code, 'torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "0 False"
