@@ -34,10 +34,8 @@ __all__ = ["SPEC", "AugmentPreview", "AugmentPreviewSettings"]
 
 FILE = "augment_preview.png"
 _CELL = 96  # pixels per image
-_GAP = 10
-_TITLE_BAND = 18  # pixels above each image for its class
-_TITLE_SIZE = 11
-_HEADER = 36
+_TITLE = 18  # pixels above each image for its class
+_HEADER = 28  # pixels above the grid for its title
 
 
 @attrs.frozen(kw_only=True)
@@ -51,21 +49,18 @@ class AugmentPreviewSettings(SubscriberSettings):
 
 
 def draw_preview(path: Path, pixels: npt.NDArray[np.uint8], labels: Sequence[str], record: Record) -> None:
-    """The job: `pixels` (N x H x W x C, 8-bit) as a mosaic, each image titled with its label."""
+    """The job: `pixels` (N x H x W x C, 8-bit) in a grid, each titled with its label."""
     columns = max(1, math.ceil(math.sqrt(len(pixels) * 1.5)))
     rows = max(1, math.ceil(len(pixels) / columns))
-    limit = int(_CELL / (0.55 * _TITLE_SIZE))
-    width = columns * _CELL + (columns + 1) * _GAP
-    canvas = Canvas(width, _HEADER + rows * (_CELL + _TITLE_BAND + _GAP))
-    canvas.text((width / 2, 8), "Training images after augmentation", 15, anchor="ma")
+    canvas = Canvas(columns * _CELL, _HEADER + rows * (_CELL + _TITLE))
+    canvas.text((columns * _CELL / 2, _HEADER / 2), "Training images after augmentation", 14, anchor="mm")
+    limit = max(4, _CELL // 7)
     for index, (image, label) in enumerate(zip(pixels, labels, strict=True)):
         row, column = divmod(index, columns)
-        left = _GAP + column * (_CELL + _GAP)
-        top = _HEADER + row * (_CELL + _TITLE_BAND + _GAP) + _TITLE_BAND
-        plane = image[:, :, 0] if image.shape[2] == 1 else image
-        picture = Image.fromarray(plane).convert("RGB").resize((_CELL, _CELL), Image.Resampling.NEAREST)
-        canvas.paste(picture, left, top)
-        canvas.text((left + _CELL / 2, top - 3), shorten(label, limit), _TITLE_SIZE, anchor="md")
+        left, top = column * _CELL, _HEADER + row * (_CELL + _TITLE)
+        picture = Image.fromarray(image[:, :, 0] if image.shape[2] == 1 else image).convert("RGB")
+        canvas.paste(picture.resize((_CELL - 4, _CELL - 4), Image.Resampling.NEAREST), left + 2, top + _TITLE)
+        canvas.text((left + _CELL / 2, top + _TITLE / 2), shorten(label, limit), 11, anchor="mm")
     record("augment_preview", save_png(canvas.image, path))
 
 

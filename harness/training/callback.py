@@ -8,8 +8,11 @@ No other module of the harness knows Lightning's hooks.
 
 from __future__ import annotations
 
+import io
 import logging
 import math
+import pickle
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -22,6 +25,7 @@ from typing_extensions import override
 
 from harness.core.bus import Bus, Stateful
 from harness.core.context import RunContext
+from harness.core.errors import SubscriberError
 from harness.core.events import (
     BatchEnd,
     CheckpointSaving,
@@ -45,6 +49,19 @@ __all__ = ["CHECKPOINT_KEY", "BusCallback", "scalar_metrics"]
 log = logging.getLogger(__name__)
 
 CHECKPOINT_KEY = "harness"
+
+
+def _weights_only_failure(state: object) -> str | None:
+    """Why `state` would not load back with ``torch.load(weights_only=True)``, or None if it does."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    buffer.seek(0)
+    try:
+        torch.load(buffer, weights_only=True)
+    except pickle.UnpicklingError as error:
+        found = re.search(r"GLOBAL ([\w.]+)", str(error))
+        return f"it holds a {found.group(1) if found else 'non-tensor object'}"
+    return None
 
 
 def scalar_metrics(trainer: L.Trainer) -> dict[str, float]:
@@ -84,6 +101,7 @@ class BusCallback(Callback):
         self.subscribers = dict(subscribers)
         self.interrupt_checkpoint = interrupt_checkpoint
         self._resumed = False
+        self._state_checked = False
 
     @property
     def state_key(self) -> str:
@@ -202,11 +220,24 @@ class BusCallback(Callback):
         self.bus.publish(
             CheckpointSaving(epoch=epoch, global_step=step, model_state=checkpoint["state_dict"])
         )
-        checkpoint[CHECKPOINT_KEY] = {
+        states = {
             key: subscriber.state_dict()
             for key, subscriber in self.subscribers.items()
             if isinstance(subscriber, Stateful)
         }
+        if not self._state_checked:
+            # Resume loads with weights_only=True: one unloadable state would spoil every checkpoint.
+            for key, state in states.items():
+                failure = _weights_only_failure(state)
+                if failure is not None:
+                    raise SubscriberError(
+                        key,
+                        "CheckpointSaving",
+                        step,
+                        f"its state_dict cannot be loaded with torch.load(weights_only=True): {failure}",
+                    )
+            self._state_checked = True
+        checkpoint[CHECKPOINT_KEY] = states
 
     @override
     def on_load_checkpoint(

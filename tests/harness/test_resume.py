@@ -222,3 +222,36 @@ def test_a_full_disk_leaves_no_partial_checkpoint_and_says_so_in_one_line(
     (run_dir,) = (full_disk / "runs" / "digits").glob("version_*")
     assert not list((run_dir / "checkpoints").glob("*")), "no partial or temporary checkpoint is left"
     assert earlier.read_text() == "kept"
+
+
+UNLOADABLE = """
+from fractions import Fraction
+
+from harness.core.events import BatchEnd
+
+
+class Keeper:
+    def __init__(self, context):
+        self.context = context
+
+    def connect(self, bus):
+        bus.subscribe(BatchEnd, lambda event: None)
+
+    def state_dict(self):
+        return {"ratio": Fraction(1, 3)}
+
+    def load_state_dict(self, state):
+        pass
+"""
+
+
+@pytest.mark.slow
+def test_a_subscriber_state_that_weights_only_cannot_load_stops_at_the_first_save(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "keeper_plugin.py").write_text(UNLOADABLE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert main(argv(tmp_path, "run.plugins=['keeper_plugin:Keeper']", "trainer.max_epochs=2")) == 1
+    message = one_line(capsys)
+    assert "subscriber keeper failed on CheckpointSaving" in message
+    assert "cannot be loaded with torch.load(weights_only=True): it holds a fractions.Fraction" in message

@@ -18,7 +18,17 @@ from harness.training.model import Classifier
 pytestmark = pytest.mark.slow
 
 # The cosine schedule's length is max_epochs, which a resume with more epochs changes.
-FIXED_LR = ("model.scheduler='none'",)
+# A constant rate, and no horizon cap: these tiny runs would otherwise average a single step.
+# No random augmentation: Lightning does not restore torch's generator on resume, so an
+# augmented run resumes exactly only up to the augmentations drawn (see the README).
+FIXED_LR = (
+    "model.scheduler='none'",
+    "model.warmup=0",
+    "subscribers.ema.horizon=0",
+    "augment.crop_scale=[1, 1]",
+    "augment.crop_ratio=[1, 1]",
+    "augment.color_jitter=0",
+)
 
 
 class Probe:

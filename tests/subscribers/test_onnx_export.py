@@ -125,6 +125,8 @@ def test_metadata_names_classes_preprocessing_and_source(exported: Exported) -> 
         "std": [0.229, 0.224, 0.225],
         "channel_order": "RGB",
         "layout": "NCHW",
+        "resize": "squash",
+        "crop_fraction": 1.0,
     }
     source = json.loads(props[KEY_SOURCE])
     assert source["checkpoint"] == str(exported.checkpoint)
@@ -277,6 +279,7 @@ def test_a_real_run_with_ema_exports_the_validated_weights_of_the_best_checkpoin
         "model.optimizer='adamw'",
         "model.lr=0.001",
         "data.image_size=12",
+        "subscribers.ema.horizon=0",
     )
     result = run(settings)
 
