@@ -28,6 +28,8 @@ FIXED_LR = (
     "augment.crop_scale=[1, 1]",
     "augment.crop_ratio=[1, 1]",
     "augment.color_jitter=0",
+    # Loader workers seed from torch's generator, which Lightning does not restore on resume.
+    "data.num_workers=0",
 )
 
 
