@@ -217,7 +217,7 @@ def test_vision_transformers_are_built_for_the_image_size() -> None:
 
 
 def test_inception_trains_with_its_auxiliary_loss_at_299_px() -> None:
-    model = Classifier(arch="inception_v3", num_classes=3, image_size=299)
+    model = Classifier(arch="inception_v3", num_classes=3, image_size=299, label_smoothing=0.0)
     inputs, targets = torch.randn(2, 3, 299, 299), torch.tensor([0, 2])
     model.train()
     logits, aux = split_outputs(model.net(inputs))
@@ -272,7 +272,13 @@ def test_a_frozen_backbone_keeps_its_weights_while_the_head_learns(make_settings
 
 def test_the_backbone_learns_at_a_fraction_of_the_rate() -> None:
     model = Classifier(
-        arch="resnet18", num_classes=3, lr=0.01, backbone_lr_scale=0.1, optimizer="adamw", scheduler="none"
+        arch="resnet18",
+        num_classes=3,
+        lr=0.01,
+        backbone_lr_scale=0.1,
+        optimizer="adamw",
+        scheduler="none",
+        warmup=0,
     )
     optimizer = model.configure_optimizers()
     backbone, head = optimizer.param_groups
