@@ -159,7 +159,13 @@ def test_mypy_strict_finds_the_installed_package_typed(tour: dict[str, Path], tm
         "-w",
         str(wheels),
     ]
-    subprocess.run([*build, str(root)], check=True, capture_output=True)
+    # Built from a copy, so that setuptools' build/ and egg-info stay out of the checkout.
+    source = tmp_path / "source"
+    for name in ("harness", "subscribers"):
+        shutil.copytree(root / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(root / name, source / name)
+    subprocess.run([*build, str(source)], check=True, capture_output=True)
     [wheel] = wheels.glob("harness-*.whl")
     install = [sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(site), str(wheel)]
     subprocess.run(install, check=True, capture_output=True)
