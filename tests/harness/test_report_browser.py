@@ -78,7 +78,9 @@ def start_chromium(profile: Path) -> tuple[subprocess.Popen[bytes], str]:
             pytest.fail(f"{CHROMIUM} did not open its DevTools port")
         time.sleep(0.1)
     port = port_file.read_text().split()[0]
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=30) as answer:
+    # No proxy for loopback: urllib's global opener keeps whatever proxy an earlier test set.
+    direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with direct.open(f"http://127.0.0.1:{port}/json/list", timeout=30) as answer:
         pages = [target for target in json.load(answer) if target["type"] == "page"]
     return browser, pages[0]["webSocketDebuggerUrl"]
 
