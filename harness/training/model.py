@@ -181,31 +181,27 @@ class Classifier(L.LightningModule):
         ]
 
     def validation_step(self, batch: Batch, batch_idx: int) -> dict[str, torch.Tensor]:
-        inputs, targets = batch
-        logits = self(inputs)
-        loss = self._loss(logits, targets)
-        self.val_top1.update(logits, targets)
-        self.val_top5.update(logits, targets)
-        self.val_balanced.update(logits, targets)
-        size = len(targets)
-        self.log("val/loss", loss, on_epoch=True, sync_dist=True, batch_size=size)
-        self.log("val/acc_top1", self.val_top1, on_epoch=True, prog_bar=True, batch_size=size)
-        self.log("val/acc_top5", self.val_top5, on_epoch=True, batch_size=size)
-        self.log("val/acc_balanced", self.val_balanced, on_epoch=True, batch_size=size)
-        return {"loss": loss.detach(), "logits": logits.detach()}
+        return self._scored_step(batch, "val", (self.val_top1, self.val_top5, self.val_balanced))
 
     def test_step(self, batch: Batch, batch_idx: int) -> dict[str, torch.Tensor]:
+        return self._scored_step(batch, "test", (self.test_top1, self.test_top5, self.test_balanced))
+
+    def _scored_step(
+        self,
+        batch: Batch,
+        stage: str,
+        scores: tuple[MulticlassAccuracy, MulticlassAccuracy, MulticlassAccuracy],
+    ) -> dict[str, torch.Tensor]:
+        """Validation and test alike: loss, top-1, top-5 and balanced accuracy under `stage/`."""
         inputs, targets = batch
         logits = self(inputs)
         loss = self._loss(logits, targets)
-        self.test_top1.update(logits, targets)
-        self.test_top5.update(logits, targets)
-        self.test_balanced.update(logits, targets)
         size = len(targets)
-        self.log("test/loss", loss, on_epoch=True, sync_dist=True, batch_size=size)
-        self.log("test/acc_top1", self.test_top1, on_epoch=True, batch_size=size)
-        self.log("test/acc_top5", self.test_top5, on_epoch=True, batch_size=size)
-        self.log("test/acc_balanced", self.test_balanced, on_epoch=True, batch_size=size)
+        self.log(f"{stage}/loss", loss, on_epoch=True, sync_dist=True, batch_size=size)
+        for name, score in zip(("acc_top1", "acc_top5", "acc_balanced"), scores, strict=True):
+            score.update(logits, targets)
+            shown = stage == "val" and name == "acc_top1"
+            self.log(f"{stage}/{name}", score, on_epoch=True, prog_bar=shown, batch_size=size)
         return {"loss": loss.detach(), "logits": logits.detach()}
 
     def configure_optimizers(self) -> Any:
