@@ -20,7 +20,6 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-import attrs
 import torch
 
 from harness.core.errors import DataError, ExportError, HarnessError, report
@@ -37,9 +36,8 @@ from harness.onnx.bundle import (
 )
 from harness.onnx.card import ExportSource
 from harness.settings import Settings, load_settings
-from harness.training.data import ImageFiles, materialise_digits
+from harness.training.data import ImageFiles, materialise_digits, run_preprocessing
 from harness.training.model import Classifier
-from harness.training.networks import normalization
 
 __all__ = ["export_checkpoint", "main", "sample_images"]
 
@@ -93,8 +91,7 @@ def export_checkpoint(
         )
     # The weights file of a fine-tuned run is not needed (and may be gone): the checkpoint holds every weight.
     model = Classifier(**hparams, load_weights=False)
-    norm = normalization(settings.model.arch, settings.model.weights)
-    preprocessing = attrs.evolve(settings.data.preprocessing(), mean=norm.mean, std=norm.std)
+    preprocessing = run_preprocessing(settings)
     images: torch.Tensor | None
     try:
         images = sample_images(settings, preprocessing, PARITY_IMAGES)

@@ -22,6 +22,7 @@ import random
 from collections.abc import Sequence, Sized
 from pathlib import Path
 
+import attrs
 import lightning as L
 import numpy as np
 import torch
@@ -34,8 +35,9 @@ from harness.core.errors import DataError
 from harness.core.preprocessing import Preprocessing
 from harness.io.artifacts import atomic_path
 from harness.io.images import image_files, load_rgb, unreadable
-from harness.settings import AugmentSettings, DataSettings
+from harness.settings import AugmentSettings, DataSettings, Settings
 from harness.training.augment import BatchMixer, Transform, eval_transform, train_transform
+from harness.training.networks import normalization
 from harness.training.scan_cache import cache_file, unreadable_files
 
 __all__ = [
@@ -44,6 +46,7 @@ __all__ = [
     "cache_dir",
     "loader_workers",
     "materialise_digits",
+    "run_preprocessing",
     "scan",
 ]
 
@@ -81,6 +84,15 @@ def materialise_digits(cache: Path | None = None) -> Path:
                 Image.fromarray(image, mode="L").save(tmp, format="PNG")
     marker.write_text("1797 images\n")
     return root
+
+
+def run_preprocessing(settings: Settings) -> Preprocessing:
+    """A run's evaluation preprocessing: `[data]`'s size and resize, the mean and std of its weights.
+
+    Training, the export and a checkpoint's evaluation all take it from here.
+    """
+    norm = normalization(settings.model.arch, settings.model.weights)
+    return attrs.evolve(settings.data.preprocessing(), mean=norm.mean, std=norm.std)
 
 
 def _class_folders(root: Path) -> list[Path]:

@@ -35,7 +35,7 @@ from harness.evaluation.metrics import softmax
 from harness.io.artifacts import LABELS_FILE, read_label_map, run_dir_of
 from harness.settings import Settings, load_settings, resolve_specs
 from harness.training.callback import BusCallback
-from harness.training.data import ImageFiles
+from harness.training.data import ImageFiles, run_preprocessing
 from harness.training.model import Classifier
 
 __all__ = ["LoadedModel", "evaluate_test_split", "load_checkpoint", "test_model"]
@@ -83,7 +83,7 @@ def load_checkpoint(checkpoint: Path) -> LoadedModel:
         checkpoint=checkpoint,
         module=module,
         class_names=class_names,
-        preprocessing=Preprocessing(image_size=settings.data.image_size),
+        preprocessing=run_preprocessing(settings),
         settings=settings,
     )
 

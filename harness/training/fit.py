@@ -37,11 +37,10 @@ from harness.io.record import EventLog
 from harness.settings import Settings, resolve_specs, settings_to_toml
 from harness.training.callback import BusCallback, scalar_metrics
 from harness.training.checkpoint_io import AtomicCheckpointIO
-from harness.training.data import ImageDataModule, scan
+from harness.training.data import ImageDataModule, run_preprocessing, scan
 from harness.training.evaluation import evaluate_test_split
 from harness.training.loggers import LoggerTrackers, build_loggers, logger_artifacts, require_packages
 from harness.training.model import Classifier, check_monitor
-from harness.training.networks import normalization
 from harness.training.run_dir import (
     RESUME_VARIABLE,
     RUN_DIR_VARIABLE,
@@ -116,7 +115,6 @@ def run(settings: Settings, *, extra_subscribers: Mapping[str, Subscriber] | Non
     module = Classifier.from_settings(
         settings.model, num_classes=len(classes), image_size=settings.data.image_size
     )
-    norm = normalization(settings.model.arch, settings.model.weights)
     specs = resolve_specs(settings.run.plugins)
     require_packages(settings.logger)  # before the run directory is made
     check_monitor(settings.checkpoint.monitor, settings.checkpoint.mode)
@@ -127,7 +125,7 @@ def run(settings: Settings, *, extra_subscribers: Mapping[str, Subscriber] | Non
         lock.acquire()
     # Pictures are drawn in its worker process while training goes on; closed in the finally below.
     writer = BackgroundWriter()
-    preprocessing = attrs.evolve(settings.data.preprocessing(), mean=norm.mean, std=norm.std)
+    preprocessing = run_preprocessing(settings)
     sampler = make_sampler(info.train_targets, balanced=settings.data.balanced, seed=settings.run.seed)
     datamodule = ImageDataModule(info, preprocessing, settings.data, sampler, settings.augment)
     loggers = build_loggers(settings.logger, run_dir, settings.run.name)
