@@ -53,8 +53,13 @@ __all__ = ["Recorder", "batch_end", "make_context", "scripted_run", "tiny_model"
 E = TypeVar("E", bound=Event)
 
 
-def write_imagefolder(root: Path, counts: dict[str, int], size: int = 12, seed: int = 0) -> Path:
-    """One folder per class of small RGB PNGs whose colour depends on the class (learnable)."""
+def write_imagefolder(
+    root: Path, counts: dict[str, int], size: int = 12, seed: int = 0, height: int | None = None
+) -> Path:
+    """One folder per class of small RGB PNGs whose colour depends on the class (learnable).
+
+    The images are `size` wide and `height` (default `size`) tall.
+    """
     from PIL import Image
 
     rng = np.random.default_rng(seed)
@@ -65,7 +70,8 @@ def write_imagefolder(root: Path, counts: dict[str, int], size: int = 12, seed: 
         base[index % 3] = 200.0
         base[(index // 3) % 3] += 55.0 * (index // 3 > 0)
         for n in range(count):
-            pixels = np.clip(base + rng.normal(0, 40, (size, size, 3)), 0, 255).astype(np.uint8)
+            shape = (height or size, size, 3)
+            pixels = np.clip(base + rng.normal(0, 40, shape), 0, 255).astype(np.uint8)
             Image.fromarray(pixels, mode="RGB").save(folder / f"img_{n:03d}.png")
     return root
 

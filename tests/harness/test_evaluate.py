@@ -16,11 +16,16 @@ from pathlib import Path
 
 import attrs
 import pytest
+import torch
 
+from harness.core.preprocessing import Preprocessing
 from harness.core.testing import write_imagefolder
 from harness.evaluate import evaluate, main
-from harness.settings import load_settings
+from harness.io.artifacts import write_label_map, write_text
+from harness.settings import load_settings, settings_to_toml
+from harness.training.evaluation import load_checkpoint
 from harness.training.fit import run
+from harness.training.model import Classifier
 from tests.conftest import SUBSCRIBER_NAMES
 
 pytestmark = pytest.mark.slow
@@ -196,3 +201,18 @@ def test_the_onnx_path_never_imports_torch(trained: Trained, tmp_path: Path) -> 
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
     assert out.stdout.strip().splitlines()[-1] == "0 False"
+
+
+def test_a_checkpoint_is_evaluated_with_its_runs_preprocessing(tmp_path: Path) -> None:
+    settings = load_settings(None, ["data.image_size=16", "data.resize='crop'", "data.crop_fraction=0.5"])
+    run_dir = tmp_path / "run"
+    write_text(run_dir / "settings.toml", settings_to_toml(settings))
+    write_label_map(run_dir, list(CLASSES))
+    model = Classifier(arch="resnet18", num_classes=len(CLASSES))
+    checkpoint = run_dir / "checkpoints" / "epoch=000.ckpt"
+    checkpoint.parent.mkdir(parents=True)
+    torch.save({"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams)}, checkpoint)
+
+    loaded = load_checkpoint(checkpoint)
+
+    assert loaded.preprocessing == Preprocessing(image_size=16, resize="crop", crop_fraction=0.5)

@@ -27,6 +27,7 @@ from harness.training.data import ImageFiles
 CLASSES = ("cat", "dog", "eel")
 SIZE = 16
 PREPROCESSING = Preprocessing(image_size=SIZE)
+CROP = Preprocessing(image_size=SIZE, resize="crop", crop_fraction=0.875)
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -36,9 +37,7 @@ class Exported:
     model: nn.Module
 
 
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Exported]:
-    """One tiny model exported once for every test here (an export takes seconds)."""
+def export_tiny(directory: Path, preprocessing: Preprocessing) -> Exported:
     model = tiny_model(seed=0).eval()
     with torch.no_grad():
         model[-1].weight.mul_(20)  # decisive logits, so a class never wins by a rounding error
@@ -46,12 +45,18 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Exported]:
         model,
         None,
         class_names=CLASSES,
-        preprocessing=PREPROCESSING,
+        preprocessing=preprocessing,
         source=ExportSource(checkpoint=None),
         images=None,
-        directory=tmp_path_factory.mktemp("exported"),
+        directory=directory,
     )
-    yield Exported(path=result.model, model=model)
+    return Exported(path=result.model, model=model)
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Exported]:
+    """One tiny model exported once for every test here (an export takes seconds)."""
+    yield export_tiny(tmp_path_factory.mktemp("exported"), PREPROCESSING)
 
 
 def save_image(path: Path, mode: str = "RGB", size: tuple[int, int] = (SIZE, SIZE), seed: int = 0) -> Path:
@@ -74,9 +79,9 @@ def save_image(path: Path, mode: str = "RGB", size: tuple[int, int] = (SIZE, SIZ
     return path
 
 
-def training_inputs(paths: list[Path]) -> torch.Tensor:
+def training_inputs(paths: list[Path], preprocessing: Preprocessing = PREPROCESSING) -> torch.Tensor:
     """What `harness.training.data` feeds the model for these files."""
-    dataset = ImageFiles([(path, 0) for path in paths], PREPROCESSING)
+    dataset = ImageFiles([(path, 0) for path in paths], preprocessing)
     return torch.stack([dataset[index][0] for index in range(len(dataset))])
 
 
@@ -87,16 +92,47 @@ def run_json(capsys: pytest.CaptureFixture[str], *args: object) -> list[dict[str
 
 
 @pytest.mark.parametrize("mode", ["RGB", "L", "RGBA", "LA", "P", "I;16"])
-@pytest.mark.parametrize("size", [(SIZE, SIZE), (23, 11)], ids=["same-size", "resized"])
-def test_inputs_match_the_training_pipeline(tmp_path: Path, mode: str, size: tuple[int, int]) -> None:
+@pytest.mark.parametrize(
+    "size", [(SIZE, SIZE), (23, 11), (11, 29)], ids=["same-size", "resized-wide", "resized-tall"]
+)
+@pytest.mark.parametrize("spec", [PREPROCESSING, CROP], ids=["squash", "crop"])
+def test_inputs_match_the_training_pipeline(
+    tmp_path: Path, mode: str, size: tuple[int, int], spec: Preprocessing
+) -> None:
     path = save_image(tmp_path / "image.png", mode, size)
-    prepared = to_input(load_rgb(path), PREPROCESSING)
-    expected = training_inputs([path])[0].numpy()
+    prepared = to_input(load_rgb(path), spec)
+    expected = training_inputs([path], spec)[0].numpy()
     # Pillow's bilinear resize and torchvision's antialiased one differ by at most one grey level.
-    grey_level = 1.0 / 255 / min(PREPROCESSING.std)
+    grey_level = 1.0 / 255 / min(spec.std)
+    exact = size == (SIZE, SIZE) and spec.resize == "squash"
     assert prepared.shape == (3, SIZE, SIZE) and prepared.dtype == np.float32
+    np.testing.assert_allclose(prepared, expected, atol=1e-5 if exact else grey_level * 1.01, rtol=0)
+    other = CROP if spec.resize == "squash" else PREPROCESSING
+    different = np.abs(to_input(load_rgb(path), other) - expected).max()
+    assert different > 10 * grey_level, "the two resize modes should give different inputs here"
+
+
+@pytest.mark.parametrize("resize", ["squash", "crop"])
+def test_predictions_follow_the_resize_mode_the_model_records(
+    exported: Exported, tmp_path: Path, capsys: pytest.CaptureFixture[str], resize: str
+) -> None:
+    # Images three times as wide as tall: a crop keeping the whole shorter side sees their
+    # middle third, a squash all of them, and the model's probabilities differ by 0.04.
+    spec = attrs.evolve(PREPROCESSING, resize=resize, crop_fraction=1.0)
+    model = exported if resize == "squash" else export_tiny(tmp_path / "crop", spec)
+    assert json.loads((model.path.parent / "preprocessing.json").read_text())["resize"] == resize
+    paths = [save_image(tmp_path / f"{index}.png", size=(3 * SIZE, SIZE), seed=index) for index in range(8)]
+    with torch.no_grad():
+        probabilities = torch.softmax(model.model(training_inputs(paths, spec)), dim=1)
+        other = attrs.evolve(spec, resize="crop" if resize == "squash" else "squash")
+        elsewise = torch.softmax(model.model(training_inputs(paths, other)), dim=1)
+    assert (probabilities - elsewise).abs().max() > 1e-2, "the modes should change the predictions"
+
+    predictions = run_json(capsys, model.path, *paths)
+
+    assert [p["index"] for p in predictions] == probabilities.argmax(1).tolist()
     np.testing.assert_allclose(
-        prepared, expected, atol=1e-5 if size == (SIZE, SIZE) else grey_level * 1.01, rtol=0
+        [p["probability"] for p in predictions], probabilities.max(1).values.numpy(), atol=1e-4
     )
 
 

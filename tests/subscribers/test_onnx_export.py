@@ -24,7 +24,7 @@ from harness.core.context import RunContext
 from harness.core.errors import ExportError, SubscriberError
 from harness.core.events import TrainEnd, TrainLoopEnd
 from harness.core.preprocessing import Preprocessing
-from harness.core.testing import make_context, scripted_run, tiny_model
+from harness.core.testing import make_context, scripted_run, tiny_model, write_imagefolder
 from harness.onnx.card import KEY_CLASSES, KEY_PREPROCESSING, KEY_SOURCE
 from harness.predict import main as predict_main
 from harness.settings import Settings
@@ -266,12 +266,16 @@ def test_only_rank_zero_exports(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("resize", ["squash", "crop"])
 def test_a_real_run_with_ema_exports_the_validated_weights_of_the_best_checkpoint(
-    make_settings: Callable[..., Settings], capsys: pytest.CaptureFixture[str]
+    make_settings: Callable[..., Settings], capsys: pytest.CaptureFixture[str], tmp_path: Path, resize: str
 ) -> None:
     # AdamW at a small rate keeps this tiny ResNet's logits near 1, where 1e-4 is a tight bound
-    # (the default SGD rate drives them to 1e5 on 36 images); 12 px is the files' own size, so
-    # harness.predict and the training pipeline see the same pixels.
+    # (the default SGD rate drives them to 1e5 on 36 images); 12 px is the files' own size (their
+    # width, for the crop), so harness.predict and the training pipeline see the same pixels.
+    # The crop's images are 12 x 20 and it keeps their middle 12 x 12: a squash would see others.
+    tall = {"red": 12, "green": 12, "blue": 12}
+    root = write_imagefolder(tmp_path / "tall", tall, height=20) if resize == "crop" else None
     settings = make_settings(
         "ema",
         "onnx_export",
@@ -279,7 +283,10 @@ def test_a_real_run_with_ema_exports_the_validated_weights_of_the_best_checkpoin
         "model.optimizer='adamw'",
         "model.lr=0.001",
         "data.image_size=12",
+        f"data.resize={resize!r}",
+        "data.crop_fraction=1.0",
         "subscribers.ema.horizon=0",
+        root=root,
     )
     result = run(settings)
 
@@ -291,7 +298,10 @@ def test_a_real_run_with_ema_exports_the_validated_weights_of_the_best_checkpoin
     raw = Classifier.from_settings(settings.model, num_classes=3)
     raw.load_state_dict(checkpoint["harness"]["ema"]["training"])
     info, _ = scan(settings.data, settings.run.seed)
-    val = ImageFiles(info.val, Preprocessing(image_size=settings.data.image_size))
+    spec = Preprocessing(image_size=12, resize=resize, crop_fraction=1.0)
+    card = json.loads((model_path.parent / "preprocessing.json").read_text())
+    assert (card["resize"], card["crop_fraction"]) == (resize, 1.0)
+    val = ImageFiles(info.val, spec)
     images = torch.stack([val[i][0] for i in range(len(val))])
 
     got = logits_of(model_path, images)
@@ -307,3 +317,8 @@ def test_a_real_run_with_ema_exports_the_validated_weights_of_the_best_checkpoin
     assert [p["path"] for p in predicted] == [str(path) for path, _ in info.val]
     assert [p["index"] for p in predicted] == expected.argmax(1).tolist()
     np.testing.assert_allclose([p["probability"] for p in predicted], expected.max(1).values, atol=1e-4)
+    if resize == "crop":
+        squashed = ImageFiles(info.val, attrs.evolve(spec, resize="squash"))
+        others = torch.stack([squashed[i][0] for i in range(len(squashed))])
+        elsewise = torch.softmax(torch.from_numpy(eager(validated, others)), dim=1)
+        assert (elsewise - expected).abs().max() > 1e-3, "a squash of these images should predict otherwise"
