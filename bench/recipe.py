@@ -1,6 +1,6 @@
 """The training recipe: the harness's defaults and two ablations, against a plain-PyTorch loop.
 
-    .venv/bin/python -m bench.recipe                      # 6 and 20 epochs, seeds 0 1 2 (about 40 min)
+    .venv/bin/python -m bench.recipe                      # 6 and 20 epochs, seeds 0 1 2 (25 min, 2 cores)
     .venv/bin/python -m bench.recipe --epochs 6 --seeds 0 1
     .venv/bin/python -m bench.recipe --smoke              # 1 epoch, 1 seed, a tiny set: checks that it runs
     .venv/bin/python -m bench.recipe --parallel 1 --json results.json
@@ -28,7 +28,7 @@ The recipes, each trained from scratch at 32 px, batch 64, for each epoch count 
 - EMA off: the defaults with ``[subscribers.ema].enabled = false``: the one thing the
   harness adds to the anchor's recipe, so it says what the average is worth (or costs).
 - old optimiser: the defaults with the optimiser the harness had before the recipe
-  (Nesterov SGD 0.05, weight decay 5e-4, no warm-up; the README claimed it unstable).
+  (Nesterov SGD 0.05, weight decay 5e-4, no warm-up), which the recipe replaced.
 
 Top-1 is the final epoch's, on the validation split, for every recipe (not the best
 epoch's: picking the best of several validations flatters a noisy recipe). Each run is a
