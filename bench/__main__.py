@@ -11,6 +11,8 @@
 Each benchmark runs in a process of its own (a fresh interpreter: no thread setting,
 import or allocator state leaks from one into the next) and measures its variants side by
 side against its anchor there. Its rows come back as JSON; see `bench` for the protocol.
+`bench.recipe` compares accuracy, not time, and takes half an hour: it is not among them
+(``python -m bench.recipe``).
 """
 
 from __future__ import annotations
