@@ -8,6 +8,7 @@ The layout is the architecture; dependencies point down the list:
     harness.evaluation  scoring a model on labelled images: metrics, pictures, the folder (torch-free)
     harness.onnx        the exported model: its card and session (torch-free), the export bundle
     harness.settings    the typed settings tree, its loader, plugin specs, the reference
+    harness.pictures    drawing as pixels (Pillow): canvas, fonts, charts, the confusion matrix, grids
     harness.io          artifacts, the event record, the background writer, image files
     harness.core        bus, events, context, errors, options, spec, testing (no Lightning)
 
@@ -15,4 +16,4 @@ Subscribers live in the sibling package `subscribers`, which imports the core; n
 here imports it.
 """
 
-__all__ = ["core", "evaluation", "io", "onnx", "settings", "training"]
+__all__ = ["core", "evaluation", "io", "onnx", "pictures", "settings", "training"]

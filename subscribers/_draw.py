@@ -1,8 +1,8 @@
-"""What the picture subscribers share: short names, epoch file names, `latest` copies.
+"""What the picture subscribers share: epoch file names, `latest` copies, one attempt per file.
 
-The pictures themselves are drawn as pixels (`subscribers._raster`, `subscribers._chart`),
-where a name is drawn character for character (no mathtext: ``p$\\bad$q`` is just a name).
-A job writes its tables before its pictures, each in its own attempt (`all_of`).
+The pictures themselves are drawn by `harness.pictures` (pixels with Pillow, where a
+name is drawn character for character: no mathtext, ``p$\\bad$q`` is just a name). A
+job writes its tables before its pictures, each in its own attempt (`all_of`).
 """
 
 from __future__ import annotations
@@ -12,19 +12,7 @@ from pathlib import Path
 
 from harness.io.artifacts import write_bytes
 
-__all__ = ["all_of", "epoch_file", "publish_latest", "shorten"]
-
-
-def shorten(text: str, limit: int) -> str:
-    """`text` cut to `limit` characters by an ellipsis in the middle.
-
-    Class names often differ only at the end (``"... long name 17"``), so the end is kept.
-    """
-    if len(text) <= limit:
-        return text
-    tail = max((limit - 1) // 2, 1)
-    head = max(limit - 1 - tail, 1)
-    return text[:head].rstrip() + "…" + text[-tail:].lstrip()
+__all__ = ["all_of", "epoch_file", "publish_latest"]
 
 
 def all_of(*steps: Callable[[], object]) -> None:

@@ -1,11 +1,8 @@
-"""The confusion matrix as numbers (normalised views, CSV) and as a picture.
+"""The `ConfusionMatrix` subscriber's files: the counts as CSV, per-class figures, the picture.
 
-Rows are true classes, columns predicted classes, as in torchmetrics and scikit-learn.
-The picture is drawn as pixels (`subscribers._raster`): one coloured square per cell,
-from 72 pixels for a few classes down to 26 at 32 classes and more, and past 115
-classes the matrix stays 3,000 pixels wide with every few classes named. Counts are
-written in the cells up to 50 classes and while they fit (past that the picture is read
-for its pattern); long class names are cut in the middle. Nothing here imports torch:
+The picture is `harness.pictures.confusion`'s, the one an evaluation draws too. A job
+writes its tables before its picture, each in its own attempt, so a picture that fails
+keeps the numbers; each epoch's files get a `latest` copy. Nothing here imports torch:
 the counts arrive as a numpy array.
 """
 
@@ -13,57 +10,23 @@ from __future__ import annotations
 
 import csv
 import io
-import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
 
 from harness.io.artifacts import write_text
-from subscribers._draw import all_of, epoch_file, publish_latest, shorten
-from subscribers._raster import Canvas, colour_scale, save_png, text_width, vertical
+from harness.pictures.confusion import Normalize, draw_confusion
+from subscribers._draw import all_of, epoch_file, publish_latest
 
 if TYPE_CHECKING:
     from harness.core.context import Record
 
-__all__ = [
-    "Normalize",
-    "counts_csv",
-    "draw_confusion",
-    "normalise",
-    "write_epoch",
-    "per_class_csv",
-    "write_test",
-]
+__all__ = ["counts_csv", "per_class_csv", "write_epoch", "write_test"]
 
-Normalize = Literal["none", "true", "pred"]
 Counts = npt.NDArray[np.int64]
-
-_COLOURBAR_LABEL = {
-    "none": "count",
-    "true": "share of the true class (each row sums to 1)",
-    "pred": "share of the predicted class (each column sums to 1)",
-}
-_NAME_LIMIT = 28
-_MAX_CLASSES_WITH_NUMBERS = 50
-_MAX_SIDE = 3000  # pixels; past it cells shrink and only every few classes is named
-_CHAR_WIDTH = 0.62  # average advance of DejaVu Sans, in font sizes
-_GAP = 6  # pixels between the matrix and its labels
-
-
-def normalise(counts: Any, mode: Normalize) -> npt.NDArray[np.float64]:
-    """`counts` as floats, divided by row sums (``"true"``) or column sums (``"pred"``).
-
-    A class with no samples (an empty row or column) stays at zero rather than NaN.
-    """
-    values = np.asarray(counts, dtype=np.float64)
-    if mode == "none":
-        return values
-    totals = values.sum(axis=1 if mode == "true" else 0, keepdims=True)
-    shares: npt.NDArray[np.float64] = np.divide(values, totals, out=np.zeros_like(values), where=totals > 0)
-    return shares
 
 
 def counts_csv(counts: Any, class_names: Sequence[str]) -> str:
@@ -100,7 +63,11 @@ def write_epoch(
 
     def picture() -> None:
         drawn = draw_confusion(
-            epoch_file(directory, epoch, ".png"), counts, names, normalize=normalize, epoch=epoch
+            epoch_file(directory, epoch, ".png"),
+            counts,
+            names,
+            normalize=normalize,
+            title=f"Confusion matrix, epoch {epoch}",
         )
         for path in (drawn, publish_latest(drawn)):
             record(path.relative_to(run_dir).as_posix(), path)
@@ -128,7 +95,6 @@ def write_test(
             counts,
             names,
             normalize=normalize,
-            epoch=0,
             title="Confusion matrix, test",
         )
         record(drawn.relative_to(run_dir).as_posix(), drawn)
@@ -148,111 +114,3 @@ def per_class_csv(counts: Counts, class_names: Sequence[str]) -> str:
         p, r, f = (f"{float(v[i]):.6f}" for v in (scores.precision, scores.recall, scores.f1))
         writer.writerow([name, p, r, f, int(scores.support[i])])
     return buffer.getvalue()
-
-
-def draw_confusion(
-    path: Path,
-    counts: Any,
-    class_names: Sequence[str],
-    *,
-    normalize: Normalize,
-    epoch: int,
-    title: str | None = None,
-) -> Path:
-    """Draw `counts` (C x C, true by predicted) to `path`, coloured by the `normalize` view.
-
-    The title's first line is `title`, by default ``Confusion matrix, epoch N``.
-    """
-    counts = np.asarray(counts, dtype=np.int64)
-    n = len(class_names)
-    values = normalise(counts, normalize)
-    top = 1.0 if normalize != "none" else max(float(values.max(initial=0.0)), 1.0)
-    total, correct = int(counts.sum()), int(np.trace(counts))
-
-    cell = max(2, min(72, max(26, 840 // n), _MAX_SIDE // n))
-    side = n * cell
-    step = max(1, math.ceil(14 / cell))
-    label_size = min(13, max(9, int(cell * step * 0.7)))
-    ticks = range(0, n, step)
-    names = [shorten(class_names[i], _NAME_LIMIT) for i in ticks]
-    label_width = max(text_width(name, label_size) for name in names) + _GAP
-
-    title_height, axis_title = 52, 22
-    bar_width, bar_labels = 18, 60
-    left = axis_title + label_width
-    width = left + side + 20 + bar_width + bar_labels + axis_title
-    height = title_height + side + label_width + axis_title
-    canvas = Canvas(width, height)
-
-    accuracy = correct / total if total else 0.0
-    canvas.multiline(
-        (left + side / 2, 8),
-        f"{title or f'Confusion matrix, epoch {epoch}'}\naccuracy {accuracy:.1%} ({correct:,} of {total:,})",
-        16,
-        anchor="ma",
-    )
-    cells = colour_scale(values / top)
-    block = np.repeat(np.repeat(cells, cell, axis=0), cell, axis=1)
-    if n <= 60:
-        block[::cell, :] = 255
-        block[:, ::cell] = 255
-    canvas.paste(block, left, title_height)
-    if n <= _MAX_CLASSES_WITH_NUMBERS:
-        _write_cells(
-            canvas,
-            counts,
-            values,
-            top=top,
-            cell=cell,
-            at=(left, title_height),
-            with_share=normalize != "none",
-        )
-
-    x_labels = Canvas(label_width, side)
-    for i, name in zip(ticks, names, strict=True):
-        middle = i * cell + cell / 2
-        canvas.text((left - _GAP, title_height + middle), name, label_size, anchor="rm")
-        x_labels.text((label_width - _GAP, middle), name, label_size, anchor="rm")
-    canvas.paste(x_labels.image.rotate(90, expand=True), left, title_height + side)
-    canvas.text((left + side / 2, height - axis_title / 2), "predicted class", 13, anchor="mm")
-    canvas.paste(vertical("true class", 13, height=side), 0, title_height)
-
-    bar_left = left + side + 20
-    bar = colour_scale(np.linspace(1.0, 0.0, side)[:, None].repeat(bar_width, axis=1))
-    canvas.paste(bar, bar_left, title_height)
-    for k in range(5):
-        value = top * k / 4
-        label = f"{value:.2f}" if normalize != "none" else f"{value:,.0f}"
-        y = title_height + side - 1 - (side - 1) * k / 4
-        canvas.text((bar_left + bar_width + 4, y), label, 11, anchor="lm")
-    canvas.paste(
-        vertical(_COLOURBAR_LABEL[normalize], 11, height=side),
-        bar_left + bar_width + bar_labels,
-        title_height,
-    )
-    return save_png(canvas.image, path)
-
-
-def _write_cells(
-    canvas: Canvas,
-    counts: Counts,
-    values: npt.NDArray[np.float64],
-    *,
-    top: float,
-    cell: int,
-    at: tuple[int, int],
-    with_share: bool,
-) -> None:
-    """Counts in the cells (zeros left blank), plus the share when the cell has room."""
-    digits = len(str(int(counts.max()))) if counts.size else 1
-    size = min(14, int(cell * 0.85 / (_CHAR_WIDTH * max(digits, 2))))
-    if size < 8:
-        return
-    share_fits = cell * 0.85 >= size * _CHAR_WIDTH * 4
-    two_lines = with_share and share_fits and cell >= size * 2.6
-    left, top_edge = at
-    for row, column in zip(*np.nonzero(counts), strict=True):
-        count, share = int(counts[row, column]), float(values[row, column])
-        colour = "white" if share > top * 0.55 else "black"
-        xy = (left + column * cell + cell / 2, top_edge + row * cell + cell / 2)
-        canvas.stamp(xy, f"{count}\n{share:.0%}" if two_lines else str(count), size, fill=colour)

@@ -19,9 +19,9 @@ from typing import TYPE_CHECKING, Literal
 import attrs
 
 from harness.io.artifacts import write_text
-from subscribers._chart import TAB10, Chart, Series, render
+from harness.pictures.chart import TAB10, Chart, Series, render
+from harness.pictures.raster import save_png
 from subscribers._draw import all_of
-from subscribers._raster import save_png
 
 if TYPE_CHECKING:
     from harness.core.context import Record

@@ -22,8 +22,9 @@ import numpy.typing as npt
 from PIL import Image
 
 from harness.io.artifacts import write_json
-from subscribers._draw import all_of, epoch_file, publish_latest, shorten
-from subscribers._raster import Canvas, save_png
+from harness.pictures.raster import Canvas, save_png
+from harness.pictures.text import shorten
+from subscribers._draw import all_of, epoch_file, publish_latest
 
 if TYPE_CHECKING:
     import torch
@@ -153,7 +154,7 @@ def draw_samples(
 ) -> Path:
     """A grid of `shown` (in order), each titled with true and predicted class; wrong ones framed red.
 
-    A mosaic of pixels (`subscribers._raster`): each image scaled to its cell with nearest
+    A mosaic of pixels (`harness.pictures.raster`): each image scaled to its cell with nearest
     neighbours (the pixels the model saw), two lines of text above it.
     """
     columns = max(1, math.ceil(math.sqrt(len(shown))))

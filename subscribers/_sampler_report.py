@@ -6,9 +6,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from subscribers._chart import TAB10, Chart, Series, render
+from harness.pictures.chart import TAB10, Chart, Series, render
+from harness.pictures.raster import save_png
 from subscribers._draw import all_of
-from subscribers._raster import save_png
 from subscribers._tables import percent, write_csv
 
 if TYPE_CHECKING:

@@ -26,9 +26,9 @@ from harness.core.context import Record, RunContext
 from harness.core.events import FitStart
 from harness.core.options import option, positive
 from harness.core.spec import OnError, SubscriberSettings, SubscriberSpec, on_error_option
-from subscribers._draw import shorten
+from harness.pictures.raster import Canvas, save_png
+from harness.pictures.text import shorten
 from subscribers._draw_samples import to_pixels, unnormalise
-from subscribers._raster import Canvas, save_png
 
 __all__ = ["SPEC", "AugmentPreview", "AugmentPreviewSettings"]
 

@@ -43,7 +43,7 @@ def test_the_core_imports_no_lightning_and_no_other_layer(path: Path) -> None:
     assert not outside
 
 
-@pytest.mark.parametrize("layer", ["evaluation", "io", "onnx", "settings"])
+@pytest.mark.parametrize("layer", ["evaluation", "io", "onnx", "pictures", "settings"])
 def test_lower_layers_never_import_the_lightning_side_or_the_tools(layer: str) -> None:
     tools = {p.stem for p in HARNESS.glob("*.py") if p.stem != "__init__"}
     for path in modules(HARNESS / layer):
@@ -55,6 +55,23 @@ def test_lower_layers_never_import_the_lightning_side_or_the_tools(layer: str) -
             or m.split(".")[:2] in [["harness", tool] for tool in tools]
         }
         assert not bad, f"{path.relative_to(ROOT)} imports {bad}"
+
+
+@pytest.mark.parametrize("path", modules(HARNESS / "pictures"), ids=lambda p: p.name)
+def test_the_pictures_import_only_the_io_and_the_core_of_the_harness(path: Path) -> None:
+    allowed = ("harness.core", "harness.io", "harness.pictures")
+    outside = {m for m in imports_of(path) if m.startswith("harness.") and not m.startswith(allowed)}
+    assert not outside, f"{path.relative_to(ROOT)} imports {outside}"
+
+
+def test_the_pictures_load_no_torch_and_no_drawing_library_but_pillow() -> None:
+    code = (
+        "import sys, harness.pictures.chart, harness.pictures.confusion, harness.pictures.raster; "
+        "heavy = ('torch', 'lightning', 'torchmetrics', 'matplotlib', 'onnxruntime'); "
+        "print(sorted(m for m in heavy if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
 
 
 def test_a_private_module_is_used_only_by_its_neighbours() -> None:

@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from subscribers._chart import TAB10, Chart, Series, nice_ticks, render
-from subscribers._raster import BLUES, colour_scale, font_for
+from harness.pictures.chart import TAB10, Chart, Series, nice_ticks, render
+from harness.pictures.raster import BLUES, colour_scale, font_for
 
 
 @pytest.mark.parametrize(

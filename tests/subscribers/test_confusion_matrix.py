@@ -23,11 +23,12 @@ from harness.core.context import RunContext
 from harness.core.events import ValidationEpochEnd, ValidationSwapIn, ValidationSwapOut
 from harness.core.testing import batch_end, make_context, scripted_run, tiny_model
 from harness.io.background import BackgroundWriter
+from harness.pictures.confusion import draw_confusion, normalise
 from harness.settings import Settings
 from harness.training.data import scan
 from harness.training.fit import run
 from harness.training.model import Classifier
-from subscribers._draw_confusion import counts_csv, draw_confusion, normalise
+from subscribers._draw_confusion import counts_csv
 from subscribers.confusion_matrix import ConfusionMatrix, ConfusionMatrixSettings
 
 NAMES = ("cat", "dog", "bird")
@@ -224,7 +225,7 @@ def test_the_normalised_view_changes_the_picture(tmp_path: Path) -> None:
     counts = torch.tensor([[90, 10], [1, 1]])
     pictures = {
         mode: draw_confusion(
-            tmp_path / f"{mode}.png", counts, ["a", "b"], normalize=mode, epoch=0
+            tmp_path / f"{mode}.png", counts, ["a", "b"], normalize=mode, title="a"
         ).read_bytes()
         for mode in ("none", "true", "pred")
     }
@@ -242,7 +243,7 @@ def test_many_long_and_non_ascii_class_names_draw_without_missing_glyphs(
     counts = eye * 70 + eye.roll(1, dims=1) * 3
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        path = draw_confusion(tmp_path / "cm.png", counts, names, normalize="true", epoch=0)
+        path = draw_confusion(tmp_path / "cm.png", counts, names, normalize="true", title="a")
     with Image.open(path) as image:
         # the picture grows with the class count instead of crowding the cells
         assert image.height >= min(num_classes, 60) * 0.22 * 100

@@ -16,8 +16,8 @@ from collections.abc import Sequence
 import attrs
 from PIL import Image
 
-from subscribers._draw import shorten
-from subscribers._raster import Canvas, text_width, vertical
+from harness.pictures.raster import Canvas, text_width, vertical
+from harness.pictures.text import shorten
 
 __all__ = ["TAB10", "Chart", "Series", "nice_ticks", "render"]
 

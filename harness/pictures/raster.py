@@ -1,11 +1,11 @@
 """Pictures drawn as pixels with Pillow and numpy: fonts, a colour scale, text, PNG files.
 
-The confusion matrix and the sample grid are grids of cells, so they are drawn as
+The confusion matrix and the image grids are grids of cells, so they are drawn as
 arrays of pixels with text placed on them, not as matplotlib figures: a matplotlib
 figure spends its time laying out and rendering each text artist (2.2 s of CPU for a
 50-class matrix with its counts), Pillow writes a short string in tens of microseconds.
-Neither this module nor its callers import torch: the background writer's worker draws
-from numpy arrays.
+Neither this module nor its callers import torch: the background writer's worker and
+an ONNX evaluation draw from numpy arrays.
 
 Class names are written with DejaVu Sans (shipped inside matplotlib) or, for a name with
 characters DejaVu lacks, the first installed font of `_FALLBACK_FAMILIES` that has all
