@@ -11,7 +11,6 @@ keeping only `count` images (bottom-k sampling).
 from __future__ import annotations
 
 import hashlib
-import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -22,7 +21,8 @@ import numpy.typing as npt
 from PIL import Image
 
 from harness.io.artifacts import write_json
-from harness.pictures.raster import Canvas, save_png
+from harness.pictures.mosaic import Tile, caption_limit, draw_mosaic
+from harness.pictures.raster import save_png
 from harness.pictures.text import shorten
 from subscribers._draw import all_of, epoch_file, publish_latest
 
@@ -33,11 +33,6 @@ if TYPE_CHECKING:
 
 __all__ = ["Shown", "draw_samples", "priority", "to_pixels", "unnormalise", "write_epoch", "write_test"]
 
-_CELL = 180  # pixels per image
-_GAP = 20  # pixels between two images
-_TITLE_BAND = 40  # pixels above each image for its two lines of title
-_HEADER = 52  # pixels above the grid for the picture's title
-_TITLE_SIZE = 12
 _RIGHT = "#1b7a36"
 _WRONG = "#c0392b"
 
@@ -154,45 +149,30 @@ def draw_samples(
 ) -> Path:
     """A grid of `shown` (in order), each titled with true and predicted class; wrong ones framed red.
 
-    A mosaic of pixels (`harness.pictures.raster`): each image scaled to its cell with nearest
-    neighbours (the pixels the model saw), two lines of text above it.
+    A mosaic of pixels (`harness.pictures.mosaic`): each image scaled to its cell with
+    nearest neighbours (the pixels the model saw), two lines of text above it.
     """
-    columns = max(1, math.ceil(math.sqrt(len(shown))))
-    rows = max(1, math.ceil(len(shown) / columns))
-    limit = int(_CELL / (0.55 * _TITLE_SIZE))
+    limit = caption_limit()
     wrong = sum(not sample.correct for sample in shown)
-    width = columns * _CELL + (columns + 1) * _GAP
-    height = _HEADER + rows * (_CELL + _TITLE_BAND + _GAP)
-    canvas = Canvas(width, height)
-    canvas.multiline(
-        (width / 2, 8),
-        heading
-        or f"Validation samples, epoch {epoch}: {wrong} of {len(shown)} wrong\n"
-        f"the same images every epoch (seed {seed})",
-        15,
-        anchor="ma",
-    )
-    for index, sample in enumerate(shown):
-        row, column = divmod(index, columns)
-        left = _GAP + column * (_CELL + _GAP)
-        top = _HEADER + row * (_CELL + _TITLE_BAND + _GAP) + _TITLE_BAND
+    tiles = []
+    for sample in shown:
         pixels = sample.image[:, :, 0] if sample.image.shape[2] == 1 else sample.image
-        picture = Image.fromarray(pixels).convert("RGB").resize((_CELL, _CELL), Image.Resampling.NEAREST)
-        canvas.paste(picture, left, top)
         mark, colour = ("✓", _RIGHT) if sample.correct else ("✗", _WRONG)
-        frame = 1 if sample.correct else 4
-        canvas.rectangle(
-            (left - frame, top - frame, left + _CELL + frame - 1, top + _CELL + frame - 1),
-            outline=colour,
-            width=frame,
-        )
         true_name = shorten(class_names[sample.target], limit - 6)
         predicted_name = shorten(class_names[sample.predicted], limit - 12)
-        canvas.multiline(
-            (left + _CELL / 2, top - frame - 3),
-            f"true: {true_name}\n{mark} pred: {predicted_name} ({sample.confidence:.0%})",
-            _TITLE_SIZE,
-            fill=colour,
-            anchor="md",
+        tiles.append(
+            Tile(
+                image=Image.fromarray(pixels),
+                caption=f"true: {true_name}\n{mark} pred: {predicted_name} ({sample.confidence:.0%})",
+                colour=colour,
+                frame=1 if sample.correct else 4,
+            )
         )
-    return save_png(canvas.image, path)
+    picture = draw_mosaic(
+        tiles,
+        heading=heading
+        or f"Validation samples, epoch {epoch}: {wrong} of {len(shown)} wrong\n"
+        f"the same images every epoch (seed {seed})",
+        caption_lines=2,
+    )
+    return save_png(picture, path)

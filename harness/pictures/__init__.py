@@ -4,11 +4,12 @@
     text       `shorten`: long class names cut in the middle
     chart      `Chart` and `render`: line charts against epochs
     confusion  `draw_confusion`: the confusion matrix with its counts and colour bar
+    mosaic     `draw_mosaic`: a grid of captioned, framed images (samples, top losses)
 
-Nothing here imports torch, Lightning, torchmetrics or matplotlib (matplotlib's font
-files are read, its modules only to list installed fonts for a name DejaVu cannot draw),
-so the background writer's worker and an ONNX evaluation draw with it. Its modules are
-imported by name.
+Nothing here imports torch, Lightning or torchmetrics, so the background writer's worker
+and an ONNX evaluation draw with it. matplotlib lends its DejaVu Sans font file, and its
+font list (`matplotlib.font_manager`, imported then) only for a name DejaVu cannot draw.
+Its modules are imported by name.
 """
 
-__all__ = ["chart", "confusion", "raster", "text"]
+__all__ = ["chart", "confusion", "mosaic", "raster", "text"]

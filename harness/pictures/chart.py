@@ -9,7 +9,6 @@ tab10 colours, dashed validation curves, a light grid, the legend in a corner.
 
 from __future__ import annotations
 
-import itertools
 import math
 from collections.abc import Sequence
 
@@ -138,13 +137,13 @@ def render(chart: Chart, *, width: int = _WIDTH, height: int = _HEIGHT) -> Image
         canvas.draw.line((px, box[1], px, box[3]), fill=_GRID, width=1)
         canvas.text((px, box[3] + 5), f"{x:.0f}", 11, anchor="ma")
     for level, colour in chart.levels:
-        _polyline(canvas, [at(x_low, level), at(x_high, level)], colour, 1, "dotted")
+        canvas.line([at(x_low, level), at(x_high, level)], colour, 1, "dotted")
     if chart.marked_x is not None:
-        _polyline(canvas, [at(chart.marked_x, y_low), at(chart.marked_x, y_high)], _MARKED, 2, "dotted")
+        canvas.line([at(chart.marked_x, y_low), at(chart.marked_x, y_high)], _MARKED, 2, "dotted")
     for series in chart.series:
         for run in _finite_runs(series.points):
             pixels = [at(x, y) for x, y in run]
-            _polyline(canvas, pixels, series.colour, 2, series.style)
+            canvas.line(pixels, series.colour, 2, series.style)
             if series.markers:
                 for px, py in pixels:
                     canvas.draw.ellipse((px - 3, py - 3, px + 3, py + 3), fill=series.colour)
@@ -168,27 +167,6 @@ def _finite_runs(points: Sequence[tuple[float, float]]) -> list[list[tuple[float
         elif runs[-1]:
             runs.append([])
     return [run for run in runs if run]
-
-
-def _polyline(
-    canvas: Canvas, points: Sequence[tuple[float, float]], colour: str, width: int, style: str
-) -> None:
-    if style == "solid" or len(points) < 2:
-        canvas.draw.line(list(points), fill=colour, width=width, joint="curve")
-        return
-    dash, gap = (8.0, 5.0) if style == "dashed" else (2.0, 4.0)
-    for (x0, y0), (x1, y1) in itertools.pairwise(points):
-        length = math.hypot(x1 - x0, y1 - y0)
-        position = 0.0
-        while position < length:
-            end = min(position + dash, length)
-            a, b = position / length, end / length
-            canvas.draw.line(
-                (x0 + (x1 - x0) * a, y0 + (y1 - y0) * a, x0 + (x1 - x0) * b, y0 + (y1 - y0) * b),
-                fill=colour,
-                width=width,
-            )
-            position = end + gap
 
 
 def _star(canvas: Canvas, centre: tuple[float, float], radius: float) -> None:
@@ -219,6 +197,6 @@ def _legend(
         canvas.text((left + width / 2, y), title, 11, anchor="mm")
         y += line
     for label, colour, style in entries:
-        _polyline(canvas, [(left + 8, y), (left + 32, y)], colour, 2, style)
+        canvas.line([(left + 8, y), (left + 32, y)], colour, 2, style)
         canvas.text((left + 38, y), label, 11, anchor="lm")
         y += line

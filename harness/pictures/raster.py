@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import itertools
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -130,6 +132,27 @@ class Canvas:
 
     def rectangle(self, box: tuple[int, int, int, int], *, outline: str, width: int) -> None:
         self.draw.rectangle(box, outline=outline, width=width)
+
+    def line(
+        self, points: Sequence[tuple[float, float]], colour: str, width: int, style: str = "solid"
+    ) -> None:
+        """A line through `points`: ``"solid"``, ``"dashed"`` or ``"dotted"``, as matplotlib draws them."""
+        if style == "solid" or len(points) < 2:
+            self.draw.line(list(points), fill=colour, width=width, joint="curve")
+            return
+        dash, gap = (8.0, 5.0) if style == "dashed" else (2.0, 4.0)
+        for (x0, y0), (x1, y1) in itertools.pairwise(points):
+            length = math.hypot(x1 - x0, y1 - y0)
+            position = 0.0
+            while position < length:
+                end = min(position + dash, length)
+                a, b = position / length, end / length
+                self.draw.line(
+                    (x0 + (x1 - x0) * a, y0 + (y1 - y0) * a, x0 + (x1 - x0) * b, y0 + (y1 - y0) * b),
+                    fill=colour,
+                    width=width,
+                )
+                position = end + gap
 
 
 @functools.lru_cache(maxsize=4096)

@@ -66,7 +66,7 @@ def test_the_pictures_import_only_the_io_and_the_core_of_the_harness(path: Path)
 
 def test_the_pictures_load_no_torch_and_no_drawing_library_but_pillow() -> None:
     code = (
-        "import sys, harness.pictures.chart, harness.pictures.confusion, harness.pictures.raster; "
+        "import sys, harness.pictures.chart, harness.pictures.confusion, harness.pictures.mosaic; "
         "heavy = ('torch', 'lightning', 'torchmetrics', 'matplotlib', 'onnxruntime'); "
         "print(sorted(m for m in heavy if m in sys.modules))"
     )
