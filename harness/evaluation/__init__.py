@@ -2,7 +2,8 @@
 
     data      `EvaluationData`: a labelled ImageFolder split, classes matched to the model's
     metrics   top-k, balanced accuracy, precision/recall/F1, ECE, most-confused pairs (numpy)
-    pictures  the top-losses grid, the reliability diagram, the confusion matrix (matplotlib)
+    pictures  the top-losses grid and the reliability diagram (`harness.pictures` draws them
+              and the confusion matrix, as it does the run's)
     folder    `write_evaluation`: metrics.json, tables, pictures, predictions.csv
 
 The checkpoint side (Lightning's ``trainer.test``) is `harness.training.evaluation`; the

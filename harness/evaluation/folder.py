@@ -30,8 +30,9 @@ import numpy.typing as npt
 
 from harness.evaluation.data import EvaluationData
 from harness.evaluation.metrics import Metrics, compute_metrics
-from harness.evaluation.pictures import Loss, draw_confusion, draw_reliability, draw_top_losses
+from harness.evaluation.pictures import Loss, draw_reliability, draw_top_losses
 from harness.io.artifacts import write_json, write_text
+from harness.pictures.confusion import draw_confusion
 
 __all__ = ["Evaluation", "Source", "counts_csv", "evaluation_dir", "sha256_of", "write_evaluation"]
 
@@ -132,6 +133,7 @@ def write_evaluation(
         directory / "confusion_matrix.png",
         metrics.counts,
         names,
+        normalize="true",
         title=f"Confusion matrix, {scored}",
     )
     write_text(

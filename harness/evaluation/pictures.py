@@ -1,39 +1,37 @@
-"""The evaluation's pictures: the top-losses grid, the reliability diagram, the confusion matrix.
+"""The evaluation's own pictures: the top-losses grid and the reliability diagram (no torch).
 
-Drawn with matplotlib's object API (`matplotlib.figure.Figure`: no pyplot, no backend,
-no rcParams) and written atomically with `harness.io.artifacts.save_figure`; torch is
-never imported. Class names are drawn as plain text (``$`` is not read as mathtext)
-and cut in the middle when long. Each picture scales with the class count (3 to a few
-hundred classes).
+Both are drawn as pixels with `harness.pictures`, the toolkit the run's pictures use:
+the top losses are a mosaic like the run's sample grid, and the evaluation's confusion
+matrix is the run's picture itself (`harness.pictures.confusion`). Class names are
+drawn character for character (``p$\\bad$q`` is just a name) and cut in the middle when
+long.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from pathlib import Path
 
 import attrs
-import numpy as np
-import numpy.typing as npt
+from PIL import Image, ImageDraw
 
 from harness.evaluation.metrics import Calibration
-from harness.io.artifacts import save_figure
 from harness.io.images import load_rgb
+from harness.pictures.chart import nice_ticks
+from harness.pictures.mosaic import Tile, caption_limit, draw_mosaic
+from harness.pictures.raster import Canvas, save_png, text_width, vertical
+from harness.pictures.text import shorten
 
-__all__ = ["Loss", "draw_confusion", "draw_reliability", "draw_top_losses", "shorten"]
+__all__ = ["Loss", "draw_reliability", "draw_top_losses"]
 
 _WRONG = "#c0392b"
-_CELL = 1.9  # inches per image of the grid
-_BAND = 0.62  # inches above each image for its three lines of title
-
-
-def shorten(text: str, limit: int) -> str:
-    """`text` cut to `limit` characters by an ellipsis in the middle (class names differ at the end)."""
-    if len(text) <= limit:
-        return text
-    tail = max((limit - 1) // 2, 1)
-    return text[: max(limit - 1 - tail, 1)] + "…" + text[-tail:]
+_GRID = "#e6e6e6"
+_BAR, _BAR_EDGE = "#2f6db5", "#1d4a80"
+_GAP_FILL = (224, 123, 123, 102)  # "#e07b7b" at 40% opacity
+_WIDTH = 660
+_LEFT, _RIGHT = 74, 24
+_TOP, _PANEL, _SPACE, _COUNTS, _BOTTOM = 58, 440, 18, 130, 48  # heights in pixels, top to bottom
+_HEIGHT = _TOP + _PANEL + _SPACE + _COUNTS + _BOTTOM
 
 
 @attrs.frozen(kw_only=True)
@@ -55,138 +53,131 @@ def draw_top_losses(path: Path, losses: Sequence[Loss], *, total: int, wrong: in
     The loss is the true class's cross-entropy, so the first images are those the model
     was most sure were something else (fastai's `plot_top_losses`).
     """
-    from matplotlib.figure import Figure
-
-    columns = max(1, min(len(losses), math.ceil(math.sqrt(max(len(losses), 1)))))
-    rows = max(1, math.ceil(len(losses) / columns))
-    width, height = columns * (_CELL + 0.1), rows * (_CELL + _BAND)
-    figure = Figure(figsize=(max(width, 4.0), height + 0.55))
-    try:
-        figure.suptitle(
-            f"Top losses: the {len(losses)} wrong images of highest loss ({wrong:,} wrong of {total:,})",
-            fontsize=11,
-            y=1.0,
-            va="top",
+    limit = caption_limit()
+    tiles = [
+        Tile(
+            image=load_rgb(item.path),
+            caption=f"true: {shorten(item.true, limit - 6)}\n✗ pred: {shorten(item.predicted, limit - 8)}\n"
+            f"p {item.probability:.2f} · loss {item.loss:.2f}",
+            colour=_WRONG,
+            frame=4,
         )
-        axes = figure.add_axes((0.0, 0.0, 1.0, height / (height + 0.55)))
-        axes.set_axis_off()
-        axes.set_xlim(0.0, max(width, 4.0))
-        axes.set_ylim(0.0, height)
-        limit = int(_CELL * 72 / (0.55 * 8.0))
-        if not losses:
-            axes.text(2.0, height / 2, "no mistakes", ha="center", va="center", fontsize=12)
-        for index, item in enumerate(losses):
-            row, column = divmod(index, columns)
-            left = column * (_CELL + 0.1)
-            top = height - row * (_CELL + _BAND) - _BAND
-            image = load_rgb(item.path)
-            image.thumbnail((192, 192))
-            axes.imshow(
-                np.asarray(image), extent=(left, left + _CELL, top - _CELL, top), aspect="auto",
-                interpolation="nearest",
-            )  # fmt: skip
-            axes.text(
-                left + _CELL / 2,
-                top + 0.05,
-                f"true: {shorten(item.true, limit - 6)}\npred: {shorten(item.predicted, limit - 6)}\n"
-                f"p {item.probability:.2f} · loss {item.loss:.2f}",
-                ha="center",
-                va="bottom",
-                fontsize=8.0,
-                color=_WRONG,
-                linespacing=1.15,
-                usetex=False,
-                parse_math=False,
-            )
-        return save_figure(figure, path)
-    finally:
-        figure.clear()
+        for item in losses
+    ]
+    heading = (
+        f"Top losses: the {len(losses)} wrong images of highest loss\n"
+        f"{wrong:,} wrong of {total:,}; loss = -log p(true class)"
+    )
+    return save_png(draw_mosaic(tiles, heading=heading, caption_lines=3, empty="no mistakes"), path)
 
 
 def draw_reliability(path: Path, calibration: Calibration, *, title: str = "Reliability diagram") -> Path:
     """Accuracy against confidence per bin, the gap to the diagonal shaded, counts below, ECE on top."""
-    from matplotlib.figure import Figure
+    canvas = Canvas(_WIDTH, _HEIGHT)
+    right = _WIDTH - _RIGHT
+    panel = (_LEFT, _TOP, right, _TOP + _PANEL)
+    counts_box = (_LEFT, panel[3] + _SPACE, right, panel[3] + _SPACE + _COUNTS)
+    span = right - _LEFT
 
-    edges = calibration.edges
-    width = 1.0 / calibration.bins
-    centres = edges[:-1] + width / 2
-    filled = calibration.counts > 0
-    figure = Figure(figsize=(5.5, 6.2), layout="constrained")
-    try:
-        top, bottom = figure.subplots(2, 1, sharex=True, height_ratios=(3, 1))
-        top.plot([0, 1], [0, 1], linestyle="--", color="#888888", linewidth=1, label="perfectly calibrated")
-        top.bar(
-            centres[filled], calibration.accuracy[filled], width=width * 0.96, color="#2f6db5",
-            edgecolor="#1d4a80", label="accuracy in the bin",
-        )  # fmt: skip
-        gap = calibration.confidence[filled] - calibration.accuracy[filled]
-        top.bar(
-            centres[filled], gap, bottom=calibration.accuracy[filled], width=width * 0.96,
-            color="#e07b7b", alpha=0.4, edgecolor="#c0392b", hatch="//",
-            label="gap: over- (above) or under-confident (inside)",
-        )  # fmt: skip
-        top.hlines(
-            calibration.confidence[filled], centres[filled] - width * 0.48, centres[filled] + width * 0.48,
-            colors="black", linewidth=1.5, label="mean confidence in the bin",
-        )  # fmt: skip
-        top.set_xlim(0, 1)
-        top.set_ylim(0, 1)
-        top.set_ylabel("accuracy")
-        top.legend(loc="upper left", fontsize=8)
-        top.set_title(
-            f"{title}\nECE {calibration.ece:.2%} ({calibration.bins} equal-width bins, "
-            f"{int(calibration.counts.sum()):,} images)",
-            fontsize=11,
+    def x_at(value: float) -> float:
+        return _LEFT + value * span
+
+    def y_at(value: float, box: tuple[int, int, int, int], top: float = 1.0) -> float:
+        return box[3] - value / top * (box[3] - box[1])
+
+    ticks = [k / 5 for k in range(6)]
+    for value in ticks:
+        canvas.draw.line((x_at(value), panel[1], x_at(value), panel[3]), fill=_GRID)
+        canvas.draw.line((_LEFT, y_at(value, panel), right, y_at(value, panel)), fill=_GRID)
+        canvas.text((_LEFT - 6, y_at(value, panel)), f"{value:.1f}", 11, anchor="rm")
+        canvas.text((x_at(value), counts_box[3] + 5), f"{value:.1f}", 11, anchor="ma")
+
+    width = span / calibration.bins
+    shade = ImageDraw.Draw(canvas.image, "RGBA")
+    for i in range(calibration.bins):
+        if calibration.counts[i] == 0:
+            continue
+        left, end = x_at(i / calibration.bins) + width * 0.02, x_at((i + 1) / calibration.bins) - width * 0.02
+        accuracy, confidence = float(calibration.accuracy[i]), float(calibration.confidence[i])
+        canvas.draw.rectangle(
+            (left, y_at(accuracy, panel), end, panel[3]), fill=_BAR, outline=_BAR_EDGE, width=1
         )
-        bottom.bar(centres, calibration.counts, width=width * 0.96, color="#777777")
-        bottom.set_xlabel("confidence (top probability)")
-        bottom.set_ylabel("images")
-        return save_figure(figure, path)
-    finally:
-        figure.clear()
+        high, low = y_at(max(accuracy, confidence), panel), y_at(min(accuracy, confidence), panel)
+        gap_box = (round(left), round(high), round(end), round(low))
+        shade.rectangle(gap_box, fill=_GAP_FILL)
+        _hatch(canvas, gap_box, _WRONG)
+        canvas.draw.rectangle(gap_box, outline=_WRONG, width=1)
+        canvas.draw.line((left, y_at(confidence, panel), end, y_at(confidence, panel)), fill="black", width=2)
+    canvas.line([(x_at(0), y_at(0, panel)), (x_at(1), y_at(1, panel))], "#888888", 2, "dashed")
+    canvas.rectangle(panel, outline="#333333", width=1)
+    _legend(canvas, (panel[0] + 8, panel[1] + 8))
 
+    most = max(int(calibration.counts.max(initial=0)), 1)
+    levels = [level for level in nice_ticks(0.0, float(most), 4) if level == int(level)] or [0.0, float(most)]
+    top = max(levels[-1], float(most))
+    for level in levels:
+        y = y_at(level, counts_box, top)
+        canvas.draw.line((_LEFT, y, right, y), fill=_GRID)
+        canvas.text((_LEFT - 6, y), f"{level:,.0f}", 11, anchor="rm")
+    for i, count in enumerate(calibration.counts.tolist()):
+        if count:
+            left, end = (
+                x_at(i / calibration.bins) + width * 0.02,
+                x_at((i + 1) / calibration.bins) - width * 0.02,
+            )
+            canvas.draw.rectangle((left, y_at(count, counts_box, top), end, counts_box[3]), fill="#777777")
+    canvas.rectangle(counts_box, outline="#333333", width=1)
 
-def draw_confusion(
-    path: Path, counts: npt.NDArray[np.int64], class_names: Sequence[str], *, title: str
-) -> Path:
-    """Counts coloured by the share of each true class; numbers in the cells up to 30 classes."""
-    from matplotlib.figure import Figure
-
-    n = len(class_names)
-    totals = counts.sum(axis=1, keepdims=True)
-    shares = np.divide(counts, totals, out=np.zeros(counts.shape), where=totals > 0)
-    cell = min(0.6, max(0.2, 7.0 / n))
-    step = max(1, math.ceil(9.0 / (cell * 72)))
-    names = [shorten(name, 24) for name in class_names]
-    label = max(len(name) for name in names) * 0.07
-    side = n * cell
-    figure = Figure(
-        figsize=(max(5.5, side + label + 1.8), max(4.5, side + label + 1.2)), layout="constrained"
+    images = int(calibration.counts.sum())
+    canvas.multiline(
+        ((_LEFT + right) / 2, 8),
+        f"{title}\nECE {calibration.ece:.2%} ({calibration.bins} equal-width bins, {images:,} images)",
+        15,
+        anchor="ma",
     )
-    try:
-        axes = figure.add_subplot()
-        image = axes.imshow(shares, cmap="Blues", vmin=0.0, vmax=1.0, interpolation="nearest")
-        figure.colorbar(image, ax=axes, fraction=0.046, pad=0.02).set_label("share of the true class")
-        ticks = list(range(0, n, step))
-        size = min(10.0, step * cell * 72 * 0.6)
-        axes.set_xticks(ticks, [names[i] for i in ticks], fontsize=size, rotation=90)
-        axes.set_yticks(ticks, [names[i] for i in ticks], fontsize=size)
-        for text in (*axes.get_xticklabels(), *axes.get_yticklabels()):
-            text.set_parse_math(False)
-        axes.set_xlabel("predicted class")
-        axes.set_ylabel("true class")
-        total = int(counts.sum())
-        accuracy = int(np.trace(counts)) / total if total else 0.0
-        axes.set_title(
-            f"{title}\naccuracy {accuracy:.1%} ({int(np.trace(counts)):,} of {total:,})", fontsize=11
-        )
-        if n <= 30:
-            for row, column in zip(*np.nonzero(counts), strict=True):
-                colour = "white" if shares[row, column] > 0.55 else "black"
-                axes.text(
-                    column, row, str(int(counts[row, column])), ha="center", va="center",
-                    fontsize=min(9.0, cell * 72 * 0.35), color=colour,
-                )  # fmt: skip
-        return save_figure(figure, path)
-    finally:
-        figure.clear()
+    canvas.text(((_LEFT + right) / 2, _HEIGHT - 8), "confidence (top probability)", 13, anchor="md")
+    canvas.paste(vertical("accuracy", 13, height=_PANEL), _LEFT - 58, panel[1])
+    canvas.paste(vertical("images", 13, height=_COUNTS), _LEFT - 58, counts_box[1])
+    return save_png(canvas.image, path)
+
+
+def _hatch(canvas: Canvas, box: tuple[int, int, int, int], colour: str) -> None:
+    """Lines rising to the right across `box`, matplotlib's ``//`` hatch."""
+    left, top, right, bottom = box
+    if right <= left or bottom <= top:
+        return
+    mask = Image.new("L", (right - left, bottom - top), 0)
+    draw = ImageDraw.Draw(mask)
+    height = bottom - top
+    for start in range(-height, right - left, 10):
+        draw.line((start, height, start + height, 0), fill=255, width=1)
+    canvas.image.paste(colour, (left, top), mask)
+
+
+def _legend(canvas: Canvas, corner: tuple[int, int]) -> None:
+    entries = (
+        "perfectly calibrated",
+        "accuracy in the bin",
+        "gap: over- (above) or under-confident (inside)",
+        "mean confidence in the bin",
+    )
+    left, top = corner
+    line = 18
+    width = 48 + max(text_width(label, 11) for label in entries)
+    canvas.draw.rectangle(
+        (left, top, left + width, top + line * len(entries) + 8), fill="white", outline="#cccccc"
+    )
+    for k, label in enumerate(entries):
+        y = top + 4 + line * k + line / 2
+        key = (left + 8, round(y - 6), left + 32, round(y + 6))
+        if k == 0:
+            canvas.line([(key[0], y), (key[2], y)], "#888888", 2, "dashed")
+        elif k == 1:
+            canvas.draw.rectangle(key, fill=_BAR, outline=_BAR_EDGE)
+        elif k == 2:
+            ImageDraw.Draw(canvas.image, "RGBA").rectangle(key, fill=_GAP_FILL)
+            _hatch(canvas, key, _WRONG)
+            canvas.draw.rectangle(key, outline=_WRONG)
+        else:
+            canvas.draw.line((key[0], y, key[2], y), fill="black", width=2)
+        canvas.text((left + 40, y), label, 11, anchor="lm")

@@ -1,9 +1,8 @@
 """Atomic artifact writing: pictures, tables, JSON, the label map.
 
 Every writer goes to a temporary file beside the target, flushes it to disk and renames
-it over the target (`os.replace` is atomic on POSIX and Windows). Figures are drawn with
-matplotlib's object API (`matplotlib.figure.Figure`), which needs no display and touches
-no pyplot global state.
+it over the target (`os.replace` is atomic on POSIX and Windows). Pictures are drawn by
+`harness.pictures` and written with `atomic_path`.
 """
 
 from __future__ import annotations
@@ -15,17 +14,13 @@ import os
 import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from matplotlib.figure import Figure
+from typing import Any
 
 __all__ = [
     "LABELS_FILE",
     "atomic_path",
     "read_label_map",
     "run_dir_of",
-    "save_figure",
     "write_bytes",
     "write_json",
     "write_label_map",
@@ -76,13 +71,6 @@ def write_text(path: Path, text: str) -> Path:
 
 def write_json(path: Path, obj: Any) -> Path:
     return write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
-
-
-def save_figure(figure: Figure, path: Path, *, dpi: int = 120) -> Path:
-    """Render `figure` to `path` (format from the suffix) atomically."""
-    with atomic_path(path) as tmp:
-        figure.savefig(tmp, dpi=dpi, bbox_inches="tight", format=path.suffix.lstrip(".") or "png")
-    return path
 
 
 def write_label_map(run_dir: Path, class_names: Sequence[str]) -> Path:

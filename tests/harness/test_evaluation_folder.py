@@ -1,9 +1,10 @@
-"""harness.evaluation.folder: the files of an evaluation, for 3, 10 and 100 classes (no model)."""
+"""harness.evaluation.folder and its pictures: 3 to 100 classes, odd class names (no model)."""
 
 from __future__ import annotations
 
 import csv
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,9 @@ from PIL import Image
 from harness.core.testing import write_imagefolder
 from harness.evaluation.data import load_evaluation_data
 from harness.evaluation.folder import Source, evaluation_dir, write_evaluation
-from harness.evaluation.metrics import softmax
+from harness.evaluation.metrics import Calibration, softmax
+from harness.evaluation.pictures import Loss, draw_reliability, draw_top_losses
+from harness.pictures.confusion import draw_confusion
 
 
 def scored(tmp_path: Path, classes: int, per_class: int, seed: int = 0) -> tuple[Path, list[str]]:
@@ -83,3 +86,82 @@ def test_an_earlier_evaluation_is_never_overwritten(tmp_path: Path) -> None:
     (tmp_path / "eval").mkdir()
     (tmp_path / "eval-1").mkdir()
     assert evaluation_dir(tmp_path / "eval") == tmp_path / "eval-2"
+
+
+ODD_NAMES = (
+    "p$\\bad$q",
+    "$x$",
+    "chat tigré, Straße",
+    "Кириллица",
+    "100% sure",
+    "long " + "x" * 180 + " end",
+)
+
+
+def test_odd_class_names_are_drawn_literally_on_every_picture(tmp_path: Path) -> None:
+    root = write_imagefolder(tmp_path / "data", dict.fromkeys(ODD_NAMES, 6), size=24, seed=1)
+    data = load_evaluation_data(root, list(ODD_NAMES))
+    rng = np.random.default_rng(1)
+    logits = rng.normal(0, 1, (len(data.samples), len(ODD_NAMES)))
+    logits[np.arange(len(data.samples)), data.targets] += 1.5
+    source = Source(kind="onnx", path=tmp_path / "model.onnx", sha256="0" * 64)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a glyph missing or a name read as mathtext would warn or raise
+        out = write_evaluation(tmp_path / "eval", softmax(logits), data, ODD_NAMES, source).directory
+
+    with (out / "confusion_matrix.csv").open(encoding="utf-8", newline="") as handle:
+        header, *rows = list(csv.reader(handle))
+    assert header[1:] == [row[0] for row in rows] == list(ODD_NAMES)
+    assert list(json.loads((out / "metrics.json").read_text(encoding="utf-8"))["per_class"]) == list(
+        ODD_NAMES
+    )
+    counts = np.array([[int(v) for v in row[1:]] for row in rows], dtype=np.int64)
+    # the evaluation's matrix is the run's picture: the same code, pixel for pixel
+    run_like = draw_confusion(
+        tmp_path / "run.png", counts, ODD_NAMES, normalize="true", title="Confusion matrix, data"
+    )
+    with Image.open(out / "confusion_matrix.png") as drawn, Image.open(run_like) as expected:
+        assert np.array_equal(np.asarray(drawn), np.asarray(expected))
+    for picture in ("top_losses.png", "reliability.png"):
+        with Image.open(out / picture) as image:
+            assert image.format == "PNG" and image.width > 300
+
+
+def losses_of(tmp_path: Path, count: int) -> list[Loss]:
+    images = write_imagefolder(tmp_path / "wrong", {"a": count}, size=40, height=20, seed=2)
+    return [
+        Loss(path=path, true="a", predicted="p$\\bad$q", probability=0.9, loss=2.3)
+        for path in sorted((images / "a").iterdir())
+    ]
+
+
+def test_the_top_losses_are_framed_and_captioned_in_red(tmp_path: Path) -> None:
+    losses = losses_of(tmp_path, 5)
+    path = draw_top_losses(tmp_path / "top.png", losses, total=50, wrong=9)
+    with Image.open(path) as image:
+        pixels = np.asarray(image.convert("RGB"))
+    red = int(np.all(pixels == (192, 57, 43), axis=2).sum())
+    # a 4-pixel frame round each image, as wide as a cell and half as tall (40 x 20 images)
+    assert red >= len(losses) * 4 * (2 * 180 + 2 * 90)
+    empty = draw_top_losses(tmp_path / "none.png", [], total=50, wrong=0)
+    with Image.open(empty) as image:
+        assert not np.all(np.asarray(image.convert("RGB")) == (192, 57, 43), axis=2).any()
+
+
+def test_the_reliability_diagram_shades_the_gap_only_where_there_is_one(tmp_path: Path) -> None:
+    bins = 10
+    counts = np.full(bins, 20, dtype=np.int64)
+    confidence = np.linspace(0.05, 0.95, bins)
+
+    def shaded(accuracy: np.ndarray) -> int:
+        ece = float(np.mean(np.abs(accuracy - confidence)))
+        calibration = Calibration(bins=bins, counts=counts, accuracy=accuracy, confidence=confidence, ece=ece)
+        with Image.open(draw_reliability(tmp_path / "r.png", calibration)) as image:
+            pixels = np.asarray(image.convert("RGB")).astype(int)
+        # the gap's fill: #e07b7b at 40% over white, or over the blue bar
+        return int((np.abs(pixels - (243, 202, 202)).sum(axis=2) < 12).sum())
+
+    calibrated = shaded(confidence.copy())
+    overconfident = shaded(confidence * 0.6)
+    assert overconfident > 20 * calibrated + 5000
