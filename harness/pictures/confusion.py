@@ -80,20 +80,25 @@ def draw_confusion(
     names = [shorten(class_names[i], _NAME_LIMIT) for i in ticks]
     label_width = max(text_width(name, label_size) for name in names) + _GAP
 
+    accuracy = correct / total if total else 0.0
+    heading = f"{title}\naccuracy {accuracy:.1%} ({correct:,} of {total:,})"
+    # a title wider than the matrix widens the picture on both sides, centred on the matrix
+    half_title = max(text_width(line, 16) for line in heading.splitlines()) / 2 + 8
     title_height, axis_title = 52, 22
     bar_width, bar_labels = 18, 60
-    left = axis_title + label_width
-    width = left + side + 20 + bar_width + bar_labels + axis_title
+    bar_title = _COLOURBAR_LABEL[normalize]
+    if text_width(bar_title, 11) > side - 8:
+        bar_title = bar_title.replace(" (", "\n(")
+    bar_strip = vertical(bar_title, 11, height=side)
+    margin = max(0, math.ceil(half_title - (axis_title + label_width + side / 2)))
+    left = margin + axis_title + label_width
+    width = max(
+        left + side + 20 + bar_width + bar_labels + bar_strip.width + 5,
+        math.ceil(left + side / 2 + half_title),
+    )
     height = title_height + side + label_width + axis_title
     canvas = Canvas(width, height)
-
-    accuracy = correct / total if total else 0.0
-    canvas.multiline(
-        (left + side / 2, 8),
-        f"{title}\naccuracy {accuracy:.1%} ({correct:,} of {total:,})",
-        16,
-        anchor="ma",
-    )
+    canvas.multiline((left + side / 2, 8), heading, 16, anchor="ma")
     cells = colour_scale(values / top)
     block = np.repeat(np.repeat(cells, cell, axis=0), cell, axis=1)
     if n <= 60:
@@ -118,7 +123,7 @@ def draw_confusion(
         x_labels.text((label_width - _GAP, middle), name, label_size, anchor="rm")
     canvas.paste(x_labels.image.rotate(90, expand=True), left, title_height + side)
     canvas.text((left + side / 2, height - axis_title / 2), "predicted class", 13, anchor="mm")
-    canvas.paste(vertical("true class", 13, height=side), 0, title_height)
+    canvas.paste(vertical("true class", 13, height=side), margin, title_height)
 
     bar_left = left + side + 20
     bar = colour_scale(np.linspace(1.0, 0.0, side)[:, None].repeat(bar_width, axis=1))
@@ -129,7 +134,7 @@ def draw_confusion(
         y = title_height + side - 1 - (side - 1) * k / 4
         canvas.text((bar_left + bar_width + 4, y), label, 11, anchor="lm")
     canvas.paste(
-        vertical(_COLOURBAR_LABEL[normalize], 11, height=side),
+        bar_strip,
         bar_left + bar_width + bar_labels,
         title_height,
     )

@@ -172,9 +172,14 @@ def _rendered(text: str, size: int) -> tuple[Image.Image, int, int]:
 
 
 def vertical(text: str, size: int, *, height: int) -> Image.Image:
-    """`text` turned to read upwards, centred in a strip `height` pixels tall (an axis title)."""
-    strip = Canvas(height, size + 6)
-    strip.text((height / 2, (size + 6) / 2), text, size, anchor="mm")
+    """`text` (one line or more) turned to read upwards, centred in a strip `height` pixels
+    tall (an axis title)."""
+    thickness = (text.count("\n") + 1) * (size + 3) + 3
+    strip = Canvas(height, thickness)
+    if "\n" in text:
+        strip.multiline((height / 2, thickness / 2), text, size, anchor="mm")
+    else:
+        strip.text((height / 2, thickness / 2), text, size, anchor="mm")
     return strip.image.rotate(90, expand=True)
 
 

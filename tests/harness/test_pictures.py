@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from harness.pictures.chart import TAB10, Chart, Series, nice_ticks, render
+from harness.pictures.confusion import draw_confusion
 from harness.pictures.mosaic import CELL, Tile, draw_mosaic, fit
 from harness.pictures.raster import BLUES, colour_scale, font_for, text_width
 
@@ -93,3 +95,13 @@ def test_a_mosaic_is_as_wide_as_its_heading_and_says_when_it_is_empty() -> None:
     assert one.width > text_width(heading, 15) > CELL
     empty = np.asarray(draw_mosaic([], heading="nothing", caption_lines=2, empty="no mistakes"))
     assert (empty < 128).any(axis=2)[40:].any(), "the empty note is written below the heading"
+
+
+def test_a_confusion_matrix_widens_for_a_title_wider_than_itself(tmp_path: Path) -> None:
+    title = "Confusion matrix, a_rather_long_folder_name_of_images/validation"
+    counts = np.array([[5, 1], [2, 7]])
+    path = draw_confusion(tmp_path / "cm.png", counts, ["a", "b"], normalize="true", title=title)
+    with Image.open(path) as image:
+        title_band = np.asarray(image.convert("L"))[:30]
+    inked = np.nonzero((title_band < 128).any(axis=0))[0]
+    assert inked[-1] - inked[0] + 1 >= text_width(title, 16) - 8, "the whole title is drawn"
