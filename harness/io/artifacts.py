@@ -1,8 +1,10 @@
 """Atomic artifact writing: pictures, tables, JSON, the label map.
 
 Every writer goes to a temporary file beside the target, flushes it to disk and renames
-it over the target (`os.replace` is atomic on POSIX and Windows). Pictures are drawn by
-`harness.pictures` and written with `atomic_path`.
+it over the target (`os.replace` is atomic on POSIX and Windows). The harness's own
+pictures are drawn as pixels by `harness.pictures`; `save_figure` is for a subscriber
+that draws a matplotlib figure with its object API (`matplotlib.figure.Figure`), which
+needs no display and touches no pyplot global state.
 """
 
 from __future__ import annotations
@@ -14,13 +16,17 @@ import os
 import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 __all__ = [
     "LABELS_FILE",
     "atomic_path",
     "read_label_map",
     "run_dir_of",
+    "save_figure",
     "write_bytes",
     "write_json",
     "write_label_map",
@@ -71,6 +77,13 @@ def write_text(path: Path, text: str) -> Path:
 
 def write_json(path: Path, obj: Any) -> Path:
     return write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def save_figure(figure: Figure, path: Path, *, dpi: int = 120) -> Path:
+    """Render `figure` to `path` (format from the suffix) atomically."""
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, dpi=dpi, bbox_inches="tight", format=path.suffix.lstrip(".") or "png")
+    return path
 
 
 def write_label_map(run_dir: Path, class_names: Sequence[str]) -> Path:
