@@ -20,6 +20,7 @@ import logging
 import os
 import random
 from collections.abc import Sequence, Sized
+from functools import partial
 from pathlib import Path
 
 import lightning as L
@@ -37,6 +38,7 @@ from harness.io.images import image_files, load_rgb, unreadable
 from harness.settings import AugmentSettings, DataSettings
 from harness.training.augment import BatchMixer, Transform, eval_transform, train_transform
 from harness.training.scan_cache import cache_file, unreadable_files
+from harness.training.stop_signal import start_data_worker
 
 __all__ = [
     "ImageDataModule",
@@ -332,6 +334,7 @@ class ImageDataModule(L.LightningDataModule):
     def _loader(self, dataset: ImageFiles, *, train: bool) -> DataLoader[tuple[torch.Tensor, int]]:
         workers = loader_workers(self.settings.num_workers)
         world = self.trainer.world_size if self.trainer is not None else 1
+        rank = self.trainer.global_rank if self.trainer is not None else 0
         return DataLoader(
             dataset,
             batch_size=self.settings.batch_size,
@@ -342,6 +345,7 @@ class ImageDataModule(L.LightningDataModule):
             pin_memory=torch.cuda.is_available(),
             drop_last=train and self._drop_last(world),
             collate_fn=self.mixer if train and self.mixer is not None else None,
+            worker_init_fn=partial(start_data_worker, rank=rank),
         )
 
     def train_dataloader(self) -> DataLoader[tuple[torch.Tensor, int]]:
@@ -364,4 +368,5 @@ class ImageDataModule(L.LightningDataModule):
             num_workers=loader.num_workers,
             persistent_workers=loader.persistent_workers,
             pin_memory=loader.pin_memory,
+            worker_init_fn=loader.worker_init_fn,
         )
