@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import tempfile
 from collections.abc import Sequence, Sized
 from functools import partial
 from pathlib import Path
@@ -31,7 +32,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from harness.core.context import DatasetInfo
-from harness.core.errors import DataError
+from harness.core.errors import DataError, SettingsError
 from harness.core.preprocessing import Preprocessing
 from harness.io.artifacts import atomic_path
 from harness.io.images import image_files, load_rgb, unreadable
@@ -47,6 +48,7 @@ __all__ = [
     "loader_workers",
     "materialise_digits",
     "scan",
+    "writable_cache_dir",
 ]
 
 log = logging.getLogger(__name__)
@@ -63,12 +65,34 @@ def cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "harness"
 
 
+def writable_cache_dir() -> Path:
+    """`cache_dir`, made if missing, after writing a file in it; `SettingsError` naming it if that fails.
+
+    Checked before anything else is written: the embedded data set and the scan cache
+    live there, and a read-only mount or a path under a regular file would otherwise
+    fail half-way, with a traceback.
+    """
+    cache = cache_dir()
+    where = "HARNESS_CACHE" if os.environ.get("HARNESS_CACHE") else "the cache folder (HARNESS_CACHE unset)"
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+        handle, probe = tempfile.mkstemp(dir=cache, prefix=".write-check-")
+        os.close(handle)
+        Path(probe).unlink()
+    except OSError as error:
+        raise SettingsError(
+            f"{where} = {str(cache)!r}: cannot write there ({error.strerror or error}); "
+            "set HARNESS_CACHE to a writable folder"
+        ) from None
+    return cache
+
+
 def materialise_digits(cache: Path | None = None) -> Path:
     """scikit-learn's digits (1,797 real 8x8 images, shipped in its wheel) as an ImageFolder tree.
 
     Written once; a marker file, written last, says the tree is complete.
     """
-    root = (cache or cache_dir()) / "digits"
+    root = (cache or writable_cache_dir()) / "digits"
     marker = root / ".complete"
     if marker.exists():
         return root
@@ -167,9 +191,11 @@ def scan(settings: DataSettings, seed: int) -> tuple[DatasetInfo, tuple[str, ...
     Raises `DataError` naming the path for a missing root, no class folders, a single
     class, a class with no images, split folders without a train or validation split,
     class folders of `val/` or `test/` missing from `train/` (with ``unknown_classes =
-    "stop"``) or (with ``on_corrupt = "stop"``) unreadable files.
+    "stop"``) or (with ``on_corrupt = "stop"``) unreadable files; `SettingsError` when the
+    cache folder (``$HARNESS_CACHE``) cannot be written.
     """
-    root = Path(settings.root).expanduser() if settings.root else materialise_digits()
+    cache = writable_cache_dir()
+    root = Path(settings.root).expanduser() if settings.root else materialise_digits(cache)
     where = f"[data].root = {str(root)!r}"
     if not root.is_dir():
         raise DataError(f"{where}: no such directory")
@@ -199,7 +225,7 @@ def scan(settings: DataSettings, seed: int) -> tuple[DatasetInfo, tuple[str, ...
     every = [
         path for files in (*train_files.values(), *val_files.values(), *test_files.values()) for path in files
     ]
-    bad = unreadable_files(every, unreadable, cache=cache_file(cache_dir(), root))
+    bad = unreadable_files(every, unreadable, cache=cache_file(cache, root))
     if bad:
         if settings.on_corrupt == "stop":
             listed = "; ".join(f"{path} ({reason})" for path, reason in bad[:10])
