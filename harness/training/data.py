@@ -31,7 +31,7 @@ from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from harness.core.context import DatasetInfo
+from harness.core.context import DatasetInfo, LeftOutClass
 from harness.core.errors import DataError, SettingsError
 from harness.core.preprocessing import Preprocessing
 from harness.io.artifacts import atomic_path
@@ -155,8 +155,8 @@ def _splits(root: Path, where: str) -> dict[str, Path] | None:
 
 def _unknown_classes(
     settings: DataSettings, where: str, split_files: dict[str, dict[str, list[Path]]], classes: Sequence[str]
-) -> None:
-    """Stop at, or drop (with a warning), class folders of `split_files` that the training split lacks."""
+) -> tuple[LeftOutClass, ...]:
+    """Stop at, or drop (with a warning) and return, class folders of `split_files` that training lacks."""
     known = set(classes)
     unknown = {
         split: {name: files for name, files in by_class.items() if name not in known}
@@ -168,7 +168,7 @@ def _unknown_classes(
         if extra
     )
     if not listed:
-        return
+        return ()
     if settings.unknown_classes == "stop":
         raise DataError(
             f"{where}: class folders not in train/ ({listed}); the model cannot predict them. "
@@ -180,9 +180,12 @@ def _unknown_classes(
         count,
         listed,
     )
+    left_out: list[LeftOutClass] = []
     for split, extra in unknown.items():
-        for name in extra:
+        for name in sorted(extra):
             del split_files[split][name]
+            left_out.append(LeftOutClass(split=split, name=name, images=len(extra[name])))
+    return tuple(left_out)
 
 
 def scan(settings: DataSettings, seed: int) -> tuple[DatasetInfo, tuple[str, ...]]:
@@ -212,12 +215,13 @@ def scan(settings: DataSettings, seed: int) -> tuple[DatasetInfo, tuple[str, ...
         if not files:
             raise DataError(f"{where}: class folder {str(class_root / name)!r} holds no images")
     held_out: dict[str, dict[str, list[Path]]] = {}
+    left_out: tuple[LeftOutClass, ...] = ()
     if splits:
         for split in ("val", "test"):
             if split in splits:
                 names = [p.name for p in _class_folders(splits[split])]
                 held_out[split] = _files_by_class(splits[split], names)
-        _unknown_classes(settings, where, held_out, classes)
+        left_out = _unknown_classes(settings, where, held_out, classes)
     val_files = held_out.get("val", {})
     test_files = held_out.get("test", {})
 
@@ -253,7 +257,12 @@ def scan(settings: DataSettings, seed: int) -> tuple[DatasetInfo, tuple[str, ...
     # then measures every class, not the first ones in folder order.
     random.Random(seed + 1).shuffle(val)
     info = DatasetInfo(
-        root=root, train=tuple(train), val=tuple(val), test=tuple(test), skipped=tuple(skipped)
+        root=root,
+        train=tuple(train),
+        val=tuple(val),
+        test=tuple(test),
+        skipped=tuple(skipped),
+        left_out=left_out,
     )
     return info, classes
 

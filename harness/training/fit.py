@@ -330,6 +330,7 @@ def _summary(
         "artifacts": dict(sorted(context.artifacts.items())),
         "failures": [attrs.asdict(failure) for failure in bus.failures],
         "skipped_images": [str(path) for path in context.data.skipped] if context.data else [],
+        "left_out_classes": [attrs.asdict(left) for left in context.data.left_out] if context.data else [],
         "duration_s": round(seconds, 2),
         "resume": (
             f"python -m harness.run {context.run_dir / 'settings.toml'} --set trainer.resume={last}"
