@@ -1,4 +1,8 @@
-"""Dataset statistics arithmetic: images per class, imbalance, image sizes from file headers, warnings."""
+"""Dataset statistics arithmetic: images per class, imbalance, image sizes from file headers, warnings.
+
+Sizes are upright, as training sees them: ``harness.io.images.load_rgb`` applies the EXIF
+orientation, so a 40x20 photo tagged with a quarter turn (orientations 5 to 8) is 20x40.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from PIL import Image, UnidentifiedImageError
+from PIL import ExifTags, Image, UnidentifiedImageError
 
 from harness.core.context import DatasetInfo
 
@@ -16,6 +20,21 @@ __all__ = ["build_report", "image_sizes", "imbalance_ratio", "per_class"]
 
 _COMMON_SIZES = 10
 _LISTED_UNREADABLE = 10
+_QUARTER_TURNS = frozenset({5, 6, 7, 8})
+"""EXIF orientations whose upright image swaps width and height."""
+
+
+def _upright_size(image: Image.Image) -> tuple[int, int]:
+    """The size of `image` after its EXIF orientation, from the header (no pixels decoded).
+
+    A PNG's own ``getexif`` decodes the pixels to look for an ``eXIf`` chunk after them;
+    the base reader takes the tags found before them, which is where writers put them.
+    """
+    exif = Image.Image.getexif(image) if image.format == "PNG" else image.getexif()
+    width, height = image.size
+    if exif.get(ExifTags.Base.Orientation, 1) in _QUARTER_TURNS:
+        return height, width
+    return width, height
 
 
 def per_class(samples: Sequence[tuple[Path, int]], num_classes: int) -> list[int]:
@@ -41,7 +60,7 @@ def _spread(samples: Sequence[tuple[Path, int]], limit: int) -> list[Path]:
 
 
 def image_sizes(samples: Sequence[tuple[Path, int]], limit: int) -> dict[str, Any]:
-    """Sizes and modes read from the headers of at most `limit` files (PIL reads no pixels here)."""
+    """Upright sizes and modes read from the headers of at most `limit` files (PIL reads no pixels here)."""
     sizes: Counter[tuple[int, int]] = Counter()
     modes: Counter[str] = Counter()
     unreadable: list[str] = []
@@ -49,7 +68,7 @@ def image_sizes(samples: Sequence[tuple[Path, int]], limit: int) -> dict[str, An
     for path in chosen:
         try:
             with Image.open(path) as image:
-                sizes[image.size] += 1
+                sizes[_upright_size(image)] += 1
                 modes[image.mode] += 1
         except (UnidentifiedImageError, OSError, ValueError) as error:
             unreadable.append(f"{path} ({type(error).__name__}: {error})")

@@ -49,6 +49,7 @@ from harness.training.run_dir import (
     resolve_run_dir,
 )
 from harness.training.sampler import make_sampler
+from harness.training.stop_signal import LAUNCHER_VARIABLE, StopOnSigterm, outlive_launcher
 from harness.training.terminal import MetricFreeProgressBar
 
 __all__ = ["RunResult", "run"]
@@ -197,6 +198,7 @@ def run(settings: Settings, *, extra_subscribers: Mapping[str, Subscriber] | Non
         plugins=[AtomicCheckpointIO()],
         callbacks=[
             BusCallback(bus, context, stateful, interrupt_checkpoint=interrupt_checkpoint),
+            StopOnSigterm(),
             *_lightning_callbacks(settings, run_dir),
         ],
     )
@@ -212,6 +214,8 @@ def run(settings: Settings, *, extra_subscribers: Mapping[str, Subscriber] | Non
 
     os.environ[RUN_DIR_VARIABLE] = str(run_dir)
     os.environ[RESUME_VARIABLE] = str(resume_from or "")
+    if not joined:
+        os.environ[LAUNCHER_VARIABLE] = str(os.getpid())
     status = "failed"
     tested: dict[str, Any] | None = None
     error: str | None = None
@@ -223,6 +227,8 @@ def run(settings: Settings, *, extra_subscribers: Mapping[str, Subscriber] | Non
             tested = evaluate_test_split(run_dir, info.root, context.best_checkpoint)
     except SIGTERMException:
         status = "interrupted"
+        if joined:
+            outlive_launcher()
         where = context.run_dir / "checkpoints" / "last.ckpt"
         kept = (
             f"checkpoint {where} written at step {trainer.global_step}"
@@ -255,6 +261,8 @@ def run(settings: Settings, *, extra_subscribers: Mapping[str, Subscriber] | Non
     finally:
         os.environ.pop(RUN_DIR_VARIABLE, None)
         os.environ.pop(RESUME_VARIABLE, None)
+        if not joined:
+            os.environ.pop(LAUNCHER_VARIABLE, None)
         background_failures = writer.close()
         summary = _summary(settings, context, trainer, bus, status, time.monotonic() - started)
         summary["failures"] += [
@@ -320,6 +328,7 @@ def _summary(
         "artifacts": dict(sorted(context.artifacts.items())),
         "failures": [attrs.asdict(failure) for failure in bus.failures],
         "skipped_images": [str(path) for path in context.data.skipped] if context.data else [],
+        "left_out_classes": [attrs.asdict(left) for left in context.data.left_out] if context.data else [],
         "duration_s": round(seconds, 2),
         "resume": (
             f"python -m harness.run {context.run_dir / 'settings.toml'} --set trainer.resume={last}"

@@ -10,6 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
+from harness.core.context import LeftOutClass
 from harness.core.errors import DataError
 from harness.core.preprocessing import Preprocessing
 from harness.settings import DataSettings
@@ -242,6 +243,10 @@ def test_validation_classes_missing_from_train_can_be_left_out_with_a_count(
     assert {path.parent.name for path, _ in info.test} == {"a"}
     assert "leaving out 4 image(s) of class folders not in train/" in caplog.text
     assert "val/: 'c'; test/: 'd'" in caplog.text
+    assert info.left_out == (
+        LeftOutClass(split="val", name="c", images=2),
+        LeftOutClass(split="test", name="d", images=2),
+    ), "summary.json lists them from here"
 
 
 def bomb_png(path: Path, side: int) -> Path:
