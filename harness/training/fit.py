@@ -30,7 +30,7 @@ from harness.core.bus import Bus, Stateful, Subscriber
 from harness.core.context import RunContext
 from harness.core.errors import Terminated, TrainingDiverged
 from harness.core.events import RunEnd
-from harness.io.artifacts import write_json, write_label_map, write_text
+from harness.io.artifacts import CHECKPOINTS_DIR, write_json, write_label_map, write_text
 from harness.io.background import BackgroundWriter
 from harness.io.lock import RunLock
 from harness.io.record import EventLog
@@ -46,6 +46,7 @@ from harness.training.run_dir import (
     RUN_DIR_VARIABLE,
     check_resume,
     keep_attempt,
+    last_checkpoint,
     resolve_run_dir,
 )
 from harness.training.sampler import make_sampler
@@ -71,7 +72,7 @@ def _lightning_callbacks(settings: Settings, run_dir: Path) -> list[Callback]:
     if ckpt.enabled:
         callbacks.append(
             ModelCheckpoint(
-                dirpath=run_dir / "checkpoints",
+                dirpath=run_dir / CHECKPOINTS_DIR,
                 filename="epoch={epoch:03d}-score={" + ckpt.monitor + ":.4f}",
                 auto_insert_metric_name=False,
                 monitor=ckpt.monitor,
@@ -177,7 +178,7 @@ def run(settings: Settings, *, extra_subscribers: Mapping[str, Subscriber] | Non
                 context.artifacts.setdefault(name, path)
 
     trainer_settings = settings.trainer
-    interrupt_checkpoint = run_dir / "checkpoints" / "last.ckpt" if settings.checkpoint.enabled else None
+    interrupt_checkpoint = last_checkpoint(run_dir) if settings.checkpoint.enabled else None
     trainer = L.Trainer(
         default_root_dir=run_dir,
         max_epochs=trainer_settings.max_epochs,
@@ -229,7 +230,7 @@ def run(settings: Settings, *, extra_subscribers: Mapping[str, Subscriber] | Non
         status = "interrupted"
         if joined:
             outlive_launcher()
-        where = context.run_dir / "checkpoints" / "last.ckpt"
+        where = last_checkpoint(context.run_dir)
         kept = (
             f"checkpoint {where} written at step {trainer.global_step}"
             if where.is_file()
@@ -240,7 +241,7 @@ def run(settings: Settings, *, extra_subscribers: Mapping[str, Subscriber] | Non
         ) from None
     except TrainingDiverged as diverged:
         status = "diverged"
-        last = run_dir / "checkpoints" / "last.ckpt"
+        last = last_checkpoint(run_dir)
         kept = (
             f"the last good checkpoint is {last}" if last.is_file() else "no checkpoint was written before it"
         )
@@ -315,7 +316,7 @@ def _summary(
         except ValueError:
             return str(path)
 
-    last = context.run_dir / "checkpoints" / "last.ckpt"
+    last = last_checkpoint(context.run_dir)
     return {
         "status": status,
         "run_dir": str(context.run_dir),
