@@ -7,10 +7,11 @@ runs when training ends: a CPU copy, torch's dynamo exporter, the model card, on
 `onnx.checker`, the parity check in onnxruntime on 8 images at batch sizes 1 and 8, the
 JSON files) against its anchor, the exporter alone: ``torch.onnx.export`` of the same
 model with the same settings (dynamo, dynamic batch, opset 18, optimised), saved to one
-file. Interleaved round by round, at 32 px (the default image size) and 224 px. The goal,
-at most 1.15x, bounds what the harness adds to torch's exporter; the seconds themselves
-(the project's goal: under 2 s for ResNet-18) and the first export in the process, which
-also pays the exporter's imports as a run does, are in the details.
+file. Interleaved round by round, at 32 px (the default image size) and 224 px, on the
+process's CPU time (the exporter is single-threaded Python; wall time is in the details).
+The goal, at most 1.15x, bounds what the harness adds to torch's exporter; the seconds
+themselves (the project's goal: under 2 s for ResNet-18) and the first export in the
+process, which also pays the exporter's imports as a run does, are in the details.
 
 Inference: the anchor is eager PyTorch (``torch.inference_mode``, ``eval()``) on the same random-init
 ResNet-18, same inputs, same thread count. Against it, in the same process and
@@ -24,9 +25,10 @@ from __future__ import annotations
 
 import argparse
 import functools
+import statistics
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import onnxruntime as ort
@@ -82,41 +84,66 @@ def _plain(model: torch.nn.Module, size: int, path: Path) -> None:
     program.save(path, external_data=False)
 
 
+def _clocked(
+    candidates: Mapping[str, Callable[[], object]], repeats: int
+) -> dict[str, dict[str, list[float]]]:
+    """Wall and process CPU seconds of each call, the candidates taking turns, order rotating."""
+    names = list(candidates)
+    samples: dict[str, dict[str, list[float]]] = {name: {"wall": [], "CPU": []} for name in names}
+    for round_index in range(repeats):
+        shift = round_index % len(names)
+        for name in names[shift:] + names[:shift]:
+            wall, cpu = time.perf_counter(), time.process_time()
+            candidates[name]()
+            samples[name]["wall"].append(time.perf_counter() - wall)
+            samples[name]["CPU"].append(time.process_time() - cpu)
+    return samples
+
+
 def export_rows(*, sizes: Sequence[int] = EXPORT_SIZES, repeats: int = 3) -> tuple[list[Row], dict[str, str]]:
-    """Seconds per export, the harness's against the exporter alone; the seconds and the first export's."""
+    """CPU seconds per export, the harness's against the exporter alone; wall seconds in the facts.
+
+    The exporter is Python on one thread, so its CPU time is its wall time on an idle
+    machine, and moves much less than wall time on a loaded one.
+    """
     torch.manual_seed(0)
     model = resnet18(num_classes=10).eval()
     measured: list[Row] = []
     facts: dict[str, str] = {}
     with tempfile.TemporaryDirectory() as directory:
         where = Path(directory)
-        started = time.perf_counter()
+        wall, cpu = time.perf_counter(), time.process_time()
         _bundle(model, sizes[0], where / "first")
-        first = time.perf_counter() - started
-        facts[f"first export_bundle in the process (imports included), {sizes[0]} px"] = f"{first:.2f} s"
+        facts[f"first export_bundle in the process (its imports included), {sizes[0]} px"] = (
+            f"{time.perf_counter() - wall:.2f} s wall, {time.process_time() - cpu:.2f} s CPU"
+        )
         for size in sizes:
             candidates: dict[str, Callable[[], object]] = {
                 EXPORT_ANCHOR: functools.partial(_plain, model, size, where / "plain.onnx"),
                 "export_bundle": functools.partial(_bundle, model, size, where / "bundle"),
             }
-            timed = interleaved(candidates, number=1, repeats=repeats, warmup=0)
-            for name, seconds in timed.items():
+            timed = _clocked(candidates, repeats)
+            median = {
+                name: {k: statistics.median(v) for k, v in clocks.items()} for name, clocks in timed.items()
+            }
+            for name in candidates:
                 anchor = name == EXPORT_ANCHOR
                 measured.append(
                     Row(
                         benchmark=EXPORT_BENCHMARK,
                         variant=f"{name}, {size} px" + (" (anchor)" if anchor else ""),
                         anchor=f"{EXPORT_ANCHOR}, {size} px",
-                        seconds=seconds,
-                        anchor_seconds=timed[EXPORT_ANCHOR],
-                        unit="export",
+                        seconds=median[name]["CPU"],
+                        anchor_seconds=median[EXPORT_ANCHOR]["CPU"],
+                        unit="export, CPU",
                         goal=None if anchor else EXPORT_GOAL,
                     )
                 )
-            seconds, plain = timed["export_bundle"], timed[EXPORT_ANCHOR]
-            verdict = "met" if seconds <= GOAL_SECONDS else "MISSED"
+            ours, plain = median["export_bundle"], median[EXPORT_ANCHOR]
+            verdict = "met" if ours["CPU"] <= GOAL_SECONDS else "MISSED"
             facts[f"export_bundle, {size} px"] = (
-                f"{seconds:.2f} s (goal {GOAL_SECONDS:g} s: {verdict}; the exporter alone {plain:.2f} s)"
+                f"{ours['CPU']:.2f} s CPU, {ours['wall']:.2f} s wall (goal {GOAL_SECONDS:g} s: {verdict}); "
+                f"the exporter alone {plain['CPU']:.2f} s CPU, {plain['wall']:.2f} s wall"
             )
     return measured, facts
 
