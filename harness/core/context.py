@@ -49,12 +49,14 @@ class DatasetInfo:
     """The samples of a run: `(path, class index)` pairs for each split, and what was skipped.
 
     `test` is a tree's own `test/` split: kept for evaluation, never trained or validated on.
+    A sample's path is a `str`, as in torchvision's `ImageFolder`: on a tree of 100,000
+    files, making a `Path` of each costs more than listing the tree.
     """
 
     root: Path
-    train: tuple[tuple[Path, int], ...]
-    val: tuple[tuple[Path, int], ...]
-    test: tuple[tuple[Path, int], ...] = ()
+    train: tuple[tuple[str, int], ...]
+    val: tuple[tuple[str, int], ...]
+    test: tuple[tuple[str, int], ...] = ()
     skipped: tuple[Path, ...] = ()
 
     @property
