@@ -69,6 +69,14 @@ BENCHMARKS: tuple[Benchmark, ...] = (
         name="epoch",
         compares="a training epoch, every subscriber on, vs bare Lightning with plain callbacks, with none",
     ),
+    Benchmark(
+        name="scan",
+        compares="the data scan at 10k and 100k files, first and second start, vs torchvision's ImageFolder",
+    ),
+    Benchmark(
+        name="loader",
+        compares="the training data loader's images/s vs ImageFolder + DataLoader, same transforms",
+    ),
 )
 
 _TIME_HEADER = re.compile(r"(?:^|[\s(])(us|µs|ms|s)(?:$|[\s)/])", re.IGNORECASE)

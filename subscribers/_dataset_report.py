@@ -9,7 +9,6 @@ from __future__ import annotations
 import itertools
 from collections import Counter, defaultdict
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from PIL import ExifTags, Image, UnidentifiedImageError
@@ -37,7 +36,7 @@ def _upright_size(image: Image.Image) -> tuple[int, int]:
     return width, height
 
 
-def per_class(samples: Sequence[tuple[Path, int]], num_classes: int) -> list[int]:
+def per_class(samples: Sequence[tuple[str, int]], num_classes: int) -> list[int]:
     """How many of `samples` (path, class index) pairs each class has."""
     counts = Counter(target for _, target in samples)
     return [counts.get(c, 0) for c in range(num_classes)]
@@ -50,16 +49,16 @@ def imbalance_ratio(counts: Sequence[int]) -> float | None:
     return max(counts) / min(counts)
 
 
-def _spread(samples: Sequence[tuple[Path, int]], limit: int) -> list[Path]:
+def _spread(samples: Sequence[tuple[str, int]], limit: int) -> list[str]:
     """At most `limit` paths, taken from each class in turn so that small classes are seen too."""
-    by_class: dict[int, list[Path]] = defaultdict(list)
+    by_class: dict[int, list[str]] = defaultdict(list)
     for path, target in samples:
         by_class[target].append(path)
     rounds = itertools.zip_longest(*by_class.values())
     return list(itertools.islice((path for paths in rounds for path in paths if path is not None), limit))
 
 
-def image_sizes(samples: Sequence[tuple[Path, int]], limit: int) -> dict[str, Any]:
+def image_sizes(samples: Sequence[tuple[str, int]], limit: int) -> dict[str, Any]:
     """Upright sizes and modes read from the headers of at most `limit` files (PIL reads no pixels here)."""
     sizes: Counter[tuple[int, int]] = Counter()
     modes: Counter[str] = Counter()

@@ -70,12 +70,14 @@ class DatasetInfo:
     `test` is a tree's own `test/` split: kept for evaluation, never trained or validated on.
     `skipped` are unreadable files left out, `left_out` the class folders that ``train/``
     lacks (``[data].unknown_classes = "skip"``).
+    A sample's path is a `str`, as in torchvision's `ImageFolder`: on a tree of 100,000
+    files, making a `Path` of each costs more than listing the tree.
     """
 
     root: Path
-    train: tuple[tuple[Path, int], ...]
-    val: tuple[tuple[Path, int], ...]
-    test: tuple[tuple[Path, int], ...] = ()
+    train: tuple[tuple[str, int], ...]
+    val: tuple[tuple[str, int], ...]
+    test: tuple[tuple[str, int], ...] = ()
     skipped: tuple[Path, ...] = ()
     left_out: tuple[LeftOutClass, ...] = ()
 

@@ -36,7 +36,7 @@ from harness.core.context import DatasetInfo, LeftOutClass
 from harness.core.errors import DataError, SettingsError
 from harness.core.preprocessing import Preprocessing
 from harness.io.artifacts import atomic_path
-from harness.io.images import image_files, load_rgb, unreadable
+from harness.io.images import image_entries, load_rgb, unreadable
 from harness.settings import AugmentSettings, DataSettings, Settings
 from harness.training.augment import BatchMixer, Transform, eval_transform, train_transform
 from harness.training.networks import normalization
@@ -125,11 +125,15 @@ def _class_folders(root: Path) -> list[Path]:
     return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
-def _files_by_class(root: Path, classes: Sequence[str]) -> dict[str, list[Path]]:
-    found: dict[str, list[Path]] = {}
+Files = dict[str, list[os.DirEntry[str]]]
+"""A split's image files by class folder name."""
+
+
+def _files_by_class(root: Path, classes: Sequence[str]) -> Files:
+    found: Files = {}
     for name in classes:
         folder = root / name
-        found[name] = image_files(folder) if folder.is_dir() else []
+        found[name] = image_entries(folder) if folder.is_dir() else []
     return found
 
 
@@ -166,7 +170,7 @@ def _splits(root: Path, where: str) -> dict[str, Path] | None:
 
 
 def _unknown_classes(
-    settings: DataSettings, where: str, split_files: dict[str, dict[str, list[Path]]], classes: Sequence[str]
+    settings: DataSettings, where: str, split_files: dict[str, Files], classes: Sequence[str]
 ) -> tuple[LeftOutClass, ...]:
     """Stop at, or drop (with a warning) and return, class folders of `split_files` that training lacks."""
     known = set(classes)
@@ -226,7 +230,7 @@ def scan(settings: DataSettings, seed: int) -> tuple[DatasetInfo, tuple[str, ...
     for name, files in train_files.items():
         if not files:
             raise DataError(f"{where}: class folder {str(class_root / name)!r} holds no images")
-    held_out: dict[str, dict[str, list[Path]]] = {}
+    held_out: dict[str, Files] = {}
     left_out: tuple[LeftOutClass, ...] = ()
     if splits:
         for split in ("val", "test"):
@@ -238,9 +242,8 @@ def scan(settings: DataSettings, seed: int) -> tuple[DatasetInfo, tuple[str, ...
     test_files = held_out.get("test", {})
 
     skipped: list[Path] = []
-    every = [
-        path for files in (*train_files.values(), *val_files.values(), *test_files.values()) for path in files
-    ]
+    splits_files = (*train_files.values(), *val_files.values(), *test_files.values())
+    every = [entry for files in splits_files for entry in files]
     bad = unreadable_files(every, unreadable, cache=cache_file(cache, root))
     if bad:
         if settings.on_corrupt == "stop":
@@ -250,19 +253,18 @@ def scan(settings: DataSettings, seed: int) -> tuple[DatasetInfo, tuple[str, ...
                 f"{where}: {len(bad)} unreadable image file(s): {listed}{more}. "
                 'Fix or remove them, or set [data].on_corrupt = "skip" to train without them'
             )
-        skipped = [path for path, _ in bad]
-        drop = set(skipped)
-        train_files = {k: [p for p in v if p not in drop] for k, v in train_files.items()}
-        val_files = {k: [p for p in v if p not in drop] for k, v in val_files.items()}
-        test_files = {k: [p for p in v if p not in drop] for k, v in test_files.items()}
+        skipped = [Path(path) for path, _ in bad]
+        drop = {path for path, _ in bad}
+        train_files = {k: [e for e in v if e.path not in drop] for k, v in train_files.items()}
+        val_files = {k: [e for e in v if e.path not in drop] for k, v in val_files.items()}
+        test_files = {k: [e for e in v if e.path not in drop] for k, v in test_files.items()}
 
     index = {name: i for i, name in enumerate(classes)}
-    test = [(p, index[name]) for name, files in test_files.items() for p in files]
+    test = _samples(test_files, index)
     if splits:
-        train = [(p, index[name]) for name, files in train_files.items() for p in files]
-        val = [(p, index[name]) for name, files in val_files.items() for p in files]
+        train, val = _samples(train_files, index), _samples(val_files, index)
     else:
-        train, val = _stratified_split(train_files, index, settings.val_fraction, seed)
+        train, val = _stratified_split(_paths(train_files), index, settings.val_fraction, seed)
     if not val:
         raise DataError(f"{where}: the validation split is empty; add images or raise [data].val_fraction")
     # A fixed, seeded order that mixes the classes: a partial validation (limit_val_batches)
@@ -279,12 +281,20 @@ def scan(settings: DataSettings, seed: int) -> tuple[DatasetInfo, tuple[str, ...
     return info, classes
 
 
+def _paths(files: Files) -> dict[str, list[str]]:
+    return {name: [entry.path for entry in entries] for name, entries in files.items()}
+
+
+def _samples(files: Files, index: dict[str, int]) -> list[tuple[str, int]]:
+    return [(entry.path, index[name]) for name, entries in files.items() for entry in entries]
+
+
 def _stratified_split(
-    files: dict[str, list[Path]], index: dict[str, int], fraction: float, seed: int
-) -> tuple[list[tuple[Path, int]], list[tuple[Path, int]]]:
+    files: dict[str, list[str]], index: dict[str, int], fraction: float, seed: int
+) -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
     rng = random.Random(seed)
-    train: list[tuple[Path, int]] = []
-    val: list[tuple[Path, int]] = []
+    train: list[tuple[str, int]] = []
+    val: list[tuple[str, int]] = []
     for name, paths in files.items():
         shuffled = list(paths)
         rng.shuffle(shuffled)
@@ -302,7 +312,7 @@ class ImageFiles(Dataset[tuple[torch.Tensor, int]]):
 
     def __init__(
         self,
-        samples: Sequence[tuple[Path, int]],
+        samples: Sequence[tuple[str | Path, int]],
         preprocessing: Preprocessing,
         transform: Transform | None = None,
     ) -> None:
