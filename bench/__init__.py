@@ -12,6 +12,8 @@
 ``bench.confusion_matrix`` validation with the confusion matrix vs without, vs a second forward
 ``bench.onnx``            onnxruntime vs eager PyTorch inference
 ``bench.epoch``           a training epoch with every subscriber on vs bare Lightning (headline)
+``bench.scan``            the data scan, first and second start, vs torchvision's ImageFolder listing
+``bench.loader``          the training loader's images/s vs ImageFolder + DataLoader, same transforms
 ========================  ===================================================================
 
 How a benchmark plugs into ``python -m bench``: a module ``bench/<name>.py``, listed in

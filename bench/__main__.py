@@ -58,10 +58,24 @@ BENCHMARKS: tuple[Benchmark, ...] = (
         name="confusion_matrix",
         compares="validation with the confusion matrix vs without, vs a second forward pass",
     ),
-    Benchmark(name="onnx", compares="onnxruntime inference vs eager PyTorch"),
+    Benchmark(
+        name="onnx", compares="the ONNX export vs torch.onnx.export alone; onnxruntime inference vs eager"
+    ),
+    Benchmark(
+        name="scale",
+        compares="confusion matrix, sampler tracking at 10, 100, 1,000 classes vs the epoch they ride on",
+    ),
     Benchmark(
         name="epoch",
         compares="a training epoch, every subscriber on, vs bare Lightning with plain callbacks, with none",
+    ),
+    Benchmark(
+        name="scan",
+        compares="the data scan at 10k and 100k files, first and second start, vs torchvision's ImageFolder",
+    ),
+    Benchmark(
+        name="loader",
+        compares="the training data loader's images/s vs ImageFolder + DataLoader, same transforms",
     ),
 )
 

@@ -183,7 +183,7 @@ class Data:
             keep = torch.randperm(len(val), generator=torch.Generator().manual_seed(0))[:val_images]
             val = [val[i] for i in sorted(keep.tolist())]
 
-        def decode(samples: Sequence[tuple[Path, int]]) -> InMemory:
+        def decode(samples: Sequence[tuple[str, int]]) -> InMemory:
             files = ImageFiles(samples, preprocessing)
             images = torch.stack([files[i][0] for i in range(len(files))])
             targets = torch.tensor([target for _, target in samples])

@@ -1,14 +1,17 @@
-"""Dataset statistics arithmetic: images per class, imbalance, image sizes from file headers, warnings."""
+"""Dataset statistics arithmetic: images per class, imbalance, image sizes from file headers, warnings.
+
+Sizes are upright, as training sees them: ``harness.io.images.load_rgb`` applies the EXIF
+orientation, so a 40x20 photo tagged with a quarter turn (orientations 5 to 8) is 20x40.
+"""
 
 from __future__ import annotations
 
 import itertools
 from collections import Counter, defaultdict
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
-from PIL import Image, UnidentifiedImageError
+from PIL import ExifTags, Image, UnidentifiedImageError
 
 from harness.core.context import DatasetInfo
 
@@ -16,9 +19,24 @@ __all__ = ["build_report", "image_sizes", "imbalance_ratio", "per_class"]
 
 _COMMON_SIZES = 10
 _LISTED_UNREADABLE = 10
+_QUARTER_TURNS = frozenset({5, 6, 7, 8})
+"""EXIF orientations whose upright image swaps width and height."""
 
 
-def per_class(samples: Sequence[tuple[Path, int]], num_classes: int) -> list[int]:
+def _upright_size(image: Image.Image) -> tuple[int, int]:
+    """The size of `image` after its EXIF orientation, from the header (no pixels decoded).
+
+    A PNG's own ``getexif`` decodes the pixels to look for an ``eXIf`` chunk after them;
+    the base reader takes the tags found before them, which is where writers put them.
+    """
+    exif = Image.Image.getexif(image) if image.format == "PNG" else image.getexif()
+    width, height = image.size
+    if exif.get(ExifTags.Base.Orientation, 1) in _QUARTER_TURNS:
+        return height, width
+    return width, height
+
+
+def per_class(samples: Sequence[tuple[str, int]], num_classes: int) -> list[int]:
     """How many of `samples` (path, class index) pairs each class has."""
     counts = Counter(target for _, target in samples)
     return [counts.get(c, 0) for c in range(num_classes)]
@@ -31,17 +49,17 @@ def imbalance_ratio(counts: Sequence[int]) -> float | None:
     return max(counts) / min(counts)
 
 
-def _spread(samples: Sequence[tuple[Path, int]], limit: int) -> list[Path]:
+def _spread(samples: Sequence[tuple[str, int]], limit: int) -> list[str]:
     """At most `limit` paths, taken from each class in turn so that small classes are seen too."""
-    by_class: dict[int, list[Path]] = defaultdict(list)
+    by_class: dict[int, list[str]] = defaultdict(list)
     for path, target in samples:
         by_class[target].append(path)
     rounds = itertools.zip_longest(*by_class.values())
     return list(itertools.islice((path for paths in rounds for path in paths if path is not None), limit))
 
 
-def image_sizes(samples: Sequence[tuple[Path, int]], limit: int) -> dict[str, Any]:
-    """Sizes and modes read from the headers of at most `limit` files (PIL reads no pixels here)."""
+def image_sizes(samples: Sequence[tuple[str, int]], limit: int) -> dict[str, Any]:
+    """Upright sizes and modes read from the headers of at most `limit` files (PIL reads no pixels here)."""
     sizes: Counter[tuple[int, int]] = Counter()
     modes: Counter[str] = Counter()
     unreadable: list[str] = []
@@ -49,7 +67,7 @@ def image_sizes(samples: Sequence[tuple[Path, int]], limit: int) -> dict[str, An
     for path in chosen:
         try:
             with Image.open(path) as image:
-                sizes[image.size] += 1
+                sizes[_upright_size(image)] += 1
                 modes[image.mode] += 1
         except (UnidentifiedImageError, OSError, ValueError) as error:
             unreadable.append(f"{path} ({type(error).__name__}: {error})")

@@ -12,30 +12,20 @@ keeps the picture it has.
 from __future__ import annotations
 
 import functools
-import math
-from collections.abc import Sequence
-from pathlib import Path
 
 import attrs
-import numpy as np
-import numpy.typing as npt
-from PIL import Image
 
 from harness.core.bus import Bus
-from harness.core.context import Record, RunContext
+from harness.core.context import RunContext
 from harness.core.events import FitStart
 from harness.core.options import option, positive
 from harness.core.spec import OnError, SubscriberSettings, SubscriberSpec, on_error_option
-from harness.pictures.raster import Canvas, save_png
-from harness.pictures.text import shorten
+from subscribers._draw_preview import draw_preview
 from subscribers._draw_samples import to_pixels, unnormalise
 
 __all__ = ["SPEC", "AugmentPreview", "AugmentPreviewSettings"]
 
 FILE = "augment_preview.png"
-_CELL = 96  # pixels per image
-_TITLE = 18  # pixels above each image for its class
-_HEADER = 28  # pixels above the grid for its title
 
 
 @attrs.frozen(kw_only=True)
@@ -46,22 +36,6 @@ class AugmentPreviewSettings(SubscriberSettings):
 
     count: int = option(32, "images in the grid (they cycle through the classes)", positive())
     seed: int = option(0, "which augmentations are drawn")
-
-
-def draw_preview(path: Path, pixels: npt.NDArray[np.uint8], labels: Sequence[str], record: Record) -> None:
-    """The job: `pixels` (N x H x W x C, 8-bit) in a grid, each titled with its label."""
-    columns = max(1, math.ceil(math.sqrt(len(pixels) * 1.5)))
-    rows = max(1, math.ceil(len(pixels) / columns))
-    canvas = Canvas(columns * _CELL, _HEADER + rows * (_CELL + _TITLE))
-    canvas.text((columns * _CELL / 2, _HEADER / 2), "Training images after augmentation", 14, anchor="mm")
-    limit = max(4, _CELL // 7)
-    for index, (image, label) in enumerate(zip(pixels, labels, strict=True)):
-        row, column = divmod(index, columns)
-        left, top = column * _CELL, _HEADER + row * (_CELL + _TITLE)
-        picture = Image.fromarray(image[:, :, 0] if image.shape[2] == 1 else image).convert("RGB")
-        canvas.paste(picture.resize((_CELL - 4, _CELL - 4), Image.Resampling.NEAREST), left + 2, top + _TITLE)
-        canvas.text((left + _CELL / 2, top + _TITLE / 2), shorten(label, limit), 11, anchor="mm")
-    record("augment_preview", save_png(canvas.image, path))
 
 
 class AugmentPreview:

@@ -6,7 +6,8 @@ with the imbalance ratio (largest over smallest training class), a table of the 
 sizes and modes seen, and warnings for classes with fewer than ``min_images`` training
 images or none in validation. Sizes come from the headers of at most ``size_sample``
 files per split, taken from each class in turn (PIL reads no pixels for them), so the
-report stays fast on large sets.
+report stays fast on large sets; they are upright, after the EXIF orientation, as
+training sees them.
 Everything is also written to ``run_dir/dataset_stats/dataset_stats.json``.
 """
 

@@ -10,16 +10,16 @@ that status and the failure. ``python -m harness.report`` is not needed after a 
 from __future__ import annotations
 
 import functools
-from pathlib import Path
 
 import attrs
 
 from harness.core.bus import Bus
-from harness.core.context import Record, RunContext
+from harness.core.context import RunContext
 from harness.core.events import FitStart, RunEnd, RunFailed, TrainEpochEnd
 from harness.core.options import option
 from harness.core.spec import OnError, SubscriberSettings, SubscriberSpec, on_error_option
 from harness.io.report_page import REPORT_FILE, write_report
+from subscribers._report_page import write_page
 
 __all__ = ["SPEC", "Report", "ReportSettings"]
 
@@ -31,10 +31,6 @@ class ReportSettings(SubscriberSettings):
     on_error: OnError = on_error_option("isolate")
 
     embed: bool = option(False, "put the pictures in the page (base64), for a page that travels alone")
-
-
-def _write_page(run_dir: Path, embed: bool, status: str, record: Record) -> None:
-    record("report", write_report(run_dir, embed=embed, status=status))
 
 
 class Report:
@@ -66,7 +62,7 @@ class Report:
         write_report(self.context.run_dir, embed=self.settings.embed, status=event.status, error=self.error)
 
     def _submit(self, status: str, step: int) -> None:
-        job = functools.partial(_write_page, self.context.run_dir, self.settings.embed, status)
+        job = functools.partial(write_page, self.context.run_dir, self.settings.embed, status)
         self.context.submit("Report", job, step=step)
 
 

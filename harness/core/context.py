@@ -19,7 +19,16 @@ from torch.utils.data import Sampler
 from harness.core.preprocessing import Preprocessing
 from harness.core.tracking import Trackers
 
-__all__ = ["DatasetInfo", "Job", "JobRunner", "Record", "RunContext", "Samples", "Verbosity"]
+__all__ = [
+    "DatasetInfo",
+    "Job",
+    "JobRunner",
+    "LeftOutClass",
+    "Record",
+    "RunContext",
+    "Samples",
+    "Verbosity",
+]
 
 Record = Callable[[str, Path], None]
 """Lists a written file in the run summary: ``record(name, path)`` (`RunContext.record_artifact`)."""
@@ -45,17 +54,32 @@ class JobRunner(Protocol):
 
 
 @attrs.frozen(kw_only=True)
+class LeftOutClass:
+    """A class folder of ``val/`` or ``test/`` that ``train/`` lacks, left out with its images."""
+
+    split: str
+    """``"val"`` or ``"test"``."""
+    name: str
+    images: int
+
+
+@attrs.frozen(kw_only=True)
 class DatasetInfo:
     """The samples of a run: `(path, class index)` pairs for each split, and what was skipped.
 
     `test` is a tree's own `test/` split: kept for evaluation, never trained or validated on.
+    `skipped` are unreadable files left out, `left_out` the class folders that ``train/``
+    lacks (``[data].unknown_classes = "skip"``).
+    A sample's path is a `str`, as in torchvision's `ImageFolder`: on a tree of 100,000
+    files, making a `Path` of each costs more than listing the tree.
     """
 
     root: Path
-    train: tuple[tuple[Path, int], ...]
-    val: tuple[tuple[Path, int], ...]
-    test: tuple[tuple[Path, int], ...] = ()
+    train: tuple[tuple[str, int], ...]
+    val: tuple[tuple[str, int], ...]
+    test: tuple[tuple[str, int], ...] = ()
     skipped: tuple[Path, ...] = ()
+    left_out: tuple[LeftOutClass, ...] = ()
 
     @property
     def train_targets(self) -> list[int]:

@@ -109,7 +109,9 @@ def make_context(
     run_dir = tmp_path / "run"
     run_dir.mkdir(parents=True, exist_ok=True)
     fake = [
-        (tmp_path / f"{names[i]}_{n}.png", i) for i in range(len(names)) for n in range(samples_per_class)
+        (str(tmp_path / f"{names[i]}_{n}.png"), i)
+        for i in range(len(names))
+        for n in range(samples_per_class)
     ]
     return RunContext(
         run_dir=run_dir,

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 __all__ = [
+    "CHECKPOINTS_DIR",
     "LABELS_FILE",
     "atomic_path",
     "read_label_map",
@@ -34,6 +35,8 @@ __all__ = [
 ]
 
 LABELS_FILE = "labels.json"
+CHECKPOINTS_DIR = "checkpoints"
+"""The folder of a run directory that holds its checkpoints."""
 
 
 @functools.cache
@@ -108,4 +111,4 @@ def read_label_map(path: Path) -> list[str]:
 def run_dir_of(checkpoint: Path) -> Path:
     """The run directory of a checkpoint: the parent of its ``checkpoints/`` folder, else its folder."""
     folder = checkpoint.resolve().parent
-    return folder.parent if folder.name == "checkpoints" else folder
+    return folder.parent if folder.name == CHECKPOINTS_DIR else folder

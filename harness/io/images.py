@@ -14,6 +14,8 @@ antialiased one within one grey level).
 from __future__ import annotations
 
 import contextlib
+import operator
+import os
 import warnings
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -28,6 +30,7 @@ from harness.core.preprocessing import Preprocessing
 __all__ = [
     "IMAGE_SUFFIXES",
     "find_images",
+    "image_entries",
     "image_files",
     "is_image_file",
     "load_rgb",
@@ -51,6 +54,7 @@ _UNREADABLE = (
 )
 
 Array = npt.NDArray[np.float32]
+_name = operator.attrgetter("name")
 
 
 def is_image_file(path: Path) -> bool:
@@ -59,14 +63,41 @@ def is_image_file(path: Path) -> bool:
 
 
 def image_files(folder: Path) -> list[Path]:
-    """The image files under `folder`, recursively and sorted, hidden files and folders left out."""
-    return sorted(
-        path
-        for path in folder.rglob("*")
-        if path.suffix.lower() in IMAGE_SUFFIXES
-        and not any(part.startswith(".") for part in path.relative_to(folder).parts)
-        and path.is_file()
-    )
+    """The image files under `folder`, recursively and sorted, hidden files and folders left out.
+
+    As `image_entries`, as `Path` objects.
+    """
+    return [Path(entry.path) for entry in image_entries(folder)]
+
+
+def image_entries(folder: str | os.PathLike[str]) -> list[os.DirEntry[str]]:
+    """The image files under `folder` as `os.DirEntry` objects (a str path, a cached stat).
+
+    Recursive, in `Path` order (each folder's names sorted, a subfolder's files at its
+    name's place). A name starting with "." is left out, file or folder; a link to an
+    image file counts, a link to a folder is not followed (as `Path.rglob`), and a folder
+    that may not be read (or is gone) is passed over. One `os.scandir` per folder, and no `stat` of a
+    regular file: its kind comes with the directory listing.
+    """
+    found: list[os.DirEntry[str]] = []
+    _walk(os.fspath(folder), found)
+    return found
+
+
+def _walk(folder: str, found: list[os.DirEntry[str]]) -> None:
+    try:
+        with os.scandir(folder) as listing:
+            entries = sorted(listing, key=_name)
+    except (PermissionError, FileNotFoundError, NotADirectoryError):
+        return
+    for entry in entries:
+        name = entry.name
+        if name.startswith("."):
+            continue
+        if entry.is_dir(follow_symlinks=False):
+            _walk(entry.path, found)
+        elif name[name.rfind(".") :].lower() in IMAGE_SUFFIXES and entry.is_file():
+            found.append(entry)
 
 
 def find_images(paths: Iterable[Path]) -> list[Path]:
@@ -90,7 +121,7 @@ def find_images(paths: Iterable[Path]) -> list[Path]:
 
 
 @contextlib.contextmanager
-def _opened(path: Path) -> Iterator[Image.Image]:
+def _opened(path: str | Path) -> Iterator[Image.Image]:
     """`Image.open` with Pillow's decompression-bomb warning raised as an error."""
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -99,7 +130,7 @@ def _opened(path: Path) -> Iterator[Image.Image]:
         yield image
 
 
-def unreadable(path: Path) -> str | None:
+def unreadable(path: str | Path) -> str | None:
     """Why `path` cannot be read as an image (``"Type: message"``), or None when it can.
 
     Checks the file's structure without decoding its pixels (`PIL.Image.Image.verify`).
@@ -112,7 +143,7 @@ def unreadable(path: Path) -> str | None:
     return None
 
 
-def load_rgb(path: Path) -> Image.Image:
+def load_rgb(path: str | Path) -> Image.Image:
     """Open any still image as upright 8-bit RGB; a `DataError` naming the path if it cannot be read."""
     try:
         with _opened(path) as opened:

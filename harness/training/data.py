@@ -19,7 +19,9 @@ from __future__ import annotations
 import logging
 import os
 import random
+import tempfile
 from collections.abc import Sequence, Sized
+from functools import partial
 from pathlib import Path
 
 import attrs
@@ -30,15 +32,16 @@ from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from harness.core.context import DatasetInfo
-from harness.core.errors import DataError
+from harness.core.context import DatasetInfo, LeftOutClass
+from harness.core.errors import DataError, SettingsError
 from harness.core.preprocessing import Preprocessing
 from harness.io.artifacts import atomic_path
-from harness.io.images import image_files, load_rgb, unreadable
+from harness.io.images import image_entries, load_rgb, unreadable
 from harness.settings import AugmentSettings, DataSettings, Settings
 from harness.training.augment import BatchMixer, Transform, eval_transform, train_transform
 from harness.training.networks import normalization
 from harness.training.scan_cache import cache_file, unreadable_files
+from harness.training.stop_signal import start_data_worker
 
 __all__ = [
     "ImageDataModule",
@@ -48,6 +51,7 @@ __all__ = [
     "materialise_digits",
     "run_preprocessing",
     "scan",
+    "writable_cache_dir",
 ]
 
 log = logging.getLogger(__name__)
@@ -64,12 +68,34 @@ def cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "harness"
 
 
+def writable_cache_dir() -> Path:
+    """`cache_dir`, made if missing, after writing a file in it; `SettingsError` naming it if that fails.
+
+    Checked before anything else is written: the embedded data set and the scan cache
+    live there, and a read-only mount or a path under a regular file would otherwise
+    fail half-way, with a traceback.
+    """
+    cache = cache_dir()
+    where = "HARNESS_CACHE" if os.environ.get("HARNESS_CACHE") else "the cache folder (HARNESS_CACHE unset)"
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+        handle, probe = tempfile.mkstemp(dir=cache, prefix=".write-check-")
+        os.close(handle)
+        Path(probe).unlink()
+    except OSError as error:
+        raise SettingsError(
+            f"{where} = {str(cache)!r}: cannot write there ({error.strerror or error}); "
+            "set HARNESS_CACHE to a writable folder"
+        ) from None
+    return cache
+
+
 def materialise_digits(cache: Path | None = None) -> Path:
     """scikit-learn's digits (1,797 real 8x8 images, shipped in its wheel) as an ImageFolder tree.
 
     Written once; a marker file, written last, says the tree is complete.
     """
-    root = (cache or cache_dir()) / "digits"
+    root = (cache or writable_cache_dir()) / "digits"
     marker = root / ".complete"
     if marker.exists():
         return root
@@ -99,11 +125,15 @@ def _class_folders(root: Path) -> list[Path]:
     return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
-def _files_by_class(root: Path, classes: Sequence[str]) -> dict[str, list[Path]]:
-    found: dict[str, list[Path]] = {}
+Files = dict[str, list[os.DirEntry[str]]]
+"""A split's image files by class folder name."""
+
+
+def _files_by_class(root: Path, classes: Sequence[str]) -> Files:
+    found: Files = {}
     for name in classes:
         folder = root / name
-        found[name] = image_files(folder) if folder.is_dir() else []
+        found[name] = image_entries(folder) if folder.is_dir() else []
     return found
 
 
@@ -140,9 +170,9 @@ def _splits(root: Path, where: str) -> dict[str, Path] | None:
 
 
 def _unknown_classes(
-    settings: DataSettings, where: str, split_files: dict[str, dict[str, list[Path]]], classes: Sequence[str]
-) -> None:
-    """Stop at, or drop (with a warning), class folders of `split_files` that the training split lacks."""
+    settings: DataSettings, where: str, split_files: dict[str, Files], classes: Sequence[str]
+) -> tuple[LeftOutClass, ...]:
+    """Stop at, or drop (with a warning) and return, class folders of `split_files` that training lacks."""
     known = set(classes)
     unknown = {
         split: {name: files for name, files in by_class.items() if name not in known}
@@ -154,7 +184,7 @@ def _unknown_classes(
         if extra
     )
     if not listed:
-        return
+        return ()
     if settings.unknown_classes == "stop":
         raise DataError(
             f"{where}: class folders not in train/ ({listed}); the model cannot predict them. "
@@ -166,9 +196,12 @@ def _unknown_classes(
         count,
         listed,
     )
+    left_out: list[LeftOutClass] = []
     for split, extra in unknown.items():
-        for name in extra:
+        for name in sorted(extra):
             del split_files[split][name]
+            left_out.append(LeftOutClass(split=split, name=name, images=len(extra[name])))
+    return tuple(left_out)
 
 
 def scan(settings: DataSettings, seed: int) -> tuple[DatasetInfo, tuple[str, ...]]:
@@ -177,9 +210,11 @@ def scan(settings: DataSettings, seed: int) -> tuple[DatasetInfo, tuple[str, ...
     Raises `DataError` naming the path for a missing root, no class folders, a single
     class, a class with no images, split folders without a train or validation split,
     class folders of `val/` or `test/` missing from `train/` (with ``unknown_classes =
-    "stop"``) or (with ``on_corrupt = "stop"``) unreadable files.
+    "stop"``) or (with ``on_corrupt = "stop"``) unreadable files; `SettingsError` when the
+    cache folder (``$HARNESS_CACHE``) cannot be written.
     """
-    root = Path(settings.root).expanduser() if settings.root else materialise_digits()
+    cache = writable_cache_dir()
+    root = Path(settings.root).expanduser() if settings.root else materialise_digits(cache)
     where = f"[data].root = {str(root)!r}"
     if not root.is_dir():
         raise DataError(f"{where}: no such directory")
@@ -195,21 +230,21 @@ def scan(settings: DataSettings, seed: int) -> tuple[DatasetInfo, tuple[str, ...
     for name, files in train_files.items():
         if not files:
             raise DataError(f"{where}: class folder {str(class_root / name)!r} holds no images")
-    held_out: dict[str, dict[str, list[Path]]] = {}
+    held_out: dict[str, Files] = {}
+    left_out: tuple[LeftOutClass, ...] = ()
     if splits:
         for split in ("val", "test"):
             if split in splits:
                 names = [p.name for p in _class_folders(splits[split])]
                 held_out[split] = _files_by_class(splits[split], names)
-        _unknown_classes(settings, where, held_out, classes)
+        left_out = _unknown_classes(settings, where, held_out, classes)
     val_files = held_out.get("val", {})
     test_files = held_out.get("test", {})
 
     skipped: list[Path] = []
-    every = [
-        path for files in (*train_files.values(), *val_files.values(), *test_files.values()) for path in files
-    ]
-    bad = unreadable_files(every, unreadable, cache=cache_file(cache_dir(), root))
+    splits_files = (*train_files.values(), *val_files.values(), *test_files.values())
+    every = [entry for files in splits_files for entry in files]
+    bad = unreadable_files(every, unreadable, cache=cache_file(cache, root))
     if bad:
         if settings.on_corrupt == "stop":
             listed = "; ".join(f"{path} ({reason})" for path, reason in bad[:10])
@@ -218,36 +253,48 @@ def scan(settings: DataSettings, seed: int) -> tuple[DatasetInfo, tuple[str, ...
                 f"{where}: {len(bad)} unreadable image file(s): {listed}{more}. "
                 'Fix or remove them, or set [data].on_corrupt = "skip" to train without them'
             )
-        skipped = [path for path, _ in bad]
-        drop = set(skipped)
-        train_files = {k: [p for p in v if p not in drop] for k, v in train_files.items()}
-        val_files = {k: [p for p in v if p not in drop] for k, v in val_files.items()}
-        test_files = {k: [p for p in v if p not in drop] for k, v in test_files.items()}
+        skipped = [Path(path) for path, _ in bad]
+        drop = {path for path, _ in bad}
+        train_files = {k: [e for e in v if e.path not in drop] for k, v in train_files.items()}
+        val_files = {k: [e for e in v if e.path not in drop] for k, v in val_files.items()}
+        test_files = {k: [e for e in v if e.path not in drop] for k, v in test_files.items()}
 
     index = {name: i for i, name in enumerate(classes)}
-    test = [(p, index[name]) for name, files in test_files.items() for p in files]
+    test = _samples(test_files, index)
     if splits:
-        train = [(p, index[name]) for name, files in train_files.items() for p in files]
-        val = [(p, index[name]) for name, files in val_files.items() for p in files]
+        train, val = _samples(train_files, index), _samples(val_files, index)
     else:
-        train, val = _stratified_split(train_files, index, settings.val_fraction, seed)
+        train, val = _stratified_split(_paths(train_files), index, settings.val_fraction, seed)
     if not val:
         raise DataError(f"{where}: the validation split is empty; add images or raise [data].val_fraction")
     # A fixed, seeded order that mixes the classes: a partial validation (limit_val_batches)
     # then measures every class, not the first ones in folder order.
     random.Random(seed + 1).shuffle(val)
     info = DatasetInfo(
-        root=root, train=tuple(train), val=tuple(val), test=tuple(test), skipped=tuple(skipped)
+        root=root,
+        train=tuple(train),
+        val=tuple(val),
+        test=tuple(test),
+        skipped=tuple(skipped),
+        left_out=left_out,
     )
     return info, classes
 
 
+def _paths(files: Files) -> dict[str, list[str]]:
+    return {name: [entry.path for entry in entries] for name, entries in files.items()}
+
+
+def _samples(files: Files, index: dict[str, int]) -> list[tuple[str, int]]:
+    return [(entry.path, index[name]) for name, entries in files.items() for entry in entries]
+
+
 def _stratified_split(
-    files: dict[str, list[Path]], index: dict[str, int], fraction: float, seed: int
-) -> tuple[list[tuple[Path, int]], list[tuple[Path, int]]]:
+    files: dict[str, list[str]], index: dict[str, int], fraction: float, seed: int
+) -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
     rng = random.Random(seed)
-    train: list[tuple[Path, int]] = []
-    val: list[tuple[Path, int]] = []
+    train: list[tuple[str, int]] = []
+    val: list[tuple[str, int]] = []
     for name, paths in files.items():
         shuffled = list(paths)
         rng.shuffle(shuffled)
@@ -265,7 +312,7 @@ class ImageFiles(Dataset[tuple[torch.Tensor, int]]):
 
     def __init__(
         self,
-        samples: Sequence[tuple[Path, int]],
+        samples: Sequence[tuple[str | Path, int]],
         preprocessing: Preprocessing,
         transform: Transform | None = None,
     ) -> None:
@@ -344,6 +391,7 @@ class ImageDataModule(L.LightningDataModule):
     def _loader(self, dataset: ImageFiles, *, train: bool) -> DataLoader[tuple[torch.Tensor, int]]:
         workers = loader_workers(self.settings.num_workers)
         world = self.trainer.world_size if self.trainer is not None else 1
+        rank = self.trainer.global_rank if self.trainer is not None else 0
         return DataLoader(
             dataset,
             batch_size=self.settings.batch_size,
@@ -354,6 +402,7 @@ class ImageDataModule(L.LightningDataModule):
             pin_memory=torch.cuda.is_available(),
             drop_last=train and self._drop_last(world),
             collate_fn=self.mixer if train and self.mixer is not None else None,
+            worker_init_fn=partial(start_data_worker, rank=rank),
         )
 
     def train_dataloader(self) -> DataLoader[tuple[torch.Tensor, int]]:
@@ -376,4 +425,5 @@ class ImageDataModule(L.LightningDataModule):
             num_workers=loader.num_workers,
             persistent_workers=loader.persistent_workers,
             pin_memory=loader.pin_memory,
+            worker_init_fn=loader.worker_init_fn,
         )

@@ -30,7 +30,7 @@ from harness.core.bus import Bus, Stateful, Subscriber
 from harness.core.context import RunContext
 from harness.core.errors import Terminated, TrainingDiverged
 from harness.core.events import RunEnd
-from harness.io.artifacts import write_json, write_label_map, write_text
+from harness.io.artifacts import CHECKPOINTS_DIR, write_json, write_label_map, write_text
 from harness.io.background import BackgroundWriter
 from harness.io.lock import RunLock
 from harness.io.record import EventLog
@@ -46,9 +46,11 @@ from harness.training.run_dir import (
     RUN_DIR_VARIABLE,
     check_resume,
     keep_attempt,
+    last_checkpoint,
     resolve_run_dir,
 )
 from harness.training.sampler import make_sampler
+from harness.training.stop_signal import LAUNCHER_VARIABLE, StopOnSigterm, outlive_launcher
 from harness.training.terminal import MetricFreeProgressBar
 
 __all__ = ["RunResult", "run"]
@@ -70,7 +72,7 @@ def _lightning_callbacks(settings: Settings, run_dir: Path) -> list[Callback]:
     if ckpt.enabled:
         callbacks.append(
             ModelCheckpoint(
-                dirpath=run_dir / "checkpoints",
+                dirpath=run_dir / CHECKPOINTS_DIR,
                 filename="epoch={epoch:03d}-score={" + ckpt.monitor + ":.4f}",
                 auto_insert_metric_name=False,
                 monitor=ckpt.monitor,
@@ -176,7 +178,7 @@ def run(settings: Settings, *, extra_subscribers: Mapping[str, Subscriber] | Non
                 context.artifacts.setdefault(name, path)
 
     trainer_settings = settings.trainer
-    interrupt_checkpoint = run_dir / "checkpoints" / "last.ckpt" if settings.checkpoint.enabled else None
+    interrupt_checkpoint = last_checkpoint(run_dir) if settings.checkpoint.enabled else None
     trainer = L.Trainer(
         default_root_dir=run_dir,
         max_epochs=trainer_settings.max_epochs,
@@ -197,6 +199,7 @@ def run(settings: Settings, *, extra_subscribers: Mapping[str, Subscriber] | Non
         plugins=[AtomicCheckpointIO()],
         callbacks=[
             BusCallback(bus, context, stateful, interrupt_checkpoint=interrupt_checkpoint),
+            StopOnSigterm(),
             *_lightning_callbacks(settings, run_dir),
         ],
     )
@@ -212,6 +215,8 @@ def run(settings: Settings, *, extra_subscribers: Mapping[str, Subscriber] | Non
 
     os.environ[RUN_DIR_VARIABLE] = str(run_dir)
     os.environ[RESUME_VARIABLE] = str(resume_from or "")
+    if not joined:
+        os.environ[LAUNCHER_VARIABLE] = str(os.getpid())
     status = "failed"
     tested: dict[str, Any] | None = None
     error: str | None = None
@@ -223,7 +228,9 @@ def run(settings: Settings, *, extra_subscribers: Mapping[str, Subscriber] | Non
             tested = evaluate_test_split(run_dir, info.root, context.best_checkpoint)
     except SIGTERMException:
         status = "interrupted"
-        where = context.run_dir / "checkpoints" / "last.ckpt"
+        if joined:
+            outlive_launcher()
+        where = last_checkpoint(context.run_dir)
         kept = (
             f"checkpoint {where} written at step {trainer.global_step}"
             if where.is_file()
@@ -234,7 +241,7 @@ def run(settings: Settings, *, extra_subscribers: Mapping[str, Subscriber] | Non
         ) from None
     except TrainingDiverged as diverged:
         status = "diverged"
-        last = run_dir / "checkpoints" / "last.ckpt"
+        last = last_checkpoint(run_dir)
         kept = (
             f"the last good checkpoint is {last}" if last.is_file() else "no checkpoint was written before it"
         )
@@ -255,6 +262,8 @@ def run(settings: Settings, *, extra_subscribers: Mapping[str, Subscriber] | Non
     finally:
         os.environ.pop(RUN_DIR_VARIABLE, None)
         os.environ.pop(RESUME_VARIABLE, None)
+        if not joined:
+            os.environ.pop(LAUNCHER_VARIABLE, None)
         background_failures = writer.close()
         summary = _summary(settings, context, trainer, bus, status, time.monotonic() - started)
         summary["failures"] += [
@@ -307,7 +316,7 @@ def _summary(
         except ValueError:
             return str(path)
 
-    last = context.run_dir / "checkpoints" / "last.ckpt"
+    last = last_checkpoint(context.run_dir)
     return {
         "status": status,
         "run_dir": str(context.run_dir),
@@ -320,6 +329,7 @@ def _summary(
         "artifacts": dict(sorted(context.artifacts.items())),
         "failures": [attrs.asdict(failure) for failure in bus.failures],
         "skipped_images": [str(path) for path in context.data.skipped] if context.data else [],
+        "left_out_classes": [attrs.asdict(left) for left in context.data.left_out] if context.data else [],
         "duration_s": round(seconds, 2),
         "resume": (
             f"python -m harness.run {context.run_dir / 'settings.toml'} --set trainer.resume={last}"

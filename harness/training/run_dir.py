@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from harness.core.errors import HarnessError, SettingsError
-from harness.io.artifacts import LABELS_FILE, read_label_map, run_dir_of
+from harness.io.artifacts import CHECKPOINTS_DIR, LABELS_FILE, read_label_map, run_dir_of
 from harness.settings import Settings
 
 __all__ = [
@@ -39,6 +39,7 @@ __all__ = [
     "check_resume",
     "is_run_dir",
     "keep_attempt",
+    "last_checkpoint",
     "launched_rank",
     "newest_checkpoint",
     "resolve_run_dir",
@@ -47,6 +48,7 @@ __all__ = [
 RUN_DIR_VARIABLE = "HARNESS_RUN_DIR"
 RESUME_VARIABLE = "HARNESS_RESUME_FROM"
 ATTEMPTS_DIR = "attempts"
+_LAST = "last.ckpt"
 _SETTINGS = "settings.toml"
 _SUMMARY = "summary.json"
 
@@ -91,9 +93,14 @@ def _step(checkpoint: Path) -> int:
         return -1
 
 
+def last_checkpoint(run_dir: Path) -> Path:
+    """``<run_dir>/checkpoints/last.ckpt``: the checkpoint every save refreshes and an interrupt writes."""
+    return run_dir / CHECKPOINTS_DIR / _LAST
+
+
 def newest_checkpoint(run_dir: Path) -> Path | None:
     """The checkpoint of `run_dir` with the highest global step (``last.ckpt`` on a tie)."""
-    found = sorted((run_dir / "checkpoints").glob("*.ckpt"), key=lambda p: (_step(p), p.name == "last.ckpt"))
+    found = sorted((run_dir / CHECKPOINTS_DIR).glob("*.ckpt"), key=lambda p: (_step(p), p.name == _LAST))
     return found[-1] if found else None
 
 

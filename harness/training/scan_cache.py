@@ -1,12 +1,15 @@
 """The data scan's file checks, done once per file: cached by (path, size, mtime), parallel when new.
 
-`harness.training.data.scan` hands every image path and its check here. A file whose
-size and modification time match the cache's entry keeps its recorded verdict; the
-others are checked (in forked processes over the available cores when there are many)
-and the cache is rewritten. An unreadable file is still named before training: its
-verdict is cached with its reason. The cache is one JSON file per data root under
-``$HARNESS_CACHE/scans/``; processes that scan the same root at once (the ranks of a
-DDP run) take turns on a lock, so the first one checks and the others read its result.
+`harness.training.data.scan` hands every image file (an `os.DirEntry` from
+`harness.io.images.image_entries`) and its check here. A file whose size and
+modification time match the cache's entry keeps its recorded verdict; the others are
+checked (in forked processes over the available cores when there are many) and the
+cache is rewritten. An unreadable file is still named before training: its verdict is
+cached with its reason. The cache is one JSON file per data root under
+``$HARNESS_CACHE/scans/``, in columns (paths, sizes, times, and the unreadable ones with
+their reasons), so that an unchanged tree is recognised by comparing three lists.
+Processes that scan the same root at once (the ranks of a DDP run) take turns on a lock
+beside it, so the first one checks and the others read its result.
 """
 
 from __future__ import annotations
@@ -20,16 +23,29 @@ import os
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
+import attrs
+
 from harness.io.artifacts import write_text
 
 __all__ = ["PARALLEL_FROM", "cache_file", "unreadable_files"]
 
 log = logging.getLogger(__name__)
 
-Check = Callable[[Path], "str | None"]
+Check = Callable[[str], "str | None"]
 PARALLEL_FROM = 2000
 """Files to check at which the check is spread over processes (below it, forking costs more)."""
-_VERSION = 1
+_VERSION = 2
+_NO_STAT = "OSError: cannot stat the file"
+
+
+@attrs.frozen
+class _Files:
+    """Paths with their sizes and modification times (ns), and the unreadable ones' reasons."""
+
+    paths: list[str]
+    sizes: list[int]
+    times: list[int]
+    bad: dict[str, str]
 
 
 def cache_file(cache: Path, root: Path) -> Path:
@@ -38,56 +54,79 @@ def cache_file(cache: Path, root: Path) -> Path:
     return cache / "scans" / f"{key}.json"
 
 
-def unreadable_files(paths: Sequence[Path], check: Check, *, cache: Path | None) -> list[tuple[Path, str]]:
-    """``(path, reason)`` for each of `paths` that `check` finds unreadable, in the order given.
+def unreadable_files(
+    files: Sequence[os.DirEntry[str]], check: Check, *, cache: Path | None
+) -> list[tuple[str, str]]:
+    """``(path, reason)`` for each of `files` that `check` finds unreadable, in the order given.
 
-    With `cache` (a file from `cache_file`), unchanged files are not checked again; a
+    `files` should be fresh: an `os.DirEntry` keeps the first stat it made. With `cache`
+    (a file from `cache_file`), unchanged files are not checked again; a
     cache that cannot be read or written is ignored with a warning.
     """
+    current = _stat_all(files)
     if cache is None:
-        return _bad(paths, [_stat(path) for path in paths], _check_all(paths, check))
+        return _bad(current, _recheck(current, None, check))
     with _locked(cache):
         known = _load(cache)
-        stats = [_stat(path) for path in paths]
-        todo = [
-            i for i, (path, stat) in enumerate(zip(paths, stats, strict=True)) if _stale(known, path, stat)
-        ]
-        found = dict(zip(todo, _check_all([paths[i] for i in todo], check), strict=True))
-        verdicts = [found[i] if i in found else _verdict(known[str(path)]) for i, path in enumerate(paths)]
-        if todo or len(known) != len(paths):
-            _save(cache, paths, stats, verdicts)
-    return _bad(paths, stats, verdicts)
+        if known is not None and (known.paths, known.sizes, known.times) == (
+            current.paths,
+            current.sizes,
+            current.times,
+        ):
+            return _bad(current, known.bad)
+        found = _recheck(current, known, check)
+        _save(cache, current, found)
+    return _bad(current, found)
 
 
-def _stat(path: Path) -> tuple[int, int] | None:
-    try:
-        status = path.stat()
-    except OSError:
-        return None
-    return status.st_size, status.st_mtime_ns
+def _stat_all(files: Sequence[os.DirEntry[str]]) -> _Files:
+    """The files' paths and stats; one that cannot be stat-ed gets size -1 and its reason."""
+    paths = [entry.path for entry in files]
+    sizes: list[int] = []
+    times: list[int] = []
+    missing: dict[str, str] = {}
+    for entry in files:
+        try:
+            status = entry.stat()
+        except OSError:
+            missing[entry.path] = _NO_STAT
+            sizes.append(-1)
+            times.append(-1)
+            continue
+        sizes.append(status.st_size)
+        times.append(status.st_mtime_ns)
+    return _Files(paths, sizes, times, missing)
 
 
-def _stale(known: dict[str, list[object]], path: Path, stat: tuple[int, int] | None) -> bool:
-    entry = known.get(str(path))
-    return stat is None or entry is None or (entry[0], entry[1]) != stat
+def _recheck(current: _Files, known: _Files | None, check: Check) -> dict[str, str]:
+    """The reasons of the unreadable files, checking those that `known` does not vouch for."""
+    seen = (
+        {}
+        if known is None
+        else dict(zip(known.paths, zip(known.sizes, known.times, strict=True), strict=True))
+    )
+    kept = {} if known is None else known.bad
+    found: dict[str, str] = {}
+    todo: list[str] = []
+    for path, size, mtime in zip(current.paths, current.sizes, current.times, strict=True):
+        if size < 0 or seen.get(path) != (size, mtime):
+            todo.append(path)
+        elif path in kept:
+            found[path] = kept[path]
+    for path, verdict in zip(todo, _check_all(todo, check), strict=True):
+        reason = verdict if verdict is not None else current.bad.get(path)
+        if reason is not None:
+            found[path] = reason
+    return found
 
 
-def _verdict(entry: list[object]) -> str | None:
-    reason = entry[2]
-    return None if reason is None else str(reason)
+def _bad(current: _Files, reasons: dict[str, str]) -> list[tuple[str, str]]:
+    if not reasons:
+        return []
+    return [(path, reasons[path]) for path in current.paths if path in reasons]
 
 
-def _bad(
-    paths: Sequence[Path], stats: Sequence[tuple[int, int] | None], verdicts: Sequence[str | None]
-) -> list[tuple[Path, str]]:
-    return [
-        (path, verdict if verdict is not None else "OSError: cannot stat the file")
-        for path, stat, verdict in zip(paths, stats, verdicts, strict=True)
-        if verdict is not None or stat is None
-    ]
-
-
-def _check_all(paths: Sequence[Path], check: Check) -> list[str | None]:
+def _check_all(paths: Sequence[str], check: Check) -> list[str | None]:
     workers = min(
         len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1, 8
     )
@@ -99,32 +138,35 @@ def _check_all(paths: Sequence[Path], check: Check) -> list[str | None]:
         return pool.map(check, paths, chunksize=max(64, len(paths) // (workers * 8)))
 
 
-def _load(cache: Path) -> dict[str, list[object]]:
+def _load(cache: Path) -> _Files | None:
     try:
         content = json.loads(cache.read_text(encoding="utf-8"))
-        if content.get("version") != _VERSION:
-            return {}
-        return {str(path): entry for path, *entry in content["files"]}
+        if not isinstance(content, dict) or content.get("version") != _VERSION:
+            return None
+        paths, sizes, times, bad = (content[key] for key in ("paths", "sizes", "times", "bad"))
+        if not (isinstance(paths, list) and isinstance(sizes, list) and isinstance(times, list)):
+            raise TypeError("paths, sizes and times must be lists")
+        if not len(paths) == len(sizes) == len(times) or not isinstance(bad, dict):
+            raise ValueError("paths, sizes and times differ in length, or bad is not a mapping")
+        return _Files(paths, sizes, times, {str(path): str(reason) for path, reason in bad.items()})
     except FileNotFoundError:
-        return {}
-    except (OSError, ValueError, TypeError, KeyError, AttributeError) as error:
+        return None
+    except (OSError, ValueError, TypeError, KeyError) as error:
         log.warning("scan cache %s unreadable (%s); checking every file again", cache, error)
-        return {}
+        return None
 
 
-def _save(
-    cache: Path,
-    paths: Sequence[Path],
-    stats: Sequence[tuple[int, int] | None],
-    verdicts: Sequence[str | None],
-) -> None:
-    files = [
-        [str(path), stat[0], stat[1], verdict]
-        for path, stat, verdict in zip(paths, stats, verdicts, strict=True)
-        if stat is not None
-    ]
+def _save(cache: Path, current: _Files, found: dict[str, str]) -> None:
+    kept = [i for i, size in enumerate(current.sizes) if size >= 0]
+    content = {
+        "version": _VERSION,
+        "paths": [current.paths[i] for i in kept],
+        "sizes": [current.sizes[i] for i in kept],
+        "times": [current.times[i] for i in kept],
+        "bad": {path: reason for path, reason in found.items() if path not in current.bad},
+    }
     try:
-        write_text(cache, json.dumps({"version": _VERSION, "files": files}, separators=(",", ":")))
+        write_text(cache, json.dumps(content, separators=(",", ":")))
     except OSError as error:
         log.warning("scan cache %s not written (%s); the next start checks every file again", cache, error)
 

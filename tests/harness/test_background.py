@@ -318,22 +318,38 @@ def test_a_script_runs_once_and_its_jobs_finish_closed_or_not(ending: str, tmp_p
 def test_the_worker_draws_every_built_in_picture_without_importing_torch(
     jobs: ModuleType, tmp_path: Path
 ) -> None:
+    import attrs
+    import torch
+
     from harness.core.bus import Bus
     from harness.core.testing import scripted_run
+    from subscribers.augment_preview import AugmentPreview
     from subscribers.confusion_matrix import ConfusionMatrix
     from subscribers.plots import Plots
+    from subscribers.report import Report
     from subscribers.samples import Samples
+
+    def augmented(count: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.zeros(count, 3, 8, 8), torch.arange(count) % 3
 
     writer = BackgroundWriter()
     context = make_context(tmp_path, class_names=("a", "b", "c"), background=writer)
+    context = attrs.evolve(context, augmented_samples=augmented)
     bus = Bus()
-    for subscriber in (ConfusionMatrix(context), Samples(context), Plots(context)):
-        bus.attach(subscriber)
+    subscribers = (ConfusionMatrix, Samples, Plots, Report, AugmentPreview)
+    for subscriber in subscribers:
+        bus.attach(subscriber(context))
     scripted_run(bus, context, epochs=2, train_batches=1, val_batches=2)
     out = tmp_path / "modules.json"
     heavy = ["torch", "lightning", "torchmetrics", "matplotlib.pyplot"]
     writer.submit("Test", functools.partial(jobs.note_modules, out, heavy), record=Recorded())
     assert writer.close() == []
-    for name in ("confusion_matrix/latest.png", "samples/latest.png", "plots/losses.png"):
+    pictures = (
+        "confusion_matrix/latest.png",
+        "samples/latest.png",
+        "plots/losses.png",
+        "augment_preview.png",
+    )
+    for name in (*pictures, "report.html"):
         assert (context.run_dir / name).is_file(), name
     assert json.loads(out.read_text(encoding="utf-8")) == dict.fromkeys(heavy, False)

@@ -10,8 +10,10 @@ import pytest
 import torch
 from PIL import Image
 
+from harness.core.context import LeftOutClass
 from harness.core.errors import DataError
 from harness.core.preprocessing import Preprocessing
+from harness.io.images import image_entries, image_files
 from harness.settings import DataSettings
 from harness.training.data import ImageFiles, materialise_digits, scan
 
@@ -50,7 +52,7 @@ def test_every_image_mode_and_size_loads_as_rgb_of_one_size(tmp_path: Path) -> N
     files = messy_tree(tmp_path / "data")
     info, classes = scan(DataSettings(root=str(tmp_path / "data"), val_fraction=0.25), seed=0)
     assert classes == ("Hund groß", "chat tigré")
-    found = {path for path, _ in (*info.train, *info.val)}
+    found = {Path(path) for path, _ in (*info.train, *info.val)}
     assert found == set(files.values()), "hidden files and non-images are left out"
     dataset = ImageFiles([(path, 0) for path in files.values()], Preprocessing(image_size=16))
     for index in range(len(dataset)):
@@ -94,7 +96,7 @@ def test_a_train_val_tree_is_used_as_split(tmp_path: Path) -> None:
     info, classes = scan(DataSettings(root=str(tmp_path)), seed=0)
     assert classes == ("a", "b")
     assert (len(info.train), len(info.val)) == (8, 4)
-    assert all("val" in path.parts for path, _ in info.val)
+    assert all("val" in Path(path).parts for path, _ in info.val)
 
 
 def test_the_stratified_split_is_seeded_and_keeps_every_class(tmp_path: Path) -> None:
@@ -194,9 +196,9 @@ def test_usual_split_folder_names_are_splits_not_classes(tmp_path: Path, val_nam
     root = split_tree(tmp_path / "data", {"train": ("a", "b"), val_name: ("a", "b"), "test": ("a", "b")})
     info, classes = scan(DataSettings(root=str(root)), seed=0)
     assert classes == ("a", "b")
-    assert {path.parts[-3] for path, _ in info.train} == {"train"}
-    assert {path.parts[-3] for path, _ in info.val} == {val_name}
-    assert {path.parts[-3] for path, _ in info.test} == {"test"}, "test/ is kept for evaluation"
+    assert {Path(path).parts[-3] for path, _ in info.train} == {"train"}
+    assert {Path(path).parts[-3] for path, _ in info.val} == {val_name}
+    assert {Path(path).parts[-3] for path, _ in info.test} == {"test"}, "test/ is kept for evaluation"
     assert (len(info.train), len(info.val), len(info.test)) == (4, 4, 4)
     assert [target for _, target in info.test] == [0, 0, 1, 1]
 
@@ -238,10 +240,14 @@ def test_validation_classes_missing_from_train_can_be_left_out_with_a_count(
     root = split_tree(tmp_path / "data", {"train": ("a", "b"), "val": ("a", "b", "c"), "test": ("a", "d")})
     info, classes = scan(DataSettings(root=str(root), unknown_classes="skip"), seed=0)
     assert classes == ("a", "b")
-    assert {path.parent.name for path, _ in info.val} == {"a", "b"}
-    assert {path.parent.name for path, _ in info.test} == {"a"}
+    assert {Path(path).parent.name for path, _ in info.val} == {"a", "b"}
+    assert {Path(path).parent.name for path, _ in info.test} == {"a"}
     assert "leaving out 4 image(s) of class folders not in train/" in caplog.text
     assert "val/: 'c'; test/: 'd'" in caplog.text
+    assert info.left_out == (
+        LeftOutClass(split="val", name="c", images=2),
+        LeftOutClass(split="test", name="d", images=2),
+    ), "summary.json lists them from here"
 
 
 def bomb_png(path: Path, side: int) -> Path:
@@ -331,3 +337,27 @@ def test_num_workers_defaults_to_auto_the_cores_minus_one_at_most_eight() -> Non
     for bad in ("-1", '"many"'):
         with pytest.raises(SettingsError, match="num_workers"):
             load_settings(None, overrides=[f"data.num_workers={bad}"])
+
+
+def test_the_listing_is_sorted_skips_hidden_names_and_follows_links_to_files_only(tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    for folder in ("a/.hidden", "a/sub.png", "b", "c/deep/er", ".git"):
+        (root / folder).mkdir(parents=True)
+    for name in (
+        "a/x.PNG", "a/x.png", "a/.h.png", "a/.hidden/in.png", "a/sub.png/inner.jpg", "a/notes.txt",
+        "a/z.", "a/png", "b/é.jpg", "b/sp ace.jpeg", "b/a-c.png", ".git/q.png", "c/deep/er/k.webp",
+        "c/deep.png", "c/deep-x.png", "a/b.tif",
+    ):  # fmt: skip
+        (root / name).write_bytes(b"")
+    (root / "a" / "link.jpg").symlink_to(root / "b" / "é.jpg")
+    (root / "a" / "linked").symlink_to(root / "b", target_is_directory=True)
+    (root / "a" / "broken.png").symlink_to(root / "nowhere.png")
+    (root / "a" / "folder.png").symlink_to(root / "c", target_is_directory=True)
+    os.mkfifo(root / "a" / "fifo.png")
+    expected = [
+        "a/b.tif", "a/link.jpg", "a/sub.png/inner.jpg", "a/x.PNG", "a/x.png", "b/a-c.png", "b/sp ace.jpeg",
+        "b/é.jpg", "c/deep/er/k.webp", "c/deep-x.png", "c/deep.png",
+    ]  # fmt: skip
+    assert image_files(root) == [root / name for name in expected], "in Path order, as sorted(Path) gives"
+    assert [entry.path for entry in image_entries(root)] == [str(root / name) for name in expected]
+    assert image_files(root / "missing") == []

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -19,11 +21,18 @@ from harness.replay import main as replay_main
 pytestmark = pytest.mark.slow
 
 PLUGINS = Path(__file__).parents[1] / "plugins"
+DDP = ("trainer.strategy='ddp'", "trainer.devices=2", "data.batch_size=4")
+"""Two processes on the CPU (gloo), as Lightning's own CI runs ddp."""
 
 
 def harness_run(
-    tmp_path: Path, *overrides: str, env: dict[str, str] | None = None
+    tmp_path: Path, *overrides: str, env: dict[str, str] | None = None, timeout: float = 600
 ) -> subprocess.CompletedProcess[str]:
+    """``python -m harness.run`` on a tiny tree, leading a process group of its own.
+
+    Past `timeout`, the whole group (every rank and data-loader worker) is killed, so a
+    hung run fails its test instead of hanging the suite.
+    """
     data = tmp_path / "data"
     if not data.exists():
         write_imagefolder(data, {"red": 10, "green": 10, "blue": 10}, size=10)
@@ -54,7 +63,18 @@ def harness_run(
     for override in overrides:
         argv += ["--set", override]
     full_env = {**os.environ, "PYTHONPATH": str(PLUGINS), **(env or {})}
-    return subprocess.run(argv, capture_output=True, text=True, env=full_env, timeout=600)
+    with subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=full_env, start_new_session=True
+    ) as process:
+        try:
+            # The pipes close when every process of the group has exited, ranks above zero included.
+            stdout, stderr = process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            stdout, stderr = process.communicate()
+            pytest.fail(f"the run took over {timeout} s; its process group was killed\n{stderr[-4000:]}")
+    return subprocess.CompletedProcess(argv, process.returncode, stdout, stderr)
 
 
 def disabled(*names: str) -> list[str]:
@@ -123,6 +143,40 @@ def test_sigterm_writes_a_checkpoint_at_that_moment_and_exits_143(tmp_path: Path
     assert failed["interrupted"] is True
 
 
+@pytest.mark.parametrize(
+    ("fault", "rank"), [("term-group", "0"), ("term", "1")], ids=["whole-group", "rank-1-only"]
+)
+def test_sigterm_under_ddp_stops_every_rank_at_one_step_and_exits_143(
+    tmp_path: Path, fault: str, rank: str
+) -> None:
+    """SLURM and ``kill -TERM -<pgid>`` signal every process (and data-loader worker); a stray
+    signal may reach one rank only. Either way both ranks stop after the same batch."""
+    stopped = harness_run(
+        tmp_path,
+        "trainer.max_epochs=2",
+        *DDP,
+        env={"FAULT_AT": "BatchEnd:1:2", "FAULT": fault, "FAULT_RANK": rank},
+        timeout=300,
+    )
+    assert stopped.returncode == 143, stopped.stderr[-4000:]
+    # Each rank prints the line that harness.errors.report prints for the exit code 143.
+    lines = [line for line in stopped.stderr.splitlines() if line.startswith("stopped: SIGTERM at step ")]
+    assert len(lines) == 2, stopped.stderr[-4000:]
+    run_dir = only_run_dir(tmp_path)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "interrupted" and "trainer.resume=" in summary["resume"]
+    saved = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    # 24 training images, 12 a rank, 3 batches of 4 an epoch: the second batch of epoch 1 is step 5.
+    assert saved["epoch"] == 1 and saved["global_step"] == summary["global_step"] == 5
+    assert all(line.startswith("stopped: SIGTERM at step 5: ") for line in lines), lines
+    if fault != "term-group":
+        return
+    resumed = harness_run(tmp_path, "trainer.max_epochs=2", *DDP, "trainer.resume='last'", timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-4000:]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["epochs_completed"] == 2
+
+
 def test_ctrl_c_writes_a_last_checkpoint_and_says_how_to_resume(tmp_path: Path) -> None:
     interrupted = harness_run(
         tmp_path, "trainer.max_epochs=3", env={"FAULT_AT": "BatchEnd:1:2", "FAULT": "interrupt"}
@@ -172,13 +226,7 @@ def test_an_isolated_raising_subscriber_is_reported_and_the_run_finishes(tmp_pat
 
 
 def test_two_processes_write_once_count_once_and_agree(tmp_path: Path) -> None:
-    done = harness_run(
-        tmp_path,
-        "trainer.max_epochs=2",
-        "trainer.strategy='ddp'",
-        "trainer.devices=2",
-        "data.batch_size=4",
-    )
+    done = harness_run(tmp_path, "trainer.max_epochs=2", *DDP)
     assert done.returncode == 0, done.stderr[-4000:]
     run_dir = only_run_dir(tmp_path)
     val_size = sum(1 for line in (run_dir / "events.jsonl").read_text().splitlines() if '"validate"' in line)

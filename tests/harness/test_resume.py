@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -172,6 +173,49 @@ def test_output_under_a_regular_file_is_one_line_and_no_run_directory(
     assert main([*argv(tmp_path), "--set", f"run.output_dir='{blocker / 'runs'}'"]) == 2
     assert "[run].output_dir: cannot make the run directory under" in one_line(capsys)
     assert blocker.read_text() == "a file"
+
+
+@pytest.fixture
+def read_only_mount(tmp_path: Path) -> Iterator[Path]:
+    """A real read-only file system (root ignores permission bits, not a read-only mount)."""
+    mount = tmp_path / "read_only"
+    mount.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(mount)], capture_output=True
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_a_harness_cache_under_a_regular_file_is_one_line_and_no_run_directory(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With a data root of one's own, the cache holds the scan's verdicts."""
+    blocker = tmp_path / "not_a_folder"
+    blocker.write_text("a file")
+    monkeypatch.setenv("HARNESS_CACHE", str(blocker / "cache"))
+    assert main(argv(tmp_path)) == 2
+    message = one_line(capsys)
+    assert f"HARNESS_CACHE = '{blocker / 'cache'}': cannot write there (Not a directory)" in message
+    assert not (tmp_path / "runs").exists()
+    assert blocker.read_text() == "a file"
+
+
+def test_a_read_only_harness_cache_is_one_line_and_no_run_directory(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    read_only_mount: Path,
+) -> None:
+    """Without a data root, the embedded digits would be written there."""
+    monkeypatch.setenv("HARNESS_CACHE", str(read_only_mount))
+    overrides = [f"run.output_dir='{tmp_path / 'runs'}'", *FAST]
+    assert main([arg for item in overrides for arg in ("--set", item)]) == 2
+    message = one_line(capsys)
+    assert f"HARNESS_CACHE = '{read_only_mount}': cannot write there (Read-only file system)" in message
+    assert not (tmp_path / "runs").exists()
 
 
 @pytest.mark.parametrize("content", [b"", b"PK\x03\x04 torn off"], ids=["empty", "truncated"])

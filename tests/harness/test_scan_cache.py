@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import os
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from PIL import Image
 
+from harness.io.images import image_entries
 from harness.training import scan_cache
 from harness.training.scan_cache import cache_file, unreadable_files
 
@@ -18,21 +22,18 @@ class Counting:
     def __init__(self) -> None:
         self.calls = 0
 
-    def __call__(self, path: Path) -> str | None:
+    def __call__(self, path: str) -> str | None:
         self.calls += 1
-        return "OSError: truncated" if path.name.startswith("bad") else None
+        return "OSError: truncated" if Path(path).name.startswith("bad") else None
 
 
-def tree(root: Path, good: int = 5) -> list[Path]:
+def tree(root: Path, good: int = 5) -> list[os.DirEntry[str]]:
+    """`good` images and one bad file, ``bad_0.png``, listed first."""
     root.mkdir(parents=True, exist_ok=True)
-    paths = []
     for i in range(good):
-        path = root / f"img_{i}.png"
-        Image.new("L", (2, 2), i).save(path)
-        paths.append(path)
-    bad = root / "bad_0.png"
-    bad.write_bytes(b"not a png")
-    return [*paths, bad]
+        Image.new("L", (2, 2), i).save(root / f"img_{i}.png")
+    (root / "bad_0.png").write_bytes(b"not a png")
+    return image_entries(root)
 
 
 def test_a_second_start_on_an_unchanged_tree_checks_nothing_and_still_names_the_bad_file(
@@ -41,7 +42,7 @@ def test_a_second_start_on_an_unchanged_tree_checks_nothing_and_still_names_the_
     paths = tree(tmp_path / "data")
     cache = cache_file(tmp_path / "cache", tmp_path / "data")
     first, second = Counting(), Counting()
-    expected = [(paths[-1], "OSError: truncated")]
+    expected = [(str(tmp_path / "data" / "bad_0.png"), "OSError: truncated")]
     assert unreadable_files(paths, first, cache=cache) == expected
     assert unreadable_files(paths, second, cache=cache) == expected
     assert (first.calls, second.calls) == (len(paths), 0)
@@ -51,11 +52,11 @@ def test_a_changed_file_is_checked_again(tmp_path: Path) -> None:
     paths = tree(tmp_path / "data")
     cache = cache_file(tmp_path / "cache", tmp_path / "data")
     unreadable_files(paths, Counting(), cache=cache)
-    paths[0].write_bytes(b"now broken, and a different size")
-    stat = paths[1].stat()
-    os.utime(paths[1], ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    Path(paths[1].path).write_bytes(b"now broken, and a different size")
+    stat = Path(paths[2].path).stat()
+    os.utime(paths[2].path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
     check = Counting()
-    unreadable_files(paths, check, cache=cache)
+    unreadable_files(image_entries(tmp_path / "data"), check, cache=cache)
     assert check.calls == 2
 
 
@@ -65,7 +66,7 @@ def test_a_cache_that_does_not_parse_is_ignored(tmp_path: Path) -> None:
     cache.parent.mkdir(parents=True)
     cache.write_text("{not json", encoding="utf-8")
     check = Counting()
-    assert unreadable_files(paths, check, cache=cache) == [(paths[-1], "OSError: truncated")]
+    assert unreadable_files(paths, check, cache=cache) == [(paths[0].path, "OSError: truncated")]
     assert check.calls == len(paths)
 
 
@@ -79,3 +80,44 @@ def test_many_files_are_checked_in_parallel_with_the_same_verdicts(
     assert unreadable_files(paths, check, cache=None) == serial
     if len(os.sched_getaffinity(0)) > 1:
         assert check.calls == 0, "checked in the worker processes, not here"
+
+
+def _scan_after(barrier: Any, root: str, cache: str, calls: Any) -> None:
+    """One process of two (as two DDP ranks): meet the other, then check the tree."""
+    check = Slow()
+    barrier.wait()
+    unreadable_files(image_entries(root), check, cache=Path(cache))
+    calls.put(check.calls)
+
+
+class Slow(Counting):
+    """A check slow enough that two processes started together overlap."""
+
+    def __call__(self, path: str) -> str | None:
+        time.sleep(0.02)
+        return super().__call__(path)
+
+
+def test_two_processes_scanning_at_once_check_each_file_once(tmp_path: Path) -> None:
+    paths = tree(tmp_path / "data", good=19)
+    cache = cache_file(tmp_path / "cache", tmp_path / "data")
+    context = multiprocessing.get_context("fork")
+    barrier, calls = context.Barrier(2), context.Queue()
+    ranks = [
+        context.Process(target=_scan_after, args=(barrier, str(tmp_path / "data"), str(cache), calls))
+        for _ in range(2)
+    ]
+    for rank in ranks:
+        rank.start()
+    counts = sorted(calls.get(timeout=60) for _ in ranks)
+    for rank in ranks:
+        rank.join(timeout=60)
+    assert [rank.exitcode for rank in ranks] == [0, 0]
+    assert counts == [0, len(paths)], "one process checks, the other reads its verdicts"
+
+
+def test_a_file_gone_between_listing_and_check_is_named(tmp_path: Path) -> None:
+    paths = tree(tmp_path / "data")
+    Path(paths[1].path).unlink()
+    found = unreadable_files(paths, Counting(), cache=cache_file(tmp_path / "cache", tmp_path / "data"))
+    assert found == [(paths[0].path, "OSError: truncated"), (paths[1].path, "OSError: cannot stat the file")]

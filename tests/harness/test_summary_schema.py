@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from harness.core.testing import write_imagefolder
 from harness.settings import Settings
 from harness.training.fit import run
 
@@ -33,12 +35,18 @@ def test_the_schema_is_valid_and_documents_every_field() -> None:
 
 
 @pytest.mark.slow
-def test_a_real_summary_follows_the_schema_and_a_changed_one_does_not(make_settings: MakeSettings) -> None:
-    result = run(make_settings("report"))
+def test_a_real_summary_follows_the_schema_and_a_changed_one_does_not(
+    make_settings: MakeSettings, tmp_path: Path
+) -> None:
+    root = tmp_path / "split"
+    write_imagefolder(root / "train", {"red": 8, "green": 8, "blue": 8})
+    write_imagefolder(root / "val", {"red": 2, "green": 2, "blue": 2, "zebra": 3})
+    result = run(make_settings("report", "data.unknown_classes='skip'", root=root))
     validator = jsonschema.Draft202012Validator(schema())
     on_disk = json.loads((result.run_dir / "summary.json").read_text())
     assert list(validator.iter_errors(on_disk)) == []
     assert on_disk["artifacts"]["report"] == "report.html"
+    assert on_disk["left_out_classes"] == [{"split": "val", "name": "zebra", "images": 3}]
     for broken in (
         {**on_disk, "status": "done"},
         {**on_disk, "extra": 1},

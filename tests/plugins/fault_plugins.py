@@ -1,7 +1,8 @@
 """Plugin subscribers that hurt a run on purpose, for the fault tests (run in subprocesses).
 
 They are configured by environment variables, read when constructed, since a plugin gets
-only the run context: ``FAULT_AT="<event>:<epoch>:<count>"`` and ``FAULT="kill|interrupt|term|raise"``.
+only the run context: ``FAULT_AT="<event>:<epoch>:<count>"``,
+``FAULT="kill|interrupt|term|term-group|raise"`` and, to hurt one rank only, ``FAULT_RANK``.
 """
 
 from __future__ import annotations
@@ -19,13 +20,18 @@ from harness.core.events import BatchEnd, CheckpointSaving, Event, TrainEnd
 
 
 class Fault:
-    """At the Nth matching event of an epoch: SIGKILL, Ctrl-C (SIGINT) or an exception."""
+    """At the Nth matching event of an epoch: SIGKILL, Ctrl-C (SIGINT), SIGTERM or an exception.
+
+    ``term-group`` sends SIGTERM to the run's whole process group, as SLURM and
+    ``kill -TERM -<pgid>`` do; the run must lead its own group (``start_new_session``).
+    """
 
     def __init__(self, context: RunContext) -> None:
         self.context = context
         event, epoch, count = (os.environ.get("FAULT_AT") or "none:0:0").split(":")
         self.event, self.epoch, self.count = event, int(epoch), int(count)
         self.fault = os.environ.get("FAULT", "")
+        self.rank = os.environ.get("FAULT_RANK")
         self.seen = 0
 
     def connect(self, bus: Bus) -> None:
@@ -34,6 +40,8 @@ class Fault:
 
     def on_event(self, event: Event) -> None:
         if type(event).__name__ != self.event or event.epoch != self.epoch:
+            return
+        if self.rank is not None and int(self.rank) != self.context.rank:
             return
         self.seen += 1
         if self.seen < self.count:
@@ -44,6 +52,10 @@ class Fault:
             os.kill(os.getpid(), signal.SIGINT)
         elif self.fault == "term":
             os.kill(os.getpid(), signal.SIGTERM)
+        elif self.fault == "term-group":
+            if os.getpgrp() != os.getpid():
+                raise RuntimeError("FAULT=term-group: the run must lead its process group")
+            os.killpg(os.getpgrp(), signal.SIGTERM)
         elif self.fault == "raise":
             raise RuntimeError("injected failure")
 

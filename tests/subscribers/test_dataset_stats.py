@@ -10,12 +10,13 @@ from typing import Any
 
 import attrs
 import pytest
-from PIL import Image
+from PIL import ExifTags, Image
 
 from harness.core.bus import Bus
 from harness.core.context import DatasetInfo, RunContext
 from harness.core.events import FitStart
 from harness.core.testing import make_context
+from harness.io.images import load_rgb
 from harness.settings import Settings
 from harness.training.fit import run
 from subscribers.dataset_stats import DatasetStats, DatasetStatsSettings
@@ -93,6 +94,33 @@ def test_reads_image_sizes_and_modes_from_headers(tmp_path: Path, capsys: pytest
     assert val["common_sizes"][0] == {"width": 8, "height": 8, "count": 2}
     out = " ".join(capsys.readouterr().out.split())
     assert "8x8 (9), 12x10 (2)" in out
+
+
+@pytest.mark.parametrize("suffix", [".jpg", ".png"])
+def test_sizes_are_upright_after_the_exif_orientation_as_training_sees_them(
+    tmp_path: Path, suffix: str
+) -> None:
+    """A 40x20 photo tagged "rotate 90" (orientation 6) trains as 20x40; orientation 3 keeps 40x20."""
+    root = tmp_path / "data"
+    samples = []
+    for orientation, count in ((6, 3), (3, 1)):
+        for n in range(count):
+            path = root / "cat" / f"o{orientation}_{n}{suffix}"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            exif = Image.Exif()
+            exif[ExifTags.Base.Orientation] = orientation
+            Image.new("RGB", (40, 20), (200, 30, 30)).save(path, exif=exif)
+            samples.append((path, 0))
+    assert load_rgb(samples[0][0]).size == (20, 40)
+    context = context_for(tmp_path, DatasetInfo(root=root, train=tuple(samples), val=tuple(samples[:1])))
+
+    fit_start(context)
+
+    train = report_of(context)["image_sizes"]["train"]
+    assert train["common_sizes"] == [
+        {"width": 20, "height": 40, "count": 3},
+        {"width": 40, "height": 20, "count": 1},
+    ]
 
 
 def test_samples_at_most_size_sample_files_per_split(tmp_path: Path) -> None:

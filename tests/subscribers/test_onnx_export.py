@@ -143,7 +143,7 @@ def test_writes_labels_preprocessing_and_parity_beside_the_model(exported: Expor
     assert parity["max_abs_diff"] <= 1e-4
     assert parity["argmax_agreement"] == 1.0
     assert (parity["real_images"], parity["random_images"]) == (5, 0)
-    assert parity["batch_sizes"] == [1, 5]
+    assert (parity["batch_sizes"], parity["single_images"]) == ([1, 5], 2)
     assert exported.context.artifacts == {
         "onnx_model": "onnx_export/model.onnx",
         "onnx_parity": "onnx_export/parity.json",

@@ -1,0 +1,89 @@
+"""StopOnSigterm: on SIGTERM, every rank stops at the end of the same training batch.
+
+SLURM, Kubernetes and ``kill -TERM -<pgid>`` send SIGTERM before a kill; under ``ddp`` it
+may reach every process, or only one. The handler this callback installs only notes the
+signal; at each training batch end the ranks agree (an any-reduce of that note, a
+collective every rank reaches) and all raise Lightning's `SIGTERMException` together, so
+`BusCallback` writes the interrupt checkpoint from every rank at once (rank zero writes
+the file) and the run ends with ``interrupted``.
+
+It replaces Lightning's own SIGTERM handler (lightning 2.6.6, ``_SignalConnector``) while
+training runs: that one broadcasts from inside the signal handler, forwards the signal to
+the other ranks and lets each rank raise on its own, so the ranks leave at different
+batches and the survivors fail in their next collective. Lightning restores the handler
+that was there before it when the trainer tears down. A signal during validation takes
+effect at the next training batch; during the last validation, the run completes.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from types import FrameType
+from typing import Any
+
+import lightning as L
+from lightning.fabric.utilities.seed import pl_worker_init_function
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+from typing_extensions import override
+
+__all__ = ["LAUNCHER_VARIABLE", "StopOnSigterm", "outlive_launcher", "start_data_worker"]
+
+LAUNCHER_VARIABLE = "HARNESS_LAUNCHER_PID"
+"""Set by rank zero for the processes that Lightning's ``ddp`` launcher starts: its process id."""
+
+
+def outlive_launcher(timeout: float = 60.0) -> None:
+    """In a process that Lightning's ``ddp`` launcher started, wait until the launcher has exited.
+
+    The launcher's child-process observer (lightning 2.6.6, ``_ChildProcessObserver``,
+    every 5 s) SIGKILLs the launcher once a child has exited with a non-zero code. A rank
+    that stops with the others on SIGTERM (exit 143) therefore leaves after rank zero, or
+    rank zero could die before writing ``summary.json``. `timeout` bounds the wait.
+    """
+    launcher = os.environ.get(LAUNCHER_VARIABLE)
+    if not launcher or not launcher.isdigit():
+        return
+    deadline = time.monotonic() + timeout
+    while os.getppid() == int(launcher) and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def start_data_worker(worker_id: int, rank: int) -> None:
+    """A data-loader worker's ``worker_init_fn``: ignore SIGTERM, then seed as Lightning would.
+
+    A signal to the process group reaches the workers too: one that died of it would fail
+    the batch it was loading, and one running a handler inherited from its rank (Lightning's
+    broadcasts) would talk on that rank's connections. Its main process ends it instead.
+    Lightning adds `pl_worker_init_function` only to loaders without a ``worker_init_fn``,
+    after ``seed_everything(workers=True)``; this one keeps that seeding.
+    """
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if int(os.environ.get("PL_SEED_WORKERS", 0)):
+        pl_worker_init_function(worker_id, rank=rank)
+
+
+class StopOnSigterm(Callback):
+    """Raise `SIGTERMException` on every rank at the first training batch end after a SIGTERM."""
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    def _note(self, signum: int, frame: FrameType | None) -> None:
+        self.requested = True
+
+    @override
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.requested = False
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self._note)
+
+    @override
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if trainer.strategy.reduce_boolean_decision(self.requested, all=False):
+            raise SIGTERMException
