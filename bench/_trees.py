@@ -9,12 +9,19 @@ from __future__ import annotations
 import io
 import os
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 from PIL import Image
 
-__all__ = ["jpegs", "write_tree"]
+__all__ = ["cache_at", "jpegs", "write_tree"]
+
+
+def cache_at(directory: str) -> AbstractContextManager[object]:
+    """``$HARNESS_CACHE`` set to `directory` for the block, restored (or unset) after it."""
+    return mock.patch.dict(os.environ, {"HARNESS_CACHE": directory})
 
 
 def jpegs(count: int, size: int, seed: int = 0) -> list[bytes]:

@@ -32,7 +32,7 @@ import contextlib
 import os
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +41,7 @@ from torch.utils.data import DataLoader, RandomSampler
 from torchvision.datasets import ImageFolder
 
 from bench._timing import Row, median_of, rows_table
-from bench._trees import jpegs, write_tree
+from bench._trees import cache_at, jpegs, write_tree
 from harness.settings import AugmentSettings, DataSettings
 from harness.training.augment import train_transform
 from harness.training.data import ImageDataModule, loader_workers, scan
@@ -54,24 +54,11 @@ HARNESS = "harness training loader"
 GOAL = 1 / 0.95
 
 
-@contextlib.contextmanager
-def _cache_at(directory: str) -> Iterator[None]:
-    before = os.environ.get("HARNESS_CACHE")
-    os.environ["HARNESS_CACHE"] = directory
-    try:
-        yield
-    finally:
-        if before is None:
-            del os.environ["HARNESS_CACHE"]
-        else:
-            os.environ["HARNESS_CACHE"] = before
-
-
 def loaders(root: Path, image_size: int, epoch: int, cache: str) -> dict[str, DataLoader[Any]]:
     """The harness's training loader and the anchor over the tree at `root`, `epoch` images an epoch."""
     settings = DataSettings(root=str(root), image_size=image_size)
     augment = AugmentSettings()
-    with _cache_at(cache):
+    with cache_at(cache):
         info, _ = scan(settings, seed=0)
     preprocessing = settings.preprocessing()
     sampler = make_sampler(info.train_targets, balanced=settings.balanced, seed=0, num_samples=epoch)

@@ -24,19 +24,18 @@ checkers), which the other processes of a shared machine disturb less:
 from __future__ import annotations
 
 import argparse
-import contextlib
 import gc
 import os
 import resource
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from torchvision.datasets import ImageFolder
 
 from bench._timing import Row, median_of, rows_table
-from bench._trees import jpegs, write_tree
+from bench._trees import cache_at, jpegs, write_tree
 from harness.io.images import image_entries
 from harness.settings import DataSettings
 from harness.training.data import scan
@@ -52,33 +51,20 @@ SIZES = ((10_000, 20), (100_000, 100))
 """(files, class folders) of the trees timed."""
 
 
-@contextlib.contextmanager
-def _cache_at(directory: str) -> Iterator[None]:
-    before = os.environ.get("HARNESS_CACHE")
-    os.environ["HARNESS_CACHE"] = directory
-    try:
-        yield
-    finally:
-        if before is None:
-            del os.environ["HARNESS_CACHE"]
-        else:
-            os.environ["HARNESS_CACHE"] = before
-
-
 def candidates(root: Path, caches: Path) -> dict[str, Callable[[], object]]:
     """Each variant as a call on the tree at `root`; caches are made under `caches`."""
     settings = DataSettings(root=str(root))
     warm = str(caches / "warm")
-    with _cache_at(warm):
+    with cache_at(warm):
         scan(settings, seed=0)
     folders = sorted(path for path in root.iterdir() if path.is_dir())
 
     def second() -> None:
-        with _cache_at(warm):
+        with cache_at(warm):
             scan(settings, seed=0)
 
     def first() -> None:
-        with _cache_at(tempfile.mkdtemp(dir=caches)):
+        with cache_at(tempfile.mkdtemp(dir=caches)):
             scan(settings, seed=0)
 
     def listing() -> list[os.DirEntry[str]]:
