@@ -61,8 +61,22 @@ def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Param]:
     return flat
 
 
-def _find_pictures(run_dir: Path, record: Record) -> None:
+def _pictures(run_dir: Path) -> dict[str, Path]:
+    """Each current picture by name, as a file that stays as it is where there is one.
+
+    A record runs later than the job that found the file, on the writer's reply thread,
+    when ``latest.png`` may already be the next epoch's: where the folder keeps per-epoch
+    files, the newest of them (the one ``latest`` copies, never rewritten) stands for it.
+    """
+    found = {}
     for name, path in current_pictures(run_dir).items():
+        epochs = sorted(path.parent.glob(f"epoch_*{path.suffix}")) if path.stem == "latest" else []
+        found[name] = epochs[-1] if epochs else path
+    return found
+
+
+def _find_pictures(run_dir: Path, record: Record) -> None:
+    for name, path in _pictures(run_dir).items():
         record(name, path)
 
 
@@ -72,7 +86,8 @@ class TrackerFiles:
     def __init__(self, context: RunContext, settings: TrackerFilesSettings | None = None) -> None:
         self.context = context
         self.settings = settings or TrackerFilesSettings()
-        self.logged: dict[str, int] = {}
+        self.logged: dict[str, tuple[int, int]] = {}
+        """By picture name: the modification time of the file last logged, and its step."""
 
     def connect(self, bus: Bus) -> None:
         bus.subscribe(FitStart, self.on_fit_start, rank_zero_only=True)
@@ -99,7 +114,7 @@ class TrackerFiles:
         trackers = self.context.trackers
         if trackers is None:
             return
-        for name, path in current_pictures(self.context.run_dir).items():
+        for name, path in _pictures(self.context.run_dir).items():
             self._log_picture(name, path, step=event.global_step)
         summary = self.context.run_dir / "summary.json"
         if summary.is_file():
@@ -111,9 +126,10 @@ class TrackerFiles:
             changed = path.stat().st_mtime_ns
         except FileNotFoundError:
             return
-        if trackers is None or self.logged.get(name) == changed:
+        last = self.logged.get(name)
+        if trackers is None or (last is not None and last[0] == changed and last[1] >= step):
             return
-        self.logged[name] = changed
+        self.logged[name] = (changed, step)
         trackers.log_image(name, path, step)
 
 

@@ -18,6 +18,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from lightning.pytorch.loggers import CSVLogger, Logger, MLFlowLogger, TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_only
+from typing_extensions import override
 
 from harness.core.errors import SettingsError
 from harness.core.tracking import Param
@@ -26,6 +28,23 @@ from harness.settings import LoggerSettings
 __all__ = ["LoggerTrackers", "build_loggers", "logger_artifacts", "require_packages"]
 
 _EXTRAS = {"tensorboard": "tensorboard", "mlflow": "mlflow"}
+
+
+class _TensorBoardLogger(TensorBoardLogger):
+    """Lightning's `TensorBoardLogger`, flushed but left open when Lightning finalises it.
+
+    The background writer's last pictures reach `LoggerTrackers` on its reply thread, after
+    the fit; closing the event file under them (Lightning does at teardown) loses them with
+    "Writer is closed". `LoggerTrackers.close` closes it once they are in.
+    """
+
+    @override
+    @rank_zero_only
+    def finalize(self, status: str) -> None:
+        if self._experiment is not None:
+            self.experiment.flush()
+        if status == "success":
+            self.save()
 
 
 def require_packages(settings: LoggerSettings) -> None:
@@ -51,7 +70,7 @@ def build_loggers(settings: LoggerSettings, run_dir: Path, run_name: str) -> lis
         if kind == "csv":
             loggers.append(CSVLogger(save_dir=run_dir, name="logs"))
         elif kind == "tensorboard":
-            loggers.append(TensorBoardLogger(save_dir=run_dir, name="tensorboard", default_hp_metric=False))
+            loggers.append(_TensorBoardLogger(save_dir=run_dir, name="tensorboard", default_hp_metric=False))
         else:
             uri = settings.mlflow_tracking_uri
             loggers.append(
