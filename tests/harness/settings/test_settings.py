@@ -66,7 +66,7 @@ def test_odd_strings_round_trip_through_settings_toml(tmp_path: Path, text: str)
 
 
 def test_the_shipped_settings_file_is_valid() -> None:
-    load_settings(Path(__file__).parents[2] / "settings.toml")
+    load_settings(Path(__file__).parents[3] / "settings.toml")
 
 
 @pytest.mark.parametrize(
@@ -219,7 +219,7 @@ def test_settings_error_is_a_harness_error() -> None:
 def test_the_readme_settings_reference_is_generated_from_the_code() -> None:
     from harness.settings.reference import event_reference_markdown, reference_markdown
 
-    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    readme = (Path(__file__).parents[3] / "README.md").read_text()
     assert event_reference_markdown() in readme, "paste `python -m harness.settings.reference` into README.md"
     assert reference_markdown() in readme, (
         "run `python -m harness.settings.reference` and paste it into README.md"

@@ -28,8 +28,7 @@ from harness.training.networks import (
     split_outputs,
     torchvision_cache_file,
 )
-
-from ..conftest import MakeSettings
+from tests.conftest import MakeSettings
 
 
 def plant(arch: str, name: str = "DEFAULT", *, value: float = 0.125) -> Path:

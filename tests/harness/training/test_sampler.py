@@ -206,7 +206,7 @@ def test_under_real_ddp_every_rank_draws_alike_and_trains_on_its_share(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Spawned ranks unpickle this module's classes by name: they need the repository on their path.
-    monkeypatch.syspath_prepend(Path(__file__).resolve().parents[2])
+    monkeypatch.syspath_prepend(Path(__file__).resolve().parents[3])
     targets = [index % 2 for index in range(21)]
     loader = DataLoader(_IndexSet(), batch_size=4, sampler=make_sampler(targets, balanced=True, seed=11))
     trainer = L.Trainer(

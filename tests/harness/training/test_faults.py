@@ -20,7 +20,7 @@ from harness.replay import main as replay_main
 
 pytestmark = pytest.mark.slow
 
-PLUGINS = Path(__file__).parents[1] / "plugins"
+PLUGINS = Path(__file__).parents[2] / "plugins"
 DDP = ("trainer.strategy='ddp'", "trainer.devices=2", "data.batch_size=4")
 """Two processes on the CPU (gloo), as Lightning's own CI runs ddp."""
 

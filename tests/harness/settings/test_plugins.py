@@ -23,7 +23,7 @@ from harness.run import main
 from harness.training.fit import run
 from tests.conftest import MakeSettings
 
-README = Path(__file__).parents[2] / "README.md"
+README = Path(__file__).parents[3] / "README.md"
 
 
 def tour_files(folder: Path) -> dict[str, Path]:
@@ -147,7 +147,7 @@ def test_plugin_options_are_validated_like_the_built_ins(
 def test_mypy_strict_finds_the_installed_package_typed(tour: dict[str, Path], tmp_path: Path) -> None:
     """Built as a wheel and installed apart, as a user's environment has it: py.typed ships."""
     wheels, site = tmp_path / "wheels", tmp_path / "site"
-    root = Path(__file__).parents[2]
+    root = Path(__file__).parents[3]
     build = [
         sys.executable,
         "-m",

@@ -26,7 +26,7 @@ from harness.settings import Settings
 from harness.training.fit import run
 
 MakeSettings = Callable[..., Settings]
-PLUGINS = Path(__file__).parents[1] / "plugins"
+PLUGINS = Path(__file__).parents[2] / "plugins"
 
 BROKEN_PICTURES = """
 from harness.core.events import TrainEpochEnd

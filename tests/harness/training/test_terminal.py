@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 EPOCHS = 3
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def train(tmp_path: Path, *flags: str) -> list[str]:
