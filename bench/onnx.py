@@ -37,7 +37,7 @@ from torchvision.models import resnet18
 
 from bench._timing import Row, interleaved, rows_table
 from harness.core.preprocessing import Preprocessing
-from harness.onnx.bundle import DEFAULT_OPSET, PARITY_IMAGES, export_bundle
+from harness.onnx.bundle import DEFAULT_OPSET, PARITY_IMAGES, ExportResult, export_bundle
 from harness.onnx.card import ExportSource
 
 BENCHMARK = "ResNet-18 CPU inference"
@@ -51,10 +51,9 @@ GOAL_SECONDS = 2.0
 """The project's goal for the whole export of ResNet-18, on the machine of the README."""
 
 
-def _bundle(model: torch.nn.Module, size: int, directory: Path) -> float:
-    """One `export_bundle` of `model` at `size` px with 8 parity images; the parity's largest difference."""
-    images = torch.randn(PARITY_IMAGES, 3, size, size, generator=torch.Generator().manual_seed(size))
-    exported = export_bundle(
+def _export(model: torch.nn.Module, size: int, directory: Path, images: torch.Tensor | None) -> ExportResult:
+    """`export_bundle` of a 10-class `model` as it is, at `size` px, into `directory`."""
+    return export_bundle(
         model,
         None,
         class_names=tuple(str(i) for i in range(10)),
@@ -63,7 +62,12 @@ def _bundle(model: torch.nn.Module, size: int, directory: Path) -> float:
         images=images,
         directory=directory,
     )
-    return exported.parity.max_abs_diff
+
+
+def _bundle(model: torch.nn.Module, size: int, directory: Path) -> float:
+    """One `export_bundle` of `model` at `size` px with 8 parity images; the parity's largest difference."""
+    images = torch.randn(PARITY_IMAGES, 3, size, size, generator=torch.Generator().manual_seed(size))
+    return _export(model, size, directory, images).parity.max_abs_diff
 
 
 def _plain(model: torch.nn.Module, size: int, path: Path) -> None:
@@ -180,15 +184,7 @@ def inference_rows(*, size: int = 64, threads: int = 1, repeats: int = 5) -> tup
     torch.manual_seed(0)
     model = resnet18(num_classes=10).eval()
     with tempfile.TemporaryDirectory() as directory:
-        exported = export_bundle(
-            model,
-            None,
-            class_names=tuple(str(i) for i in range(10)),
-            preprocessing=Preprocessing(image_size=size),
-            source=ExportSource(checkpoint=None),
-            images=None,
-            directory=Path(directory),
-        )
+        exported = _export(model, size, Path(directory), None)
         session = _session(exported.model, threads)
         measured: list[Row] = []
         difference = 0.0
