@@ -175,18 +175,20 @@ def test_output_under_a_regular_file_is_one_line_and_no_run_directory(
     assert blocker.read_text() == "a file"
 
 
-@pytest.fixture
-def read_only_mount(tmp_path: Path) -> Iterator[Path]:
-    """A real read-only file system (root ignores permission bits, not a read-only mount)."""
-    mount = tmp_path / "read_only"
+def tmpfs(mount: Path, options: str) -> Iterator[Path]:
+    """A real tmpfs at `mount` (made here) with `options`; the test is skipped where mounting is refused."""
     mount.mkdir()
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(mount)], capture_output=True
-    )
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(mount)], capture_output=True)
     if done.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
     yield mount
     subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+@pytest.fixture
+def read_only_mount(tmp_path: Path) -> Iterator[Path]:
+    """A real read-only file system (root ignores permission bits, not a read-only mount)."""
+    yield from tmpfs(tmp_path / "read_only", "ro,size=1m")
 
 
 def test_a_harness_cache_under_a_regular_file_is_one_line_and_no_run_directory(
@@ -239,17 +241,9 @@ def test_resume_reads_the_newest_checkpoint_by_global_step_not_by_name(tmp_path:
 
 
 @pytest.fixture
-def full_disk(tmp_path: Path) -> object:
+def full_disk(tmp_path: Path) -> Iterator[Path]:
     """A real 30 MB file system, too small for one ResNet-18 checkpoint."""
-    mount = tmp_path / "small"
-    mount.mkdir()
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=30m", "tmpfs", str(mount)], capture_output=True
-    )
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
-    yield mount
-    subprocess.run(["umount", "-l", str(mount)], check=False)
+    yield from tmpfs(tmp_path / "small", "size=30m")
 
 
 @pytest.mark.slow
