@@ -255,9 +255,10 @@ def scan(settings: DataSettings, seed: int) -> tuple[DatasetInfo, tuple[str, ...
             )
         skipped = [Path(path) for path, _ in bad]
         drop = {path for path, _ in bad}
-        train_files = {k: [e for e in v if e.path not in drop] for k, v in train_files.items()}
-        val_files = {k: [e for e in v if e.path not in drop] for k, v in val_files.items()}
-        test_files = {k: [e for e in v if e.path not in drop] for k, v in test_files.items()}
+        train_files, val_files, test_files = (
+            {name: [e for e in entries if e.path not in drop] for name, entries in files.items()}
+            for files in (train_files, val_files, test_files)
+        )
 
     index = {name: i for i, name in enumerate(classes)}
     test = _samples(test_files, index)
