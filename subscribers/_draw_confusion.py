@@ -12,31 +12,21 @@ import csv
 import io
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
 
 from harness.io.artifacts import write_text
-from harness.pictures.confusion import Normalize, draw_confusion
+from harness.pictures.confusion import Normalize, counts_csv, draw_confusion
 from subscribers._draw import all_of, epoch_file, publish_latest
 
 if TYPE_CHECKING:
     from harness.core.context import Record
 
-__all__ = ["counts_csv", "per_class_csv", "write_epoch", "write_test"]
+__all__ = ["per_class_csv", "write_epoch", "write_test"]
 
 Counts = npt.NDArray[np.int64]
-
-
-def counts_csv(counts: Any, class_names: Sequence[str]) -> str:
-    """The raw counts as CSV: a header of predicted classes, one row per true class."""
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["true \\ predicted", *class_names])
-    for name, row in zip(class_names, np.asarray(counts).tolist(), strict=True):
-        writer.writerow([name, *(int(value) for value in row)])
-    return buffer.getvalue()
 
 
 def write_epoch(

@@ -32,9 +32,9 @@ from harness.evaluation.data import EvaluationData
 from harness.evaluation.metrics import Metrics, compute_metrics
 from harness.evaluation.pictures import Loss, draw_reliability, draw_top_losses
 from harness.io.artifacts import write_json, write_text
-from harness.pictures.confusion import draw_confusion
+from harness.pictures.confusion import counts_csv, draw_confusion
 
-__all__ = ["Evaluation", "Source", "counts_csv", "evaluation_dir", "sha256_of", "write_evaluation"]
+__all__ = ["Evaluation", "Source", "evaluation_dir", "sha256_of", "write_evaluation"]
 
 
 @attrs.frozen(kw_only=True)
@@ -76,14 +76,6 @@ def _csv(rows: Sequence[Sequence[object]]) -> str:
     buffer = io.StringIO()
     csv.writer(buffer, lineterminator="\n").writerows(rows)
     return buffer.getvalue()
-
-
-def counts_csv(counts: npt.NDArray[np.int64], class_names: Sequence[str]) -> str:
-    """The counts as CSV, in the format of the run's ``confusion_matrix/epoch_NNN.csv``."""
-    header: list[object] = ["true \\ predicted", *class_names]
-    return _csv(
-        [header, *([name, *(int(v) for v in row)] for name, row in zip(class_names, counts, strict=True))]
-    )
 
 
 def write_evaluation(

@@ -1,8 +1,9 @@
-"""The confusion matrix as a picture: counts and class names in, a PNG out (no torch).
+"""The confusion matrix as a picture and as its CSV: counts and class names in (no torch).
 
 Rows are true classes, columns predicted classes, as in torchmetrics and scikit-learn.
 The run's ``confusion_matrix/`` pictures and an evaluation's ``confusion_matrix.png``
-are both drawn here, so the two look alike. The picture is drawn as pixels
+are both drawn here, so the two look alike, and their counts written as one CSV format
+(`counts_csv`). The picture is drawn as pixels
 (`harness.pictures.raster`): one coloured square per cell, from 72 pixels for a few
 classes down to 26 at 32 classes and more, and past 115 classes the matrix stays 3,000
 pixels wide with every few classes named. Counts are written in the cells up to 50
@@ -13,6 +14,8 @@ names are cut in the middle. The counts arrive as a numpy array (or anything
 
 from __future__ import annotations
 
+import csv
+import io
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,10 +27,21 @@ import numpy.typing as npt
 from harness.pictures.raster import Canvas, colour_scale, save_png, text_width, vertical
 from harness.pictures.text import shorten
 
-__all__ = ["Normalize", "draw_confusion", "normalise"]
+__all__ = ["Normalize", "counts_csv", "draw_confusion", "normalise"]
 
 Normalize = Literal["none", "true", "pred"]
 Counts = npt.NDArray[np.int64]
+
+
+def counts_csv(counts: Any, class_names: Sequence[str]) -> str:
+    """The raw counts as CSV: a header of predicted classes, one row per true class."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["true \\ predicted", *class_names])
+    for name, row in zip(class_names, np.asarray(counts).tolist(), strict=True):
+        writer.writerow([name, *(int(value) for value in row)])
+    return buffer.getvalue()
+
 
 _COLOURBAR_LABEL = {
     "none": "count",

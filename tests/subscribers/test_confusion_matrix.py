@@ -23,12 +23,11 @@ from harness.core.context import RunContext
 from harness.core.events import ValidationEpochEnd, ValidationSwapIn, ValidationSwapOut
 from harness.core.testing import batch_end, make_context, scripted_run, tiny_model
 from harness.io.background import BackgroundWriter
-from harness.pictures.confusion import draw_confusion, normalise
+from harness.pictures.confusion import counts_csv, draw_confusion, normalise
 from harness.settings import Settings
 from harness.training.data import scan
 from harness.training.fit import run
 from harness.training.model import Classifier
-from subscribers._draw_confusion import counts_csv
 from subscribers.confusion_matrix import ConfusionMatrix, ConfusionMatrixSettings
 
 NAMES = ("cat", "dog", "bird")
