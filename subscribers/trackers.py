@@ -61,22 +61,10 @@ def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Param]:
     return flat
 
 
-def _pictures(run_dir: Path) -> dict[str, Path]:
-    """Each current picture by name, as a file that stays as it is where there is one.
-
-    A record runs later than the job that found the file, on the writer's reply thread,
-    when ``latest.png`` may already be the next epoch's: where the folder keeps per-epoch
-    files, the newest of them (the one ``latest`` copies, never rewritten) stands for it.
-    """
-    found = {}
-    for name, path in current_pictures(run_dir).items():
-        epochs = sorted(path.parent.glob(f"epoch_*{path.suffix}")) if path.stem == "latest" else []
-        found[name] = epochs[-1] if epochs else path
-    return found
-
-
 def _find_pictures(run_dir: Path, record: Record) -> None:
-    for name, path in _pictures(run_dir).items():
+    # The record runs later, on the writer's reply thread, when ``latest.png`` may already
+    # be the next epoch's: hand over the per-epoch file it copies, which stays as it is.
+    for name, path in current_pictures(run_dir, fixed=True).items():
         record(name, path)
 
 
@@ -114,7 +102,7 @@ class TrackerFiles:
         trackers = self.context.trackers
         if trackers is None:
             return
-        for name, path in _pictures(self.context.run_dir).items():
+        for name, path in current_pictures(self.context.run_dir, fixed=True).items():
             self._log_picture(name, path, step=event.global_step)
         summary = self.context.run_dir / "summary.json"
         if summary.is_file():
