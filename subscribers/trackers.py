@@ -62,9 +62,9 @@ def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Param]:
 
 
 def _find_pictures(run_dir: Path, record: Record) -> None:
-    # The record runs later, on the writer's reply thread, when ``latest.png`` may already
-    # be the next epoch's: hand over the per-epoch file it copies, which stays as it is.
-    for name, path in current_pictures(run_dir, fixed=True).items():
+    # The record runs later, on the writer's reply thread: `current_pictures` hands over
+    # files that the next epoch does not rewrite.
+    for name, path in current_pictures(run_dir).items():
         record(name, path)
 
 
@@ -102,7 +102,7 @@ class TrackerFiles:
         trackers = self.context.trackers
         if trackers is None:
             return
-        for name, path in current_pictures(self.context.run_dir, fixed=True).items():
+        for name, path in current_pictures(self.context.run_dir).items():
             self._log_picture(name, path, step=event.global_step)
         summary = self.context.run_dir / "summary.json"
         if summary.is_file():

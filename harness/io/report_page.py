@@ -72,14 +72,13 @@ def find_pictures(run_dir: Path) -> list[Path]:
     return sorted(found, key=lambda path: _picture_order(path.relative_to(run_dir)))
 
 
-def current_pictures(run_dir: Path, *, fixed: bool = False) -> dict[str, Path]:
+def current_pictures(run_dir: Path) -> dict[str, Path]:
     """The current picture of each kind, by its path without suffix (``"confusion_matrix/latest"``).
 
-    Per-epoch pictures (``epoch_NNN.png``) are left out where their folder has a current
-    one; where it has none, the newest stands for it as ``<folder>/latest``. With `fixed`,
-    a ``latest`` beside per-epoch pictures is given as the newest of them, the file it
-    copies, which is never rewritten (for a reader that opens it later, while the next
-    epoch may replace ``latest``).
+    Per-epoch pictures (``epoch_NNN.png``) are not listed under their own names: the newest
+    of a folder stands for its ``<folder>/latest``, as the file that ``latest`` copies and
+    that is never rewritten (a reader may open it later, when the next epoch has replaced
+    ``latest``). A folder's other current pictures (``plots/losses.png``) are listed as they are.
     """
     current: dict[str, Path] = {}
     newest_epoch: dict[str, Path] = {}
@@ -92,7 +91,7 @@ def current_pictures(run_dir: Path, *, fixed: bool = False) -> dict[str, Path]:
             current[relative.with_suffix("").as_posix()] = path
     for folder, path in newest_epoch.items():
         latest = f"{folder}/latest" if folder != "." else "latest"
-        if (fixed and latest in current) or not any(name.rpartition("/")[0] == folder for name in current):
+        if latest in current or not any(name.rpartition("/")[0] == folder for name in current):
             current[latest] = path
     return current
 
