@@ -53,6 +53,8 @@ from pathlib import Path
 
 import attrs
 
+from harness.core.layout import RunLayout
+
 __all__ = [
     "RECIPES",
     "Recipe",
@@ -65,7 +67,8 @@ __all__ = [
 ]
 
 REPO = Path(__file__).resolve().parent.parent
-SETTINGS = REPO / "settings.toml"
+# The repository's settings file has the name a run directory gives its own.
+SETTINGS = RunLayout(REPO).settings
 IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 GOAL_SPREAD = 3.0
 """The most the defaults' top-1 may vary across seeds, in points."""

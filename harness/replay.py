@@ -17,8 +17,9 @@ from pathlib import Path
 from harness.core.bus import Bus
 from harness.core.context import RunContext
 from harness.core.errors import DataError, HarnessError, report
+from harness.core.layout import RunLayout
 from harness.io.artifacts import read_label_map
-from harness.io.record import EVENTS_FILE, read_events
+from harness.io.record import read_events
 from harness.settings import load_settings, resolve_plugin, resolve_specs
 
 __all__ = ["main", "replay"]
@@ -26,13 +27,14 @@ __all__ = ["main", "replay"]
 
 def replay(run_dir: Path, output: Path | None = None, plugins: Sequence[str] = ()) -> RunContext:
     """Publish the events logged in `run_dir` to fresh subscribers writing under `output`."""
-    log = run_dir / EVENTS_FILE
+    layout = RunLayout(run_dir)
+    log = layout.events
     if not log.is_file():
-        raise DataError(f"{run_dir}: no {EVENTS_FILE} here (was [run].record_events off?)")
+        raise DataError(f"{run_dir}: no {log.name} here (was [run].record_events off?)")
     # The run's own plugins need not be importable here: only the --plugin ones are loaded.
     asked = {resolve_plugin(target, "--plugin").name for target in plugins}
-    settings = load_settings(run_dir / "settings.toml", plugins=plugins, other_tables="ignore")
-    output = output or run_dir / "replay"
+    settings = load_settings(layout.settings, plugins=plugins, other_tables="ignore")
+    output = output or layout.replay
     output.mkdir(parents=True, exist_ok=True)
     context = RunContext(
         run_dir=output,

@@ -28,11 +28,12 @@ from harness.core.bus import Bus
 from harness.core.context import RunContext
 from harness.core.errors import DataError, ExportError, HarnessError
 from harness.core.events import BatchEnd
+from harness.core.layout import RunLayout
 from harness.core.preprocessing import Preprocessing
 from harness.evaluation.data import EvaluationData, load_evaluation_data, test_split_of
 from harness.evaluation.folder import Evaluation, Source, evaluation_dir, sha256_of, write_evaluation
 from harness.evaluation.metrics import softmax
-from harness.io.artifacts import LABELS_FILE, read_label_map, run_dir_of
+from harness.io.artifacts import read_label_map
 from harness.settings import Settings, load_settings, resolve_specs
 from harness.training.callback import BusCallback
 from harness.training.data import ImageFiles, run_preprocessing
@@ -60,8 +61,8 @@ def load_checkpoint(checkpoint: Path) -> LoadedModel:
 
     if not checkpoint.is_file():
         raise DataError(f"{checkpoint}: no such checkpoint file")
-    run_dir = run_dir_of(checkpoint)
-    settings_file, labels = run_dir / "settings.toml", run_dir / LABELS_FILE
+    layout = RunLayout.of_checkpoint(checkpoint)
+    settings_file, labels = layout.settings, layout.labels
     for needed in (settings_file, labels):
         if not needed.is_file():
             raise DataError(f"{needed}: not found; evaluating {checkpoint} needs its run's {needed.name}")
@@ -152,8 +153,9 @@ def evaluate_test_split(run_dir: Path, root: Path, best_checkpoint: Path | None)
     test = test_split_of(root)
     if test is None:
         return None
-    model_file = run_dir / "onnx_export" / "model.onnx"
-    directory = evaluation_dir(run_dir / "evaluation" / "test")
+    layout = RunLayout(run_dir)
+    model_file = layout.onnx_model
+    directory = evaluation_dir(layout.evaluation("test"))
     try:
         evaluation: Evaluation
         if model_file.is_file():

@@ -30,7 +30,8 @@ from harness.core.bus import Bus, Stateful, Subscriber
 from harness.core.context import RunContext
 from harness.core.errors import Terminated, TrainingDiverged
 from harness.core.events import RunEnd
-from harness.io.artifacts import CHECKPOINTS_DIR, write_json, write_label_map, write_text
+from harness.core.layout import RunLayout
+from harness.io.artifacts import write_json, write_label_map, write_text
 from harness.io.background import BackgroundWriter
 from harness.io.lock import RunLock
 from harness.io.record import EventLog
@@ -72,7 +73,7 @@ def _lightning_callbacks(settings: Settings, run_dir: Path) -> list[Callback]:
     if ckpt.enabled:
         callbacks.append(
             ModelCheckpoint(
-                dirpath=run_dir / CHECKPOINTS_DIR,
+                dirpath=RunLayout(run_dir).checkpoints,
                 filename="epoch={epoch:03d}-score={" + ckpt.monitor + ":.4f}",
                 auto_insert_metric_name=False,
                 monitor=ckpt.monitor,
@@ -204,12 +205,12 @@ def run(settings: Settings, *, extra_subscribers: Mapping[str, Subscriber] | Non
         ],
     )
     if trainer.is_global_zero:
-        write_text(run_dir / "settings.toml", settings_to_toml(settings))
+        write_text(context.layout.settings, settings_to_toml(settings))
         write_label_map(run_dir, classes)
         # Its imports overlap the run's set-up and sanity check rather than an epoch.
         writer.start()
-    context.record_artifact("settings", run_dir / "settings.toml")
-    context.record_artifact("label_map", run_dir / "labels.json")
+    context.record_artifact("settings", context.layout.settings)
+    context.record_artifact("label_map", context.layout.labels)
     for name, path in logger_artifacts(loggers).items():
         context.record_artifact(name, path)
 
@@ -237,7 +238,7 @@ def run(settings: Settings, *, extra_subscribers: Mapping[str, Subscriber] | Non
             else "no checkpoint"
         )
         raise Terminated(
-            f"SIGTERM at step {trainer.global_step}: {kept}; summary.json has the resume command"
+            f"SIGTERM at step {trainer.global_step}: {kept}; {context.layout.summary} has the resume command"
         ) from None
     except TrainingDiverged as diverged:
         status = "diverged"
@@ -281,9 +282,9 @@ def run(settings: Settings, *, extra_subscribers: Mapping[str, Subscriber] | Non
         summary["attempts"] = attempts
         if trainer.is_global_zero:
             try:
-                write_json(run_dir / "summary.json", summary)
+                write_json(context.layout.summary, summary)
             except OSError as failure:  # a full disk: the run's own outcome must still be reported
-                log.error("could not write %s: %s", run_dir / "summary.json", failure.strerror or failure)
+                log.error("could not write %s: %s", context.layout.summary, failure.strerror or failure)
             _publish_run_end(bus, trainer, status)
         if event_log is not None:
             event_log.close()
@@ -332,7 +333,7 @@ def _summary(
         "left_out_classes": [attrs.asdict(left) for left in context.data.left_out] if context.data else [],
         "duration_s": round(seconds, 2),
         "resume": (
-            f"python -m harness.run {context.run_dir / 'settings.toml'} --set trainer.resume={last}"
+            f"python -m harness.run {context.layout.settings} --set trainer.resume={last}"
             if last.is_file() and status != "completed"
             else None
         ),

@@ -12,8 +12,9 @@ import onnxruntime as ort
 import pytest
 import torch
 
+from harness.core.layout import RunLayout
 from harness.export import main
-from harness.io.artifacts import run_dir_of, write_label_map, write_text
+from harness.io.artifacts import write_label_map, write_text
 from harness.settings import Settings, load_settings, settings_to_toml
 from harness.training.fit import run
 from harness.training.model import Classifier
@@ -36,8 +37,14 @@ def fake_run(tmp_path: Path, *, labels: int | None = 3, settings: bool = True, h
 
 
 def test_the_run_directory_is_above_checkpoints(tmp_path: Path) -> None:
-    assert run_dir_of(tmp_path / "run" / "checkpoints" / "a.ckpt") == (tmp_path / "run").resolve()
-    assert run_dir_of(tmp_path / "elsewhere" / "a.ckpt") == (tmp_path / "elsewhere").resolve()
+    assert (
+        RunLayout.of_checkpoint(tmp_path / "run" / "checkpoints" / "a.ckpt").run_dir
+        == (tmp_path / "run").resolve()
+    )
+    assert (
+        RunLayout.of_checkpoint(tmp_path / "elsewhere" / "a.ckpt").run_dir
+        == (tmp_path / "elsewhere").resolve()
+    )
 
 
 def test_a_missing_checkpoint_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
