@@ -200,9 +200,9 @@ def harness_top1(recipe: Recipe, data: Path, seed: int, epochs: int, output_dir:
         *recipe.overrides,
     ]
     result = run(load_settings(SETTINGS, overrides))
-    if result.summary["status"] != "completed":
-        raise RuntimeError(f"{recipe.name}, seed {seed}: the run ended {result.summary['status']}")
-    return float(result.summary["final_metrics"]["val/acc_top1"])
+    if result.summary.status != "completed":
+        raise RuntimeError(f"{recipe.name}, seed {seed}: the run ended {result.summary.status}")
+    return float(result.summary.final_metrics["val/acc_top1"])
 
 
 def _job(recipe_index: int, data: Path, seed: int, epochs: int, out: Path) -> None:

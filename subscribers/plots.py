@@ -63,7 +63,7 @@ class Plots:
         context = self.context
         history = {epoch: dict(metrics) for epoch, metrics in self.history.items()}
         job = functools.partial(draw_history, context.run_dir, history, context.monitor, context.monitor_mode)
-        context.submit("Plots", job, step=event.global_step)
+        context.submit(SPEC.name, job, step=event.global_step)
 
     def state_dict(self) -> dict[str, Any]:
         return {

@@ -63,7 +63,7 @@ class Report:
 
     def _submit(self, status: str, step: int) -> None:
         job = functools.partial(write_page, self.context.run_dir, self.settings.embed, status)
-        self.context.submit("Report", job, step=step)
+        self.context.submit(SPEC.name, job, step=step)
 
 
 SPEC = SubscriberSpec(name="report", build=Report, settings=ReportSettings, replayable=True)

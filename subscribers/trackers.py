@@ -95,7 +95,7 @@ class TrackerFiles:
             return
         record = functools.partial(self._log_picture, step=event.global_step)
         self.context.submit(
-            "TrackerFiles", functools.partial(_find_pictures, self.context.run_dir), record=record
+            SPEC.name, functools.partial(_find_pictures, self.context.run_dir), record=record
         )
 
     def on_run_end(self, event: RunEnd) -> None:

@@ -155,7 +155,7 @@ class RunContext:
         What the job names is handed, in this process once it is done, to `record`
         (default: `record_artifact`). Inline, an exception propagates to the caller, as
         any handler's would; in the background it is reported in the run summary under
-        `owner` and `step`.
+        `owner` (the submitter's table name, ``SPEC.name``) and `step`.
         """
         record = record or self.record_artifact
         if self.background is None:

@@ -51,6 +51,8 @@ from typing import Literal
 import attrs
 import torch
 
+from harness.core.summary import RunStatus
+
 __all__ = [
     "BatchEnd",
     "CheckpointSaving",
@@ -212,7 +214,8 @@ class RunEnd(Event):
     writer has finished: ``run_dir/summary.json`` holds the run's outcome.
     """
 
-    status: Literal["completed", "failed", "interrupted"]
+    status: RunStatus
+    """How the run ended, as ``summary.json`` says (`harness.core.summary.RunStatus`)."""
 
 
 EVENT_TYPES: tuple[type[Event], ...] = (

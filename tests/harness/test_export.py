@@ -102,7 +102,7 @@ def test_exports_a_checkpoint_of_a_real_run_with_images_from_its_data_set(
 ) -> None:
     settings = make_settings("model.optimizer='adamw'", "model.lr=0.001")
     result = run(settings)
-    checkpoint = result.run_dir / result.summary["best_checkpoint"]
+    checkpoint = result.run_dir / result.summary.best_checkpoint
     saved = torch.load(checkpoint, map_location="cpu", weights_only=True)
     model = Classifier(arch="resnet18", num_classes=3)
     model.load_state_dict(saved["state_dict"])

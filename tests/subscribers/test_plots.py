@@ -260,4 +260,4 @@ def test_a_resumed_run_draws_the_whole_history(make_settings: MakeSettings) -> N
     for row in rows:
         assert row["train/loss"] and row["val/loss"] and row["val/acc_top1"] and row["lr-AdamW"]
     for name in ("losses", "accuracy", "learning_rate"):
-        assert f"plots/{name}.png" in resumed.summary["artifacts"]
+        assert f"plots/{name}.png" in resumed.summary.artifacts
