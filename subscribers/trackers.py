@@ -94,9 +94,7 @@ class TrackerFiles:
         if self.context.trackers is None:
             return
         record = functools.partial(self._log_picture, step=event.global_step)
-        self.context.submit(
-            SPEC.name, functools.partial(_find_pictures, self.context.run_dir), record=record
-        )
+        self.context.submit(SPEC.name, functools.partial(_find_pictures, self.context.run_dir), record=record)
 
     def on_run_end(self, event: RunEnd) -> None:
         trackers = self.context.trackers

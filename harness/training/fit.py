@@ -38,7 +38,7 @@ from harness.io.background import BackgroundWriter
 from harness.io.lock import RunLock
 from harness.settings import Settings, resolve_specs, settings_to_toml
 from harness.training.assembly import Assembly, assemble
-from harness.training.callback import BusCallback, scalar_metrics
+from harness.training.callback import BusCallback
 from harness.training.checkpoint_io import AtomicCheckpointIO
 from harness.training.data import ImageDataModule, run_preprocessing, scan
 from harness.training.evaluation import evaluate_test_split
@@ -85,6 +85,7 @@ class _Run:
     loggers: list[Logger]
     trackers: LoggerTrackers | None
     assembly: Assembly
+    callback: BusCallback
     attempts: list[Attempt]
     started: float
 
@@ -202,9 +203,16 @@ def _assemble(settings: Settings, extras: Mapping[str, Subscriber]) -> _Run:
         for name, path in earlier.items() if isinstance(earlier, dict) else ():
             if (run_dir / path).exists():
                 assembly.context.artifacts.setdefault(name, path)
+    layout = RunLayout(run_dir)
+    callback = BusCallback(
+        assembly.bus,
+        assembly.context,
+        assembly.subscribers,
+        interrupt_checkpoint=layout.last_checkpoint if settings.checkpoint.enabled else None,
+    )
     return _Run(
         settings=settings,
-        layout=RunLayout(run_dir),
+        layout=layout,
         resume_from=resume_from,
         joined=joined,
         lock=lock,
@@ -215,6 +223,7 @@ def _assemble(settings: Settings, extras: Mapping[str, Subscriber]) -> _Run:
         loggers=loggers,
         trackers=trackers,
         assembly=assembly,
+        callback=callback,
         attempts=attempts,
         started=started,
     )
@@ -243,12 +252,7 @@ def _trainer(parts: _Run) -> L.Trainer:
         logger=parts.loggers,
         plugins=[AtomicCheckpointIO()],
         callbacks=[
-            BusCallback(
-                parts.assembly.bus,
-                context,
-                parts.assembly.subscribers,
-                interrupt_checkpoint=layout.last_checkpoint if settings.checkpoint.enabled else None,
-            ),
+            parts.callback,
             StopOnSigterm(),
             *_lightning_callbacks(settings, layout.run_dir),
         ],
@@ -355,7 +359,7 @@ def _summary(
         best_checkpoint=None if best is None else layout.relative(best),
         epochs_completed=trainer.current_epoch,
         global_step=trainer.global_step,
-        final_metrics=scalar_metrics(trainer),
+        final_metrics=parts.callback.final_metrics(trainer),
         artifacts=dict(context.artifacts),
         failures=(*parts.assembly.bus.failures, *background),
         skipped_images=tuple(str(path) for path in parts.data.skipped),
