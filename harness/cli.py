@@ -6,6 +6,7 @@
     harness export CHECKPOINT ...
     harness report RUN_DIR [--embed]
     harness replay RUN_DIR ...
+    harness audit DATA [--run RUN_DIR] [--output DIR] [--fail-on KIND]
 
 Each subcommand is the tool's own command line (``harness train --help`` is
 ``python -m harness.run --help``), with the same arguments and exit codes; ``python -m
@@ -29,6 +30,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "export": ("harness.export", "export a checkpoint as a parity-checked ONNX bundle"),
     "report": ("harness.report", "write a run directory's report.html"),
     "replay": ("harness.replay", "rebuild a run's pictures from its events.jsonl, without training"),
+    "audit": (
+        "harness.audit",
+        "find duplicates, leakage across splits and likely label errors in a data set",
+    ),
 }
 """Subcommand -> (the tool's module, whose ``main(argv)`` it runs; one line of help)."""
 
