@@ -106,9 +106,10 @@ class LabelIssue:
 
 @attrs.frozen(kw_only=True)
 class Audit:
-    """What the audit found in `images`; `directory` is where it wrote its page and tables."""
+    """What the audit found among `images` (`scored` of them with a model's probabilities); where it wrote."""
 
     images: int
+    scored: int
     pairs: tuple[Pair, ...]
     issues: tuple[LabelIssue, ...]
     directory: Path
@@ -123,7 +124,7 @@ class Audit:
         counts = ", ".join(f"{kind} {self.count(kind)}" for kind in KINDS)
         return (
             f"audit: {self.images} images; {exact} exact and {len(self.pairs) - exact} near duplicate pairs; "
-            f"{counts} -> {self.directory}"
+            f"{counts} (of {self.scored} scored by a model) -> {self.directory}"
         )
 
 
@@ -153,7 +154,8 @@ def _kind(first: Entry, second: Entry) -> Kind:
 def _signature(rgb: Image.Image) -> npt.NDArray[np.float32]:
     grey = rgb.convert("L").resize((_SIDE, _SIDE), Image.Resampling.BOX)
     values = np.asarray(grey, dtype=np.float32).reshape(-1)
-    return values - values.mean()
+    centred: npt.NDArray[np.float32] = values - values.mean()
+    return centred
 
 
 def find_duplicates(images: Sequence[Entry], *, tolerance: float = 8.0) -> list[Pair]:
@@ -201,7 +203,7 @@ def find_label_issues(
     images: Sequence[Entry], probabilities: npt.NDArray[np.float64], class_names: Sequence[str]
 ) -> list[LabelIssue]:
     """cleanlab's likely label errors among `images`, ranked, from out-of-sample `probabilities` (N x C)."""
-    from cleanlab.filter import find_label_issues as confident_learning
+    from cleanlab.filter import find_label_issues as confident_learning  # type: ignore[import-untyped]
 
     index = {name: i for i, name in enumerate(class_names)}
     labels = np.array([index[image.label] for image in images])
@@ -349,6 +351,7 @@ def audit(
     default = (run / "audit") if run is not None else Path("audit")
     found = Audit(
         images=len(images),
+        scored=len(probabilities[0]) if probabilities is not None else 0,
         pairs=tuple(pairs),
         issues=tuple(issues),
         directory=evaluation_dir(output or default),

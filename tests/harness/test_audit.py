@@ -174,3 +174,41 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(
     error = capsys.readouterr().err.strip()
     assert message in error and "\n" not in error
     assert not out.exists()
+
+
+@pytest.mark.slow
+def test_a_run_scores_its_validation_split_for_label_issues(tmp_path: Path) -> None:
+    from harness.core.testing import write_imagefolder
+    from harness.settings import load_settings
+    from harness.training.fit import run
+    from tests.conftest import SUBSCRIBER_NAMES
+
+    data = tmp_path / "data"
+    for seed, split in enumerate(("train", "val")):
+        write_imagefolder(data / split, {"blue": 8, "green": 8, "red": 8}, size=16, seed=seed)
+    red = data / "val" / "red"
+    shutil.copy(red / sorted(p.name for p in red.iterdir())[0], data / "val" / "blue" / "red_in_blue.png")
+    settings = load_settings(
+        None,
+        [
+            f"data.root={str(data)!r}",
+            "data.image_size=16",
+            "data.batch_size=8",
+            "trainer.max_epochs=1",
+            "trainer.accelerator='cpu'",
+            "trainer.devices=1",
+            "trainer.num_sanity_val_steps=0",
+            "trainer.progress_bar=false",
+            f"run.output_dir={str(tmp_path / 'runs')!r}",
+            *(f"subscribers.{name}.enabled=false" for name in SUBSCRIBER_NAMES),
+        ],
+    )
+    result = run(settings)
+    assert result.summary.status == "completed", result.summary.failures
+    found = audit(data, run=result.run_dir)
+    assert found.directory == result.run_dir / "audit"
+    assert found.scored == 25  # the val/ images, the copy included; train/ is not out-of-sample
+    assert found.count("conflicting") == 1
+    rows = _rows(found.directory / "label.csv")
+    assert all(row["split"] == "val" for row in rows)
+    assert all({row["given"], row["suggested"]} <= {"blue", "green", "red"} for row in rows)
