@@ -162,13 +162,15 @@ def test_flipped_labels_rank_among_the_top_candidates(tmp_path: Path) -> None:
     [
         (["{missing}"], "no such directory"),
         (["{empty}"], "no images in class folders"),
+        (["{tree}", "--run", "{empty}"], "not a run with a best checkpoint"),
     ],
 )
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(
     argv: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     (tmp_path / "empty" / "a").mkdir(parents=True)
-    paths = {"missing": str(tmp_path / "missing"), "empty": str(tmp_path / "empty")}
+    tree = _clean_tree(tmp_path / "tree", {"val": 1})
+    paths = {"missing": str(tmp_path / "missing"), "empty": str(tmp_path / "empty"), "tree": str(tree)}
     out = tmp_path / "out"
     assert main([arg.format(**paths) for arg in argv] + ["--output", str(out)]) == 2
     error = capsys.readouterr().err.strip()
