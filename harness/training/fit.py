@@ -225,7 +225,7 @@ def run(settings: Settings, *, extra_subscribers: Mapping[str, Subscriber] | Non
         status = "interrupted" if trainer.interrupted else "completed"
         if status == "completed" and trainer.is_global_zero:
             # A held-out test/ folder beside train/ is scored once, with the exported best weights.
-            tested = evaluate_test_split(run_dir, info.root, context.best_checkpoint)
+            tested = evaluate_test_split(run_dir, info, context.best_checkpoint)
     except SIGTERMException:
         status = "interrupted"
         if joined:

@@ -143,11 +143,38 @@ def test_plugin_options_are_validated_like_the_built_ins(
     assert message in capsys.readouterr().err
 
 
+def project_copy(folder: Path) -> Path:
+    """The distribution's files, copied: setuptools' build/ and egg-info stay out of the checkout."""
+    root = Path(__file__).parents[3]
+    for name in ("harness", "subscribers"):
+        shutil.copytree(root / name, folder / name, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(root / name, folder / name)
+    return folder
+
+
+def check_the_tour_plugin_with_mypy(tour: dict[str, Path], python: str, env: dict[str, str]) -> None:
+    """`mypy --strict` passes the tour's plugin and catches a type error in a copy of it."""
+    bad = tour["loss_spikes.py"].with_name("bad_spikes.py")
+    bad.write_text(
+        tour["loss_spikes.py"].read_text().replace("loss = float(event.loss)", "loss: str = event.loss")
+    )
+    mypy = [sys.executable, "-m", "mypy", "--strict", "--no-incremental", "--ignore-missing-imports"]
+    mypy += ["--python-executable", python]
+    env = {"PATH": "/usr/bin:/bin", **env}
+    good = subprocess.run([*mypy, "loss_spikes.py"], cwd=bad.parent, env=env, capture_output=True, text=True)
+    assert good.returncode == 0, good.stdout
+    wrong = subprocess.run([*mypy, "bad_spikes.py"], cwd=bad.parent, env=env, capture_output=True, text=True)
+    assert (
+        wrong.returncode == 1
+        and 'Incompatible types in assignment (expression has type "Tensor"' in wrong.stdout
+    ), wrong.stdout
+
+
 @pytest.mark.slow
 def test_mypy_strict_finds_the_installed_package_typed(tour: dict[str, Path], tmp_path: Path) -> None:
     """Built as a wheel and installed apart, as a user's environment has it: py.typed ships."""
     wheels, site = tmp_path / "wheels", tmp_path / "site"
-    root = Path(__file__).parents[3]
     build = [
         sys.executable,
         "-m",
@@ -159,30 +186,54 @@ def test_mypy_strict_finds_the_installed_package_typed(tour: dict[str, Path], tm
         "-w",
         str(wheels),
     ]
-    # Built from a copy, so that setuptools' build/ and egg-info stay out of the checkout.
-    source = tmp_path / "source"
-    for name in ("harness", "subscribers"):
-        shutil.copytree(root / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ("pyproject.toml", "README.md"):
-        shutil.copy(root / name, source / name)
-    subprocess.run([*build, str(source)], check=True, capture_output=True)
+    subprocess.run([*build, str(project_copy(tmp_path / "source"))], check=True, capture_output=True)
     [wheel] = wheels.glob("harness-*.whl")
     install = [sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(site), str(wheel)]
     subprocess.run(install, check=True, capture_output=True)
     assert (site / "harness" / "py.typed").is_file()
-    bad = tour["loss_spikes.py"].with_name("bad_spikes.py")
-    bad.write_text(
-        tour["loss_spikes.py"].read_text().replace("loss = float(event.loss)", "loss: str = event.loss")
+    check_the_tour_plugin_with_mypy(tour, sys.executable, {"PYTHONPATH": str(site)})
+
+
+@pytest.mark.slow
+def test_mypy_strict_finds_the_package_of_the_readmes_editable_install(
+    tour: dict[str, Path], tmp_path: Path
+) -> None:
+    """``pip install -e .`` (the README's set-up) in a fresh environment: mypy sees ``harness``.
+
+    setuptools' default editable install of a flat layout is an import hook that mypy cannot
+    follow ("Cannot find implementation or library stub for module named harness");
+    pyproject's ``package-dir`` makes it a plain path. The new environment reaches this
+    one's packages (torch, pip, setuptools) through a path file of its own, whose lines
+    Python and mypy both follow.
+    """
+    environment = tmp_path / "env"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(environment)], check=True)
+    python = str(environment / "bin" / "python")
+    query = "import site, sys; print(site.getsitepackages()[0]); print(sys.version_info[:2])"
+    where = subprocess.run([python, "-c", query], check=True, capture_output=True, text=True)
+    own_site = Path(where.stdout.splitlines()[0])
+    assert where.stdout.splitlines()[1] == str(sys.version_info[:2])
+    # Sorted after setuptools' path file: the editable harness wins over this environment's.
+    (own_site / "zz_outer_environment.pth").write_text("\n".join(site_packages()) + "\n")
+    install = [python, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--no-index", "-q"]
+    source = project_copy(tmp_path / "source")
+    subprocess.run(
+        [*install, "-e", str(source)], check=True, capture_output=True, env={"PATH": "/usr/bin:/bin"}
     )
-    mypy = [sys.executable, "-m", "mypy", "--strict", "--no-incremental", "--ignore-missing-imports"]
-    env = {"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin"}
-    good = subprocess.run([*mypy, "loss_spikes.py"], cwd=bad.parent, env=env, capture_output=True, text=True)
-    assert good.returncode == 0, good.stdout
-    wrong = subprocess.run([*mypy, "bad_spikes.py"], cwd=bad.parent, env=env, capture_output=True, text=True)
-    assert (
-        wrong.returncode == 1
-        and 'Incompatible types in assignment (expression has type "Tensor"' in wrong.stdout
+    found = subprocess.run(
+        [python, "-c", "import harness; print(harness.__file__)"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
     )
+    assert found.stdout.strip() == str(source / "harness" / "__init__.py"), found.stderr
+    check_the_tour_plugin_with_mypy(tour, python, {})
+
+
+def site_packages() -> list[str]:
+    import site
+
+    return [path for path in site.getsitepackages() if Path(path).is_dir()]
 
 
 def install_fake_distribution(site: Path, entry_points: str) -> None:
