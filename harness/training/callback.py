@@ -29,6 +29,7 @@ from harness.core.errors import SubscriberError
 from harness.core.events import (
     BatchEnd,
     CheckpointSaving,
+    EpochJobsQueued,
     FitEnd,
     FitStart,
     RunFailed,
@@ -211,6 +212,7 @@ class BusCallback(Callback):
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         epoch, step = self._progress(trainer)
         self.bus.publish(TrainEpochEnd(epoch=epoch, global_step=step, metrics=scalar_metrics(trainer)))
+        self.bus.publish(EpochJobsQueued(epoch=epoch, global_step=step))
 
     @override
     def on_save_checkpoint(

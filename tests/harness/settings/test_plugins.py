@@ -20,6 +20,7 @@ import pytest
 
 from harness.core.errors import SettingsError
 from harness.run import main
+from harness.settings.plugins import resolve_plugin
 from harness.training.fit import run
 from tests.conftest import MakeSettings
 
@@ -121,6 +122,48 @@ def test_a_misspelt_plugin_option_stops_before_anything_starts(
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.slow
+def test_harness_train_imports_a_plugin_from_the_current_directory_as_python_m_does(
+    tour: dict[str, Path], tmp_path: Path
+) -> None:
+    """The console script starts with its bin/ folder on sys.path, ``python -m`` with the current one."""
+    script = Path(sys.executable).with_name("harness")
+    assert script.is_file(), "the harness console script of this environment"
+    settings = [
+        "--set",
+        "run.plugins=['loss_spikes:SPEC']",
+        "--set",
+        "subscribers.loss_spikes.factr=2",
+        "--set",
+        f"run.output_dir='{tmp_path / 'runs'}'",
+    ]
+    for command in ([str(script), "train"], [sys.executable, "-m", "harness.run"]):
+        out = subprocess.run(
+            [*command, *settings], cwd=tour["loss_spikes.py"].parent, capture_output=True, text=True
+        )
+        # Only an imported plugin has options to misspell.
+        assert out.returncode == 2
+        assert "unknown key 'subscribers.loss_spikes.factr'; did you mean 'factor'?" in out.stderr, command
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_plugin_module_not_found_says_how_to_make_it_importable(tmp_path: Path) -> None:
+    with pytest.raises(SettingsError) as raised:
+        resolve_plugin("spike_watch.alarms:SPEC")
+    message = str(raised.value)
+    assert "No module named 'spike_watch'" in message
+    assert "run from the folder that holds spike_watch/alarms.py, set PYTHONPATH to that folder" in message
+    broken = tmp_path / "needs_more.py"
+    broken.write_text("import not_installed_anywhere\n")
+    sys.path.insert(0, str(tmp_path))
+    try:
+        with pytest.raises(SettingsError, match="the plugin imports it: install it"):
+            resolve_plugin("needs_more:SPEC")
+    finally:
+        sys.path.remove(str(tmp_path))
+        sys.modules.pop("needs_more", None)
+
+
 @pytest.mark.parametrize(
     ("override", "message"),
     [
@@ -153,22 +196,14 @@ def project_copy(folder: Path) -> Path:
     return folder
 
 
-def check_the_tour_plugin_with_mypy(tour: dict[str, Path], python: str, env: dict[str, str]) -> None:
-    """`mypy --strict` passes the tour's plugin and catches a type error in a copy of it."""
-    bad = tour["loss_spikes.py"].with_name("bad_spikes.py")
-    bad.write_text(
-        tour["loss_spikes.py"].read_text().replace("loss = float(event.loss)", "loss: str = event.loss")
+def mypy_strict(
+    folder: Path, file: str, python: str, env: dict[str, str]
+) -> subprocess.CompletedProcess[str]:
+    """``mypy --strict FILE`` in `folder`, against the packages `python` sees."""
+    mypy = [sys.executable, "-m", "mypy", "--strict", "--no-incremental", "--python-executable", python]
+    return subprocess.run(
+        [*mypy, file], cwd=folder, env={"PATH": "/usr/bin:/bin", **env}, capture_output=True, text=True
     )
-    mypy = [sys.executable, "-m", "mypy", "--strict", "--no-incremental", "--ignore-missing-imports"]
-    mypy += ["--python-executable", python]
-    env = {"PATH": "/usr/bin:/bin", **env}
-    good = subprocess.run([*mypy, "loss_spikes.py"], cwd=bad.parent, env=env, capture_output=True, text=True)
-    assert good.returncode == 0, good.stdout
-    wrong = subprocess.run([*mypy, "bad_spikes.py"], cwd=bad.parent, env=env, capture_output=True, text=True)
-    assert (
-        wrong.returncode == 1
-        and 'Incompatible types in assignment (expression has type "Tensor"' in wrong.stdout
-    ), wrong.stdout
 
 
 @pytest.mark.slow
@@ -191,7 +226,18 @@ def test_mypy_strict_finds_the_installed_package_typed(tour: dict[str, Path], tm
     install = [sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(site), str(wheel)]
     subprocess.run(install, check=True, capture_output=True)
     assert (site / "harness" / "py.typed").is_file()
-    check_the_tour_plugin_with_mypy(tour, sys.executable, {"PYTHONPATH": str(site)})
+    bad = tour["loss_spikes.py"].with_name("bad_spikes.py")
+    bad.write_text(
+        tour["loss_spikes.py"].read_text().replace("loss = float(event.loss)", "loss: str = event.loss")
+    )
+    env = {"PYTHONPATH": str(site)}
+    good = mypy_strict(bad.parent, "loss_spikes.py", sys.executable, env)
+    assert good.returncode == 0, good.stdout
+    wrong = mypy_strict(bad.parent, "bad_spikes.py", sys.executable, env)
+    assert (
+        wrong.returncode == 1
+        and 'Incompatible types in assignment (expression has type "Tensor"' in wrong.stdout
+    ), wrong.stdout
 
 
 @pytest.mark.slow
@@ -225,9 +271,12 @@ def test_mypy_strict_finds_the_package_of_the_readmes_editable_install(
         capture_output=True,
         text=True,
         cwd=tmp_path,
+        env={"PATH": "/usr/bin:/bin"},
     )
     assert found.stdout.strip() == str(source / "harness" / "__init__.py"), found.stderr
-    check_the_tour_plugin_with_mypy(tour, python, {})
+    # No --ignore-missing-imports: a harness that mypy cannot find is an error of its own.
+    checked = mypy_strict(tour["loss_spikes.py"].parent, "loss_spikes.py", python, {})
+    assert checked.returncode == 0, checked.stdout
 
 
 def site_packages() -> list[str]:
