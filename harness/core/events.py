@@ -60,6 +60,7 @@ __all__ = [
     "FitStart",
     "RunEnd",
     "RunFailed",
+    "RunStatus",
     "Stage",
     "TrainEnd",
     "TrainEpochEnd",
@@ -75,6 +76,10 @@ __all__ = [
 ]
 
 Stage = Literal["train", "validate", "test"]
+
+RunStatus = Literal["completed", "stopped", "failed", "interrupted"]
+"""How a run ended: every epoch; ended early at a subscriber's request
+(`RunContext.request_stop`); an exception; Ctrl-C or SIGTERM."""
 
 
 @attrs.frozen(kw_only=True)
@@ -226,7 +231,7 @@ class RunEnd(Event):
     writer has finished: ``run_dir/summary.json`` holds the run's outcome.
     """
 
-    status: Literal["completed", "failed", "interrupted"]
+    status: RunStatus
 
 
 EVENT_TYPES: tuple[type[Event], ...] = (

@@ -325,8 +325,11 @@ def scripted_run(
 
     Logits come from `logits(inputs, targets, epoch=..., stage=...)` when given (`Logits`),
     else from `context.model` when set, else at random. Each validation is
-    `validation_epoch`. `losses` gives the training loss of each training step in turn
-    (one per step from `context.epoch` to `epochs`); by default the loss is the
+    `validation_epoch`. A `RunContext.request_stop` ends the run as under Lightning: after
+    the current training step (``at="step"``; its epoch still validates and ends) or at the
+    end of the epoch, then `TrainLoopEnd`, `TrainEnd` and `FitEnd`. `losses` gives the
+    training loss of each training step in turn (one per step from `context.epoch` to
+    `epochs`); by default the loss is the
     cross-entropy of the logits. `train_step(model, inputs, targets)`, when given, runs
     after each training forward (an optimizer step, say).
     """
@@ -380,11 +383,15 @@ def scripted_run(
                     loss=next(step_losses, None),
                 )
             )
+            if context.stop_request is not None and context.stop_request.at == "step":
+                break
         metrics = {"train/loss": 1.0 / (epoch + 1), "lr-SGD": 0.1, **validate(epoch, sanity=False)}
         bus.publish(TrainEpochEnd(epoch=epoch, global_step=context.global_step, metrics=metrics))
         bus.publish(EpochJobsQueued(epoch=epoch, global_step=context.global_step))
         state = {} if context.model is None else dict(context.model.state_dict())
         bus.publish(CheckpointSaving(epoch=epoch, global_step=context.global_step, model_state=state))
+        if context.stop_request is not None:
+            break
     bus.publish(TrainLoopEnd(epoch=context.epoch, global_step=context.global_step))
     bus.publish(TrainEnd(epoch=context.epoch, global_step=context.global_step, metrics=metrics))
     bus.publish(FitEnd(epoch=context.epoch, global_step=context.global_step))

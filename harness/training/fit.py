@@ -14,7 +14,7 @@ import os
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, cast
 
 import attrs
 import lightning as L
@@ -29,7 +29,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from harness.core.bus import Bus, Stateful, Subscriber
 from harness.core.context import RunContext
 from harness.core.errors import Terminated, TrainingDiverged
-from harness.core.events import RunEnd
+from harness.core.events import RunEnd, RunStatus
 from harness.io.artifacts import CHECKPOINTS_DIR, write_json, write_label_map, write_text
 from harness.io.background import BackgroundWriter
 from harness.io.lock import RunLock
@@ -223,7 +223,9 @@ def run(settings: Settings, *, extra_subscribers: Mapping[str, Subscriber] | Non
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
         status = "interrupted" if trainer.interrupted else "completed"
-        if status == "completed" and trainer.is_global_zero:
+        if status == "completed" and context.stop_request is not None:
+            status = "stopped"  # a subscriber's request: the run is whole as it stands
+        if status in ("completed", "stopped") and trainer.is_global_zero:
             # A held-out test/ folder beside train/ is scored once, with the exported best weights.
             tested = evaluate_test_split(run_dir, info, context.best_checkpoint)
     except SIGTERMException:
@@ -276,6 +278,7 @@ def run(settings: Settings, *, extra_subscribers: Mapping[str, Subscriber] | Non
             }
             for failure in background_failures
         ]
+        summary["stop"] = attrs.asdict(context.stop_request) if context.stop_request else None
         summary["test"] = tested
         summary["error"] = error
         summary["attempts"] = attempts
@@ -294,9 +297,8 @@ def run(settings: Settings, *, extra_subscribers: Mapping[str, Subscriber] | Non
 
 
 def _publish_run_end(bus: Bus, trainer: L.Trainer, status: str) -> None:
-    final: Literal["completed", "failed", "interrupted"] = (
-        "completed" if status == "completed" else "interrupted" if status == "interrupted" else "failed"
-    )
+    # "diverged" is a failure to the subscribers; summary.json tells it apart.
+    final = cast(RunStatus, status) if status in ("completed", "stopped", "interrupted") else "failed"
     try:
         bus.publish(RunEnd(epoch=trainer.current_epoch, global_step=trainer.global_step, status=final))
     except Exception:  # the run's own outcome (and its exception, if any) must win
@@ -333,7 +335,7 @@ def _summary(
         "duration_s": round(seconds, 2),
         "resume": (
             f"python -m harness.run {context.run_dir / 'settings.toml'} --set trainer.resume={last}"
-            if last.is_file() and status != "completed"
+            if last.is_file() and status not in ("completed", "stopped")
             else None
         ),
     }

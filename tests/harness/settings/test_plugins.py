@@ -56,7 +56,7 @@ def test_the_tour_test_is_short_and_passes(tour: dict[str, Path], tmp_path: Path
     assert len(source) <= 15
     namespace: dict[str, object] = {}
     exec(compile("\n".join(source), str(tour["test_loss_spikes.py"]), "exec"), namespace)
-    test = namespace["test_a_jump_in_the_loss_is_a_spike"]
+    test = namespace["test_a_jump_in_the_loss_is_a_spike_and_stops_the_run"]
     assert callable(test)
     test(tmp_path / "unit")
 
