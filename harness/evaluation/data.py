@@ -72,11 +72,8 @@ def split_folder(data: Path, split: str | None, model_classes: Sequence[str]) ->
     test = find_split(data, "test")
     if test is not None and test.name not in model_classes:
         return test, "test"
-    splits = [
-        folder.name
-        for name in ("train", "val")
-        if (folder := find_split(data, name)) is not None and folder.name not in model_classes
-    ]
+    found = [find_split(data, name) for name in ("train", "val")]
+    splits = [other.name for other in found if other is not None and other.name not in model_classes]
     if splits:
         raise DataError(
             f"DATA {str(data)!r}: has {' and '.join(splits)} folder(s) but no test/; "
