@@ -5,8 +5,9 @@
     background          `BackgroundWriter`: pictures drawn in a worker process
     _background_worker  that worker's program
     images              image files read as RGB the one shared way (torch-free)
+    image_tree          an ImageFolder tree's split and class folders, found one way
 
 Its modules are imported by name; importing this package imports none of them.
 """
 
-__all__ = ["artifacts", "background", "images", "record"]
+__all__ = ["artifacts", "background", "image_tree", "images", "record"]

@@ -278,7 +278,8 @@ def run(settings: Settings, *, extra_subscribers: Mapping[str, Subscriber] | Non
             }
             for failure in background_failures
         ]
-        summary["stop"] = attrs.asdict(context.stop_request) if context.stop_request else None
+        request = context.stop_request
+        summary["stop"] = attrs.asdict(request) if request and status == "stopped" else None
         summary["test"] = tested
         summary["error"] = error
         summary["attempts"] = attempts
