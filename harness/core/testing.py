@@ -14,6 +14,13 @@
         ...
         bus.publish(batch_end(global_step=7, loss=12.5))
 
+    def test_one_validation(tmp_path):
+        ...
+        validation_epoch(bus, context, batches=3, logits=my_scripted_logits)
+
+    def test_my_options():
+        assert check_settings(SPEC, factor=2.5).factor == 2.5   # SettingsError as a run's
+
 Everything here publishes the same event classes, in the same order, as `BusCallback`
 does under Lightning (see `harness.core.events`).
 """
