@@ -79,11 +79,11 @@ def check_settings(spec: SubscriberSpec[S], table: Mapping[str, Any] | None = No
 
     The options come as a table (what TOML reads) and keyword arguments. A misspelt key,
     a wrong type or a value a validator refuses raises `harness.core.errors.SettingsError`
-    with the message a run stops with: ``settings.toml: [subscribers.loss_spikes].factor
-    must be positive, got -1.0``.
+    with the message a run stops with, the settings file's name aside: ``settings:
+    [subscribers.loss_spikes].factor must be positive, got -1.0``.
     """
     values = {**(table or {}), **options}
-    return read_table(spec.settings, values, "settings.toml", ("subscribers", spec.name))
+    return read_table(spec.settings, values, "settings", ("subscribers", spec.name))
 
 
 def write_imagefolder(

@@ -93,7 +93,7 @@ def test_a_plugins_options_are_checked_as_a_run_checks_them() -> None:
     assert check_settings(SPEC, {"on_error": "isolate"}).on_error == "isolate"
     with pytest.raises(
         SettingsError,
-        match=r"^settings.toml: \[subscribers.recall_alarm\].threshold must be positive, got -1.0$",
+        match=r"^settings: \[subscribers.recall_alarm\].threshold must be positive, got -1.0$",
     ):
         check_settings(SPEC, threshold=-1)
     with pytest.raises(
