@@ -66,10 +66,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit:
         print("interrupted: see summary.json in the run directory for the resume command", file=sys.stderr)
         return 130
-    stop = result.summary.get("stop")
-    if result.summary.get("status") == "stopped" and stop:
+    stop = result.summary.stop
+    if stop is not None:
         print(
-            f"stopped at step {stop['global_step']} as a subscriber asked: {stop['reason']}; the run "
+            f"stopped at step {stop.global_step} as a subscriber asked: {stop.reason}; the run "
             "is complete as it stands (checkpoints, export, summary.json): no resume is needed",
             file=sys.stderr,
         )

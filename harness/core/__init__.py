@@ -3,6 +3,8 @@
     bus            `Bus`: typed subscribe/publish over blinker, filters, failure policy
     events         the event catalogue, the table of contents of a run
     context        `RunContext`: what the run is and how far it got
+    layout         `RunLayout`: every path of a run directory, named in one place
+    summary        `RunSummary`: the run's record (``summary.json``), its status, `Failure`
     spec           `SubscriberSpec` and `SubscriberSettings`: how a table becomes a subscriber
     options        `option` and validators for typed settings; `read_table` checks a table
     distributed    `all_sum` / `all_gather`: per-process counts combined under DDP
@@ -21,8 +23,10 @@ __all__ = [
     "distributed",
     "errors",
     "events",
+    "layout",
     "options",
     "preprocessing",
     "spec",
+    "summary",
     "testing",
 ]

@@ -39,6 +39,13 @@ Evaluating a checkpoint (``harness.evaluate``, or a run's ``test/`` split) is Li
     BatchEnd(stage="test")                    per batch, logits already computed
     TestEpochEnd(metrics)                     the ``test/...`` metrics; pictures are drawn
 
+Metrics (``metrics`` of `ValidationEpochEnd`, `TrainEpochEnd`, `TrainEnd`, `TestEpochEnd`)
+are what was measured, under stable names, never Lightning's raw keys: ``train/<name>``
+is the epoch's mean of a training metric (``train/loss``), ``val/<name>`` and
+``test/<name>`` the pass's value (``val/acc_top1``, ``val/loss``), ``lr`` the learning
+rate the epoch started with (``lr/<i>`` for parameter group `i` > 0). A `TrainEpochEnd`
+holds validation values only when that epoch validated (`TrainEpochEnd.validated`).
+
 The split of `ValidationSwapIn` / `ValidationEpochEnd` and `TrainLoopEnd` / `TrainEnd`
 exists so that no subscriber depends on dispatch order: whoever changes the weights does
 it in the first event, whoever reads them does it in the second.
@@ -52,6 +59,8 @@ from typing import Literal
 import attrs
 import torch
 
+from harness.core.summary import RunStatus
+
 __all__ = [
     "BatchEnd",
     "CheckpointSaving",
@@ -60,7 +69,6 @@ __all__ = [
     "FitStart",
     "RunEnd",
     "RunFailed",
-    "RunStatus",
     "Stage",
     "TrainEnd",
     "TrainEpochEnd",
@@ -76,10 +84,6 @@ __all__ = [
 ]
 
 Stage = Literal["train", "validate", "test"]
-
-RunStatus = Literal["completed", "stopped", "failed", "interrupted"]
-"""How a run ended: every epoch; ended early at a subscriber's request
-(`RunContext.request_stop`); an exception; Ctrl-C or SIGTERM."""
 
 
 @attrs.frozen(kw_only=True)
@@ -157,9 +161,14 @@ class ValidationSwapOut(Event):
 
 @attrs.frozen(kw_only=True)
 class TrainEpochEnd(Event):
-    """A training epoch ended; `metrics` holds every metric logged so far this epoch."""
+    """A training epoch ended; `metrics` holds what it measured (validation values if it validated).
+
+    `validated` says whether the epoch ran a validation: only then does `metrics` hold
+    ``val/...`` values, this epoch's (an epoch without one has none, never stale ones).
+    """
 
     metrics: Mapping[str, float]
+    validated: bool = False
 
 
 @attrs.frozen(kw_only=True)
@@ -193,7 +202,11 @@ class TrainLoopEnd(Event):
 
 @attrs.frozen(kw_only=True)
 class TrainEnd(Event):
-    """Training ended normally; the model holds the final validated weights."""
+    """Training ended normally; the model holds the final validated weights.
+
+    `metrics` are the last values measured: the last epoch's training metrics and rates,
+    and the last validation's (the final weights' scores).
+    """
 
     metrics: Mapping[str, float]
 
@@ -232,6 +245,7 @@ class RunEnd(Event):
     """
 
     status: RunStatus
+    """How the run ended, as ``summary.json`` says (`harness.core.summary.RunStatus`)."""
 
 
 EVENT_TYPES: tuple[type[Event], ...] = (

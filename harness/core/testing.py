@@ -392,8 +392,10 @@ def scripted_run(
             )
             if context.stop_request is not None and context.stop_request.at == "step":
                 break
-        metrics = {"train/loss": 1.0 / (epoch + 1), "lr-SGD": 0.1, **validate(epoch, sanity=False)}
-        bus.publish(TrainEpochEnd(epoch=epoch, global_step=context.global_step, metrics=metrics))
+        metrics = {"train/loss": 1.0 / (epoch + 1), "lr": 0.1, **validate(epoch, sanity=False)}
+        bus.publish(
+            TrainEpochEnd(epoch=epoch, global_step=context.global_step, metrics=metrics, validated=True)
+        )
         bus.publish(EpochJobsQueued(epoch=epoch, global_step=context.global_step))
         state = {} if context.model is None else dict(context.model.state_dict())
         bus.publish(CheckpointSaving(epoch=epoch, global_step=context.global_step, model_state=state))
