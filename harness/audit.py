@@ -46,6 +46,7 @@ import numpy.typing as npt
 from PIL import Image
 
 from harness.core.errors import DataError, HarnessError, report
+from harness.core.layout import RunLayout
 from harness.evaluation.folder import evaluation_dir
 from harness.io.images import image_files, load_rgb
 
@@ -348,7 +349,7 @@ def audit(
         probabilities = _run_probabilities(run, images)
     pairs = find_duplicates(images, tolerance=tolerance)
     issues = find_label_issues(*probabilities) if probabilities is not None else []
-    default = (run / "audit") if run is not None else Path("audit")
+    default = RunLayout(run).audit if run is not None else Path("audit")
     found = Audit(
         images=len(images),
         scored=len(probabilities[0]) if probabilities is not None else 0,
@@ -363,7 +364,7 @@ def audit(
 def main(argv: Sequence[str] | None = None) -> int:
     """The command line; returns the exit code."""
     parser = argparse.ArgumentParser(
-        prog="harness audit",
+        prog="python -m harness.audit",
         description="Find duplicated, leaked and conflicting images and (with --run) likely label errors.",
         epilog="Exit codes: 0 done, 1 a --fail-on kind was found, 2 bad input (the message names it).",
     )
@@ -371,7 +372,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--run", type=Path, help="a run directory: its best checkpoint scores DATA's val/ split"
     )
-    parser.add_argument("--output", type=Path, help="the output folder (default <RUN>/audit, else ./audit)")
+    parser.add_argument(
+        "--output", type=Path, metavar="DIR", help="the output folder (default <RUN>/audit, else ./audit)"
+    )
     parser.add_argument(
         "--fail-on", choices=(*KINDS, "any"), action="append", default=[], help="exit 1 when found"
     )
