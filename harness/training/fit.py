@@ -37,10 +37,11 @@ from harness.io.record import EventLog
 from harness.settings import Settings, resolve_specs, settings_to_toml
 from harness.training.callback import BusCallback, scalar_metrics
 from harness.training.checkpoint_io import AtomicCheckpointIO
-from harness.training.data import ImageDataModule, run_preprocessing, scan
+from harness.training.data import ImageDataModule, run_preprocessing
 from harness.training.evaluation import evaluate_test_split
 from harness.training.loggers import LoggerTrackers, build_loggers, logger_artifacts, require_packages
 from harness.training.model import Classifier, check_monitor
+from harness.training.nodes import from_rank_zero, join, launch_of, scan_once
 from harness.training.run_dir import (
     RESUME_VARIABLE,
     RUN_DIR_VARIABLE,
@@ -108,7 +109,10 @@ def run(settings: Settings, *, extra_subscribers: Mapping[str, Subscriber] | Non
     """
     started = time.monotonic()
     L.seed_everything(settings.run.seed, workers=True, verbose=False)
-    info, classes = scan(settings.data, settings.run.seed)
+    launch = launch_of(settings.trainer)
+    if launch is not None:
+        join(launch, settings.trainer)
+    info, classes = scan_once(launch, settings.data, settings.run.seed)
     if info.skipped:
         shown = ", ".join(str(path) for path in info.skipped[:5])
         log.warning(
@@ -120,11 +124,11 @@ def run(settings: Settings, *, extra_subscribers: Mapping[str, Subscriber] | Non
     specs = resolve_specs(settings.run.plugins)
     require_packages(settings.logger)  # before the run directory is made
     check_monitor(settings.checkpoint.monitor, settings.checkpoint.mode)
-    run_dir, resume_from = resolve_run_dir(settings)
+    run_dir, resume_from = from_rank_zero(launch, lambda: resolve_run_dir(settings))
     lock = RunLock(run_dir)
-    joined = os.environ.get(RUN_DIR_VARIABLE) == str(run_dir)
-    if not joined:
-        lock.acquire()
+    joined = os.environ.get(RUN_DIR_VARIABLE) == str(run_dir) or (launch is not None and not launch.is_zero)
+    # On several machines the other ranks wait for rank zero's lock (and stop with its error).
+    from_rank_zero(launch, lambda: None if joined else lock.acquire())
     # Pictures are drawn in its worker process while training goes on; closed in the finally below.
     writer = BackgroundWriter()
     preprocessing = run_preprocessing(settings)
@@ -160,7 +164,9 @@ def run(settings: Settings, *, extra_subscribers: Mapping[str, Subscriber] | Non
         bus.attach(subscriber, on_error="raise")
     stateful = subscribers | extras
     attempts: list[dict[str, Any]] = []
-    if resume_from is not None and not joined:
+
+    def check_and_keep_attempt() -> list[dict[str, Any]]:
+        assert resume_from is not None
         try:
             check_resume(
                 resume_from,
@@ -172,10 +178,14 @@ def run(settings: Settings, *, extra_subscribers: Mapping[str, Subscriber] | Non
         except BaseException:
             lock.release()
             raise
-        attempts = keep_attempt(run_dir)
-        for name, path in (attempts[-1].get("artifacts") or {}).items() if attempts else ():
+        kept = keep_attempt(run_dir)
+        for name, path in (kept[-1].get("artifacts") or {}).items() if kept else ():
             if (run_dir / path).exists():
                 context.artifacts.setdefault(name, path)
+        return kept
+
+    if resume_from is not None and (launch is not None or not joined):
+        attempts = from_rank_zero(launch, check_and_keep_attempt)
 
     trainer_settings = settings.trainer
     interrupt_checkpoint = last_checkpoint(run_dir) if settings.checkpoint.enabled else None
@@ -184,6 +194,7 @@ def run(settings: Settings, *, extra_subscribers: Mapping[str, Subscriber] | Non
         max_epochs=trainer_settings.max_epochs,
         accelerator=trainer_settings.accelerator,
         devices=trainer_settings.devices,
+        num_nodes=trainer_settings.num_nodes,
         strategy=trainer_settings.strategy,
         precision=trainer_settings.precision,
         accumulate_grad_batches=trainer_settings.accumulate_grad_batches,
@@ -331,6 +342,8 @@ def _summary(
         "skipped_images": [str(path) for path in context.data.skipped] if context.data else [],
         "left_out_classes": [attrs.asdict(left) for left in context.data.left_out] if context.data else [],
         "duration_s": round(seconds, 2),
+        "world_size": trainer.world_size,
+        "num_nodes": trainer.num_nodes,
         "resume": (
             f"python -m harness.run {context.run_dir / 'settings.toml'} --set trainer.resume={last}"
             if last.is_file() and status != "completed"
