@@ -208,7 +208,9 @@ class TrainerSettings:
         "auto", "devices (processes) to use on each machine, or `auto`", _positive_or_auto()
     )
     num_nodes: int = option(
-        1, "machines the run spans (`torchrun --nnodes`, SLURM `--nodes`); `devices` is per machine", positive()
+        1,
+        "machines the run spans (`torchrun --nnodes`, SLURM `--nodes`); `devices` is per machine",
+        positive(),
     )
     strategy: Literal["auto", "ddp", "ddp_spawn"] = option(
         "auto", "Lightning's strategy; `ddp` for several devices"

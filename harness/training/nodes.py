@@ -23,17 +23,15 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from datetime import timedelta
-from typing import TypeVar
+from typing import TypeVar, cast
 
 import attrs
 import torch
 import torch.distributed as dist
-from lightning.fabric.plugins.environments import (
-    ClusterEnvironment,
-    LightningEnvironment,
-    SLURMEnvironment,
-    TorchElasticEnvironment,
-)
+from lightning.fabric.plugins.environments.cluster_environment import ClusterEnvironment
+from lightning.fabric.plugins.environments.lightning import LightningEnvironment
+from lightning.fabric.plugins.environments.slurm import SLURMEnvironment
+from lightning.fabric.plugins.environments.torchelastic import TorchElasticEnvironment
 
 from harness.core.context import DatasetInfo
 from harness.core.errors import HarnessError, SettingsError
@@ -65,7 +63,9 @@ class Launch:
 def _per_node(trainer: TrainerSettings) -> int:
     if isinstance(trainer.devices, int):
         return trainer.devices
-    if trainer.accelerator in ("gpu", "cuda") or (trainer.accelerator == "auto" and torch.cuda.is_available()):
+    if trainer.accelerator in ("gpu", "cuda") or (
+        trainer.accelerator == "auto" and torch.cuda.is_available()
+    ):
         return max(1, torch.cuda.device_count())
     return 1
 
@@ -120,7 +120,9 @@ def join(launch: Launch, trainer: TrainerSettings) -> None:
     """Open the process group Lightning would open for this launch (it then uses this one)."""
     if dist.is_initialized():
         return
-    gpu = trainer.accelerator in ("gpu", "cuda") or (trainer.accelerator == "auto" and torch.cuda.is_available())
+    gpu = trainer.accelerator in ("gpu", "cuda") or (
+        trainer.accelerator == "auto" and torch.cuda.is_available()
+    )
     # Lightning's choice for its DDP strategy: NCCL on CUDA devices, gloo on the CPU.
     os.environ["MASTER_ADDR"] = launch.environment.main_address
     os.environ["MASTER_PORT"] = str(launch.environment.main_port)
@@ -137,25 +139,35 @@ def from_rank_zero(launch: Launch | None, compute: Callable[[], T]) -> T:
     """
     if launch is None:
         return compute()
-    sent: list[object] = [None]
     if launch.is_zero:
         try:
-            sent[0] = ("ok", compute())
+            result = compute()
         except HarnessError as error:
-            sent[0] = ("error", error)
-            _broadcast(sent)
+            _broadcast([_Refused(error=error)])
             raise
-    _broadcast(sent)
-    kind, value = sent[0]  # type: ignore[misc]
-    if kind == "error":
-        assert isinstance(value, HarnessError)
-        raise value
-    return value  # type: ignore[no-any-return]
+        _broadcast([result])
+        return result
+    received: list[object] = [None]
+    _broadcast(received)
+    if isinstance(received[0], _Refused):
+        raise received[0].error
+    return cast("T", received[0])
+
+
+@attrs.frozen(kw_only=True)
+class _Refused:
+    """Rank zero's error, for the other ranks to raise."""
+
+    error: HarnessError
 
 
 def _broadcast(objects: list[object]) -> None:
-    # new_group is itself a collective: every rank reaches this line in the same order.
-    group = None if dist.get_backend() == "gloo" else dist.new_group(backend="gloo")
+    group = None
+    if dist.get_backend() != "gloo":
+        # new_group is itself a collective: every rank reaches this line in the same order.
+        made = dist.new_group(backend="gloo")
+        assert isinstance(made, dist.ProcessGroup)
+        group = made
     dist.broadcast_object_list(objects, src=0, group=group)
 
 
@@ -182,5 +194,9 @@ def rebase(info: DatasetInfo, root: str, own_root: str) -> DatasetInfo:
         return tuple((own_root + path[len(root) :], target) for path, target in samples)
 
     return attrs.evolve(
-        info, root=type(info.root)(own_root), train=moved(info.train), val=moved(info.val), test=moved(info.test)
+        info,
+        root=type(info.root)(own_root),
+        train=moved(info.train),
+        val=moved(info.val),
+        test=moved(info.test),
     )
