@@ -35,7 +35,7 @@ from harness.core.context import RunContext
 from harness.core.events import BatchEnd, TestEpochEnd, ValidationEpochEnd
 from harness.core.options import option
 from harness.core.spec import OnError, SubscriberSettings, SubscriberSpec, on_error_option
-from subscribers._draw_confusion import write_epoch, write_test
+from subscribers._draw_confusion import Pairs, write_epoch, write_test
 
 __all__ = ["SPEC", "ConfusionMatrix", "ConfusionMatrixSettings"]
 
@@ -57,12 +57,10 @@ class ConfusionMatrix:
     def __init__(self, context: RunContext, settings: ConfusionMatrixSettings | None = None) -> None:
         self.context = context
         self.settings = settings or ConfusionMatrixSettings()
-        # torchmetrics (and the matplotlib it loads) is imported when the subscriber is built.
-        from torchmetrics.classification import MulticlassConfusionMatrix
+        # torchmetrics is imported when the subscriber is built.
+        from subscribers._pair_counts import PairCounts
 
-        # Host-side argument checks would synchronise with the GPU on every batch; the
-        # targets come from the run's own data set, whose labels are in range by design.
-        self.metric = MulticlassConfusionMatrix(num_classes=context.num_classes, validate_args=False)
+        self.metric = PairCounts(context.num_classes)
 
     def connect(self, bus: Bus) -> None:
         bus.subscribe(BatchEnd, self.on_batch_end, stage="validate")
@@ -83,7 +81,7 @@ class ConfusionMatrix:
             return
         # The collective runs here, on every rank; the job gets its own numpy copy, so the
         # background writer's worker never imports torch.
-        counts = self.metric.compute().cpu().numpy().astype("int64")
+        counts = Pairs.of(self.metric.compute().cpu().numpy(), self.context.num_classes)
         self.metric.reset()
         if self.context.is_rank_zero:
             context = self.context
@@ -100,7 +98,7 @@ class ConfusionMatrix:
     def on_test_epoch_end(self, event: TestEpochEnd) -> None:
         if self.metric.update_count == 0:
             return
-        counts = self.metric.compute().cpu().numpy().astype("int64")
+        counts = Pairs.of(self.metric.compute().cpu().numpy(), self.context.num_classes)
         self.metric.reset()
         if self.context.is_rank_zero:
             context = self.context
