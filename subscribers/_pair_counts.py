@@ -34,6 +34,9 @@ class PairCounts(Metric):
 
     def compute(self) -> torch.Tensor:
         """The non-zero cells, one row each: true class, predicted class, count (int64, K x 3)."""
-        codes = dim_zero_cat(self.codes) if self.codes else torch.zeros(0, dtype=torch.int64)
+        # After a DDP sync torchmetrics holds the gathered codes as one tensor, not a list.
+        codes: list[torch.Tensor] | torch.Tensor = self.codes
+        if isinstance(codes, list):
+            codes = dim_zero_cat(codes) if codes else torch.zeros(0, dtype=torch.int64, device=self.device)
         cells, counts = torch.unique(codes, return_counts=True)
         return torch.stack([cells // self.num_classes, cells % self.num_classes, counts], dim=1)
