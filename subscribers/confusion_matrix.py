@@ -2,10 +2,13 @@
 
 Consumes `BatchEnd(stage="validate" or "test")`, `ValidationEpochEnd` and `TestEpochEnd`;
 publishes nothing. The
-model is never called: each batch's logits and targets update a torchmetrics
-`MulticlassConfusionMatrix` that lives on the logits' device. At the end of every
-validation epoch (not the sanity check) every rank computes it (a collective under DDP),
-and rank zero writes, under ``run_dir/confusion_matrix/``:
+model is never called: each batch's logits and targets add one (true, predicted) code
+per image to a torchmetrics metric (`subscribers._pair_counts.PairCounts`) on the logits'
+device, so memory grows with the images, never with the classes squared. At the end of
+every validation epoch (not the sanity check) every rank computes it (a collective under
+DDP), and rank zero writes, under ``run_dir/confusion_matrix/`` (past 200 classes, as
+`subscribers._draw_confusion` says: the non-zero cells, the most confused pairs, the most
+mistaken classes drawn):
 
 - ``epoch_NNN.png``: class names on both axes, counts in the cells, colours from the
   `normalize` view (``none``, ``true`` rows or ``pred`` columns), epoch and accuracy in
