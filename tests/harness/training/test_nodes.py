@@ -287,9 +287,7 @@ def test_sigterm_on_one_node_stops_both_after_one_batch_and_the_resume_completes
     assert saved["epoch"] == 0 and saved["global_step"] == 2
 
     # The resume command, under the same launcher on both nodes.
-    resumed = two_nodes(
-        tmp_path, launcher, f"trainer.resume={last}", settings_file=run_dir / "settings.toml"
-    )
+    resumed = two_nodes(tmp_path, launcher, f"trainer.resume={last}", settings_file=run_dir / "settings.toml")
     check_one_run(tmp_path, resumed)
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["epochs_completed"] == 1 and summary["global_step"] == 3
