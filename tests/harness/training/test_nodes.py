@@ -298,3 +298,13 @@ def test_sigterm_on_one_node_stops_both_after_one_batch_and_the_resume_completes
 def test_two_nodes_under_lightnings_own_variables_train_one_model(tmp_path: Path) -> None:
     """``MASTER_ADDR``, ``MASTER_PORT`` and ``NODE_RANK`` on each machine, one process each."""
     check_one_run(tmp_path, two_nodes(tmp_path, lightning, "trainer.max_epochs=1"))
+
+
+@pytest.mark.slow
+def test_rank_zeros_error_stops_every_node_with_the_same_line(tmp_path: Path) -> None:
+    """Only rank zero scans; its `DataError` reaches node 1 over the process group."""
+    nodes = two_nodes(tmp_path, slurm, f"data.root='{tmp_path / 'missing'}'")
+    assert [node.returncode for node in nodes] == [2, 2], [node.stderr[-2000:] for node in nodes]
+    lines = [node.stderr.strip().splitlines()[-1] for node in nodes]
+    assert lines[0] == lines[1] == f"error: [data].root = '{tmp_path / 'missing'}': no such directory"
+    assert not (tmp_path / "runs").exists()
