@@ -39,9 +39,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "settings", nargs="?", type=Path, help="settings.toml (defaults everywhere if omitted)"
     )
-    parser.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE"
-    )
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
     parser.add_argument("--steps", type=int, default=200, help="most optimizer steps of the ramp (200)")
     parser.add_argument("--min-lr", type=float, default=1e-7, help="the ramp's first rate (1e-7)")
     parser.add_argument("--max-lr", type=float, default=1.0, help="the ramp's last rate (1)")

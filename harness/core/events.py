@@ -212,7 +212,7 @@ class RunEnd(Event):
     writer has finished: ``run_dir/summary.json`` holds the run's outcome.
     """
 
-    status: Literal["completed", "failed", "interrupted"]
+    status: Literal["completed", "failed", "interrupted", "pruned"]
 
 
 EVENT_TYPES: tuple[type[Event], ...] = (

@@ -28,7 +28,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from harness.core.bus import Bus, Stateful, Subscriber
 from harness.core.context import RunContext
-from harness.core.errors import Terminated, TrainingDiverged
+from harness.core.errors import StopRun, Terminated, TrainingDiverged
 from harness.core.events import RunEnd
 from harness.io.artifacts import CHECKPOINTS_DIR, write_json, write_label_map, write_text
 from harness.io.background import BackgroundWriter
@@ -250,6 +250,10 @@ def run(settings: Settings, *, extra_subscribers: Mapping[str, Subscriber] | Non
         )
         error = f"{type(stopped).__name__}: {stopped}"
         raise stopped from diverged
+    except StopRun as stop:
+        status = stop.status
+        error = f"{type(stop).__name__}: {stop}"
+        raise
     except SystemExit:
         # Lightning turns Ctrl-C into a graceful shutdown ending in sys.exit(1).
         status = "interrupted"
@@ -294,9 +298,11 @@ def run(settings: Settings, *, extra_subscribers: Mapping[str, Subscriber] | Non
 
 
 def _publish_run_end(bus: Bus, trainer: L.Trainer, status: str) -> None:
-    final: Literal["completed", "failed", "interrupted"] = (
+    final: Literal["completed", "failed", "interrupted", "pruned"] = (
         "completed" if status == "completed" else "interrupted" if status == "interrupted" else "failed"
     )
+    if status == "pruned":
+        final = "pruned"
     try:
         bus.publish(RunEnd(epoch=trainer.current_epoch, global_step=trainer.global_step, status=final))
     except Exception:  # the run's own outcome (and its exception, if any) must win

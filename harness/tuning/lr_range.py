@@ -111,7 +111,7 @@ class _Ramp(Callback):
         self.stopped: Literal["diverged", "last step"] = "last step"
 
     def rate(self, step: int) -> float:
-        return self.min_lr * (self.max_lr / self.min_lr) ** (step / max(1, self.steps - 1))
+        return float(self.min_lr * (self.max_lr / self.min_lr) ** (step / max(1, self.steps - 1)))
 
     @override
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -144,7 +144,7 @@ class _Ramp(Callback):
         smoothed = smooth(self.losses, self.beta)
         suggestion = suggest(self.lrs, smoothed) if self.lrs else self.min_lr
         # Inside fit the processes are still connected: rank zero's suggestion must be everyone's.
-        agreed = trainer.strategy.broadcast(suggestion, src=0)
+        agreed = float(trainer.strategy.broadcast(suggestion, src=0))
         if agreed != suggestion:
             raise HarnessError(
                 f"the range test's processes disagree: rank {trainer.global_rank} suggests "
