@@ -20,6 +20,7 @@ Optuna) and asked again with the same parameters.
 from __future__ import annotations
 
 import concurrent.futures
+import itertools
 import logging
 import math
 import multiprocessing
@@ -79,11 +80,8 @@ class SweepPlan:
         return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1)
 
     def sampler_object(self) -> optuna.samplers.BaseSampler:
-        if self.sampler == "grid":
-            return optuna.samplers.GridSampler(
-                {d.key: list(d.values) for d in self.space.dimensions}, seed=self.seed
-            )
-        if self.sampler == "random":
+        """TPE or random; "grid" enqueues every combination of the choices (`_open_study`), then random."""
+        if self.sampler in ("random", "grid"):
             return optuna.samplers.RandomSampler(seed=self.seed)
         return optuna.samplers.TPESampler(seed=self.seed, constant_liar=True)
 
@@ -201,6 +199,11 @@ def _open_study(plan: SweepPlan) -> optuna.Study:
     if all(value is None for value in kept.values()):
         for key, value in described.items():
             study.set_user_attr(key, value)
+        if plan.sampler == "grid":
+            # Optuna's GridSampler calls study.stop() once the grid is done, which only works in optimize().
+            keys = plan.space.keys
+            for values in itertools.product(*(d.values for d in plan.space.dimensions)):
+                study.enqueue_trial(dict(zip(keys, values, strict=True)))
     elif kept != described:
         raise SettingsError(
             f"{plan.storage_url}: study {plan.study_name!r} was made for another space or monitor "
