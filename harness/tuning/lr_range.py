@@ -145,10 +145,11 @@ class _Ramp(Callback):
         suggestion = suggest(self.lrs, smoothed) if self.lrs else self.min_lr
         # Inside fit the processes are still connected: rank zero's suggestion must be everyone's.
         agreed = float(trainer.strategy.broadcast(suggestion, src=0))
-        if agreed != suggestion:
+        differ = trainer.strategy.reduce(torch.tensor(float(agreed != suggestion)), reduce_op="sum")
+        if float(differ) > 0:
             raise HarnessError(
-                f"the range test's processes disagree: rank {trainer.global_rank} suggests "
-                f"{suggestion:.4g}, rank zero {agreed:.4g}"
+                f"the range test's processes disagree: {int(differ)} of {trainer.world_size} suggest "
+                f"another rate than rank zero's {agreed:.4g}"
             )
         self.result = RangeTest(
             lrs=tuple(self.lrs),

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -66,3 +68,22 @@ def test_the_finder_on_a_small_model_prints_a_finite_rate_and_draws_it(
     assert len((folder / "lr_find.csv").read_text().splitlines()) == record["steps"] + 1
     # Nothing but the finder's own folder was made: no run directory, no checkpoint.
     assert sorted(p for p in runs.rglob("*") if folder not in (p, *p.parents)) == [*before, folder.parent]
+
+
+@pytest.mark.slow
+def test_two_ddp_processes_agree_on_one_suggestion(make_settings: MakeSettings, tmp_path: Path) -> None:
+    settings_file = tmp_path / "settings.toml"
+    settings_file.write_text(settings_to_toml(make_settings("data.num_workers=0")))
+    ddp = ["trainer.strategy='ddp'", "trainer.devices=2", "data.batch_size=4"]
+    command = [sys.executable, "-m", "harness", "tune", "lr", str(settings_file), "--steps", "10"]
+    done = subprocess.run(
+        [*command, *(arg for item in ddp for arg in ("--set", item))],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    # Both processes ran the test (each checks its suggestion against rank zero's); one wrote it.
+    assert done.stdout.count("suggested learning rate:") == 1
+    [folder] = (tmp_path / "runs" / "digits").glob("lr_find_*")
+    assert 1 <= json.loads((folder / "lr_find.json").read_text())["steps"] <= 10
