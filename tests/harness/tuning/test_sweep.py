@@ -172,3 +172,21 @@ def test_a_sweep_with_a_diverging_rate_ranks_the_others_and_resumes_after_a_stop
     again = second[str(left.number + 1)]
     assert again["status"] == "completed" and again["model.lr"] == "0.01"
     assert len(second) == 5
+
+
+def test_a_folder_holding_a_study_of_another_space_is_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import optuna
+
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    study = optuna.create_study(study_name="sweep", storage=f"sqlite:///{sweep / 'study.db'}")
+    study.set_user_attr("space", {"model.lr": {"uniform": [0.1, 0.2]}})
+    study.set_user_attr("monitor", "val/acc_top1")
+    space = tmp_path / "space.toml"
+    space.write_text('"model.lr" = {log_uniform = [1e-4, 1e-2]}\n')
+
+    assert main(["--space", str(space), "--trials", "1", "--dir", str(sweep)]) == 2
+    assert "was made for another space or monitor" in capsys.readouterr().err
+    assert sorted(p.name for p in sweep.iterdir()) == [".lock", "study.db"]
