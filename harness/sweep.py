@@ -28,7 +28,7 @@ __all__ = ["main"]
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="harness sweep", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m harness.sweep", description=__doc__.splitlines()[0])
     parser.add_argument(
         "settings", type=Path, nargs="?", help="settings.toml (defaults everywhere if omitted)"
     )

@@ -34,7 +34,7 @@ def _command(settings: Path | None, overrides: Sequence[str], lr: float) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """The command line; exit codes: 0 done, 1 the test failed, 2 bad settings or data."""
-    parser = argparse.ArgumentParser(prog="harness tune", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m harness.tune", description=__doc__.splitlines()[0])
     parser.add_argument("what", choices=["lr"], help="what to tune: lr, the learning rate")
     parser.add_argument(
         "settings", nargs="?", type=Path, help="settings.toml (defaults everywhere if omitted)"
