@@ -163,7 +163,7 @@ def test_a_sweep_with_a_diverging_rate_ranks_the_others_and_resumes_after_a_stop
 
     # What a sweep stopped mid-trial leaves: a trial still "running" in the study.
     study = optuna.load_study(study_name="sweep", storage=f"sqlite:///{sweep / 'study.db'}")
-    study.enqueue_trial({"model.lr": 0.01})
+    study.enqueue_trial({"model.lr": 0.001})
     left = study.ask()
     assert main([*args, "--trials", "4"]) == 0
 
@@ -173,7 +173,9 @@ def test_a_sweep_with_a_diverging_rate_ranks_the_others_and_resumes_after_a_stop
         assert {k: second[r["trial"]][k] for k in r} == r
     assert second[str(left.number)]["status"] == "interrupted"
     again = second[str(left.number + 1)]
-    assert again["status"] == "completed" and again["model.lr"] == "0.01"
+    # Asked again with the same parameters, and run to an end of its own.
+    assert again["model.lr"] == "0.001" and again["status"] in {"completed", "diverged", "pruned"}
+    assert json.loads((sweep / again["run_dir"] / "summary.json").read_text())["status"] == again["status"]
     assert len(second) == 5
 
 
