@@ -19,6 +19,7 @@ was received, in one sentence.
 from __future__ import annotations
 
 import sys
+from typing import ClassVar, Literal
 
 __all__ = [
     "CheckpointWriteError",
@@ -99,13 +100,13 @@ class StopRun(HarnessError):
     `status` and its error holds the message.
     """
 
-    status = "stopped"
+    status: ClassVar[Literal["stopped", "pruned"]] = "stopped"
 
 
 class TrialPruned(StopRun):
     """A sweep's pruner stopped this trial at an epoch: its metric was behind the others'."""
 
-    status = "pruned"
+    status: ClassVar[Literal["stopped", "pruned"]] = "pruned"
 
 
 class TrainingDiverged(HarnessError):

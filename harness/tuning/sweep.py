@@ -129,7 +129,7 @@ def _run_trial(plan: SweepPlan, number: int, trial_id: int, overrides: Sequence[
     status, value, error = "failed", None, None
     try:
         result = run(settings, extra_subscribers={"sweep_trial": reporter})
-        status, value = str(result.summary["status"]), result.summary["best_score"]
+        status, value = result.summary.status, result.summary.best_score
     except TrialPruned as pruned:
         status, error = "pruned", str(pruned)
         value = reporter.reported[-1][1] if reporter.reported else None
