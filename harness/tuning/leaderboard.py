@@ -22,6 +22,7 @@ from typing import Literal
 
 import attrs
 
+from harness.core.layout import RunLayout
 from harness.io.artifacts import write_text
 from harness.pictures.chart import TAB10, Chart, Series, render
 from harness.pictures.raster import save_png
@@ -111,6 +112,11 @@ def _picture(space: Space, key: str, rows: Sequence[TrialRow], monitor: str) -> 
     )
 
 
+def _report_link(run_dir: str) -> str:
+    """The trial's ``report.html`` relative to the sweep's folder (the layout names it)."""
+    return RunLayout(run_dir=Path(run_dir)).report.as_posix()
+
+
 def _page(
     rows: Sequence[TrialRow], keys: Sequence[str], monitor: str, pictures: Sequence[str], title: str
 ) -> str:
@@ -119,7 +125,7 @@ def _page(
 
     body = []
     for place, row in enumerate(rows, start=1):
-        report = f'<a href="{html.escape(row.run_dir)}/report.html">report</a>' if row.run_dir else ""
+        report = f'<a href="{html.escape(_report_link(row.run_dir))}">report</a>' if row.run_dir else ""
         value = "" if row.value is None else f"{row.value:.4f}"
         duration = "" if row.duration_s is None else f"{row.duration_s:.1f}"
         params = "".join(cell(row.params.get(k, "")) for k in keys)
@@ -166,7 +172,7 @@ def write_leaderboard(
     write_text(folder / "leaderboard.html", _page(ranked, keys, monitor, pictures, title))
     best = next((r for r in ranked if r.status == "completed" and r.run_dir), None)
     if best is not None and best.run_dir is not None:
-        settings = load_settings(folder / best.run_dir / "settings.toml")
+        settings = load_settings(RunLayout(run_dir=folder / best.run_dir).settings)
         again = attrs.evolve(
             settings,
             run=attrs.evolve(settings.run, name=run.name, output_dir=run.output_dir, terminal=run.terminal),
