@@ -29,7 +29,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from harness.core.bus import Subscriber
 from harness.core.context import DatasetInfo
-from harness.core.errors import Terminated, TrainingDiverged
+from harness.core.errors import StopRun, Terminated, TrainingDiverged
 from harness.core.events import RunEnd
 from harness.core.layout import RunLayout
 from harness.core.summary import Attempt, Failure, RunStatus, RunSummary, TestScore
@@ -319,6 +319,10 @@ def _fit(trainer: L.Trainer, parts: _Run, outcome: _Outcome) -> None:
         )
         outcome.error = f"{type(stopped).__name__}: {stopped}"
         raise stopped from diverged
+    except StopRun as stop:
+        outcome.status = stop.status
+        outcome.error = f"{type(stop).__name__}: {stop}"
+        raise
     except SystemExit:
         # Lightning turns Ctrl-C into a graceful shutdown ending in sys.exit(1).
         outcome.status = "interrupted"
