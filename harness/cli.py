@@ -7,6 +7,8 @@
     harness report RUN_DIR [--embed]
     harness replay RUN_DIR ...
     harness audit DATA [--run RUN_DIR] [--output DIR] [--fail-on KIND]
+    harness tune lr [settings.toml] [--set ...]
+    harness sweep settings.toml --space space.toml --trials N [--jobs J] [--set ...]
 
 Each subcommand is the tool's own command line (``harness train --help`` is
 ``python -m harness.run --help``), with the same arguments and exit codes; ``python -m
@@ -37,6 +39,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
         "harness.audit",
         "find duplicates, leakage across splits and likely label errors in a data set",
     ),
+    "tune": ("harness.tune", "find a learning rate by a range test (harness tune lr settings.toml)"),
+    "sweep": ("harness.sweep", "search settings with Optuna: trials as run directories, a leaderboard"),
 }
 """Subcommand -> (the tool's module, whose ``main(argv)`` it runs; one line of help)."""
 
