@@ -162,7 +162,9 @@ def test_flipped_labels_rank_among_the_top_candidates(tmp_path: Path) -> None:
     [
         (["{missing}"], "no such directory"),
         (["{empty}"], "no images in class folders"),
-        (["{tree}", "--run", "{empty}"], "not a run with a best checkpoint"),
+        pytest.param(
+            ["{tree}", "--run", "{empty}"], "not a run with a best checkpoint", marks=pytest.mark.slow
+        ),
     ],
 )
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(
