@@ -18,12 +18,7 @@ from typing import Any, Literal
 
 import attrs
 import lightning as L
-from lightning.pytorch.callbacks import (
-    Callback,
-    EarlyStopping,
-    LearningRateMonitor,
-    ModelCheckpoint,
-)
+from lightning.pytorch.callbacks import Callback, EarlyStopping, LearningRateMonitor
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from harness.core.bus import Bus, Stateful, Subscriber
@@ -35,10 +30,12 @@ from harness.io.background import BackgroundWriter
 from harness.io.lock import RunLock
 from harness.io.record import EventLog
 from harness.settings import Settings, resolve_specs, settings_to_toml
+from harness.training.acceleration import resolve_acceleration
 from harness.training.callback import BusCallback, scalar_metrics
 from harness.training.checkpoint_io import AtomicCheckpointIO
 from harness.training.data import ImageDataModule, run_preprocessing, scan
 from harness.training.evaluation import evaluate_test_split
+from harness.training.lean_checkpoint import LeanModelCheckpoint
 from harness.training.loggers import LoggerTrackers, build_loggers, logger_artifacts, require_packages
 from harness.training.model import Classifier, check_monitor
 from harness.training.run_dir import (
@@ -71,7 +68,7 @@ def _lightning_callbacks(settings: Settings, run_dir: Path) -> list[Callback]:
     ckpt = settings.checkpoint
     if ckpt.enabled:
         callbacks.append(
-            ModelCheckpoint(
+            LeanModelCheckpoint(
                 dirpath=run_dir / CHECKPOINTS_DIR,
                 filename="epoch={epoch:03d}-score={" + ckpt.monitor + ":.4f}",
                 auto_insert_metric_name=False,
@@ -117,6 +114,10 @@ def run(settings: Settings, *, extra_subscribers: Mapping[str, Subscriber] | Non
     module = Classifier.from_settings(
         settings.model, num_classes=len(classes), image_size=settings.data.image_size
     )
+    acceleration = resolve_acceleration(settings.trainer, settings.model, module.net)
+    module.accelerate(channels_last=acceleration.channels_last, compile=acceleration.compile)
+    if settings.run.terminal != "quiet":
+        print(acceleration.describe(), flush=True)
     specs = resolve_specs(settings.run.plugins)
     require_packages(settings.logger)  # before the run directory is made
     check_monitor(settings.checkpoint.monitor, settings.checkpoint.mode)
@@ -185,7 +186,7 @@ def run(settings: Settings, *, extra_subscribers: Mapping[str, Subscriber] | Non
         accelerator=trainer_settings.accelerator,
         devices=trainer_settings.devices,
         strategy=trainer_settings.strategy,
-        precision=trainer_settings.precision,
+        precision=acceleration.precision,  # type: ignore[arg-type]
         accumulate_grad_batches=trainer_settings.accumulate_grad_batches,
         gradient_clip_val=trainer_settings.gradient_clip_val or None,
         limit_train_batches=_fraction(trainer_settings.limit_train_batches),
@@ -277,6 +278,7 @@ def run(settings: Settings, *, extra_subscribers: Mapping[str, Subscriber] | Non
             for failure in background_failures
         ]
         summary["test"] = tested
+        summary["acceleration"] = attrs.asdict(acceleration)
         summary["error"] = error
         summary["attempts"] = attempts
         if trainer.is_global_zero:

@@ -30,6 +30,7 @@ import torch
 from harness.core.errors import HarnessError, SettingsError
 from harness.io.artifacts import CHECKPOINTS_DIR, LABELS_FILE, read_label_map, run_dir_of
 from harness.settings import Settings
+from harness.training.lean_checkpoint import LEAN_KEY
 
 __all__ = [
     "ATTEMPTS_DIR",
@@ -83,6 +84,11 @@ def _read(checkpoint: Path) -> dict[str, Any]:
         ) from None
     if not isinstance(raw, dict) or "state_dict" not in raw:
         raise SettingsError(f"[trainer].resume: {checkpoint} is not a Lightning checkpoint")
+    if raw.get(LEAN_KEY):
+        raise SettingsError(
+            f"[trainer].resume: {checkpoint} holds the validated weights alone (a top-k checkpoint); "
+            f"resume from {checkpoint.parent / _LAST}"
+        )
     return raw
 
 
