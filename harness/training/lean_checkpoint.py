@@ -29,7 +29,14 @@ from typing_extensions import override
 __all__ = ["LEAN_KEY", "LeanModelCheckpoint", "lean"]
 
 LEAN_KEY = "weights_only"
-_KEPT = ("epoch", "global_step", "pytorch-lightning_version", "state_dict", "hyper_parameters", "hparams_name")
+_KEPT = (
+    "epoch",
+    "global_step",
+    "pytorch-lightning_version",
+    "state_dict",
+    "hyper_parameters",
+    "hparams_name",
+)
 
 
 def lean(checkpoint: Mapping[str, Any]) -> dict[str, Any]:

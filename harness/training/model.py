@@ -140,7 +140,8 @@ class Classifier(L.LightningModule):
 
             self._compiled = torch.compile(network)
 
-    def _run_network(self, inputs: torch.Tensor) -> Any:
+    def run_network(self, inputs: torch.Tensor) -> Any:
+        """The network's raw outputs as the steps compute them: channels-last and compiled if asked."""
         if self._channels_last and inputs.dim() == 4:
             inputs = inputs.contiguous(memory_format=torch.channels_last)
         return self.net(inputs) if self._compiled is None else self._compiled(inputs)
@@ -181,7 +182,7 @@ class Classifier(L.LightningModule):
 
     def training_step(self, batch: TrainBatch, batch_idx: int) -> dict[str, torch.Tensor]:
         inputs, targets = batch[0], batch[1]
-        logits, aux = split_outputs(self._run_network(inputs))
+        logits, aux = split_outputs(self.run_network(inputs))
         wanted = batch[2] if len(batch) == 3 else targets
         loss = self._loss(logits, wanted) + self._aux_loss(aux, wanted)
         self._watch_loss(loss.detach(), self.trainer.global_step + 1)
@@ -258,7 +259,7 @@ class Classifier(L.LightningModule):
     ) -> dict[str, torch.Tensor]:
         """Validation and test alike: loss, top-1, top-5 and balanced accuracy under `stage/`."""
         inputs, targets = batch
-        logits, _ = split_outputs(self._run_network(inputs))
+        logits, _ = split_outputs(self.run_network(inputs))
         loss = self._loss(logits, targets)
         size = len(targets)
         self.log(f"{stage}/loss", loss, on_epoch=True, sync_dist=True, batch_size=size)
