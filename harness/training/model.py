@@ -113,6 +113,7 @@ class Classifier(L.LightningModule):
         self.test_top5 = MulticlassAccuracy(num_classes=num_classes, top_k=top5, average="micro")
         self.test_balanced = MulticlassAccuracy(num_classes=num_classes, average="macro")
         self._channels_last = False
+        self._compile = False
         self._compiled: Callable[[torch.Tensor], Any] | None = None
         # The first non-finite step (0: none yet) and its loss, on the device; the rates of
         # the steps since the last read, on the host.
@@ -124,27 +125,37 @@ class Classifier(L.LightningModule):
         """Channels-last weights and inputs; a compiled forward for the training and validation steps.
 
         The compiled function is not a submodule: parameters, `state_dict` keys and
-        `forward` (what the export traces) stay those of the plain network.
+        `forward` (what the export traces) stay those of the plain network. It is built at
+        the first step, in the process that trains, and never pickled (``ddp_spawn``).
         """
         self._channels_last = channels_last
         if channels_last:
             self.net.to(memory_format=torch.channels_last)
+        self._compile = compile
         self._compiled = None
-        if compile:
-            net = self.net
-
-            # A function, not `torch.compile(net)` (an `nn.Module`): assigned here it would be
-            # a submodule, its weights a second time in `state_dict`, and copied by deepcopy.
-            def network(inputs: torch.Tensor) -> Any:
-                return net(inputs)
-
-            self._compiled = torch.compile(network)
 
     def run_network(self, inputs: torch.Tensor) -> Any:
         """The network's raw outputs as the steps compute them: channels-last and compiled if asked."""
         if self._channels_last and inputs.dim() == 4:
             inputs = inputs.contiguous(memory_format=torch.channels_last)
-        return self.net(inputs) if self._compiled is None else self._compiled(inputs)
+        if not self._compile:
+            return self.net(inputs)
+        if self._compiled is None:
+            net = self.net
+
+            # A function, not `torch.compile(net)` (an `nn.Module`): assigned here it would be
+            # a submodule, its weights a second time in `state_dict`, and copied by deepcopy.
+            def network(batch: torch.Tensor) -> Any:
+                return net(batch)
+
+            self._compiled = torch.compile(network)
+        return self._compiled(inputs)
+
+    @override
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()
+        state["_compiled"] = None
+        return state
 
     @classmethod
     def from_settings(
