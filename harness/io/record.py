@@ -28,9 +28,8 @@ from harness.core.bus import Bus
 from harness.core.context import RunContext
 from harness.core.events import EVENT_TYPES, BatchEnd, Event
 
-__all__ = ["EVENTS_FILE", "LOSS_BATCH", "EventLog", "read_events"]
+__all__ = ["LOSS_BATCH", "EventLog", "read_events"]
 
-EVENTS_FILE = "events.jsonl"
 LOSS_BATCH = 64
 """Training-batch lines held back at most, so that their losses are read in one transfer."""
 _TYPES = {cls.__name__: cls for cls in EVENT_TYPES}
@@ -65,7 +64,7 @@ class EventLog:
     """Append every event of the run to ``run_dir/events.jsonl``, one flushed line each."""
 
     def __init__(self, context: RunContext) -> None:
-        self.path = context.run_dir / EVENTS_FILE
+        self.path = context.layout.events
         self.context = context
         self._file: IO[str] | None = None
         self._held: list[tuple[dict[str, Any], torch.Tensor]] = []

@@ -15,10 +15,10 @@ The run prints the choice at its start and records it in ``summary.json`` (``acc
 
 from __future__ import annotations
 
-import attrs
 import torch
 from torch import nn
 
+from harness.core.summary import Acceleration
 from harness.settings import ModelSettings, TrainerSettings
 
 __all__ = ["Acceleration", "is_convolutional", "resolve_acceleration", "resolve_precision", "uses_gpu"]
@@ -43,24 +43,6 @@ def resolve_precision(requested: str, *, gpu: bool, bf16: bool) -> str:
 def is_convolutional(network: nn.Module) -> bool:
     """More than one 2-d convolution: a transformer's patch embedding alone does not count."""
     return sum(isinstance(module, nn.Conv2d) for module in network.modules()) > 1
-
-
-@attrs.frozen(kw_only=True)
-class Acceleration:
-    """The resolved choice: what Lightning and the `Classifier` are given."""
-
-    device: str
-    precision: str
-    channels_last: bool
-    compile: bool
-
-    def describe(self) -> str:
-        """One line for the terminal: ``device cuda: precision bf16-mixed, channels-last on, compile off``."""
-        onoff = {True: "on", False: "off"}
-        return (
-            f"device {self.device}: precision {self.precision}, channels-last "
-            f"{onoff[self.channels_last]}, compile {onoff[self.compile]}"
-        )
 
 
 def resolve_acceleration(

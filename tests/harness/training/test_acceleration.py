@@ -73,9 +73,9 @@ def test_a_channels_last_or_compiled_run_trains_resumes_and_exports_with_parity(
 ) -> None:
     settings = make_settings("ema", "onnx_export", option, "trainer.limit_train_batches=2")
     first = run(settings)
-    assert first.summary["status"] == "completed"
-    chosen = first.summary["acceleration"]
-    assert (chosen["channels_last"], chosen["compile"]) == (
+    assert first.summary.status == "completed"
+    chosen = first.summary.acceleration
+    assert (chosen.channels_last, chosen.compile) == (
         option.startswith("model.channels_last"),
         option.startswith("model.compile"),
     )
@@ -96,6 +96,6 @@ def test_a_channels_last_or_compiled_run_trains_resumes_and_exports_with_parity(
             f"trainer.resume={str(last)!r}",
         )
     )
-    assert resumed.summary["status"] == "completed"
-    assert resumed.summary["global_step"] == 2 * first.summary["global_step"]
+    assert resumed.summary.status == "completed"
+    assert resumed.summary.global_step == 2 * first.summary.global_step
     assert _parity(resumed.run_dir)["passed"] is True

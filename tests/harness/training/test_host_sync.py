@@ -77,7 +77,7 @@ def test_a_training_step_makes_no_host_sync_in_the_harness(
             "data.batch_size=4",
             "run.record_events=true",
         )
-        assert run(settings).summary["global_step"] == steps
+        assert run(settings).summary.global_step == steps
         counts.append(Counter(syncs))
     fewer, more = counts
     assert more == fewer, f"reads that grow with the steps: {dict(more - fewer)}"
