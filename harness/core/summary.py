@@ -26,7 +26,7 @@ import attrs
 
 from harness.core.context import LeftOutClass, StopRequest
 
-__all__ = ["BACKGROUND", "Attempt", "Failure", "RunStatus", "RunSummary", "TestScore"]
+__all__ = ["BACKGROUND", "Acceleration", "Attempt", "Failure", "RunStatus", "RunSummary", "TestScore"]
 
 RunStatus = Literal["completed", "stopped", "pruned", "interrupted", "diverged", "failed"]
 """How a run ended (see the module docstring); the summary's ``status`` and `RunEnd.status`."""
@@ -67,6 +67,24 @@ class TestScore:
     left_out: Mapping[str, int] | None = None
 
 
+@attrs.frozen(kw_only=True)
+class Acceleration:
+    """What the run asked of its device, resolved (`harness.training.acceleration`)."""
+
+    device: str
+    precision: str
+    channels_last: bool
+    compile: bool
+
+    def describe(self) -> str:
+        """One line for the terminal: ``device cuda: precision bf16-mixed, channels-last on, compile off``."""
+        onoff = {True: "on", False: "off"}
+        return (
+            f"device {self.device}: precision {self.precision}, channels-last "
+            f"{onoff[self.channels_last]}, compile {onoff[self.compile]}"
+        )
+
+
 Attempt = Mapping[str, object]
 """An earlier attempt's summary as that attempt wrote it (any version), plus its ``record`` folder."""
 
@@ -95,6 +113,7 @@ class RunSummary:
     error: str | None
     attempts: tuple[Attempt, ...]
     test: TestScore | None
+    acceleration: Acceleration
 
     def to_json(self) -> dict[str, object]:
         """The document of ``summary.json``: every field in order; a test score without its empty fields."""
@@ -111,5 +130,6 @@ class RunSummary:
             test=None
             if self.test is None
             else {k: v for k, v in attrs.asdict(self.test).items() if v is not None},
+            acceleration=attrs.asdict(self.acceleration),
         )
         return document

@@ -18,12 +18,7 @@ from pathlib import Path
 
 import attrs
 import lightning as L
-from lightning.pytorch.callbacks import (
-    Callback,
-    EarlyStopping,
-    LearningRateMonitor,
-    ModelCheckpoint,
-)
+from lightning.pytorch.callbacks import Callback, EarlyStopping, LearningRateMonitor
 from lightning.pytorch.loggers import Logger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
@@ -32,16 +27,18 @@ from harness.core.context import DatasetInfo
 from harness.core.errors import StopRun, Terminated, TrainingDiverged
 from harness.core.events import RunEnd
 from harness.core.layout import RunLayout
-from harness.core.summary import Attempt, Failure, RunStatus, RunSummary, TestScore
+from harness.core.summary import Acceleration, Attempt, Failure, RunStatus, RunSummary, TestScore
 from harness.io.artifacts import write_json, write_label_map, write_text
 from harness.io.background import BackgroundWriter
 from harness.io.lock import RunLock
 from harness.settings import Settings, resolve_specs, settings_to_toml
+from harness.training.acceleration import resolve_acceleration
 from harness.training.assembly import Assembly, assemble
 from harness.training.callback import BusCallback
 from harness.training.checkpoint_io import AtomicCheckpointIO
 from harness.training.data import ImageDataModule, run_preprocessing
 from harness.training.evaluation import evaluate_test_split
+from harness.training.lean_checkpoint import LeanModelCheckpoint
 from harness.training.loggers import LoggerTrackers, build_loggers, logger_artifacts, require_packages
 from harness.training.model import Classifier, check_monitor
 from harness.training.nodes import from_rank_zero, join, launch_of, scan_once
@@ -82,6 +79,7 @@ class _Run:
     data: DatasetInfo
     writer: BackgroundWriter
     module: Classifier
+    acceleration: Acceleration
     datamodule: ImageDataModule
     loggers: list[Logger]
     trackers: LoggerTrackers | None
@@ -105,7 +103,7 @@ def _lightning_callbacks(settings: Settings, run_dir: Path) -> list[Callback]:
     ckpt = settings.checkpoint
     if ckpt.enabled:
         callbacks.append(
-            ModelCheckpoint(
+            LeanModelCheckpoint(
                 dirpath=RunLayout(run_dir).checkpoints,
                 filename="epoch={epoch:03d}-score={" + ckpt.monitor + ":.4f}",
                 auto_insert_metric_name=False,
@@ -166,6 +164,10 @@ def _assemble(settings: Settings, extras: Mapping[str, Subscriber]) -> _Run:
     module = Classifier.from_settings(
         settings.model, num_classes=len(classes), image_size=settings.data.image_size
     )
+    acceleration = resolve_acceleration(settings.trainer, settings.model, module.net)
+    module.accelerate(channels_last=acceleration.channels_last, compile=acceleration.compile)
+    if settings.run.terminal != "quiet":
+        print(acceleration.describe(), flush=True)
     specs = resolve_specs(settings.run.plugins)
     require_packages(settings.logger)  # before the run directory is made
     check_monitor(settings.checkpoint.monitor, settings.checkpoint.mode)
@@ -229,6 +231,7 @@ def _assemble(settings: Settings, extras: Mapping[str, Subscriber]) -> _Run:
         data=info,
         writer=writer,
         module=module,
+        acceleration=acceleration,
         datamodule=datamodule,
         loggers=loggers,
         trackers=trackers,
@@ -250,7 +253,7 @@ def _trainer(parts: _Run) -> L.Trainer:
         devices=trainer_settings.devices,
         num_nodes=trainer_settings.num_nodes,
         strategy=trainer_settings.strategy,
-        precision=trainer_settings.precision,
+        precision=parts.acceleration.precision,  # type: ignore[arg-type]
         accumulate_grad_batches=trainer_settings.accumulate_grad_batches,
         gradient_clip_val=trainer_settings.gradient_clip_val or None,
         limit_train_batches=_fraction(trainer_settings.limit_train_batches),
@@ -393,4 +396,5 @@ def _summary(
         error=outcome.error,
         attempts=tuple(parts.attempts),
         test=outcome.tested,
+        acceleration=parts.acceleration,
     )
