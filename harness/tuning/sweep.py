@@ -218,7 +218,9 @@ def _recover(study: optuna.Study) -> int:
     for trial in stale:
         optuna.trial.Trial(study, trial._trial_id).set_user_attr("status", "interrupted")
         study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
-        study.enqueue_trial(dict(trial.params), skip_if_exists=False)
+        # A trial stopped before its parameters were suggested holds them only as Optuna's fixed ones.
+        asked = {**trial.system_attrs.get("fixed_params", {}), **trial.params}
+        study.enqueue_trial(asked, skip_if_exists=False)
     return len(stale)
 
 
