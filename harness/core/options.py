@@ -20,6 +20,8 @@ from typing import Any, TypeVar
 
 import attrs
 
+from harness.core.errors import shown
+
 __all__ = ["HELP_KEY", "Validator", "at_least", "check", "finite", "help_of", "option", "positive", "within"]
 
 HELP_KEY = "help"
@@ -49,7 +51,7 @@ def check(predicate: Callable[[Any], bool], expectation: str) -> Validator:
 
     def validate(_instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
         if not predicate(value):
-            raise ValueError(f"{attribute.name} must be {expectation}, got {value!r}")
+            raise ValueError(f"{attribute.name} must be {expectation}, got {shown(value)}")
 
     return validate
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import math
 import tomllib
 import types
 import typing
@@ -24,7 +25,7 @@ from typing import Any, Literal, TypeVar
 import attrs
 import tomli_w
 
-from harness.core.errors import SettingsError
+from harness.core.errors import SettingsError, cut, shown
 from harness.core.spec import AnySpec, SubscriberSettings
 from harness.settings.plugins import resolve_specs
 from harness.settings.tree import Settings
@@ -69,8 +70,9 @@ def load_settings(
     settings = _build_settings(tree, source, builtins, other_tables)
     for override in overrides:
         keys, value = parse_override(override)
-        tree = _with(tree, keys, value, f"--set {override}")
-        settings = _build_settings(tree, f"--set {override}", builtins, other_tables)
+        source = f"--set {cut(override)}"
+        tree = _with(tree, keys, value, source)
+        settings = _build_settings(tree, source, builtins, other_tables)
     return settings
 
 
@@ -79,7 +81,7 @@ def parse_override(text: str) -> tuple[tuple[str, ...], Any]:
     dotted, sep, raw = text.partition("=")
     keys = tuple(part.strip() for part in dotted.split("."))
     if not sep or len(keys) < 2 or not all(keys):
-        raise SettingsError(f"--set {text}: expected section.key=value, e.g. data.batch_size=32")
+        raise SettingsError(f"--set {cut(text)}: expected section.key=value, e.g. data.batch_size=32")
     try:
         value = tomllib.loads(f"v = {raw.strip()}")["v"]
     except tomllib.TOMLDecodeError:
@@ -134,16 +136,15 @@ def _build_settings(
     settings = _build(Settings, tree, source, (), skip=("subscribers",))
     specs = resolve_specs(settings.run.plugins, builtins, where=f"{source}: [run].plugins")
     if not isinstance(subscribers, Mapping):
-        raise SettingsError(f"{source}: [subscribers] must be a table, got {subscribers!r}")
+        raise SettingsError(f"{source}: [subscribers] must be a table, got {shown(subscribers)}")
     for name in subscribers:
         if name not in specs and other_tables == "error":
             valid = list(specs)
             close = difflib.get_close_matches(name, valid, n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
             plugin = "" if close else "; a plugin's table needs the plugin named in [run].plugins"
-            raise SettingsError(
-                f"{source}: unknown table 'subscribers.{name}'{hint}{plugin}; valid: {', '.join(valid)}"
-            )
+            table = shown(f"subscribers.{name}")
+            raise SettingsError(f"{source}: unknown table {table}{hint}{plugin}; valid: {', '.join(valid)}")
     built: dict[str, SubscriberSettings] = {
         name: _build(spec.settings, subscribers.get(name, {}), source, ("subscribers", name))
         for name, spec in specs.items()
@@ -163,7 +164,7 @@ def _suggest(name: str, valid: Sequence[str]) -> str:
 
 def _build(cls: type[T], values: Any, source: str, table: tuple[str, ...], skip: Sequence[str] = ()) -> T:
     if not isinstance(values, Mapping):
-        raise SettingsError(f"{_where(source, table)} must be a table, got {values!r}")
+        raise SettingsError(f"{_where(source, table)} must be a table, got {shown(values)}")
     fields = {name: field for name, field in attrs.fields_dict(cls).items() if name not in skip}  # type: ignore[arg-type]
     hints = typing.get_type_hints(cls)
     kwargs: dict[str, Any] = {}
@@ -171,7 +172,7 @@ def _build(cls: type[T], values: Any, source: str, table: tuple[str, ...], skip:
         if key not in fields:
             what = "table" if isinstance(value, Mapping) else "key"
             dotted = ".".join((*table, key))
-            raise SettingsError(f"{source}: unknown {what} {dotted!r}" + _suggest(key, list(fields)))
+            raise SettingsError(f"{source}: unknown {what} {shown(dotted)}" + _suggest(key, list(fields)))
         hint = hints[key]
         if attrs.has(hint):
             kwargs[key] = _build(hint, value, source, (*table, key))
@@ -196,7 +197,7 @@ def _coerce(hint: Any, value: Any, source: str, table: tuple[str, ...], key: str
         allowed = typing.get_args(hint)
         if value not in allowed:
             listed = ", ".join(repr(a) for a in allowed)
-            raise SettingsError(f"{where} must be one of {listed}, got {value!r}")
+            raise SettingsError(f"{where} must be one of {listed}, got {shown(value)}")
         return value
     if origin in (types.UnionType, typing.Union):
         for option in typing.get_args(hint):
@@ -205,7 +206,7 @@ def _coerce(hint: Any, value: Any, source: str, table: tuple[str, ...], key: str
             except SettingsError:
                 continue
         names = " or ".join(_type_name(o) for o in typing.get_args(hint))
-        raise SettingsError(f"{where} must be {names}, got {value!r}")
+        raise SettingsError(f"{where} must be {names}, got {shown(value)}")
     if origin is tuple:
         items = typing.get_args(hint)
         if items and items[0] is float:
@@ -213,17 +214,23 @@ def _coerce(hint: Any, value: Any, source: str, table: tuple[str, ...], key: str
                 isinstance(v, int | float) and not isinstance(v, bool) for v in value
             )
             if not numbers or (Ellipsis not in items and len(value) != len(items)):
-                raise SettingsError(f"{where} must be a list of {len(items)} numbers, got {value!r}")
+                counted = "numbers" if Ellipsis in items else f"{len(items)} numbers"
+                raise SettingsError(f"{where} must be a list of {counted}, got {shown(value)}")
+            if not all(math.isfinite(v) for v in value):
+                raise SettingsError(f"{where} must hold finite numbers, got {shown(value)}")
             return tuple(float(v) for v in value)
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise SettingsError(f"{where} must be a list of strings, got {value!r}")
+            raise SettingsError(f"{where} must be a list of strings, got {shown(value)}")
         return tuple(value)
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if hint is bool and not isinstance(value, bool):
-        raise SettingsError(f"{where} must be true or false, got {value!r}")
+        raise SettingsError(f"{where} must be true or false, got {shown(value)}")
     if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
-        raise SettingsError(f"{where} must be {_type_name(hint)}, got {value!r}")
+        raise SettingsError(f"{where} must be {_type_name(hint)}, got {shown(value)}")
+    # nan and inf pass every comparison-based bound the wrong way; no setting means either.
+    if isinstance(value, float) and not math.isfinite(value):
+        raise SettingsError(f"{where} must be a finite number, got {value!r}")
     return value
 
 

@@ -40,7 +40,7 @@ from harness.training.checkpoint_io import AtomicCheckpointIO
 from harness.training.data import ImageDataModule, run_preprocessing, scan
 from harness.training.evaluation import evaluate_test_split
 from harness.training.loggers import LoggerTrackers, build_loggers, logger_artifacts, require_packages
-from harness.training.model import Classifier, check_monitor
+from harness.training.model import Classifier, check_batch_norm, check_monitor
 from harness.training.run_dir import (
     RESUME_VARIABLE,
     RUN_DIR_VARIABLE,
@@ -117,6 +117,7 @@ def run(settings: Settings, *, extra_subscribers: Mapping[str, Subscriber] | Non
     module = Classifier.from_settings(
         settings.model, num_classes=len(classes), image_size=settings.data.image_size
     )
+    check_batch_norm(module.net, settings.data.batch_size)
     specs = resolve_specs(settings.run.plugins)
     require_packages(settings.logger)  # before the run directory is made
     check_monitor(settings.checkpoint.monitor, settings.checkpoint.mode)

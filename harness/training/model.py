@@ -33,7 +33,7 @@ from harness.training.networks import (
 )
 from harness.training.optim import Schedule
 
-__all__ = ["METRICS", "Classifier", "check_monitor"]
+__all__ = ["METRICS", "Classifier", "check_batch_norm", "check_monitor"]
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 TrainBatch = tuple[torch.Tensor, torch.Tensor] | tuple[torch.Tensor, torch.Tensor, torch.Tensor]
@@ -62,6 +62,21 @@ def check_monitor(monitor: str, mode: str) -> None:
             monitor,
             "up" if METRICS[monitor] == "max" else "down",
             METRICS[monitor],
+        )
+
+
+def check_batch_norm(net: torch.nn.Module, batch_size: int) -> None:
+    """Refuse a batch size BatchNorm cannot train on: one image has no variance to normalise by."""
+    if batch_size > 1:
+        return
+    norm = next(
+        (type(m).__name__ for m in net.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)),
+        None,
+    )
+    if norm is not None:
+        raise SettingsError(
+            f"[data].batch_size = {batch_size}: the network has {norm} layers, which cannot train on "
+            "batches of one image; use a batch size of at least 2"
         )
 
 
