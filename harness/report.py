@@ -12,13 +12,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from harness.core.errors import DataError, HarnessError, report
+from harness.io.artifacts import LABELS_FILE, SETTINGS_FILE, is_run_dir
 from harness.io.report_page import REPORT_FILE, find_pictures, render_report, write_report
 
 __all__ = ["REPORT_FILE", "find_pictures", "main", "render_report", "write_report"]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """The command line; exit codes: 0 written, 1 not writable, 2 not a directory."""
+    """The command line; exit codes: 0 written, 1 not writable, 2 not a run directory."""
     parser = argparse.ArgumentParser(
         prog="python -m harness.report",
         description="Write RUN_DIR/report.html: status, pictures, tables, settings, files.",
@@ -29,6 +30,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     run_dir: Path = args.run_dir
     if not run_dir.is_dir():
         return report(DataError(f"{run_dir}: not a directory (expected a run directory)"))
+    if not is_run_dir(run_dir):
+        return report(
+            DataError(
+                f"{run_dir}: not a run directory (it lacks {SETTINGS_FILE} or {LABELS_FILE}); nothing written"
+            )
+        )
     try:
         page = write_report(run_dir, embed=args.embed)
     except OSError as error:

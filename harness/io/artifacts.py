@@ -25,6 +25,7 @@ __all__ = [
     "CHECKPOINTS_DIR",
     "LABELS_FILE",
     "atomic_path",
+    "is_run_dir",
     "read_label_map",
     "run_dir_of",
     "save_figure",
@@ -35,6 +36,7 @@ __all__ = [
 ]
 
 LABELS_FILE = "labels.json"
+SETTINGS_FILE = "settings.toml"
 CHECKPOINTS_DIR = "checkpoints"
 """The folder of a run directory that holds its checkpoints."""
 
@@ -112,3 +114,8 @@ def run_dir_of(checkpoint: Path) -> Path:
     """The run directory of a checkpoint: the parent of its ``checkpoints/`` folder, else its folder."""
     folder = checkpoint.resolve().parent
     return folder.parent if folder.name == CHECKPOINTS_DIR else folder
+
+
+def is_run_dir(folder: Path) -> bool:
+    """Whether `folder` is a run directory the harness made (it writes both files before training)."""
+    return (folder / SETTINGS_FILE).is_file() and (folder / LABELS_FILE).is_file()

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from harness.core.errors import HarnessError, SettingsError
-from harness.io.artifacts import CHECKPOINTS_DIR, LABELS_FILE, read_label_map, run_dir_of
+from harness.io.artifacts import CHECKPOINTS_DIR, LABELS_FILE, is_run_dir, read_label_map, run_dir_of
 from harness.settings import Settings
 
 __all__ = [
@@ -65,11 +65,6 @@ def launched_rank() -> int:
         if os.environ.get(variable, "").isdigit():
             return int(os.environ[variable])
     return 0
-
-
-def is_run_dir(folder: Path) -> bool:
-    """Whether `folder` is a run directory the harness made."""
-    return (folder / _SETTINGS).is_file() and (folder / LABELS_FILE).is_file()
 
 
 def _read(checkpoint: Path) -> dict[str, Any]:
