@@ -98,7 +98,7 @@ def image_entries(folder: str | os.PathLike[str]) -> list[os.DirEntry[str]]:
 
 def _walk(folder: str, found: list[os.DirEntry[str]], inside: frozenset[tuple[int, int]]) -> None:
     try:
-        here = os.stat(folder)
+        here = Path(folder).stat()
         with os.scandir(folder) as listing:
             entries = sorted(listing, key=_name)
     except (PermissionError, FileNotFoundError, NotADirectoryError):
@@ -118,7 +118,7 @@ def _walk(folder: str, found: list[os.DirEntry[str]], inside: frozenset[tuple[in
 
 def _identity(path: str) -> tuple[int, int] | None:
     try:
-        status = os.stat(path)
+        status = Path(path).stat()
     except OSError:
         return None
     return status.st_dev, status.st_ino
@@ -150,7 +150,7 @@ def _opened(path: str | Path) -> Iterator[Image.Image]:
 
     Anything but a regular file is refused before it is opened (`OSError`).
     """
-    mode = os.stat(path).st_mode
+    mode = Path(path).stat().st_mode
     if not stat.S_ISREG(mode):
         raise OSError(f"not a regular file but {_kind(mode)}")
     with warnings.catch_warnings():

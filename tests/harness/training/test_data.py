@@ -366,10 +366,6 @@ def test_the_listing_is_sorted_skips_hidden_names_and_follows_links(tmp_path: Pa
     assert image_files(root / "missing") == []
 
 
-def snapshot(root: Path) -> dict[Path, bytes]:
-    return {p: p.read_bytes() for p in root.rglob("*") if p.is_file() and not p.is_symlink()}
-
-
 def test_a_fifo_named_like_an_image_is_an_unreadable_image_named_by_path(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
