@@ -36,7 +36,7 @@ from harness.io.lock import RunLock
 from harness.io.record import EventLog
 from harness.settings import Settings, resolve_specs, settings_to_toml
 from harness.training.callback import BusCallback, scalar_metrics
-from harness.training.checkpoint_io import AtomicCheckpointIO
+from harness.training.checkpoint_io import AtomicCheckpointIO, remove_stale_temporaries
 from harness.training.data import ImageDataModule, run_preprocessing, scan
 from harness.training.evaluation import evaluate_test_split
 from harness.training.loggers import LoggerTrackers, build_loggers, logger_artifacts, require_packages
@@ -126,6 +126,7 @@ def run(settings: Settings, *, extra_subscribers: Mapping[str, Subscriber] | Non
     joined = os.environ.get(RUN_DIR_VARIABLE) == str(run_dir)
     if not joined:
         lock.acquire()
+        remove_stale_temporaries(run_dir / CHECKPOINTS_DIR)
     # Pictures are drawn in its worker process while training goes on; closed in the finally below.
     writer = BackgroundWriter()
     preprocessing = run_preprocessing(settings)

@@ -51,6 +51,8 @@ ATTEMPTS_DIR = "attempts"
 _LAST = "last.ckpt"
 _SETTINGS = "settings.toml"
 _SUMMARY = "summary.json"
+_LIGHTNING_KEYS = ("pytorch-lightning_version", "epoch", "global_step", "loops")
+"""What Lightning reads from a checkpoint before anything else when it resumes."""
 
 
 class AlreadyComplete(HarnessError):
@@ -68,6 +70,18 @@ def launched_rank() -> int:
 
 
 def _read(checkpoint: Path) -> dict[str, Any]:
+    """The checkpoint Lightning can resume from, else a `SettingsError` saying why not."""
+    raw = _load(checkpoint)
+    missing = [key for key in _LIGHTNING_KEYS if key not in raw]
+    if missing:
+        raise SettingsError(
+            f"[trainer].resume: {checkpoint} is not a Lightning checkpoint: it has a state_dict but no "
+            f"{', '.join(missing)} (a plain torch.save of weights cannot resume a run)"
+        )
+    return raw
+
+
+def _load(checkpoint: Path) -> dict[str, Any]:
     try:
         raw = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
     # torch.load raises many types for a torn, empty or foreign file; each means "unusable".
@@ -83,7 +97,7 @@ def _read(checkpoint: Path) -> dict[str, Any]:
 
 def _step(checkpoint: Path) -> int:
     try:
-        return int(_read(checkpoint).get("global_step", -1))
+        return int(_load(checkpoint).get("global_step", -1))
     except SettingsError:
         return -1
 

@@ -2,7 +2,9 @@
 
 They are configured by environment variables, read when constructed, since a plugin gets
 only the run context: ``FAULT_AT="<event>:<epoch>:<count>"``,
-``FAULT="kill|interrupt|term|term-group|raise"`` and, to hurt one rank only, ``FAULT_RANK``.
+``FAULT="kill|kill-mid-write|interrupt|term|term-group|raise"`` and, to hurt one rank only,
+``FAULT_RANK``. ``kill-mid-write`` SIGKILLs the run from a thread as soon as the checkpoint
+being saved has bytes in its temporary file: a kill in the middle of a real write.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ import hashlib
 import json
 import os
 import signal
+import threading
+import time
 
 import torch
 
@@ -48,6 +52,8 @@ class Fault:
             return
         if self.fault == "kill":
             os.kill(os.getpid(), signal.SIGKILL)
+        elif self.fault == "kill-mid-write":
+            threading.Thread(target=self._kill_when_writing, daemon=True).start()
         elif self.fault == "interrupt":
             os.kill(os.getpid(), signal.SIGINT)
         elif self.fault == "term":
@@ -58,6 +64,13 @@ class Fault:
             os.killpg(os.getpgrp(), signal.SIGTERM)
         elif self.fault == "raise":
             raise RuntimeError("injected failure")
+
+    def _kill_when_writing(self) -> None:
+        folder = self.context.run_dir / "checkpoints"
+        while True:
+            if any(path.stat().st_size > 0 for path in folder.glob(".*.tmp")):
+                os.kill(os.getpid(), signal.SIGKILL)
+            time.sleep(0.0005)
 
 
 class RankReport:
