@@ -17,21 +17,36 @@ the key of the subscriber's state in checkpoints (so a module may move without l
 state), and the subscriber's name in the settings reference. `build` is called with the
 run context and the validated settings; heavy imports belong in it (or in the
 subscriber's constructor), so a disabled subscriber costs nothing at start-up.
+
+Options that can only be checked against the data or the model (a class name that must
+exist, say) are checked in `build`, which raises `harness.core.errors.SettingsError`
+with what was expected and what was found. `attach_subscribers` builds and connects every
+enabled one before training: any exception there, whatever the subscriber's ``on_error``,
+stops the run with one line naming ``[subscribers.<name>]`` (exit code 2).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Generic, TypeVar
 
 import attrs
 
-from harness.core.bus import OnError, Subscriber
+from harness.core.bus import Bus, OnError, Subscriber
 from harness.core.context import RunContext
+from harness.core.errors import SettingsError
 from harness.core.options import option
 
-__all__ = ["AnySpec", "OnError", "SubscriberSettings", "SubscriberSpec", "on_error_option", "plain_spec"]
+__all__ = [
+    "AnySpec",
+    "OnError",
+    "SubscriberSettings",
+    "SubscriberSpec",
+    "attach_subscribers",
+    "on_error_option",
+    "plain_spec",
+]
 
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 
@@ -108,3 +123,32 @@ def plain_spec(
 
 AnySpec = SubscriberSpec[Any]
 """A spec of any settings class: what lists of specs hold."""
+
+
+def attach_subscribers(
+    specs: Mapping[str, AnySpec],
+    options: Mapping[str, SubscriberSettings],
+    context: RunContext,
+    bus: Bus,
+) -> dict[str, Subscriber]:
+    """Build every enabled subscriber of `specs` and attach it to `bus`, in order; name -> subscriber.
+
+    A subscriber that raises while it is built or connected is a `SettingsError` naming
+    its table, whatever its ``on_error`` (that policy is for events, once the run is going).
+    """
+    attached: dict[str, Subscriber] = {}
+    for name, spec in specs.items():
+        settings = options[name]
+        if not settings.enabled:
+            continue
+        step = "built"
+        try:
+            subscriber = spec.build(context, settings)
+            step = "connected"
+            attached[name] = bus.attach(subscriber, on_error=settings.on_error)
+        except SettingsError as error:
+            raise SettingsError(f"[subscribers.{name}]: {error}") from None
+        except Exception as error:
+            reason = f"{type(error).__name__}: {error}"
+            raise SettingsError(f"[subscribers.{name}]: raised while it was {step}: {reason}") from error
+    return attached

@@ -30,7 +30,8 @@ from harness.core.bus import Bus, Stateful, Subscriber
 from harness.core.context import RunContext
 from harness.core.errors import Terminated, TrainingDiverged
 from harness.core.events import RunEnd
-from harness.io.artifacts import CHECKPOINTS_DIR, write_json, write_label_map, write_text
+from harness.core.spec import attach_subscribers
+from harness.io.artifacts import CHECKPOINTS_DIR, is_run_dir, write_json, write_label_map, write_text
 from harness.io.background import BackgroundWriter
 from harness.io.lock import RunLock
 from harness.io.record import EventLog
@@ -44,6 +45,7 @@ from harness.training.model import Classifier, check_batch_norm, check_monitor
 from harness.training.run_dir import (
     RESUME_VARIABLE,
     RUN_DIR_VARIABLE,
+    abandon,
     check_resume,
     keep_attempt,
     last_checkpoint,
@@ -114,8 +116,13 @@ def run(settings: Settings, *, extra_subscribers: Mapping[str, Subscriber] | Non
         log.warning(
             "skipping %d unreadable image file(s) ([data].on_corrupt = skip): %s", len(info.skipped), shown
         )
+    preprocessing = run_preprocessing(settings)
     module = Classifier.from_settings(
-        settings.model, num_classes=len(classes), image_size=settings.data.image_size
+        settings.model,
+        num_classes=len(classes),
+        image_size=settings.data.image_size,
+        class_names=classes,
+        preprocessing=preprocessing,
     )
     check_batch_norm(module.net, settings.data.batch_size)
     specs = resolve_specs(settings.run.plugins)
@@ -124,12 +131,12 @@ def run(settings: Settings, *, extra_subscribers: Mapping[str, Subscriber] | Non
     run_dir, resume_from = resolve_run_dir(settings)
     lock = RunLock(run_dir)
     joined = os.environ.get(RUN_DIR_VARIABLE) == str(run_dir)
+    made_here = not joined and not is_run_dir(run_dir)
     if not joined:
         lock.acquire()
         remove_stale_temporaries(run_dir / CHECKPOINTS_DIR)
     # Pictures are drawn in its worker process while training goes on; closed in the finally below.
     writer = BackgroundWriter()
-    preprocessing = run_preprocessing(settings)
     sampler = make_sampler(info.train_targets, balanced=settings.data.balanced, seed=settings.run.seed)
     datamodule = ImageDataModule(info, preprocessing, settings.data, sampler, settings.augment)
     loggers = build_loggers(settings.logger, run_dir, settings.run.name)
@@ -152,11 +159,13 @@ def run(settings: Settings, *, extra_subscribers: Mapping[str, Subscriber] | Non
     if event_log is not None:
         bus.attach(event_log)
     # Checkpoints keep each subscriber's state under its table name (see BusCallback).
-    subscribers: dict[str, Subscriber] = {}
-    for name, spec in specs.items():
-        options = settings.subscribers[name]
-        if options.enabled:
-            subscribers[name] = bus.attach(spec.build(context, options), on_error=options.on_error)
+    try:
+        subscribers = attach_subscribers(specs, settings.subscribers, context, bus)
+    except BaseException:
+        lock.release()
+        if made_here:
+            abandon(run_dir, Path(settings.run.output_dir).expanduser())
+        raise
     extras = dict(extra_subscribers or {})
     for subscriber in extras.values():
         bus.attach(subscriber, on_error="raise")
@@ -170,9 +179,12 @@ def run(settings: Settings, *, extra_subscribers: Mapping[str, Subscriber] | Non
                 settings,
                 classes,
                 [k for k, s in stateful.items() if isinstance(s, Stateful)],
+                preprocessing,
             )
         except BaseException:
             lock.release()
+            if made_here:
+                abandon(run_dir, Path(settings.run.output_dir).expanduser())
             raise
         attempts = keep_attempt(run_dir)
         for name, path in (attempts[-1].get("artifacts") or {}).items() if attempts else ():

@@ -14,8 +14,10 @@ non-finite weights at an epoch's end, before any checkpoint is written) raises
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
+import attrs
 import lightning as L
 import torch
 import torch.nn.functional as F
@@ -23,6 +25,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from typing_extensions import override
 
 from harness.core.errors import SettingsError, TrainingDiverged
+from harness.core.preprocessing import Preprocessing
 from harness.settings import ModelSettings
 from harness.training.networks import (
     AUX_LOSS_WEIGHTS,
@@ -33,7 +36,7 @@ from harness.training.networks import (
 )
 from harness.training.optim import Schedule
 
-__all__ = ["METRICS", "Classifier", "check_batch_norm", "check_monitor"]
+__all__ = ["METRICS", "Classifier", "check_batch_norm", "check_monitor", "preprocessing_record"]
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 TrainBatch = tuple[torch.Tensor, torch.Tensor] | tuple[torch.Tensor, torch.Tensor, torch.Tensor]
@@ -63,6 +66,11 @@ def check_monitor(monitor: str, mode: str) -> None:
             "up" if METRICS[monitor] == "max" else "down",
             METRICS[monitor],
         )
+
+
+def preprocessing_record(preprocessing: Preprocessing) -> dict[str, Any]:
+    """`preprocessing` as plain values, as checkpoints hold it; ``Preprocessing(**record)`` reads it back."""
+    return attrs.asdict(preprocessing)
 
 
 def check_batch_norm(net: torch.nn.Module, batch_size: int) -> None:
@@ -101,6 +109,8 @@ class Classifier(L.LightningModule):
         image_size: int | None = None,
         freeze_backbone_epochs: int = 0,
         backbone_lr_scale: float = 1.0,
+        class_names: Sequence[str] = (),
+        preprocessing: Mapping[str, Any] | None = None,
         load_weights: bool = True,
     ) -> None:
         super().__init__()
@@ -119,8 +129,19 @@ class Classifier(L.LightningModule):
 
     @classmethod
     def from_settings(
-        cls, settings: ModelSettings, num_classes: int, image_size: int | None = None
+        cls,
+        settings: ModelSettings,
+        num_classes: int,
+        image_size: int | None = None,
+        *,
+        class_names: Sequence[str] = (),
+        preprocessing: Preprocessing | None = None,
     ) -> Classifier:
+        """The model `settings` describe, recording `class_names` and `preprocessing`.
+
+        They ride in every checkpoint (``hyper_parameters``, which weights-only checkpoints
+        carry too), so a resume checks them wherever the checkpoint comes from.
+        """
         return cls(
             arch=settings.arch,
             num_classes=num_classes,
@@ -137,6 +158,8 @@ class Classifier(L.LightningModule):
             image_size=image_size,
             freeze_backbone_epochs=settings.freeze_backbone_epochs,
             backbone_lr_scale=settings.backbone_lr_scale,
+            class_names=tuple(class_names),
+            preprocessing=None if preprocessing is None else preprocessing_record(preprocessing),
         )
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
