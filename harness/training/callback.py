@@ -57,13 +57,15 @@ _SAFE_CONTAINERS = (dict, collections.OrderedDict, list, tuple, torch.Size)
 
 def _plainly_loadable(state: object, depth: int = 0) -> bool:
     """Whether `state` is made only of what ``weights_only=True`` loads, by a walk (no copy of tensors)."""
-    if type(state) in _SAFE_CONTAINERS and depth < 50:
-        items = state.items() if isinstance(state, dict) else enumerate(state)  # type: ignore[attr-defined]
+    if depth > 50:
+        return False
+    if isinstance(state, dict) and type(state) in _SAFE_CONTAINERS:
         return all(
-            (isinstance(key, int) or _plainly_loadable(key, depth + 1))
-            and _plainly_loadable(value, depth + 1)
-            for key, value in items
+            _plainly_loadable(key, depth + 1) and _plainly_loadable(value, depth + 1)
+            for key, value in state.items()
         )
+    if isinstance(state, list | tuple) and type(state) in _SAFE_CONTAINERS:
+        return all(_plainly_loadable(item, depth + 1) for item in state)
     return type(state) in _SAFE_LEAVES or type(state) is torch.nn.Parameter
 
 
