@@ -31,7 +31,7 @@ from harness.core.context import RunContext
 from harness.core.errors import Terminated, TrainingDiverged
 from harness.core.events import RunEnd
 from harness.core.spec import attach_subscribers
-from harness.io.artifacts import CHECKPOINTS_DIR, is_run_dir, write_json, write_label_map, write_text
+from harness.io.artifacts import CHECKPOINTS_DIR, run_dir_of, write_json, write_label_map, write_text
 from harness.io.background import BackgroundWriter
 from harness.io.lock import RunLock
 from harness.io.record import EventLog
@@ -131,7 +131,8 @@ def run(settings: Settings, *, extra_subscribers: Mapping[str, Subscriber] | Non
     run_dir, resume_from = resolve_run_dir(settings)
     lock = RunLock(run_dir)
     joined = os.environ.get(RUN_DIR_VARIABLE) == str(run_dir)
-    made_here = not joined and not is_run_dir(run_dir)
+    # A fresh run directory, or a new one for a checkpoint from outside any: removed if the run is refused.
+    made_here = not joined and (resume_from is None or run_dir_of(resume_from) != run_dir.resolve())
     if not joined:
         lock.acquire()
         remove_stale_temporaries(run_dir / CHECKPOINTS_DIR)

@@ -2,7 +2,8 @@
 
 `LateUnloadable` keeps a plain dict for its first two saves, then a `fractions.Fraction`
 (which ``torch.load(weights_only=True)`` refuses); `BrokenAtBuild` raises while it is
-built, `BrokenAtConnect` while it subscribes.
+built, `BrokenAtConnect` while it subscribes; `NeedsZebra` refuses data without a class
+named zebra (`SettingsError`).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 
 from harness.core.bus import Bus
 from harness.core.context import RunContext
+from harness.core.errors import SettingsError
 from harness.core.events import TrainEpochEnd
 
 
@@ -58,3 +60,14 @@ class BrokenAtConnect:
 
     def connect(self, bus: Bus) -> None:
         raise RuntimeError("cannot subscribe")
+
+
+class NeedsZebra:
+    """Checks an option against the data when built, as `SubscriberSpec.build` should."""
+
+    def __init__(self, context: RunContext) -> None:
+        if "zebra" not in context.class_names:
+            raise SettingsError(f"class 'zebra' is not among the data's classes {list(context.class_names)}")
+
+    def connect(self, bus: Bus) -> None:
+        bus.subscribe(TrainEpochEnd, lambda event: None)

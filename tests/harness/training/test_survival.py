@@ -143,6 +143,11 @@ def test_a_plugin_state_unloadable_after_two_saves_meets_its_failure_policy(
             "broken_at_connect",
             "raised while it was connected: RuntimeError: cannot subscribe",
         ),
+        (
+            "NeedsZebra",
+            "needs_zebra",
+            "class 'zebra' is not among the data's classes ['blue', 'green', 'red']",
+        ),
     ],
 )
 def test_a_subscriber_raising_while_built_or_connected_is_one_line_and_nothing_made(
