@@ -16,6 +16,14 @@ from tests.harness.training.test_faults import PLUGINS, harness_run, only_run_di
 from tests.harness.training.test_resume import argv, digests, one_line, tmpfs
 
 
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder holding ``data/`` and a completed one-epoch run under ``runs/`` (tests leave it as it was)."""
+    folder = tmp_path_factory.mktemp("finished")
+    assert main(argv(folder, "trainer.max_epochs=1")) == 0
+    return folder
+
+
 def test_a_foreign_checkpoint_with_a_state_dict_key_is_one_line_and_nothing_made(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -57,9 +65,9 @@ def test_a_kill_during_a_checkpoint_write_leaves_a_temporary_that_the_resume_rem
 
 @pytest.mark.slow
 def test_resuming_on_a_read_only_file_system_is_one_line(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    finished: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert main(argv(tmp_path, "trainer.max_epochs=1")) == 0
+    tmp_path = finished
     capsys.readouterr()
     mounts = tmpfs(tmp_path / "mounted", "size=250m")
     mount = next(mounts)
@@ -173,9 +181,9 @@ def test_a_subscriber_raising_while_built_or_connected_is_one_line_and_nothing_m
 
 @pytest.mark.slow
 def test_a_loose_checkpoint_with_other_classes_or_size_is_refused_and_no_run_directory_made(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    finished: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert main(argv(tmp_path, "trainer.max_epochs=1")) == 0
+    tmp_path = finished
     loose = tmp_path / "downloads" / "model.ckpt"
     loose.parent.mkdir()
     shutil.copy(tmp_path / "runs" / "digits" / "version_0" / "checkpoints" / "last.ckpt", loose)
