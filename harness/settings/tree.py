@@ -108,9 +108,13 @@ class DataSettings:
         "(or `valid/`, `validation/`), and `test/`)",
     )
     image_size: int = option(
-        32, "images are resized to a square of this side", within(8, IMAGE_SIZE_LIMIT, closed="[]")
+        32,
+        f"images are resized to a square of this side, 8 to {IMAGE_SIZE_LIMIT}",
+        within(8, IMAGE_SIZE_LIMIT, closed="[]"),
     )
-    batch_size: int = option(64, "images per batch (per process)", positive())
+    batch_size: int = option(
+        64, "images per batch (per process); at least 2 for a network with BatchNorm", positive()
+    )
     val_fraction: float = option(
         0.2, "stratified, seeded validation share when the tree has no `val/`", within(0, 1, closed="()")
     )
