@@ -67,21 +67,20 @@ def test_a_kill_during_a_checkpoint_write_leaves_a_temporary_that_the_resume_rem
 def test_resuming_on_a_read_only_file_system_is_one_line(
     finished: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    tmp_path = finished
     capsys.readouterr()
-    mounts = tmpfs(tmp_path / "mounted", "size=250m")
+    mounts = tmpfs(finished / "mounted", "size=250m")
     mount = next(mounts)
     run_dir = mount / "runs" / "digits" / "version_0"
     for name in ("settings.toml", "labels.json", "summary.json", "checkpoints/last.ckpt"):
         (run_dir / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(tmp_path / "runs" / "digits" / "version_0" / name, run_dir / name)
+        shutil.copy2(finished / "runs" / "digits" / "version_0" / name, run_dir / name)
     remounted = subprocess.run(["mount", "-o", "remount,ro", str(mount)], capture_output=True, check=False)
     assert remounted.returncode == 0, remounted.stderr
     try:
         before = digests(mount)
         code = main(
             [
-                *argv(tmp_path, "trainer.resume='last'", "trainer.max_epochs=2"),
+                *argv(finished, "trainer.resume='last'", "trainer.max_epochs=2"),
                 "--set",
                 f"run.output_dir='{mount / 'runs'}'",
             ]
@@ -183,17 +182,16 @@ def test_a_subscriber_raising_while_built_or_connected_is_one_line_and_nothing_m
 def test_a_loose_checkpoint_with_other_classes_or_size_is_refused_and_no_run_directory_made(
     finished: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    tmp_path = finished
-    loose = tmp_path / "downloads" / "model.ckpt"
+    loose = finished / "downloads" / "model.ckpt"
     loose.parent.mkdir()
-    shutil.copy(tmp_path / "runs" / "digits" / "version_0" / "checkpoints" / "last.ckpt", loose)
-    renamed = write_imagefolder(tmp_path / "renamed", {"wolf": 8, "green": 8, "blue": 8}, size=10)
-    before = digests(tmp_path)
+    shutil.copy(finished / "runs" / "digits" / "version_0" / "checkpoints" / "last.ckpt", loose)
+    renamed = write_imagefolder(finished / "renamed", {"wolf": 8, "green": 8, "blue": 8}, size=10)
+    before = digests(finished)
     capsys.readouterr()
 
     code = main(
         argv(
-            tmp_path,
+            finished,
             f"trainer.resume='{loose}'",
             "trainer.max_epochs=2",
             "data.image_size=20",
@@ -209,8 +207,8 @@ def test_a_loose_checkpoint_with_other_classes_or_size_is_refused_and_no_run_dir
         "preprocessing crop_fraction 1.0 in the checkpoint, 0.875 now; "
         "preprocessing resize 'squash' in the checkpoint, 'crop' now"
     )
-    assert sorted(p.name for p in (tmp_path / "runs" / "digits").iterdir()) == ["version_0"]
-    assert digests(tmp_path) == before
+    assert sorted(p.name for p in (finished / "runs" / "digits").iterdir()) == ["version_0"]
+    assert digests(finished) == before
 
 
 @pytest.mark.slow
