@@ -12,10 +12,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from harness.core.errors import DataError, HarnessError, report
-from harness.io.artifacts import LABELS_FILE, SETTINGS_FILE, is_run_dir
-from harness.io.report_page import REPORT_FILE, find_pictures, render_report, write_report
+from harness.core.layout import RunLayout
+from harness.io.report_page import find_pictures, render_report, write_report
 
-__all__ = ["REPORT_FILE", "find_pictures", "main", "render_report", "write_report"]
+__all__ = ["find_pictures", "main", "render_report", "write_report"]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -30,16 +30,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     run_dir: Path = args.run_dir
     if not run_dir.is_dir():
         return report(DataError(f"{run_dir}: not a directory (expected a run directory)"))
-    if not is_run_dir(run_dir):
-        return report(
-            DataError(
-                f"{run_dir}: not a run directory (it lacks {SETTINGS_FILE} or {LABELS_FILE}); nothing written"
-            )
-        )
+    layout = RunLayout(run_dir)
+    if not layout.is_run_dir():
+        lacks = f"{layout.settings.name} or {layout.labels.name}"
+        return report(DataError(f"{run_dir}: not a run directory (it lacks {lacks}); nothing written"))
     try:
         page = write_report(run_dir, embed=args.embed)
     except OSError as error:
-        return report(HarnessError(f"{run_dir / REPORT_FILE}: cannot write the report ({error.strerror})"))
+        return report(
+            HarnessError(f"{RunLayout(run_dir).report}: cannot write the report ({error.strerror})")
+        )
     print(page)
     return 0
 

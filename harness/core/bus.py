@@ -33,6 +33,7 @@ import blinker
 
 from harness.core.errors import SubscriberError, cut
 from harness.core.events import Event, Stage
+from harness.core.summary import Failure
 
 __all__ = ["Bus", "Failure", "OnError", "Stateful", "Subscriber", "Subscription"]
 
@@ -63,17 +64,6 @@ class Stateful(Protocol):
     def state_dict(self) -> dict[str, Any]: ...
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None: ...
-
-
-@attrs.frozen(kw_only=True)
-class Failure:
-    """What a subscriber's failure left behind, for the run summary (isolated or not)."""
-
-    subscriber: str
-    event: str
-    step: int
-    error: str
-    traceback: str
 
 
 class Subscription(Generic[E]):
@@ -178,11 +168,18 @@ class Bus:
         self._subscriptions: list[Subscription[Any]] = []
         self._routes: dict[type[Event], tuple[Subscription[Any], ...]] = {}
         self._policies: dict[int, OnError] = {}
+        self._names: dict[int, str] = {}
         self._isolated: set[int] = set()
 
-    def attach(self, subscriber: S, *, on_error: OnError = "raise") -> S:
-        """Connect `subscriber` with a default failure policy for all its subscriptions; return it."""
+    def attach(self, subscriber: S, *, on_error: OnError = "raise", name: str | None = None) -> S:
+        """Connect `subscriber` with a default failure policy for all its subscriptions; return it.
+
+        `name` is its table name (``[subscribers.<name>]``): a failure names it so. Without
+        one, a failure names the handler (``Class.method``).
+        """
         self._policies[id(subscriber)] = on_error
+        if name is not None:
+            self._names[id(subscriber)] = name
         subscriber.connect(self)
         return subscriber
 
@@ -290,7 +287,8 @@ class Bus:
         if isinstance(error, SubscriberError):
             raise error
         policy = subscription.on_error or self._policies.get(id(subscription.owner), "raise")
-        self._apply(policy, subscription.owner, subscription.name, event, error)
+        name = self._names.get(id(subscription.owner), subscription.name)
+        self._apply(policy, subscription.owner, name, subscription.name, event, error)
 
     def fail(self, owner: object, name: str, event: Event, error: Exception) -> None:
         """Apply `owner`'s failure policy (given to `attach`) to `error`, raised for it outside a handler.
@@ -299,9 +297,11 @@ class Bus:
         state that goes into a checkpoint: ``"raise"`` raises `SubscriberError` naming `name`,
         ``"isolate"`` records the `Failure` and disconnects `owner`.
         """
-        self._apply(self._policies.get(id(owner), "raise"), owner, name, event, error)
+        self._apply(self._policies.get(id(owner), "raise"), owner, name, name, event, error)
 
-    def _apply(self, policy: OnError, owner: object, name: str, event: Event, error: Exception) -> None:
+    def _apply(
+        self, policy: OnError, owner: object, name: str, where: str, event: Event, error: Exception
+    ) -> None:
         event_name = type(event).__name__
         reason = f"{type(error).__name__}: {error}"
         failure = Failure(
@@ -316,8 +316,9 @@ class Bus:
             raise SubscriberError(name, event_name, event.global_step, reason) from error
         # One line (a full disk fails many at once); the traceback goes to the summary's failures.
         log.error(
-            "subscriber %s failed on %s at step %d and is disconnected; the run goes on: %s",
+            "subscriber %s (%s) failed on %s at step %d and is disconnected; the run goes on: %s",
             failure.subscriber,
+            where,
             failure.event,
             failure.step,
             cut(" ".join(reason.splitlines()), 300),

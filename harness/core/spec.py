@@ -20,20 +20,20 @@ subscriber's constructor), so a disabled subscriber costs nothing at start-up.
 
 Options that can only be checked against the data or the model (a class name that must
 exist, say) are checked in `build`, which raises `harness.core.errors.SettingsError`
-with what was expected and what was found. `attach_subscribers` builds and connects every
+with what was expected and what was found. The run's assembly builds and connects every
 enabled one before training: any exception there, whatever the subscriber's ``on_error``,
-stops the run with one line naming ``[subscribers.<name>]`` (exit code 2).
+stops the run with one line naming ``[subscribers.<name>]`` (exit code 2, `build_error`).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
-from typing import Any, Generic, TypeVar
+from collections.abc import Callable
+from typing import Any, Generic, Literal, TypeVar
 
 import attrs
 
-from harness.core.bus import Bus, OnError, Subscriber
+from harness.core.bus import OnError, Subscriber
 from harness.core.context import RunContext
 from harness.core.errors import SettingsError
 from harness.core.options import option
@@ -43,7 +43,7 @@ __all__ = [
     "OnError",
     "SubscriberSettings",
     "SubscriberSpec",
-    "attach_subscribers",
+    "build_error",
     "on_error_option",
     "plain_spec",
 ]
@@ -125,30 +125,13 @@ AnySpec = SubscriberSpec[Any]
 """A spec of any settings class: what lists of specs hold."""
 
 
-def attach_subscribers(
-    specs: Mapping[str, AnySpec],
-    options: Mapping[str, SubscriberSettings],
-    context: RunContext,
-    bus: Bus,
-) -> dict[str, Subscriber]:
-    """Build every enabled subscriber of `specs` and attach it to `bus`, in order; name -> subscriber.
+def build_error(name: str, step: Literal["built", "connected"], error: Exception) -> SettingsError:
+    """The one-line refusal of the subscriber `name` that raised `error` while it was built or connected.
 
-    A subscriber that raises while it is built or connected is a `SettingsError` naming
-    its table, whatever its ``on_error`` (that policy is for events, once the run is going).
+    A `SettingsError` of its own (an option checked against the data) keeps its message;
+    anything else is named with its type. Either way it stops the run before it starts,
+    whatever the subscriber's ``on_error`` (that policy is for events, once the run is going).
     """
-    attached: dict[str, Subscriber] = {}
-    for name, spec in specs.items():
-        settings = options[name]
-        if not settings.enabled:
-            continue
-        step = "built"
-        try:
-            subscriber = spec.build(context, settings)
-            step = "connected"
-            attached[name] = bus.attach(subscriber, on_error=settings.on_error)
-        except SettingsError as error:
-            raise SettingsError(f"[subscribers.{name}]: {error}") from None
-        except Exception as error:
-            reason = f"{type(error).__name__}: {error}"
-            raise SettingsError(f"[subscribers.{name}]: raised while it was {step}: {reason}") from error
-    return attached
+    if isinstance(error, SettingsError):
+        return SettingsError(f"[subscribers.{name}]: {error}")
+    return SettingsError(f"[subscribers.{name}]: raised while it was {step}: {type(error).__name__}: {error}")
