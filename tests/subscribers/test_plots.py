@@ -238,6 +238,6 @@ def test_a_resumed_run_draws_the_whole_history(make_settings: MakeSettings) -> N
     rows = list(csv.DictReader(io.StringIO((resumed.run_dir / "plots" / "history.csv").read_text())))
     assert [row["epoch"] for row in rows] == ["0", "1", "2"]
     for row in rows:
-        assert row["train/loss"] and row["val/loss"] and row["val/acc_top1"] and row["lr-AdamW"]
+        assert row["train/loss"] and row["val/loss"] and row["val/acc_top1"] and row["lr"]
     for name in ("losses", "accuracy", "learning_rate"):
         assert f"plots/{name}.png" in resumed.summary.artifacts
