@@ -298,9 +298,11 @@ def _fit(trainer: L.Trainer, parts: _Run, outcome: _Outcome) -> None:
     try:
         trainer.fit(parts.module, datamodule=parts.datamodule, ckpt_path=parts.resume_from, weights_only=True)
         outcome.status = "interrupted" if trainer.interrupted else "completed"
-        if outcome.status == "completed" and trainer.is_global_zero:
+        if outcome.status == "completed" and context.stop_request is not None:
+            outcome.status = "stopped"  # a subscriber's request: the run is whole as it stands
+        if outcome.status in ("completed", "stopped") and trainer.is_global_zero:
             # A held-out test/ folder beside train/ is scored once, with the exported best weights.
-            outcome.tested = evaluate_test_split(layout.run_dir, parts.data.root, context.best_checkpoint)
+            outcome.tested = evaluate_test_split(layout.run_dir, parts.data, context.best_checkpoint)
     except SIGTERMException:
         outcome.status = "interrupted"
         if parts.joined:
@@ -372,6 +374,7 @@ def _summary(
     best = context.best_checkpoint
     return RunSummary(
         status=outcome.status,
+        stop=context.stop_request if outcome.status == "stopped" else None,
         run_dir=layout.run_dir,
         monitor=parts.settings.checkpoint.monitor,
         best_score=context.best_score,
@@ -386,7 +389,7 @@ def _summary(
         duration_s=round(time.monotonic() - parts.started, 2),
         resume=(
             f"python -m harness.run {layout.settings} --set trainer.resume={last}"
-            if last.is_file() and outcome.status != "completed"
+            if last.is_file() and outcome.status not in ("completed", "stopped")
             else None
         ),
         error=outcome.error,

@@ -2,8 +2,8 @@
 
 They are configured by environment variables, read when constructed, since a plugin gets
 only the run context: ``FAULT_AT="<event>:<epoch>:<count>"``,
-``FAULT="kill|kill-mid-write|interrupt|interrupt-soon|term|term-group|raise"`` and, to hurt
-one rank only, ``FAULT_RANK``; an epoch of ``*`` matches any. ``interrupt-soon`` sends
+``FAULT="kill|kill-mid-write|interrupt|interrupt-soon|term|term-group|raise|stop"`` and, to
+hurt one rank only, ``FAULT_RANK``; an epoch of ``*`` matches any. ``interrupt-soon`` sends
 SIGINT a second later, from a thread (at `TrainLoopEnd`: during the ONNX export that
 `TrainEnd` starts). ``kill-mid-write`` SIGKILLs the run from a thread as soon as the
 checkpoint being saved has bytes in its temporary file: a kill in the middle of a real write.
@@ -26,7 +26,7 @@ from harness.core.events import BatchEnd, CheckpointSaving, Event, TrainEnd, Tra
 
 
 class Fault:
-    """At the Nth matching event of an epoch: SIGKILL, Ctrl-C (SIGINT), SIGTERM or an exception.
+    """At the Nth matching event of an epoch: SIGKILL, Ctrl-C, SIGTERM, an exception or a stop request.
 
     ``term-group`` sends SIGTERM to the run's whole process group, as SLURM and
     ``kill -TERM -<pgid>`` do; the run must lead its own group (``start_new_session``).
@@ -69,6 +69,8 @@ class Fault:
             os.killpg(os.getpgrp(), signal.SIGTERM)
         elif self.fault == "raise":
             raise RuntimeError("injected failure")
+        elif self.fault == "stop":
+            self.context.request_stop(f"injected stop on rank {self.context.rank}", at="step")
 
     def _kill_when_writing(self) -> None:
         folder = self.context.run_dir / "checkpoints"
