@@ -6,6 +6,8 @@
     harness export CHECKPOINT ...
     harness report RUN_DIR [--embed]
     harness replay RUN_DIR ...
+    harness tune lr [settings.toml] [--set ...]
+    harness sweep settings.toml --space space.toml --trials N [--jobs J] [--set ...]
 
 Each subcommand is the tool's own command line (``harness train --help`` is
 ``python -m harness.run --help``), with the same arguments and exit codes; ``python -m
@@ -32,6 +34,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "export": ("harness.export", "export a checkpoint as a parity-checked ONNX bundle"),
     "report": ("harness.report", "write a run directory's report.html"),
     "replay": ("harness.replay", "rebuild a run's pictures from its events.jsonl, without training"),
+    "tune": ("harness.tune", "find a learning rate by a range test (harness tune lr settings.toml)"),
+    "sweep": ("harness.sweep", "search settings with Optuna: trials as run directories, a leaderboard"),
 }
 """Subcommand -> (the tool's module, whose ``main(argv)`` it runs; one line of help)."""
 

@@ -89,6 +89,8 @@ class RunSummary:
     skipped_images: tuple[str, ...]
     left_out_classes: tuple[LeftOutClass, ...]
     duration_s: float
+    world_size: int
+    num_nodes: int
     resume: str | None
     error: str | None
     attempts: tuple[Attempt, ...]

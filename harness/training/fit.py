@@ -29,7 +29,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from harness.core.bus import Subscriber
 from harness.core.context import DatasetInfo
-from harness.core.errors import Terminated, TrainingDiverged
+from harness.core.errors import StopRun, Terminated, TrainingDiverged
 from harness.core.events import RunEnd
 from harness.core.layout import RunLayout
 from harness.core.summary import Attempt, Failure, RunStatus, RunSummary, TestScore
@@ -40,10 +40,11 @@ from harness.settings import Settings, resolve_specs, settings_to_toml
 from harness.training.assembly import Assembly, assemble
 from harness.training.callback import BusCallback
 from harness.training.checkpoint_io import AtomicCheckpointIO, remove_stale_temporaries
-from harness.training.data import ImageDataModule, run_preprocessing, scan
+from harness.training.data import ImageDataModule, run_preprocessing
 from harness.training.evaluation import evaluate_test_split
 from harness.training.loggers import LoggerTrackers, build_loggers, logger_artifacts, require_packages
 from harness.training.model import Classifier, check_batch_norm, check_monitor
+from harness.training.nodes import from_rank_zero, join, launch_of, scan_once
 from harness.training.run_dir import (
     RESUME_VARIABLE,
     RUN_DIR_VARIABLE,
@@ -154,7 +155,10 @@ def _assemble(settings: Settings, extras: Mapping[str, Subscriber]) -> _Run:
     """Everything the run needs, checked before the run directory is made, then the run's assembly."""
     started = time.monotonic()
     L.seed_everything(settings.run.seed, workers=True, verbose=False)
-    info, classes = scan(settings.data, settings.run.seed)
+    launch = launch_of(settings.trainer)
+    if launch is not None:
+        join(launch, settings.trainer)
+    info, classes = scan_once(launch, settings.data, settings.run.seed)
     if info.skipped:
         shown = ", ".join(str(path) for path in info.skipped[:5])
         log.warning(
@@ -172,15 +176,16 @@ def _assemble(settings: Settings, extras: Mapping[str, Subscriber]) -> _Run:
     specs = resolve_specs(settings.run.plugins)
     require_packages(settings.logger)  # before the run directory is made
     check_monitor(settings.checkpoint.monitor, settings.checkpoint.mode)
-    run_dir, resume_from = resolve_run_dir(settings)
+    run_dir, resume_from = from_rank_zero(launch, lambda: resolve_run_dir(settings))
     lock = RunLock(run_dir)
-    joined = os.environ.get(RUN_DIR_VARIABLE) == str(run_dir)
+    joined = os.environ.get(RUN_DIR_VARIABLE) == str(run_dir) or (launch is not None and not launch.is_zero)
     # A fresh run directory, or a new one for a checkpoint from outside any: removed if the run is refused.
     made_here = not joined and (
         resume_from is None or RunLayout.of_checkpoint(resume_from).run_dir != run_dir.resolve()
     )
+    # On several machines the other ranks wait for rank zero's lock (and stop with its error).
+    from_rank_zero(launch, lambda: None if joined else lock.acquire())
     if not joined:
-        lock.acquire()
         remove_stale_temporaries(RunLayout(run_dir).checkpoints)
     # Pictures are drawn in its worker process while training goes on; closed by `_finish`.
     writer = BackgroundWriter()
@@ -209,7 +214,9 @@ def _assemble(settings: Settings, extras: Mapping[str, Subscriber]) -> _Run:
             abandon(run_dir, Path(settings.run.output_dir).expanduser())
         raise
     attempts: list[Attempt] = []
-    if resume_from is not None and not joined:
+
+    def check_and_keep_attempt() -> list[Attempt]:
+        assert resume_from is not None
         try:
             check_resume(resume_from, run_dir, settings, classes, assembly.stateful, preprocessing)
         except BaseException:
@@ -217,11 +224,15 @@ def _assemble(settings: Settings, extras: Mapping[str, Subscriber]) -> _Run:
             if made_here:
                 abandon(run_dir, Path(settings.run.output_dir).expanduser())
             raise
-        attempts = list(keep_attempt(run_dir))
-        earlier = attempts[-1].get("artifacts") if attempts else None
+        kept: list[Attempt] = list(keep_attempt(run_dir))
+        earlier = kept[-1].get("artifacts") if kept else None
         for name, path in earlier.items() if isinstance(earlier, dict) else ():
             if (run_dir / path).exists():
                 assembly.context.artifacts.setdefault(name, path)
+        return kept
+
+    if resume_from is not None and (launch is not None or not joined):
+        attempts = from_rank_zero(launch, check_and_keep_attempt)
     layout = RunLayout(run_dir)
     callback = BusCallback(
         assembly.bus,
@@ -257,6 +268,7 @@ def _trainer(parts: _Run) -> L.Trainer:
         max_epochs=trainer_settings.max_epochs,
         accelerator=trainer_settings.accelerator,
         devices=trainer_settings.devices,
+        num_nodes=trainer_settings.num_nodes,
         strategy=trainer_settings.strategy,
         precision=trainer_settings.precision,
         accumulate_grad_batches=trainer_settings.accumulate_grad_batches,
@@ -327,6 +339,10 @@ def _fit(trainer: L.Trainer, parts: _Run, outcome: _Outcome) -> None:
         )
         outcome.error = f"{type(stopped).__name__}: {stopped}"
         raise stopped from diverged
+    except StopRun as stop:
+        outcome.status = stop.status
+        outcome.error = f"{type(stop).__name__}: {stop}"
+        raise
     except SystemExit:
         # Lightning turns Ctrl-C into a graceful shutdown ending in sys.exit(1).
         outcome.status = "interrupted"
@@ -387,6 +403,8 @@ def _summary(
         skipped_images=tuple(str(path) for path in parts.data.skipped),
         left_out_classes=parts.data.left_out,
         duration_s=round(time.monotonic() - parts.started, 2),
+        world_size=trainer.world_size,
+        num_nodes=trainer.num_nodes,
         resume=(
             f"python -m harness.run {layout.settings} --set trainer.resume={last}"
             if last.is_file() and outcome.status not in ("completed", "stopped")

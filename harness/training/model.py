@@ -174,11 +174,16 @@ class Classifier(L.LightningModule):
         assert isinstance(optimizer, torch.optim.Optimizer)
         return float(optimizer.param_groups[-1]["lr"])
 
-    def training_step(self, batch: TrainBatch, batch_idx: int) -> dict[str, torch.Tensor]:
+    def training_loss(self, batch: TrainBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """A training batch's loss (auxiliary heads and soft targets included) and its main logits."""
         inputs, targets = batch[0], batch[1]
         logits, aux = split_outputs(self.net(inputs))
         wanted = batch[2] if len(batch) == 3 else targets
-        loss = self._loss(logits, wanted) + self._aux_loss(aux, wanted)
+        return self._loss(logits, wanted) + self._aux_loss(aux, wanted), logits
+
+    def training_step(self, batch: TrainBatch, batch_idx: int) -> dict[str, torch.Tensor]:
+        targets = batch[1]
+        loss, logits = self.training_loss(batch)
         if not torch.isfinite(loss):
             raise TrainingDiverged(
                 self.trainer.global_step + 1, self._lr(), f"the training loss is {loss.item()}"
