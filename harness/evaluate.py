@@ -140,6 +140,13 @@ def print_report(evaluation: Evaluation) -> None:
     )
     for pair in figures["most_confused"][:5]:
         console.print(f"  {pair['true']} -> {pair['predicted']}: {pair['count']}", highlight=False)
+    if figures["absent_classes"]:
+        absent = ", ".join(figures["absent_classes"])
+        console.print(
+            f"absent from the data (left out of the macro averages): {absent}",
+            highlight=False,
+            soft_wrap=True,
+        )
     if figures["data"]["left_out"]:
         console.print(f"left out (classes the model lacks): {figures['data']['left_out']}", highlight=False)
 

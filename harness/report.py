@@ -19,7 +19,7 @@ __all__ = ["find_pictures", "main", "render_report", "write_report"]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """The command line; exit codes: 0 written, 1 not writable, 2 not a directory."""
+    """The command line; exit codes: 0 written, 1 not writable, 2 not a run directory."""
     parser = argparse.ArgumentParser(
         prog="python -m harness.report",
         description="Write RUN_DIR/report.html: status, pictures, tables, settings, files.",
@@ -30,6 +30,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     run_dir: Path = args.run_dir
     if not run_dir.is_dir():
         return report(DataError(f"{run_dir}: not a directory (expected a run directory)"))
+    layout = RunLayout(run_dir)
+    if not layout.is_run_dir():
+        lacks = f"{layout.settings.name} or {layout.labels.name}"
+        return report(DataError(f"{run_dir}: not a run directory (it lacks {lacks}); nothing written"))
     try:
         page = write_report(run_dir, embed=args.embed)
     except OSError as error:

@@ -32,7 +32,7 @@ from typing import Any, Generic, Literal, Protocol, TypeVar, runtime_checkable
 import attrs
 import blinker
 
-from harness.core.errors import StopRun, SubscriberError
+from harness.core.errors import StopRun, SubscriberError, cut
 from harness.core.events import Event, Stage
 from harness.core.summary import Failure
 
@@ -170,6 +170,7 @@ class Bus:
         self._routes: dict[type[Event], tuple[Subscription[Any], ...]] = {}
         self._policies: dict[int, OnError] = {}
         self._names: dict[int, str] = {}
+        self._isolated: set[int] = set()
 
     def attach(self, subscriber: S, *, on_error: OnError = "raise", name: str | None = None) -> S:
         """Connect `subscriber` with a default failure policy for all its subscriptions; return it.
@@ -287,10 +288,25 @@ class Bus:
         if isinstance(error, SubscriberError | StopRun):
             raise error
         policy = subscription.on_error or self._policies.get(id(subscription.owner), "raise")
+        name = self._names.get(id(subscription.owner), subscription.name)
+        self._apply(policy, subscription.owner, name, subscription.name, event, error)
+
+    def fail(self, owner: object, name: str, event: Event, error: Exception) -> None:
+        """Apply `owner`'s failure policy (given to `attach`) to `error`, raised for it outside a handler.
+
+        The adapter calls it for work it does on a subscriber's behalf, such as checking the
+        state that goes into a checkpoint: ``"raise"`` raises `SubscriberError` naming `name`,
+        ``"isolate"`` records the `Failure` and disconnects `owner`.
+        """
+        self._apply(self._policies.get(id(owner), "raise"), owner, name, name, event, error)
+
+    def _apply(
+        self, policy: OnError, owner: object, name: str, where: str, event: Event, error: Exception
+    ) -> None:
         event_name = type(event).__name__
         reason = f"{type(error).__name__}: {error}"
         failure = Failure(
-            subscriber=self._names.get(id(subscription.owner), subscription.name),
+            subscriber=name,
             event=event_name,
             step=event.global_step,
             error=reason,
@@ -298,13 +314,20 @@ class Bus:
         )
         self.failures.append(failure)
         if policy == "raise":
-            raise SubscriberError(failure.subscriber, event_name, event.global_step, reason) from error
+            raise SubscriberError(name, event_name, event.global_step, reason) from error
+        # One line (a full disk fails many at once); the traceback goes to the summary's failures.
         log.error(
-            "subscriber %s (%s) failed on %s at step %d and is disconnected; the run goes on:\n%s",
+            "subscriber %s (%s) failed on %s at step %d and is disconnected; the run goes on: %s",
             failure.subscriber,
-            subscription.name,
+            where,
             failure.event,
             failure.step,
-            failure.traceback,
+            cut(" ".join(reason.splitlines()), 300),
         )
-        self.disconnect(subscription.owner)
+        log.debug("subscriber %s failed:\n%s", failure.subscriber, failure.traceback)
+        self._isolated.add(id(owner))
+        self.disconnect(owner)
+
+    def isolated(self, owner: object) -> bool:
+        """Whether the "isolate" policy disconnected `owner` after a failure."""
+        return id(owner) in self._isolated

@@ -33,8 +33,15 @@ __all__ = [
     "Terminated",
     "TrainingDiverged",
     "TrialPruned",
+    "cut",
     "report",
+    "shown",
 ]
+
+SHOWN_LIMIT = 80
+"""The most characters of a value `shown` quotes in a message."""
+LINE_LIMIT = 2000
+"""The most characters `report` prints of one error line."""
 
 
 class HarnessError(Exception):
@@ -128,8 +135,24 @@ class TrainingDiverged(HarnessError):
         return (type(self), (self.step, self.lr, self.what, self.then))
 
 
+def cut(text: str, limit: int = SHOWN_LIMIT) -> str:
+    """`text` cut in the middle past `limit` characters, saying how long it was."""
+    if len(text) <= limit:
+        return text
+    half = (limit - 1) // 2
+    return f"{text[:half]}\u2026{text[-half:]} ({len(text)} characters)"
+
+
+def shown(value: object, limit: int = SHOWN_LIMIT) -> str:
+    """`repr(value)` for a message, cut in the middle past `limit` characters."""
+    return cut(repr(value), limit)
+
+
 def report(error: HarnessError) -> int:
-    """Print `error` for a command line user in one line; return its exit code (`exit_code`)."""
+    """Print `error` for a command line user in one line; return its exit code (`exit_code`).
+
+    The line is bounded (`LINE_LIMIT`): a value pasted whole into a message is cut in the middle.
+    """
     prefix = "stopped" if isinstance(error, Terminated) else "error"
-    print(f"{prefix}: {error}", file=sys.stderr)
+    print(cut(" ".join(f"{prefix}: {error}".splitlines()), LINE_LIMIT), file=sys.stderr)
     return error.exit_code

@@ -24,7 +24,7 @@ from typing import Any, Literal, TypeVar
 
 import attrs
 
-from harness.core.errors import SettingsError
+from harness.core.errors import SettingsError, shown
 
 __all__ = [
     "HELP_KEY",
@@ -66,7 +66,7 @@ def check(predicate: Callable[[Any], bool], expectation: str) -> Validator:
 
     def validate(_instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
         if not predicate(value):
-            raise ValueError(f"{attribute.name} must be {expectation}, got {value!r}")
+            raise ValueError(f"{attribute.name} must be {expectation}, got {shown(value)}")
 
     return validate
 
@@ -125,7 +125,7 @@ def read_table(
     Fields named in `skip` are left to the caller.
     """
     if not isinstance(values, Mapping):
-        raise SettingsError(f"{_where(source, table)} must be a table, got {values!r}")
+        raise SettingsError(f"{_where(source, table)} must be a table, got {shown(values)}")
     fields = {name: field for name, field in attrs.fields_dict(cls).items() if name not in skip}  # type: ignore[arg-type]
     hints = typing.get_type_hints(cls)
     kwargs: dict[str, Any] = {}
@@ -133,7 +133,7 @@ def read_table(
         if key not in fields:
             what = "table" if isinstance(value, Mapping) else "key"
             dotted = ".".join((*table, key))
-            raise SettingsError(f"{source}: unknown {what} {dotted!r}" + _suggest(key, list(fields)))
+            raise SettingsError(f"{source}: unknown {what} {shown(dotted)}" + _suggest(key, list(fields)))
         hint = hints[key]
         if attrs.has(hint):
             kwargs[key] = read_table(hint, value, source, (*table, key))
@@ -158,7 +158,7 @@ def _coerce(hint: Any, value: Any, source: str, table: tuple[str, ...], key: str
         allowed = typing.get_args(hint)
         if value not in allowed:
             listed = ", ".join(repr(a) for a in allowed)
-            raise SettingsError(f"{where} must be one of {listed}, got {value!r}")
+            raise SettingsError(f"{where} must be one of {listed}, got {shown(value)}")
         return value
     if origin in (types.UnionType, typing.Union):
         for option in typing.get_args(hint):
@@ -167,7 +167,7 @@ def _coerce(hint: Any, value: Any, source: str, table: tuple[str, ...], key: str
             except SettingsError:
                 continue
         names = " or ".join(_type_name(o) for o in typing.get_args(hint))
-        raise SettingsError(f"{where} must be {names}, got {value!r}")
+        raise SettingsError(f"{where} must be {names}, got {shown(value)}")
     if origin is tuple:
         items = typing.get_args(hint)
         if items and items[0] is float:
@@ -175,17 +175,23 @@ def _coerce(hint: Any, value: Any, source: str, table: tuple[str, ...], key: str
                 isinstance(v, int | float) and not isinstance(v, bool) for v in value
             )
             if not numbers or (Ellipsis not in items and len(value) != len(items)):
-                raise SettingsError(f"{where} must be a list of {len(items)} numbers, got {value!r}")
+                counted = "numbers" if Ellipsis in items else f"{len(items)} numbers"
+                raise SettingsError(f"{where} must be a list of {counted}, got {shown(value)}")
+            if not all(math.isfinite(v) for v in value):
+                raise SettingsError(f"{where} must hold finite numbers, got {shown(value)}")
             return tuple(float(v) for v in value)
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise SettingsError(f"{where} must be a list of strings, got {value!r}")
+            raise SettingsError(f"{where} must be a list of strings, got {shown(value)}")
         return tuple(value)
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if hint is bool and not isinstance(value, bool):
-        raise SettingsError(f"{where} must be true or false, got {value!r}")
+        raise SettingsError(f"{where} must be true or false, got {shown(value)}")
     if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
-        raise SettingsError(f"{where} must be {_type_name(hint)}, got {value!r}")
+        raise SettingsError(f"{where} must be {_type_name(hint)}, got {shown(value)}")
+    # nan and inf pass every comparison-based bound the wrong way; no setting means either.
+    if isinstance(value, float) and not math.isfinite(value):
+        raise SettingsError(f"{where} must be a finite number, got {value!r}")
     return value
 
 

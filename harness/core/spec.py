@@ -17,21 +17,36 @@ the key of the subscriber's state in checkpoints (so a module may move without l
 state), and the subscriber's name in the settings reference. `build` is called with the
 run context and the validated settings; heavy imports belong in it (or in the
 subscriber's constructor), so a disabled subscriber costs nothing at start-up.
+
+Options that can only be checked against the data or the model (a class name that must
+exist, say) are checked in `build`, which raises `harness.core.errors.SettingsError`
+with what was expected and what was found. The run's assembly builds and connects every
+enabled one before training: any exception there, whatever the subscriber's ``on_error``,
+stops the run with one line naming ``[subscribers.<name>]`` (exit code 2, `build_error`).
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Literal, TypeVar
 
 import attrs
 
 from harness.core.bus import OnError, Subscriber
 from harness.core.context import RunContext
+from harness.core.errors import SettingsError
 from harness.core.options import option
 
-__all__ = ["AnySpec", "OnError", "SubscriberSettings", "SubscriberSpec", "on_error_option", "plain_spec"]
+__all__ = [
+    "AnySpec",
+    "OnError",
+    "SubscriberSettings",
+    "SubscriberSpec",
+    "build_error",
+    "on_error_option",
+    "plain_spec",
+]
 
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 
@@ -108,3 +123,15 @@ def plain_spec(
 
 AnySpec = SubscriberSpec[Any]
 """A spec of any settings class: what lists of specs hold."""
+
+
+def build_error(name: str, step: Literal["built", "connected"], error: Exception) -> SettingsError:
+    """The one-line refusal of the subscriber `name` that raised `error` while it was built or connected.
+
+    A `SettingsError` of its own (an option checked against the data) keeps its message;
+    anything else is named with its type. Either way it stops the run before it starts,
+    whatever the subscriber's ``on_error`` (that policy is for events, once the run is going).
+    """
+    if isinstance(error, SettingsError):
+        return SettingsError(f"[subscribers.{name}]: {error}")
+    return SettingsError(f"[subscribers.{name}]: raised while it was {step}: {type(error).__name__}: {error}")

@@ -4,8 +4,10 @@ Everything is computed from one `(N, C)` array of class probabilities and the `N
 class indices. Conventions follow scikit-learn (checked against it in the tests):
 
 - a class's precision, recall or F1 with a zero denominator is 0 (``zero_division=0``);
-- macro averages are the unweighted mean over all classes of the model, weighted
-  averages weight each class by its support (true samples);
+- macro averages are the unweighted mean over the classes that have true samples (as
+  scikit-learn's ``labels=np.unique(y_true)``: a class of the model absent from the data
+  would count as 0 and cap a flawless score at the share of classes present; `Metrics.absent`
+  names them), weighted averages weight each class by its support (true samples);
 - balanced accuracy is the mean recall over the classes that have true samples
   (`sklearn.metrics.balanced_accuracy_score`);
 - top-k counts a sample right when its true class is among the k most probable
@@ -169,6 +171,8 @@ class Metrics:
     counts: Ints
     calibration: Calibration
     confused: list[ConfusedPair]
+    absent: tuple[int, ...] = ()
+    """Classes of the model with no true sample in the data, left out of the macro averages."""
 
     def to_json(self, class_names: Sequence[str]) -> dict[str, object]:
         """The figures as JSON-ready values, classes by name."""
@@ -181,6 +185,7 @@ class Metrics:
             "balanced_accuracy": self.balanced_accuracy,
             "loss": self.loss,
             "macro": dict(zip(("precision", "recall", "f1"), self.macro, strict=True)),
+            "absent_classes": [class_names[c] for c in self.absent],
             "weighted": dict(zip(("precision", "recall", "f1"), self.weighted, strict=True)),
             "ece": self.calibration.ece,
             "ece_bins": self.calibration.bins,
@@ -214,6 +219,10 @@ def compute_metrics(probabilities: npt.ArrayLike, targets: npt.ArrayLike, *, bin
         return float(np.sum(values * support) / total)
 
     present = scores.support > 0
+
+    def macro(values: Floats) -> float:
+        return float(values[present].mean()) if present.any() else 0.0
+
     picked = probs[np.arange(len(true)), true] if len(true) else np.zeros(0)
     k = min(5, num_classes)
     return Metrics(
@@ -223,10 +232,11 @@ def compute_metrics(probabilities: npt.ArrayLike, targets: npt.ArrayLike, *, bin
         top5_k=k,
         balanced_accuracy=float(scores.recall[present].mean()) if present.any() else 0.0,
         loss=float(-np.log(np.clip(picked, 1e-12, None)).mean()) if len(true) else 0.0,
-        macro=(float(scores.precision.mean()), float(scores.recall.mean()), float(scores.f1.mean())),
+        macro=(macro(scores.precision), macro(scores.recall), macro(scores.f1)),
         weighted=(weighted(scores.precision), weighted(scores.recall), weighted(scores.f1)),
         classes=scores,
         counts=counts,
         calibration=calibration(probs, true, bins),
         confused=most_confused(counts),
+        absent=tuple(int(c) for c in np.flatnonzero(~present)),
     )

@@ -32,6 +32,7 @@ import attrs
 
 import harness
 from harness.core.context import Job, Record
+from harness.core.errors import cut
 from harness.core.summary import BACKGROUND, Failure
 from harness.io._background_worker import header
 
@@ -148,10 +149,12 @@ class BackgroundWriter:
         try:
             failure = _failure_of(pending, reply)
             if failure is not None:
+                # One line (a full disk fails every picture job); the traceback is kept for the summary.
                 log.error(
-                    "background job of %s (step %d) failed: %s\n%s",
-                    failure.subscriber, failure.step, failure.error, failure.traceback,
+                    "background job of %s (step %d) failed: %s",
+                    failure.subscriber, failure.step, cut(" ".join(failure.error.splitlines()), 300),
                 )  # fmt: skip
+                log.debug("background job of %s failed:\n%s", failure.subscriber, failure.traceback)
                 with self._idle:
                     self._failures.append(failure)
         finally:

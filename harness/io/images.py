@@ -4,7 +4,9 @@ Any still image becomes 8-bit RGB, upright: an EXIF orientation is applied (a ph
 portrait photo is stored sideways), grayscale and palette are expanded, alpha is
 composited over white, and 16-bit or float images are scaled by their maximum. An image
 larger than Pillow's decompression-bomb limit (``PIL.Image.MAX_IMAGE_PIXELS``, about 89
-megapixels) is unreadable like a corrupt one: named by path, never a traceback.
+megapixels) is unreadable like a corrupt one: named by path, never a traceback; so is
+anything under an image's name that is not a regular file (a FIFO, a socket, a dangling
+link), which is never opened (a FIFO would block the reader for ever).
 `Preprocessing` says how such an image becomes a model input; `to_input` applies it with
 numpy and Pillow (the prediction path), and `harness.training.data` applies the same with
 torchvision (Pillow's bilinear resize of 8-bit images agrees with torchvision's
@@ -16,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import operator
 import os
+import stat
 import warnings
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -58,8 +61,13 @@ _name = operator.attrgetter("name")
 
 
 def is_image_file(path: Path) -> bool:
-    """A visible file with an image suffix."""
-    return path.is_file() and not path.name.startswith(".") and path.suffix.lower() in IMAGE_SUFFIXES
+    """A visible name with an image suffix that is not a folder (a FIFO of that name counts, unreadable)."""
+    return (
+        not path.name.startswith(".")
+        and path.suffix.lower() in IMAGE_SUFFIXES
+        and (path.exists() or path.is_symlink())
+        and not path.is_dir()
+    )
 
 
 def image_files(folder: Path) -> list[Path]:
@@ -75,29 +83,45 @@ def image_entries(folder: str | os.PathLike[str]) -> list[os.DirEntry[str]]:
 
     Recursive, in `Path` order (each folder's names sorted, a subfolder's files at its
     name's place). A name starting with "." is left out, file or folder; a link to an
-    image file counts, a link to a folder is not followed (as `Path.rglob`), and a folder
-    that may not be read (or is gone) is passed over. One `os.scandir` per folder, and no `stat` of a
-    regular file: its kind comes with the directory listing.
+    image file counts, a link to a folder is followed like a folder (a link back to a
+    folder the walk is inside is not: a loop's files count once), and a folder that may
+    not be read (or is gone) is passed over. Anything else with an image suffix counts
+    whatever its kind (a FIFO, a dangling link): the image check names it unreadable,
+    rather than leaving it out unseen. One `os.scandir` and one `stat` per folder (its
+    identity, against loops), and no `stat` of a regular file: its kind comes with the
+    directory listing.
     """
     found: list[os.DirEntry[str]] = []
-    _walk(os.fspath(folder), found)
+    _walk(os.fspath(folder), found, frozenset())
     return found
 
 
-def _walk(folder: str, found: list[os.DirEntry[str]]) -> None:
+def _walk(folder: str, found: list[os.DirEntry[str]], inside: frozenset[tuple[int, int]]) -> None:
     try:
+        here = Path(folder).stat()
         with os.scandir(folder) as listing:
             entries = sorted(listing, key=_name)
     except (PermissionError, FileNotFoundError, NotADirectoryError):
         return
+    inside = inside | {(here.st_dev, here.st_ino)}
     for entry in entries:
         name = entry.name
         if name.startswith("."):
             continue
-        if entry.is_dir(follow_symlinks=False):
-            _walk(entry.path, found)
-        elif name[name.rfind(".") :].lower() in IMAGE_SUFFIXES and entry.is_file():
+        if entry.is_dir():
+            if entry.is_symlink() and _identity(entry.path) in inside:
+                continue
+            _walk(entry.path, found, inside)
+        elif name[name.rfind(".") :].lower() in IMAGE_SUFFIXES:
             found.append(entry)
+
+
+def _identity(path: str) -> tuple[int, int] | None:
+    try:
+        status = Path(path).stat()
+    except OSError:
+        return None
+    return status.st_dev, status.st_ino
 
 
 def find_images(paths: Iterable[Path]) -> list[Path]:
@@ -107,14 +131,14 @@ def find_images(paths: Iterable[Path]) -> list[Path]:
     """
     found: list[Path] = []
     for path in paths:
-        if path.is_file():
-            found.append(path)
-        elif path.is_dir():
+        if path.is_dir():
             inside = image_files(path)
             if not inside:
                 suffixes = ", ".join(sorted(IMAGE_SUFFIXES))
                 raise DataError(f"{path}: folder holds no image files (looked for {suffixes})")
             found.extend(inside)
+        elif path.exists():  # a regular file, or a FIFO or device that `load_rgb` names unreadable
+            found.append(path)
         else:
             raise DataError(f"{path}: no such file or folder")
     return found
@@ -122,12 +146,23 @@ def find_images(paths: Iterable[Path]) -> list[Path]:
 
 @contextlib.contextmanager
 def _opened(path: str | Path) -> Iterator[Image.Image]:
-    """`Image.open` with Pillow's decompression-bomb warning raised as an error."""
+    """`Image.open` with Pillow's decompression-bomb warning raised as an error.
+
+    Anything but a regular file is refused before it is opened (`OSError`).
+    """
+    mode = Path(path).stat().st_mode
+    if not stat.S_ISREG(mode):
+        raise OSError(f"not a regular file but {_kind(mode)}")
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         image = Image.open(path)
     with image:
         yield image
+
+
+def _kind(mode: int) -> str:
+    kinds = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"))
+    return next((name for test, name in kinds if test(mode)), "a block device or other special file")
 
 
 def unreadable(path: str | Path) -> str | None:

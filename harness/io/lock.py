@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import IO
 
-from harness.core.errors import RunLocked
+from harness.core.errors import RunLocked, SettingsError
 
 __all__ = ["LOCK_FILE", "RunLock"]
 
@@ -28,8 +28,18 @@ class RunLock:
         self._handle: IO[str] | None = None
 
     def acquire(self) -> None:
-        """Take the lock, or raise `RunLocked` naming the process that holds it."""
-        handle = self.path.open("a+", encoding="utf-8")
+        """Take the lock, or raise `RunLocked` naming the process that holds it.
+
+        A run directory where the lock file cannot be written (a read-only file system, no
+        permission) is a `SettingsError` naming it: a run or resume writes there.
+        """
+        try:
+            handle = self.path.open("a+", encoding="utf-8")
+        except OSError as error:
+            raise SettingsError(
+                f"{self.path.parent}: cannot write in the run directory ({error.strerror or error}); "
+                "a run or resume writes its checkpoints and record there"
+            ) from None
         try:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -22,7 +22,7 @@ from typing import Any, Literal
 import attrs
 import tomli_w
 
-from harness.core.errors import SettingsError
+from harness.core.errors import SettingsError, cut, shown
 from harness.core.options import read_table
 from harness.core.spec import AnySpec, SubscriberSettings
 from harness.settings.plugins import resolve_specs
@@ -66,8 +66,9 @@ def load_settings(
     settings = _build_settings(tree, source, builtins, other_tables)
     for override in overrides:
         keys, value = parse_override(override)
-        tree = _with(tree, keys, value, f"--set {override}")
-        settings = _build_settings(tree, f"--set {override}", builtins, other_tables)
+        source = f"--set {cut(override)}"
+        tree = _with(tree, keys, value, source)
+        settings = _build_settings(tree, source, builtins, other_tables)
     return settings
 
 
@@ -76,7 +77,7 @@ def parse_override(text: str) -> tuple[tuple[str, ...], Any]:
     dotted, sep, raw = text.partition("=")
     keys = tuple(part.strip() for part in dotted.split("."))
     if not sep or len(keys) < 2 or not all(keys):
-        raise SettingsError(f"--set {text}: expected section.key=value, e.g. data.batch_size=32")
+        raise SettingsError(f"--set {cut(text)}: expected section.key=value, e.g. data.batch_size=32")
     try:
         value = tomllib.loads(f"v = {raw.strip()}")["v"]
     except tomllib.TOMLDecodeError:
@@ -131,16 +132,15 @@ def _build_settings(
     settings = read_table(Settings, tree, source, (), skip=("subscribers",))
     specs = resolve_specs(settings.run.plugins, builtins, where=f"{source}: [run].plugins")
     if not isinstance(subscribers, Mapping):
-        raise SettingsError(f"{source}: [subscribers] must be a table, got {subscribers!r}")
+        raise SettingsError(f"{source}: [subscribers] must be a table, got {shown(subscribers)}")
     for name in subscribers:
         if name not in specs and other_tables == "error":
             valid = list(specs)
             close = difflib.get_close_matches(name, valid, n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
             plugin = "" if close else "; a plugin's table needs the plugin named in [run].plugins"
-            raise SettingsError(
-                f"{source}: unknown table 'subscribers.{name}'{hint}{plugin}; valid: {', '.join(valid)}"
-            )
+            table = shown(f"subscribers.{name}")
+            raise SettingsError(f"{source}: unknown table {table}{hint}{plugin}; valid: {', '.join(valid)}")
     built: dict[str, SubscriberSettings] = {
         name: read_table(spec.settings, subscribers.get(name, {}), source, ("subscribers", name))
         for name, spec in specs.items()

@@ -19,7 +19,7 @@ from collections.abc import Iterable, Sequence
 from importlib import metadata
 from pathlib import Path
 
-from harness.core.errors import SettingsError
+from harness.core.errors import SettingsError, shown
 from harness.core.spec import AnySpec, SubscriberSpec, plain_spec
 
 __all__ = ["BUILTINS_GROUP", "PLUGINS_GROUP", "builtin_specs", "resolve_plugin", "resolve_specs"]
@@ -67,8 +67,8 @@ def _entry_point(name: str, where: str) -> object:
         hint = f"; did you mean {close[0]!r}?" if close else ""
         installed = ", ".join(sorted(found)) or "none"
         raise SettingsError(
-            f"{where}: {name!r} is neither 'package.module:NAME' nor an installed {PLUGINS_GROUP} entry point"
-            f"{hint} (installed: {installed})"
+            f"{where}: {shown(name)} is neither 'package.module:NAME' nor an installed "
+            f"{PLUGINS_GROUP} entry point{hint} (installed: {installed})"
         )
     try:
         return found[name].load()
@@ -125,7 +125,7 @@ def resolve_specs(
         claimed[spec.name] = (spec, "a built-in subscriber")
     for target in plugins:
         if any(owner == repr(target) for _, owner in claimed.values()):
-            raise SettingsError(f"{where}: {target!r} is named twice")
+            raise SettingsError(f"{where}: {shown(target)} is named twice")
         spec = resolve_plugin(target, where)
         if spec.name in claimed:
             _, owner = claimed[spec.name]

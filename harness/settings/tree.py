@@ -53,6 +53,25 @@ def _fractions() -> Validator:
     )
 
 
+NAME_LIMIT = 128
+"""The most characters a run name may have (a folder name; file systems allow 255 bytes)."""
+IMAGE_SIZE_LIMIT = 2048
+"""The largest image side: a batch of 64 such images is already 3 GB of float32."""
+
+
+def _folder_name() -> Validator:
+    return check(
+        lambda v: (
+            isinstance(v, str)
+            and 0 < len(v) <= NAME_LIMIT
+            and v not in (".", "..")
+            and not any(c in v for c in "/\\\0")
+            and v.isprintable()
+        ),
+        f"one folder name of 1 to {NAME_LIMIT} printable characters, without '/', '\\', '.' or '..'",
+    )
+
+
 def _positive_or_auto() -> Validator:
     return check(lambda v: v == "auto" or (isinstance(v, int) and v > 0), 'a positive integer or "auto"')
 
@@ -63,8 +82,8 @@ class RunSettings:
 
     name: str = option(
         "digits",
-        "run directories go under `<output_dir>/<name>/version_<n>/`",
-        check(bool, "a non-empty name"),
+        "run directories go under `<output_dir>/<name>/version_<n>/`; one folder name",
+        _folder_name(),
     )
     output_dir: str = option("runs", "where run directories are made")
     seed: int = option(0, "seeds Python, NumPy, torch, the split and the sampler")
@@ -88,8 +107,14 @@ class DataSettings:
         '`""` for the embedded digits set, else an ImageFolder tree (optionally `train/` + `val/` '
         "(or `valid/`, `validation/`), and `test/`)",
     )
-    image_size: int = option(32, "images are resized to a square of this side", at_least(8))
-    batch_size: int = option(64, "images per batch (per process)", positive())
+    image_size: int = option(
+        32,
+        f"images are resized to a square of this side, 8 to {IMAGE_SIZE_LIMIT}",
+        within(8, IMAGE_SIZE_LIMIT, closed="[]"),
+    )
+    batch_size: int = option(
+        64, "images per batch (per process); at least 2 for a network with BatchNorm", positive()
+    )
     val_fraction: float = option(
         0.2, "stratified, seeded validation share when the tree has no `val/`", within(0, 1, closed="()")
     )

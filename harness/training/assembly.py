@@ -26,7 +26,7 @@ from torch.utils.data import Sampler
 from harness.core.bus import Bus, OnError, Stateful, Subscriber
 from harness.core.context import DatasetInfo, JobRunner, RunContext, Samples
 from harness.core.preprocessing import Preprocessing
-from harness.core.spec import SubscriberSpec
+from harness.core.spec import SubscriberSpec, build_error
 from harness.core.tracking import Trackers
 from harness.io.record import EventLog
 from harness.settings import Settings, resolve_specs
@@ -108,9 +108,15 @@ def assemble(
         options = settings.subscribers[name]
         if not (options.enabled and select(name, spec)):
             continue
-        subscriber = subscribers[name] = spec.build(context, options)
+        try:
+            subscriber = subscribers[name] = spec.build(context, options)
+        except Exception as error:
+            raise build_error(name, "built", error) from error
         attached = subscriber if wrap is None else wrap(name, subscriber, options.on_error)
-        bus.attach(attached, on_error=options.on_error, name=name)
+        try:
+            bus.attach(attached, on_error=options.on_error, name=name)
+        except Exception as error:
+            raise build_error(name, "connected", error) from error
     for name, subscriber in (extras or {}).items():
         subscribers[name] = bus.attach(subscriber, on_error="raise", name=name)
     return Assembly(context=context, bus=bus, subscribers=subscribers, event_log=event_log)

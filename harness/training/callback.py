@@ -8,6 +8,7 @@ No other module of the harness knows Lightning's hooks.
 
 from __future__ import annotations
 
+import collections
 import io
 import logging
 import math
@@ -25,7 +26,6 @@ from typing_extensions import override
 
 from harness.core.bus import Bus, Stateful
 from harness.core.context import RunContext, StopAt
-from harness.core.errors import SubscriberError
 from harness.core.events import (
     BatchEnd,
     CheckpointSaving,
@@ -52,8 +52,32 @@ log = logging.getLogger(__name__)
 CHECKPOINT_KEY = "harness"
 
 
+_SAFE_LEAVES = (torch.Tensor, int, float, complex, str, bytes, bool, type(None), torch.dtype, torch.device)
+_SAFE_CONTAINERS = (dict, collections.OrderedDict, list, tuple, torch.Size)
+
+
+def _plainly_loadable(state: object, depth: int = 0) -> bool:
+    """Whether `state` is made only of what ``weights_only=True`` loads, by a walk (no copy of tensors)."""
+    if depth > 50:
+        return False
+    if isinstance(state, dict) and type(state) in _SAFE_CONTAINERS:
+        return all(
+            _plainly_loadable(key, depth + 1) and _plainly_loadable(value, depth + 1)
+            for key, value in state.items()
+        )
+    if isinstance(state, list | tuple) and type(state) in _SAFE_CONTAINERS:
+        return all(_plainly_loadable(item, depth + 1) for item in state)
+    return type(state) in _SAFE_LEAVES or type(state) is torch.nn.Parameter
+
+
 def _weights_only_failure(state: object) -> str | None:
-    """Why `state` would not load back with ``torch.load(weights_only=True)``, or None if it does."""
+    """Why `state` would not load back with ``torch.load(weights_only=True)``, or None if it does.
+
+    A walk over plain containers, numbers, strings and tensors decides at once; anything
+    else is saved and loaded back, which is exact (and copies the state, so only then).
+    """
+    if _plainly_loadable(state):
+        return None
     buffer = io.BytesIO()
     torch.save(state, buffer)
     buffer.seek(0)
@@ -63,6 +87,10 @@ def _weights_only_failure(state: object) -> str | None:
         found = re.search(r"GLOBAL ([\w.]+)", str(error))
         return f"it holds a {found.group(1) if found else 'non-tensor object'}"
     return None
+
+
+class UnloadableState(Exception):
+    """A subscriber's `state_dict()` holds what ``torch.load(weights_only=True)`` refuses."""
 
 
 def scalar_metrics(trainer: L.Trainer) -> dict[str, float]:
@@ -123,7 +151,7 @@ class BusCallback(Callback):
         self.subscribers = dict(subscribers)
         self.interrupt_checkpoint = interrupt_checkpoint
         self._resumed = False
-        self._state_checked = False
+        self._train_ended = False
         self._rates: dict[str, float] = {}
         self._validation: dict[str, float] = {}
         self._validated_epoch: int | None = None
@@ -271,27 +299,34 @@ class BusCallback(Callback):
         self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
     ) -> None:
         epoch, step = self._progress(trainer)
-        self.bus.publish(
-            CheckpointSaving(epoch=epoch, global_step=step, model_state=checkpoint["state_dict"])
-        )
-        states = {
-            key: subscriber.state_dict()
-            for key, subscriber in self.subscribers.items()
-            if isinstance(subscriber, Stateful)
-        }
-        if not self._state_checked:
-            # Resume loads with weights_only=True: one unloadable state would spoil every checkpoint.
-            for key, state in states.items():
+        event = CheckpointSaving(epoch=epoch, global_step=step, model_state=checkpoint["state_dict"])
+        self.bus.publish(event)
+        checkpoint[CHECKPOINT_KEY] = self._states(event)
+
+    def _states(self, event: CheckpointSaving) -> dict[str, dict[str, Any]]:
+        """Every stateful subscriber's state, each checked loadable with ``weights_only=True``.
+
+        Resume loads checkpoints that way, so one unloadable state would spoil every later
+        checkpoint. A subscriber whose state fails meets its failure policy: "raise" stops the
+        run before this checkpoint is written (the previous file stays as it was); "isolate"
+        disconnects it, and this and later checkpoints carry no state for it.
+        """
+        states: dict[str, dict[str, Any]] = {}
+        for key, subscriber in self.subscribers.items():
+            if not isinstance(subscriber, Stateful) or self.bus.isolated(subscriber):
+                continue
+            try:
+                state = subscriber.state_dict()
                 failure = _weights_only_failure(state)
                 if failure is not None:
-                    raise SubscriberError(
-                        key,
-                        "CheckpointSaving",
-                        step,
-                        f"its state_dict cannot be loaded with torch.load(weights_only=True): {failure}",
+                    raise UnloadableState(
+                        f"its state_dict cannot be loaded with torch.load(weights_only=True): {failure}"
                     )
-            self._state_checked = True
-        checkpoint[CHECKPOINT_KEY] = states
+            except Exception as error:  # noqa: BLE001 - the subscriber's policy decides
+                self.bus.fail(subscriber, key, event, error)
+                continue
+            states[key] = state
+        return states
 
     @override
     def on_load_checkpoint(
@@ -307,6 +342,7 @@ class BusCallback(Callback):
 
     @override
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._train_ended = True
         self._update_best(trainer)
         epoch, step = self._progress(trainer)
         self.bus.publish(TrainLoopEnd(epoch=epoch, global_step=step))
@@ -314,6 +350,11 @@ class BusCallback(Callback):
 
     @override
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not self._train_ended:
+            # A resume from a checkpoint written after the last epoch (Ctrl-C during the
+            # export, say): Lightning skips the loop and its hooks, but what follows training
+            # (the export, the test split) is still to do.
+            self.on_train_end(trainer, pl_module)
         epoch, step = self._progress(trainer)
         self.bus.publish(FitEnd(epoch=epoch, global_step=step))
 

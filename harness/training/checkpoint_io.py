@@ -5,12 +5,16 @@ across file systems (the usual case on clusters) that is a copy, and a full disk
 partial file under the final name. This one writes beside the target under a hidden
 temporary name, fsyncs the file and its folder, and renames it over the target; a failed
 write removes the temporary file, leaves every earlier checkpoint as it was, and raises
-`CheckpointWriteError` naming the path and the cause.
+`CheckpointWriteError` naming the path and the cause. A writer killed mid-write (SIGKILL,
+power loss) leaves its temporary file behind; `remove_stale_temporaries` removes those of
+writers that are gone, and the next run (or resume) on the run directory calls it.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +24,55 @@ from typing_extensions import override
 
 from harness.core.errors import CheckpointWriteError
 
-__all__ = ["AtomicCheckpointIO"]
+__all__ = ["AtomicCheckpointIO", "remove_stale_temporaries", "temporary_path"]
+
+log = logging.getLogger(__name__)
+
+_TEMPORARY = re.compile(r"\.(?P<name>.+)\.(?P<pid>\d+)\.tmp")
+
+
+def temporary_path(target: Path, pid: int | None = None) -> Path:
+    """Where `target` is written before its rename: ``.<name>.<pid>.tmp`` beside it."""
+    return target.with_name(f".{target.name}.{os.getpid() if pid is None else pid}.tmp")
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return False  # a pid reused from a killed writer (containers restart at the same pids)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's live process
+    return True
+
+
+def remove_stale_temporaries(folder: Path) -> list[Path]:
+    """Remove the checkpoint temporaries in `folder` whose writer is no longer running; return them.
+
+    Call it holding the run directory's lock, so that no other harness process writes
+    there. This process's own pid counts as gone (it is not writing yet: its pid was
+    reused, as containers do); another live pid's file is kept.
+    """
+    removed: list[Path] = []
+    try:
+        candidates = sorted(folder.iterdir())
+    except OSError:
+        return removed
+    for path in candidates:
+        found = _TEMPORARY.fullmatch(path.name)
+        if found is None or _alive(int(found["pid"])):
+            continue
+        try:
+            path.unlink()
+        except OSError as error:
+            log.warning("could not remove %s, left by a killed checkpoint write: %s", path, error.strerror)
+            continue
+        removed.append(path)
+    if removed:
+        log.info("removed %d temporary file(s) left by killed checkpoint writes in %s", len(removed), folder)
+    return removed
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -33,7 +85,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         if storage_options is not None:
             raise TypeError(f"{type(self).__name__} takes no storage_options, got {storage_options!r}")
         target = Path(path)
-        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        tmp = temporary_path(target)
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
             with tmp.open("wb") as handle:

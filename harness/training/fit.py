@@ -35,16 +35,17 @@ from harness.settings import Settings, resolve_specs, settings_to_toml
 from harness.training.acceleration import resolve_acceleration
 from harness.training.assembly import Assembly, assemble
 from harness.training.callback import BusCallback
-from harness.training.checkpoint_io import AtomicCheckpointIO
+from harness.training.checkpoint_io import AtomicCheckpointIO, remove_stale_temporaries
 from harness.training.data import ImageDataModule, run_preprocessing
 from harness.training.evaluation import evaluate_test_split
 from harness.training.lean_checkpoint import LeanModelCheckpoint
 from harness.training.loggers import LoggerTrackers, build_loggers, logger_artifacts, require_packages
-from harness.training.model import Classifier, check_monitor
+from harness.training.model import Classifier, check_batch_norm, check_monitor
 from harness.training.nodes import from_rank_zero, join, launch_of, scan_once
 from harness.training.run_dir import (
     RESUME_VARIABLE,
     RUN_DIR_VARIABLE,
+    abandon,
     check_resume,
     keep_attempt,
     resolve_run_dir,
@@ -161,50 +162,69 @@ def _assemble(settings: Settings, extras: Mapping[str, Subscriber]) -> _Run:
         log.warning(
             "skipping %d unreadable image file(s) ([data].on_corrupt = skip): %s", len(info.skipped), shown
         )
+    preprocessing = run_preprocessing(settings)
     module = Classifier.from_settings(
-        settings.model, num_classes=len(classes), image_size=settings.data.image_size
+        settings.model,
+        num_classes=len(classes),
+        image_size=settings.data.image_size,
+        class_names=classes,
+        preprocessing=preprocessing,
     )
     acceleration = resolve_acceleration(settings.trainer, settings.model, module.net)
     module.accelerate(channels_last=acceleration.channels_last, compile=acceleration.compile)
     if settings.run.terminal != "quiet":
         print(acceleration.describe(), flush=True)
+    check_batch_norm(module.net, settings.data.batch_size)
     specs = resolve_specs(settings.run.plugins)
     require_packages(settings.logger)  # before the run directory is made
     check_monitor(settings.checkpoint.monitor, settings.checkpoint.mode)
     run_dir, resume_from = from_rank_zero(launch, lambda: resolve_run_dir(settings))
     lock = RunLock(run_dir)
     joined = os.environ.get(RUN_DIR_VARIABLE) == str(run_dir) or (launch is not None and not launch.is_zero)
+    # A fresh run directory, or a new one for a checkpoint from outside any: removed if the run is refused.
+    made_here = not joined and (
+        resume_from is None or RunLayout.of_checkpoint(resume_from).run_dir != run_dir.resolve()
+    )
     # On several machines the other ranks wait for rank zero's lock (and stop with its error).
     from_rank_zero(launch, lambda: None if joined else lock.acquire())
+    if not joined:
+        remove_stale_temporaries(RunLayout(run_dir).checkpoints)
     # Pictures are drawn in its worker process while training goes on; closed by `_finish`.
     writer = BackgroundWriter()
-    preprocessing = run_preprocessing(settings)
     sampler = make_sampler(info.train_targets, balanced=settings.data.balanced, seed=settings.run.seed)
     datamodule = ImageDataModule(info, preprocessing, settings.data, sampler, settings.augment)
     loggers = build_loggers(settings.logger, run_dir, settings.run.name)
     trackers = LoggerTrackers.of(loggers)
-    assembly = assemble(
-        settings,
-        run_dir=run_dir,
-        class_names=classes,
-        preprocessing=preprocessing,
-        data=info,
-        train_sampler=sampler,
-        background=writer,
-        augmented_samples=datamodule.preview,
-        trackers=trackers,
-        record_events=settings.run.record_events,
-        specs=specs,
-        extras=extras,
-    )
+    try:
+        assembly = assemble(
+            settings,
+            run_dir=run_dir,
+            class_names=classes,
+            preprocessing=preprocessing,
+            data=info,
+            train_sampler=sampler,
+            background=writer,
+            augmented_samples=datamodule.preview,
+            trackers=trackers,
+            record_events=settings.run.record_events,
+            specs=specs,
+            extras=extras,
+        )
+    except BaseException:
+        lock.release()
+        if made_here:
+            abandon(run_dir, Path(settings.run.output_dir).expanduser())
+        raise
     attempts: list[Attempt] = []
 
     def check_and_keep_attempt() -> list[Attempt]:
         assert resume_from is not None
         try:
-            check_resume(resume_from, run_dir, settings, classes, assembly.stateful)
+            check_resume(resume_from, run_dir, settings, classes, assembly.stateful, preprocessing)
         except BaseException:
             lock.release()
+            if made_here:
+                abandon(run_dir, Path(settings.run.output_dir).expanduser())
             raise
         kept: list[Attempt] = list(keep_attempt(run_dir))
         earlier = kept[-1].get("artifacts") if kept else None

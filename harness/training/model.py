@@ -21,9 +21,10 @@ forward pass (`harness.training.acceleration`); `forward` itself stays the plain
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
+import attrs
 import lightning as L
 import torch
 import torch.nn.functional as F
@@ -31,6 +32,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from typing_extensions import override
 
 from harness.core.errors import SettingsError, TrainingDiverged
+from harness.core.preprocessing import Preprocessing
 from harness.settings import ModelSettings
 from harness.training.networks import (
     AUX_LOSS_WEIGHTS,
@@ -41,7 +43,14 @@ from harness.training.networks import (
 )
 from harness.training.optim import Schedule
 
-__all__ = ["DIVERGENCE_CHECK_EVERY", "METRICS", "Classifier", "check_monitor"]
+__all__ = [
+    "DIVERGENCE_CHECK_EVERY",
+    "METRICS",
+    "Classifier",
+    "check_batch_norm",
+    "check_monitor",
+    "preprocessing_record",
+]
 
 DIVERGENCE_CHECK_EVERY = 32
 """Training steps between two reads of the divergence flag (each read waits for the device)."""
@@ -76,6 +85,26 @@ def check_monitor(monitor: str, mode: str) -> None:
         )
 
 
+def preprocessing_record(preprocessing: Preprocessing) -> dict[str, Any]:
+    """`preprocessing` as plain values, as checkpoints hold it; ``Preprocessing(**record)`` reads it back."""
+    return attrs.asdict(preprocessing)
+
+
+def check_batch_norm(net: torch.nn.Module, batch_size: int) -> None:
+    """Refuse a batch size BatchNorm cannot train on: one image has no variance to normalise by."""
+    if batch_size > 1:
+        return
+    norm = next(
+        (type(m).__name__ for m in net.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)),
+        None,
+    )
+    if norm is not None:
+        raise SettingsError(
+            f"[data].batch_size = {batch_size}: the network has {norm} layers, which cannot train on "
+            "batches of one image; use a batch size of at least 2"
+        )
+
+
 class Classifier(L.LightningModule):
     """Image classifier around `net`, a torchvision model named by `arch`."""
 
@@ -97,6 +126,8 @@ class Classifier(L.LightningModule):
         image_size: int | None = None,
         freeze_backbone_epochs: int = 0,
         backbone_lr_scale: float = 1.0,
+        class_names: Sequence[str] = (),
+        preprocessing: Mapping[str, Any] | None = None,
         load_weights: bool = True,
     ) -> None:
         super().__init__()
@@ -159,8 +190,19 @@ class Classifier(L.LightningModule):
 
     @classmethod
     def from_settings(
-        cls, settings: ModelSettings, num_classes: int, image_size: int | None = None
+        cls,
+        settings: ModelSettings,
+        num_classes: int,
+        image_size: int | None = None,
+        *,
+        class_names: Sequence[str] = (),
+        preprocessing: Preprocessing | None = None,
     ) -> Classifier:
+        """The model `settings` describe, recording `class_names` and `preprocessing`.
+
+        They ride in every checkpoint (``hyper_parameters``, which weights-only checkpoints
+        carry too), so a resume checks them wherever the checkpoint comes from.
+        """
         return cls(
             arch=settings.arch,
             num_classes=num_classes,
@@ -177,6 +219,8 @@ class Classifier(L.LightningModule):
             image_size=image_size,
             freeze_backbone_epochs=settings.freeze_backbone_epochs,
             backbone_lr_scale=settings.backbone_lr_scale,
+            class_names=tuple(class_names),
+            preprocessing=None if preprocessing is None else preprocessing_record(preprocessing),
         )
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:

@@ -27,16 +27,19 @@ from typing import Any
 
 import torch
 
-from harness.core.errors import HarnessError, SettingsError
+from harness.core.errors import HarnessError, SettingsError, shown
 from harness.core.layout import RunLayout
+from harness.core.preprocessing import Preprocessing
 from harness.io.artifacts import read_label_map
 from harness.settings import Settings
 from harness.training.lean_checkpoint import LEAN_KEY
+from harness.training.model import preprocessing_record
 
 __all__ = [
     "RESUME_VARIABLE",
     "RUN_DIR_VARIABLE",
     "AlreadyComplete",
+    "abandon",
     "check_resume",
     "keep_attempt",
     "last_checkpoint",
@@ -47,6 +50,8 @@ __all__ = [
 
 RUN_DIR_VARIABLE = "HARNESS_RUN_DIR"
 RESUME_VARIABLE = "HARNESS_RESUME_FROM"
+_LIGHTNING_KEYS = ("pytorch-lightning_version", "epoch", "global_step", "loops")
+"""What Lightning reads from a checkpoint before anything else when it resumes."""
 
 
 class AlreadyComplete(HarnessError):
@@ -64,6 +69,18 @@ def launched_rank() -> int:
 
 
 def _read(checkpoint: Path) -> dict[str, Any]:
+    """The checkpoint Lightning can resume from, else a `SettingsError` saying why not."""
+    raw = _load(checkpoint)
+    missing = [key for key in _LIGHTNING_KEYS if key not in raw]
+    if missing:
+        raise SettingsError(
+            f"[trainer].resume: {checkpoint} is not a Lightning checkpoint: it has a state_dict but no "
+            f"{', '.join(missing)} (a plain torch.save of weights cannot resume a run)"
+        )
+    return raw
+
+
+def _load(checkpoint: Path) -> dict[str, Any]:
     try:
         raw = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
     # torch.load raises many types for a torn, empty or foreign file; each means "unusable".
@@ -84,7 +101,7 @@ def _read(checkpoint: Path) -> dict[str, Any]:
 
 def _step(checkpoint: Path) -> int:
     try:
-        return int(_read(checkpoint).get("global_step", -1))
+        return int(_load(checkpoint).get("global_step", -1))
     except SettingsError:
         return -1
 
@@ -127,6 +144,24 @@ def _new_version(base: Path) -> Path:
         return run_dir
 
 
+def abandon(run_dir: Path, output_dir: Path) -> None:
+    """Remove `run_dir`, made by this run, when the run stops before it started; and its empty parents.
+
+    For a refusal found only once the run directory exists (a subscriber that cannot be
+    built, a loose checkpoint that does not fit): nothing is left behind. Parents are
+    removed up to `output_dir` included, each only while empty.
+    """
+    shutil.rmtree(run_dir, ignore_errors=True)
+    top = output_dir.resolve()
+    folder = run_dir.parent.resolve()
+    while folder == top or top in folder.parents:
+        try:
+            folder.rmdir()
+        except OSError:
+            return
+        folder = folder.parent
+
+
 def resolve_run_dir(settings: Settings) -> tuple[Path, Path | None]:
     """The run directory and the checkpoint to resume from (None for a fresh run).
 
@@ -165,26 +200,44 @@ def check_resume(
     settings: Settings,
     classes: Sequence[str],
     stateful: Collection[str],
+    preprocessing: Preprocessing | None = None,
 ) -> None:
     """Refuse a resume that cannot continue this run as configured, naming every difference.
 
-    `stateful` names the attached subscribers that keep state in checkpoints.
+    `stateful` names the attached subscribers that keep state in checkpoints. The class
+    names, image size and `preprocessing` are compared with what the checkpoint records
+    (`harness.training.model.Classifier.from_settings`), wherever it lies; for a checkpoint
+    written before it recorded them, with its run directory's files.
     """
     raw = _read(checkpoint)
     hparams = raw.get("hyper_parameters") or {}
     differences: list[str] = []
     if hparams.get("arch") not in (None, settings.model.arch):
         differences.append(f"architecture {hparams['arch']!r} in the checkpoint, {settings.model.arch!r} now")
-    if RunLayout(run_dir).labels.is_file():
+    recorded = hparams.get("class_names")
+    if recorded:
+        if list(recorded) != list(classes):
+            differences.append(
+                f"classes {shown(list(recorded))} in the checkpoint, {shown(list(classes))} now"
+            )
+    elif RunLayout(run_dir).labels.is_file():
         then = read_label_map(run_dir)
         if list(then) != list(classes):
-            differences.append(f"classes {then} in the run, {list(classes)} in the data now")
+            differences.append(f"classes {shown(then)} in the run, {shown(list(classes))} in the data now")
     elif hparams.get("num_classes") not in (None, len(classes)):
         differences.append(f"{hparams['num_classes']} classes in the checkpoint, {len(classes)} now")
     saved = _saved_settings(run_dir)
-    size = saved.get("data", {}).get("image_size")
+    size = hparams.get("image_size") or saved.get("data", {}).get("image_size")
     if size is not None and size != settings.data.image_size:
-        differences.append(f"[data].image_size {size} in the run, {settings.data.image_size} now")
+        differences.append(f"[data].image_size {size} in the checkpoint, {settings.data.image_size} now")
+    record = hparams.get("preprocessing")
+    if record and preprocessing is not None:
+        now = preprocessing_record(preprocessing)
+        for key in sorted(set(record) | set(now)):
+            if key != "image_size" and record.get(key) != now.get(key):
+                differences.append(
+                    f"preprocessing {key} {record.get(key)!r} in the checkpoint, {now.get(key)!r} now"
+                )
     states = set((raw.get("harness") or {}).keys())
     was_disabled = {
         name for name, table in saved.get("subscribers", {}).items() if table.get("enabled") is False

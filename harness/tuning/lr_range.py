@@ -32,6 +32,7 @@ from typing_extensions import override
 
 from harness.core.errors import HarnessError
 from harness.settings import Settings
+from harness.training.acceleration import resolve_acceleration
 from harness.training.data import ImageDataModule, run_preprocessing, scan
 from harness.training.model import Classifier, TrainBatch
 from harness.training.sampler import make_sampler
@@ -187,7 +188,7 @@ def find_lr(
             accelerator=trainer_settings.accelerator,
             devices=trainer_settings.devices,
             strategy=trainer_settings.strategy,
-            precision=trainer_settings.precision,
+            precision=resolve_acceleration(trainer_settings, model, probe.net).precision,  # type: ignore[arg-type]
             accumulate_grad_batches=trainer_settings.accumulate_grad_batches,
             gradient_clip_val=trainer_settings.gradient_clip_val or None,
             limit_val_batches=0,

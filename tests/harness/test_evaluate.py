@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import re
+import shutil
 import subprocess
 import sys
 from importlib import resources
@@ -196,6 +197,28 @@ def test_unknown_classes_can_be_counted_instead(trained: Trained, tmp_path: Path
     assert metrics["data"]["left_out"] == {"zebra": 3}
     assert metrics["samples"] == 2
     assert metrics["per_class"]["red"]["support"] == 2
+
+
+def test_a_subset_of_the_classes_averages_over_the_classes_present_and_names_the_absent(
+    trained: Trained, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    subset = tmp_path / "subset"
+    for name in ("blue", "red"):
+        shutil.copytree(trained.data / "test" / name, subset / name)
+    before = {p: p.read_bytes() for p in (*subset.rglob("*.png"), trained.onnx)}
+    out = tmp_path / "out"
+
+    assert main([str(trained.onnx), str(subset), "--output", str(out)]) == 0
+
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["absent_classes"] == ["green"]
+    per_class = metrics["per_class"]
+    for key in ("precision", "recall", "f1"):
+        expected = (per_class["blue"][key] + per_class["red"][key]) / 2
+        assert metrics["macro"][key] == pytest.approx(expected)
+    printed = capsys.readouterr().out
+    assert "absent from the data (left out of the macro averages): green" in printed
+    assert {p: p.read_bytes() for p in before} == before
 
 
 def test_the_onnx_path_never_imports_torch(trained: Trained, tmp_path: Path) -> None:

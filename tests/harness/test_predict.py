@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -335,3 +336,23 @@ def test_an_exif_orientation_is_applied_as_in_training(exported: Exported, tmp_p
     with Image.open(path) as sideways:
         unrotated = to_input(sideways.convert("RGB"), PREPROCESSING)
     assert not np.allclose(prepared, unrotated, atol=0.5), "the orientation made a difference"
+
+
+def test_a_fifo_named_like_an_image_is_named_unreadable_and_the_good_image_classified(
+    exported: Exported, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    good = save_image(tmp_path / "good.png")
+    expected = run_json(capsys, exported.path, good)
+    fifo = tmp_path / "x.png"
+    os.mkfifo(fifo)
+    before = good.read_bytes()
+
+    assert main([str(exported.path), str(fifo), str(good)]) == 1
+
+    captured = capsys.readouterr()
+    assert captured.out.splitlines()[0].split("\t")[:2] == [str(good), expected[0]["label"]]
+    assert captured.err.splitlines() == [
+        f"error: {fifo}: not a readable image (OSError: not a regular file but a FIFO)",
+        "error: 1 image(s) could not be read; the others were classified",
+    ]
+    assert good.read_bytes() == before

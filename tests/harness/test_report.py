@@ -49,6 +49,7 @@ def run_dir(tmp_path: Path) -> Path:
         encoding="utf-8",
     )
     (root / "settings.toml").write_text('[run]\nname = "a <b> & c"\n', encoding="utf-8")
+    (root / "labels.json").write_text('{"classes": ["a", "b"]}', encoding="utf-8")
     return root
 
 
@@ -125,6 +126,23 @@ def test_the_command_writes_the_page_and_refuses_a_missing_directory(
     assert RunLayout(run_dir).report.is_file()
     assert main([str(tmp_path / "nowhere")]) == 2
     assert "nowhere: not a directory (expected a run directory)" in capsys.readouterr().err
+
+
+def test_the_command_refuses_a_folder_that_is_not_a_run_directory(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / "photos"
+    picture(folder / "holiday.png")
+    (folder / "notes.txt").write_text("mine")
+    before = {p: p.read_bytes() for p in folder.rglob("*")}
+    done = subprocess.run(
+        [sys.executable, "-m", "harness", "report", str(folder)], capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 2
+    assert done.stderr.splitlines() == [
+        f"error: {folder}: not a run directory (it lacks settings.toml or labels.json); nothing written"
+    ]
+    assert {p: p.read_bytes() for p in folder.rglob("*")} == before
 
 
 def test_python_dash_m_runs_it(run_dir: Path) -> None:

@@ -2,7 +2,11 @@
 
 They are configured by environment variables, read when constructed, since a plugin gets
 only the run context: ``FAULT_AT="<event>:<epoch>:<count>"``,
-``FAULT="kill|interrupt|term|term-group|raise|stop"`` and, to hurt one rank only, ``FAULT_RANK``.
+``FAULT="kill|kill-mid-write|interrupt|interrupt-soon|term|term-group|raise|stop"`` and, to
+hurt one rank only, ``FAULT_RANK``; an epoch of ``*`` matches any. ``interrupt-soon`` sends
+SIGINT a second later, from a thread (at `TrainLoopEnd`: during the ONNX export that
+`TrainEnd` starts). ``kill-mid-write`` SIGKILLs the run from a thread as soon as the
+checkpoint being saved has bytes in its temporary file: a kill in the middle of a real write.
 """
 
 from __future__ import annotations
@@ -11,12 +15,14 @@ import hashlib
 import json
 import os
 import signal
+import threading
+import time
 
 import torch
 
 from harness.core.bus import Bus
 from harness.core.context import RunContext
-from harness.core.events import BatchEnd, CheckpointSaving, Event, TrainEnd
+from harness.core.events import BatchEnd, CheckpointSaving, Event, TrainEnd, TrainLoopEnd
 
 
 class Fault:
@@ -29,7 +35,7 @@ class Fault:
     def __init__(self, context: RunContext) -> None:
         self.context = context
         event, epoch, count = (os.environ.get("FAULT_AT") or "none:0:0").split(":")
-        self.event, self.epoch, self.count = event, int(epoch), int(count)
+        self.event, self.epoch, self.count = event, None if epoch == "*" else int(epoch), int(count)
         self.fault = os.environ.get("FAULT", "")
         self.rank = os.environ.get("FAULT_RANK")
         self.seen = 0
@@ -37,9 +43,10 @@ class Fault:
     def connect(self, bus: Bus) -> None:
         bus.subscribe(BatchEnd, self.on_event, stage="train")
         bus.subscribe(CheckpointSaving, self.on_event)
+        bus.subscribe(TrainLoopEnd, self.on_event)
 
     def on_event(self, event: Event) -> None:
-        if type(event).__name__ != self.event or event.epoch != self.epoch:
+        if type(event).__name__ != self.event or self.epoch not in (None, event.epoch):
             return
         if self.rank is not None and int(self.rank) != self.context.rank:
             return
@@ -48,8 +55,12 @@ class Fault:
             return
         if self.fault == "kill":
             os.kill(os.getpid(), signal.SIGKILL)
+        elif self.fault == "kill-mid-write":
+            threading.Thread(target=self._kill_when_writing, daemon=True).start()
         elif self.fault == "interrupt":
             os.kill(os.getpid(), signal.SIGINT)
+        elif self.fault == "interrupt-soon":
+            threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGINT)).start()
         elif self.fault == "term":
             os.kill(os.getpid(), signal.SIGTERM)
         elif self.fault == "term-group":
@@ -60,6 +71,13 @@ class Fault:
             raise RuntimeError("injected failure")
         elif self.fault == "stop":
             self.context.request_stop(f"injected stop on rank {self.context.rank}", at="step")
+
+    def _kill_when_writing(self) -> None:
+        folder = self.context.run_dir / "checkpoints"
+        while True:
+            if any(path.stat().st_size > 0 for path in folder.glob(".*.tmp")):
+                os.kill(os.getpid(), signal.SIGKILL)
+            time.sleep(0.0005)
 
 
 class RankReport:

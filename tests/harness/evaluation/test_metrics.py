@@ -38,8 +38,12 @@ def test_every_figure_matches_scikit_learn(classes: int, samples: int, seed: int
         assert metrics.classes.recall[c] == pytest.approx(report[str(c)]["recall"])
         assert metrics.classes.f1[c] == pytest.approx(report[str(c)]["f1-score"])
         assert metrics.classes.support[c] == report[str(c)]["support"]
-    for mine, theirs in ((metrics.macro, report["macro avg"]), (metrics.weighted, report["weighted avg"])):
+    present = classification_report(
+        targets, predicted, labels=np.unique(targets), output_dict=True, zero_division=0
+    )
+    for mine, theirs in ((metrics.macro, present["macro avg"]), (metrics.weighted, report["weighted avg"])):
         assert mine == pytest.approx((theirs["precision"], theirs["recall"], theirs["f1-score"]))
+    assert metrics.absent == (classes - 1,)
     assert metrics.balanced_accuracy == pytest.approx(balanced_accuracy_score(targets, predicted))
     assert metrics.top1 == pytest.approx(float((predicted == targets).mean()))
     k = min(5, classes)

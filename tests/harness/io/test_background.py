@@ -118,9 +118,40 @@ def test_a_failing_job_is_logged_and_returned_by_drain_and_the_next_jobs_still_r
     assert "background_jobs.py" in failure.traceback, "the worker's traceback, where the job raised"
     assert "raise OSError(message)" in failure.traceback
     [log] = caplog.records
-    assert "ConfusionMatrix" in log.getMessage()
-    assert "raise OSError(message)" in log.getMessage(), "the log holds the worker's traceback"
+    assert log.getMessage() == "background job of ConfusionMatrix (step 42) failed: OSError: disk full"
     assert writer.drain() == [], "a failure is reported once"
+
+
+def test_on_a_full_disk_each_background_failure_is_one_line(
+    jobs: ModuleType, writer: BackgroundWriter, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from tests.harness.training.test_resume import tmpfs
+
+    mounts = tmpfs(tmp_path / "small", "size=1m")
+    disk = next(mounts)
+    try:
+        kept = disk / "kept.txt"
+        kept.write_text("kept")
+        with (
+            (disk / "filler").open("wb", buffering=0) as filler,
+            pytest.raises(OSError, match="No space left"),
+        ):
+            while True:
+                filler.write(b"\0" * 65536)
+        recorded = Recorded()
+        for n in range(3):
+            picture = functools.partial(jobs.append, disk / f"picture_{n}.txt", "x" * 70000)
+            writer.submit("Pictures", picture, record=recorded, step=n)
+        with caplog.at_level(logging.DEBUG, logger="harness.io.background"):
+            failures = writer.drain()
+
+        assert [f.step for f in failures] == [0, 1, 2]
+        assert all("No space left on device" in f.error and "Traceback" in f.traceback for f in failures)
+        errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+        assert len(errors) == 3 and all("\n" not in e and "No space left on device" in e for e in errors)
+        assert kept.read_text() == "kept"
+    finally:
+        next(mounts, None)
 
 
 def test_close_finishes_every_queued_job_and_reports_their_failures(jobs: ModuleType, tmp_path: Path) -> None:

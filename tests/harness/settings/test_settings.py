@@ -55,7 +55,7 @@ def test_odd_strings_round_trip_through_settings_toml(tmp_path: Path, text: str)
     defaults = load_settings(None)
     settings = attrs.evolve(
         defaults,
-        run=attrs.evolve(defaults.run, name=text or "x", output_dir=text),
+        run=attrs.evolve(defaults.run, output_dir=text),
         data=attrs.evolve(defaults.data, root=text),
         model=attrs.evolve(defaults.model, weights=text),
     )
@@ -138,6 +138,16 @@ CASES = [
         "[run].plugins: 'subscribers.plots:SPEC' and a built-in subscriber both claim the name 'plots'",
     ),
     ("", ["run.plugins=['no_such_entry_point']"], "is neither 'package.module:NAME' nor an installed"),
+    ("", ["model.weight_decay=inf"], "[model].weight_decay must be a finite number, got inf"),
+    ("[model]\nwarmup = nan\n", [], "settings.toml: [model].warmup must be a finite number, got nan"),
+    ("", ["augment.crop_ratio=[0.5, inf]"], "[augment].crop_ratio must hold finite numbers, got [0.5, inf]"),
+    ("", ["subscribers.ema.warmup_power=-inf"], "[subscribers.ema].warmup_power must be a finite number"),
+    ("", ["run.name='..'"], "[run].name must be one folder name of 1 to 128 printable characters"),
+    ("", ["run.name='../escaped'"], "[run].name must be one folder name"),
+    ("", ["run.name='/tmp/absolute'"], "[run].name must be one folder name"),
+    ("", ["run.name='.'"], "[run].name must be one folder name"),
+    ("", ["data.image_size=100000"], "[data].image_size must be in [8, 2048], got 100000"),
+    ("", ["data.batch_size=1"], "[data].batch_size = 1: the network has BatchNorm2d layers"),
     (
         "[subscribers.loss_spikes]\nfactor = 2\n",
         [],
@@ -166,6 +176,21 @@ def test_bad_settings_stop_before_training(
     assert message in err
     assert len(err.strip().splitlines()) == 1, "one message, one line"
     assert not list((tmp_path / "runs").glob("*/version_*")), "nothing was started"
+    assert not list(tmp_path.glob("**/version_*")), "no run directory anywhere (run.name = '..')"
+
+
+def test_a_huge_value_is_cut_in_the_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    name = "n" * 1_000_000
+    settings = tmp_path / "settings.toml"
+    settings.write_text(f"[run]\noutput_dir = '{tmp_path / 'runs'}'\nname = '{name}'\n")
+    before = settings.read_bytes()
+    assert main([str(settings), "--set", f"model.arch='{name}'"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1
+    assert "[run].name must be one folder name" in err and "(1000002 characters)" in err
+    assert len(err) < 500
+    assert settings.read_bytes() == before
+    assert not (tmp_path / "runs").exists()
 
 
 def make_tree(root: Path, kind: str) -> Path:

@@ -339,7 +339,7 @@ def test_num_workers_defaults_to_auto_the_cores_minus_one_at_most_eight() -> Non
             load_settings(None, overrides=[f"data.num_workers={bad}"])
 
 
-def test_the_listing_is_sorted_skips_hidden_names_and_follows_links_to_files_only(tmp_path: Path) -> None:
+def test_the_listing_is_sorted_skips_hidden_names_and_follows_links(tmp_path: Path) -> None:
     root = tmp_path / "data"
     for folder in ("a/.hidden", "a/sub.png", "b", "c/deep/er", ".git"):
         (root / folder).mkdir(parents=True)
@@ -353,11 +353,56 @@ def test_the_listing_is_sorted_skips_hidden_names_and_follows_links_to_files_onl
     (root / "a" / "linked").symlink_to(root / "b", target_is_directory=True)
     (root / "a" / "broken.png").symlink_to(root / "nowhere.png")
     (root / "a" / "folder.png").symlink_to(root / "c", target_is_directory=True)
+    (root / "c" / "deep" / "loop").symlink_to(root / "c", target_is_directory=True)
     os.mkfifo(root / "a" / "fifo.png")
     expected = [
-        "a/b.tif", "a/link.jpg", "a/sub.png/inner.jpg", "a/x.PNG", "a/x.png", "b/a-c.png", "b/sp ace.jpeg",
-        "b/é.jpg", "c/deep/er/k.webp", "c/deep-x.png", "c/deep.png",
+        "a/b.tif", "a/broken.png", "a/fifo.png", "a/folder.png/deep/er/k.webp", "a/folder.png/deep-x.png",
+        "a/folder.png/deep.png", "a/link.jpg", "a/linked/a-c.png", "a/linked/sp ace.jpeg", "a/linked/é.jpg",
+        "a/sub.png/inner.jpg", "a/x.PNG", "a/x.png", "b/a-c.png", "b/sp ace.jpeg", "b/é.jpg",
+        "c/deep/er/k.webp", "c/deep-x.png", "c/deep.png",
     ]  # fmt: skip
     assert image_files(root) == [root / name for name in expected], "in Path order, as sorted(Path) gives"
     assert [entry.path for entry in image_entries(root)] == [str(root / name) for name in expected]
     assert image_files(root / "missing") == []
+
+
+def test_a_fifo_named_like_an_image_is_an_unreadable_image_named_by_path(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from harness.core.testing import write_imagefolder
+    from harness.run import main
+
+    root = write_imagefolder(tmp_path / "data", {"a": 4, "b": 4}, size=8)
+    fifo = root / "b" / "x.png"
+    os.mkfifo(fifo)
+    before = snapshot(root)
+    argv = ["--set", f"data.root='{root}'", "--set", f"run.output_dir='{tmp_path / 'runs'}'"]
+
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.splitlines() == [
+        f"error: [data].root = '{root}': 1 unreadable image file(s): {fifo} (OSError: not a regular file "
+        'but a FIFO). Fix or remove them, or set [data].on_corrupt = "skip" to train without them'
+    ]
+    assert snapshot(root) == before
+    assert not (tmp_path / "runs").exists()
+
+    info, _ = scan(DataSettings(root=str(root), on_corrupt="skip"), seed=0)
+    assert info.skipped == (fifo,)
+
+
+def test_symlinked_folders_inside_a_class_folder_are_followed_and_loops_counted_once(tmp_path: Path) -> None:
+    from harness.core.testing import write_imagefolder
+
+    root = write_imagefolder(tmp_path / "data", {"a": 4, "b": 4}, size=8)
+    elsewhere = write_imagefolder(tmp_path / "more", {"a": 3}, size=8) / "a"
+    (root / "a" / "more").symlink_to(elsewhere, target_is_directory=True)
+    (elsewhere / "back").symlink_to(elsewhere, target_is_directory=True)
+    (root / "b" / "self").symlink_to(root / "b", target_is_directory=True)
+
+    info, classes = scan(DataSettings(root=str(root), val_fraction=0.25), seed=0)
+
+    paths = sorted(path for path, _ in (*info.train, *info.val))
+    assert classes == ("a", "b")
+    assert len(paths) == 11 == len(set(paths)), "4 + 3 linked in a/, 4 in b/ (its loop counted once)"
+    assert sum(1 for path in paths if "/a/more/" in path) == 3

@@ -84,8 +84,8 @@ def test_a_resume_with_other_data_or_architecture_stops_before_writing(
     assert code == 2
     message = one_line(capsys)
     assert "does not fit these settings" in message
-    assert "classes ['blue', 'green', 'red'] in the run" in message and "'gold'" in message
-    assert "[data].image_size 16 in the run, 20 now" in message
+    assert "classes ['blue', 'green', 'red'] in the checkpoint" in message and "'gold'" in message
+    assert "[data].image_size 16 in the checkpoint, 20 now" in message
     assert digests(tmp_path / "runs") == before
 
 
