@@ -41,6 +41,7 @@ from harness.training.data import ImageDataModule, run_preprocessing, scan
 from harness.training.evaluation import evaluate_test_split
 from harness.training.loggers import LoggerTrackers, build_loggers, logger_artifacts, require_packages
 from harness.training.model import Classifier, check_monitor
+from harness.training.recipe import class_loss_weights, resolve_recipe
 from harness.training.run_dir import (
     RESUME_VARIABLE,
     RUN_DIR_VARIABLE,
@@ -114,8 +115,14 @@ def run(settings: Settings, *, extra_subscribers: Mapping[str, Subscriber] | Non
         log.warning(
             "skipping %d unreadable image file(s) ([data].on_corrupt = skip): %s", len(info.skipped), shown
         )
+    recipe, augment = resolve_recipe(settings, info, settings.run.seed)
+    if settings.run.terminal != "quiet":
+        log.info("%s", recipe.describe())
     module = Classifier.from_settings(
-        settings.model, num_classes=len(classes), image_size=settings.data.image_size
+        settings.model,
+        num_classes=len(classes),
+        image_size=settings.data.image_size,
+        class_weights=class_loss_weights(info.train_targets, len(classes)) if recipe.class_weights else None,
     )
     specs = resolve_specs(settings.run.plugins)
     require_packages(settings.logger)  # before the run directory is made
@@ -128,8 +135,9 @@ def run(settings: Settings, *, extra_subscribers: Mapping[str, Subscriber] | Non
     # Pictures are drawn in its worker process while training goes on; closed in the finally below.
     writer = BackgroundWriter()
     preprocessing = run_preprocessing(settings)
-    sampler = make_sampler(info.train_targets, balanced=settings.data.balanced, seed=settings.run.seed)
-    datamodule = ImageDataModule(info, preprocessing, settings.data, sampler, settings.augment)
+    balanced = recipe.sampling == "balanced"
+    sampler = make_sampler(info.train_targets, balanced=balanced, seed=settings.run.seed)
+    datamodule = ImageDataModule(info, preprocessing, settings.data, sampler, augment)
     loggers = build_loggers(settings.logger, run_dir, settings.run.name)
     trackers = LoggerTrackers.of(loggers)
     context = RunContext(
@@ -277,6 +285,10 @@ def run(settings: Settings, *, extra_subscribers: Mapping[str, Subscriber] | Non
             for failure in background_failures
         ]
         summary["test"] = tested
+        summary["recipe"] = attrs.asdict(recipe)
+        summary["validated_weights"] = (
+            None if context.validated_weights is None else attrs.asdict(context.validated_weights)
+        )
         summary["error"] = error
         summary["attempts"] = attempts
         if trainer.is_global_zero:
