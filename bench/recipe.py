@@ -502,13 +502,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         scratch = Path(directory)
         data = {kind.key: scratch / kind.key for kind in kinds}
         described = {kind.key: kind.build(data[kind.key], args.smoke) for kind in kinds}
-        pending = [
-            _Pending(kind=kind.key, recipe=index, seed=seed, epochs=count)
-            for count in epochs
-            for seed in seeds
-            for kind in kinds
-            for index in range(len(kind.recipes))
-        ]
+        # The anchors and the defaults over every seed first, the alternatives after them.
+        pending = sorted(
+            (
+                _Pending(kind=kind.key, recipe=index, seed=seed, epochs=count)
+                for count in epochs
+                for seed in seeds
+                for kind in kinds
+                for index in range(len(kind.recipes))
+            ),
+            key=lambda job: (job.epochs, job.recipe >= 2),
+        )
         results = _run_all(pending, data, scratch, max(1, args.parallel))
     print(f"ResNet-18 from scratch, 32 px, batch 64; top-1 of the final epoch; seeds {seeds}.\n")
     everything: dict[str, dict[str, dict[str, list[float]]]] = {}
