@@ -94,6 +94,11 @@ CASES = [
     ("[dataa]\nroot = ''\n", [], "settings.toml: unknown table 'dataa'; did you mean 'data'?"),
     ('[data]\nbatch_size = "64"\n', [], "settings.toml: [data].batch_size must be an integer, got '64'"),
     (
+        "[data]\nbalanced = true\n",  # the last release's key
+        [],
+        "unknown key 'data.balanced'; valid: root, image_size, batch_size, val_fraction, sampling",
+    ),
+    (
         '[data]\nsampling = "weighted"\n',
         [],
         "settings.toml: [data].sampling must be one of 'auto', 'shuffle', 'balanced', got 'weighted'",
