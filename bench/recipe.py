@@ -62,9 +62,12 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import attrs
+
+if TYPE_CHECKING:
+    import numpy as np
 
 __all__ = [
     "KINDS",
@@ -182,7 +185,7 @@ def make_non_square(source: Path, root: Path) -> int:
     return count
 
 
-def _idx(path: Path) -> np.ndarray:  # noqa: F821 (numpy is imported where this runs)
+def _idx(path: Path) -> np.ndarray:
     import numpy as np
 
     with gzip.open(path) as opened:
