@@ -66,6 +66,8 @@ from typing import TYPE_CHECKING, Literal
 
 import attrs
 
+from harness.core.layout import RunLayout
+
 if TYPE_CHECKING:
     import numpy as np
 
@@ -85,7 +87,8 @@ __all__ = [
 ]
 
 REPO = Path(__file__).resolve().parent.parent
-SETTINGS = REPO / "settings.toml"
+# The repository's settings file has the name a run directory gives its own.
+SETTINGS = RunLayout(REPO).settings
 IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 """Where Debian's ``dataset-fashion-mnist`` puts the idx files."""
@@ -347,19 +350,20 @@ def harness_top1(recipe: Recipe, data: Path, seed: int, epochs: int, output_dir:
         *recipe.overrides,
     ]
     summary = run(load_settings(SETTINGS, overrides)).summary
-    if summary["status"] != "completed":
-        raise RuntimeError(f"{recipe.name}, seed {seed}: the run ended {summary['status']}")
-    final = float(summary["final_metrics"]["val/acc_top1"])
-    weights = summary.get("validated_weights")
-    chosen = summary["recipe"]
+    if summary.status != "completed":
+        raise RuntimeError(f"{recipe.name}, seed {seed}: the run ended {summary.status}")
+    final = float(summary.final_metrics["val/acc_top1"])
+    weights, chosen = summary.validated_weights, summary.recipe
     found: dict[str, object] = {"top1": final, "raw": final, "kept": "training (no EMA)"}
-    if isinstance(weights, dict):
+    if weights is not None:
         found = {
-            "top1": max(weights["average_top1"], weights["training_top1"]),
-            "raw": weights["training_top1"],
-            "kept": weights["kept"],
+            "top1": max(weights.average_top1, weights.training_top1),
+            "raw": weights.training_top1,
+            "kept": weights.kept,
         }
-    return {**found, "preset": chosen["preset"], "sampling": chosen["sampling"]}
+    if chosen is not None:
+        found |= {"preset": chosen.preset, "sampling": chosen.sampling}
+    return found
 
 
 def _job(kind_key: str, recipe_index: int, data: Path, seed: int, epochs: int, out: Path) -> None:

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from harness.core.errors import ExportError
+from harness.core.layout import MODEL_FILE
 from harness.core.preprocessing import Preprocessing
 from harness.io.artifacts import atomic_path, write_json, write_label_map
 from harness.onnx.card import ExportSource, ModelCard
@@ -37,7 +38,6 @@ __all__ = [
     "DEFAULT_TOLERANCE",
     "PARITY_IMAGES",
     "SINGLE_IMAGES",
-    "MODEL_FILE",
     "PARITY_FILE",
     "PREPROCESSING_FILE",
     "Checkpoint",
@@ -61,7 +61,6 @@ SINGLE_IMAGES = 2
 Two show that a batch of one gives the batch's logits; each further one would add a full
 forward pass in onnxruntime and no new case (at 224 px, about 25 ms apiece here).
 """
-MODEL_FILE = "model.onnx"
 PARITY_FILE = "parity.json"
 PREPROCESSING_FILE = "preprocessing.json"
 INPUT_NAME = "input"
