@@ -6,6 +6,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 import torch
 
@@ -86,7 +87,8 @@ def test_checkpoint_is_the_validated_model_and_resume_is_exact(
     assert ema_state["updates"] > 1
     assert saved["state_dict"].keys() == other.keys()
     assert not torch.equal(saved["state_dict"]["net.fc.weight"], other["net.fc.weight"])
-    scores = result.summary["validated_weights"]
+    assert result.summary.validated_weights is not None
+    scores = attrs.asdict(result.summary.validated_weights)
     assert scores["kept"] == kept and scores[f"{kept}_top1"] >= max(
         scores["average_top1"], scores["training_top1"]
     )
