@@ -118,10 +118,10 @@ WEIGHTED = Recipe(name="defaults, class_weights = auto (shuffled)", overrides=("
 
 @attrs.frozen(kw_only=True)
 class Kind:
-    """A kind of data: how to build its tree, its anchor's recipe, and the harness rows to train."""
+    """A kind of data: how to write its tree, its anchor's recipe, and the harness rows to train."""
 
     key: str
-    build: Callable[[Path, bool], str]
+    write: Callable[[Path, bool], str]
     anchor: Literal["symbols", "photos"]
     recipes: tuple[Recipe, ...] = (ANCHOR, DEFAULTS)
 
@@ -259,12 +259,12 @@ def _photos(root: Path, smoke: bool) -> str:
 
 
 KINDS: tuple[Kind, ...] = (
-    Kind(key="photos", build=_photos, anchor="photos"),
+    Kind(key="photos", write=_photos, anchor="photos"),
     Kind(
-        key="symbols-10to1", build=_symbols, anchor="symbols", recipes=(ANCHOR, DEFAULTS, SHUFFLE, WEIGHTED)
+        key="symbols-10to1", write=_symbols, anchor="symbols", recipes=(ANCHOR, DEFAULTS, SHUFFLE, WEIGHTED)
     ),
-    Kind(key="symbols-nonsquare-10to1", build=_non_square, anchor="symbols"),
-    Kind(key="symbols-balanced", build=_balanced, anchor="symbols"),
+    Kind(key="symbols-nonsquare-10to1", write=_non_square, anchor="symbols"),
+    Kind(key="symbols-balanced", write=_balanced, anchor="symbols"),
 )
 
 
@@ -508,7 +508,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as directory:
         scratch = Path(directory)
         data = {kind.key: scratch / kind.key for kind in kinds}
-        described = {kind.key: kind.build(data[kind.key], args.smoke) for kind in kinds}
+        described = {kind.key: kind.write(data[kind.key], args.smoke) for kind in kinds}
         # The anchors and the defaults over every seed first, the alternatives after them.
         pending = sorted(
             (
