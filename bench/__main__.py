@@ -2,7 +2,8 @@
 
     .venv/bin/python -m bench                     # all of them, on the CPU (a few minutes)
     .venv/bin/python -m bench --only bus epoch    # a selection
-    .venv/bin/python -m bench --device cuda       # one GPU: the ones that take a device
+    .venv/bin/python -m bench --device cuda       # one GPU: the ones that take a device (gpu, epoch)
+    .venv/bin/python -m bench --device cuda --smoke  # their code paths, tiny; on the CPU without a GPU
     .venv/bin/python -m bench --details           # each benchmark's own tables too
     .venv/bin/python -m bench --smoke             # tiny sizes where offered: checks that it runs
     .venv/bin/python -m bench --one-core          # pinned to one core: wall time with no core to spare
@@ -77,6 +78,10 @@ BENCHMARKS: tuple[Benchmark, ...] = (
         name="loader",
         compares="the training data loader's images/s vs ImageFolder + DataLoader, same transforms",
     ),
+    Benchmark(
+        name="gpu",
+        compares="a training step: channels-last, torch.compile, EMA, JPEG loader and GPU decoding vs eager",
+    ),
 )
 
 _TIME_HEADER = re.compile(r"(?:^|[\s(])(us|µs|ms|s)(?:$|[\s)/])", re.IGNORECASE)
@@ -135,7 +140,7 @@ def _call_rows(module: Any, device: str, smoke: bool, details: list[str]) -> lis
     parameters = inspect.signature(module.rows).parameters
     kwargs: dict[str, Any] = {}
     if "device" in parameters:
-        kwargs["device"] = device
+        kwargs["device"] = _effective(device, smoke)
     elif device != "cpu":
         return None
     if "progress" in parameters:
@@ -154,12 +159,21 @@ def _call_rows(module: Any, device: str, smoke: bool, details: list[str]) -> lis
     return list(result)
 
 
+def _effective(device: str, smoke: bool) -> str:
+    """`device`, except the CPU for a smoke run of the GPU benchmarks on a machine without one."""
+    if device == "cuda" and smoke:
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
 def _worker(name: str, device: str, threads: int, smoke: bool, out: Path, one_core: bool = False) -> int:
     """Inside the child process: measure one benchmark and write its rows to `out`."""
     if one_core:
         # Before any import starts threads: every thread and child process inherits it.
         os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
-    if device == "cpu":
+    if _effective(device, smoke) == "cpu":
         import torch
 
         torch.set_num_threads(threads)
@@ -206,16 +220,21 @@ def _machine(device: str) -> str:
     return f"{where}; {versions}, Python {platform.python_version()}"
 
 
-def _require(device: str) -> None:
+def _require(device: str, smoke: bool) -> str:
+    """The device the benchmarks run on: `device`, or the CPU for a smoke run without a GPU."""
     if device == "cuda":
         import torch
 
+        if not torch.cuda.is_available() and smoke:
+            print("no CUDA device: the smoke runs the GPU code paths on the CPU", file=sys.stderr)
+            return "cpu"
         if not torch.cuda.is_available():
             built = torch.version.cuda or "no CUDA support"
             sys.exit(
                 f"error: --device cuda: no CUDA device is available (torch {torch.__version__}, built "
                 f"with {built}); run with --device cpu"
             )
+    return device
 
 
 def _run(benchmark: Benchmark, args: argparse.Namespace) -> tuple[list[Row], str, str | None]:
@@ -276,7 +295,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for benchmark in BENCHMARKS:
             print(f"{benchmark.name:18} {benchmark.compares}")
         return 0
-    _require(args.device)
+    ran_on = _require(args.device, args.smoke)
 
     chosen = [b for b in BENCHMARKS if (not args.only or b.name in args.only) and b.name not in args.skip]
     started = time.perf_counter()
@@ -303,10 +322,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.details:
         for name, output in outputs:
             print(f"## bench.{name}\n\n{output.strip()}\n")
-    threads = f", {args.threads} torch thread(s)" if args.device == "cpu" else ""
+    threads = f", {args.threads} torch thread(s)" if ran_on == "cpu" else ""
     if args.one_core:
         threads += ", every benchmark pinned to one core"
-    print(f"Benchmarks on {_machine(args.device)}{threads}\n")
+    print(f"Benchmarks on {_machine(ran_on)}{threads}\n")
     if measured:
         print(rows_table(measured))
     print()

@@ -101,9 +101,12 @@ class SamplerTracking:
     def on_batch_end(self, event: BatchEnd) -> None:
         if event.targets.is_floating_point():
             return  # soft targets (mixup, label distributions) name no single class to count
-        # Counted on the targets' own device: no host synchronisation per batch.
-        counts = torch.bincount(event.targets.flatten(), minlength=self.context.num_classes)
-        self._trained = counts if self._trained is None else self._trained + counts
+        # Counted on the targets' own device, by index_add_ rather than bincount (which reads
+        # the largest target back to size its result): no host synchronisation per batch.
+        targets = event.targets.flatten()
+        if self._trained is None:
+            self._trained = torch.zeros(self.context.num_classes, dtype=torch.int64, device=targets.device)
+        self._trained.index_add_(0, targets, torch.ones_like(targets, dtype=torch.int64))
 
     def on_train_epoch_end(self, event: TrainEpochEnd) -> None:
         context = self.context

@@ -12,7 +12,8 @@ blinker 1.9.0 has traps this module neutralises, each by design rather than by p
 - the first raising receiver skips the rest: the dispatcher applies a failure policy per
   subscriber (``"raise"`` stops the run with a `SubscriberError` naming subscriber, event
   and step; ``"isolate"`` logs the traceback, records a `Failure`, disconnects that
-  subscriber and lets everyone else go on);
+  subscriber and lets everyone else go on); a `StopRun` (a subscriber ending the run
+  on purpose, such as a sweep's pruner) passes through unwrapped, whatever the policy;
 - ``muted()`` does not nest: the bus never mutes.
 
 Subscription order is deterministic and documented, but a subscriber must not rely on it:
@@ -31,7 +32,7 @@ from typing import Any, Generic, Literal, Protocol, TypeVar, runtime_checkable
 import attrs
 import blinker
 
-from harness.core.errors import SubscriberError
+from harness.core.errors import StopRun, SubscriberError
 from harness.core.events import Event, Stage
 from harness.core.summary import Failure
 
@@ -283,7 +284,7 @@ class Bus:
                 self._fail(subscription, event, error)
 
     def _fail(self, subscription: Subscription[Any], event: Event, error: Exception) -> None:
-        if isinstance(error, SubscriberError):
+        if isinstance(error, SubscriberError | StopRun):
             raise error
         policy = subscription.on_error or self._policies.get(id(subscription.owner), "raise")
         event_name = type(event).__name__

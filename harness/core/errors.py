@@ -8,6 +8,8 @@
     ├── ExportError              the ONNX export or its parity check failed
     ├── CheckpointWriteError     a checkpoint could not be written (earlier ones untouched)
     ├── Terminated               the run was stopped by SIGTERM after writing a checkpoint (exit 143)
+    ├── StopRun                  a subscriber ends the run on purpose; not a failure
+    │   └── TrialPruned          a sweep's pruner stopped this trial (summary status "pruned")
     └── TrainingDiverged         the training loss (or the weights) became NaN or infinite
 
 Every message says where (file, key, path, subscriber), what was expected and what
@@ -17,6 +19,7 @@ was received, in one sentence.
 from __future__ import annotations
 
 import sys
+from typing import ClassVar, Literal
 
 __all__ = [
     "CheckpointWriteError",
@@ -25,9 +28,11 @@ __all__ = [
     "HarnessError",
     "RunLocked",
     "SettingsError",
+    "StopRun",
     "SubscriberError",
     "Terminated",
     "TrainingDiverged",
+    "TrialPruned",
     "report",
 ]
 
@@ -86,6 +91,22 @@ class Terminated(HarnessError):
     """SIGTERM (what SLURM and Kubernetes send) stopped the run after a checkpoint was written."""
 
     exit_code = 143
+
+
+class StopRun(HarnessError):
+    """Raised by a subscriber's handler to end the run now, on purpose.
+
+    The bus lets it through unwrapped and records no failure; the run's summary says
+    `status` and its error holds the message.
+    """
+
+    status: ClassVar[Literal["stopped", "pruned"]] = "stopped"
+
+
+class TrialPruned(StopRun):
+    """A sweep's pruner stopped this trial at an epoch: its metric was behind the others'."""
+
+    status: ClassVar[Literal["stopped", "pruned"]] = "pruned"
 
 
 class TrainingDiverged(HarnessError):

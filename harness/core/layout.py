@@ -12,6 +12,7 @@ A run directory (``<output_dir>/<name>/version_<n>/``) holds::
     attempts/<nnn>/          an earlier attempt's record    RunLayout.attempt(n)
     evaluation/<name>/       an evaluation of the run       RunLayout.evaluation(name)
     replay/                  pictures rebuilt by replay     RunLayout.replay
+    audit/                   ``harness audit --run``        RunLayout.audit
     <table name>/            a subscriber's own files       RunLayout.folder(name)
         table.json           its table for the report page  RunLayout.table(name)
     onnx_export/model.onnx   the exported model             RunLayout.onnx_model
@@ -46,6 +47,7 @@ _LAST = "last.ckpt"
 _ATTEMPTS = "attempts"
 _EVALUATION = "evaluation"
 _REPLAY = "replay"
+_AUDIT = "audit"
 
 RUN_FILES: tuple[str, ...] = (
     _SETTINGS,
@@ -113,6 +115,11 @@ class RunLayout:
     @property
     def replay(self) -> Path:
         return self.run_dir / _REPLAY
+
+    @property
+    def audit(self) -> Path:
+        """The data audit made with the run's model (``harness audit DATA --run RUN_DIR``)."""
+        return self.run_dir / _AUDIT
 
     def folder(self, table: str) -> Path:
         """The folder of the subscriber whose table name is `table`."""

@@ -5,8 +5,9 @@ real run's summary against it. The run writes it once, at its end, whatever the 
 (``harness.training.fit``); `RunStatus` is the status it records and that `RunEnd` carries:
 
 - ``completed``: every epoch ran;
-- ``stopped``: a subscriber asked the run to stop (its reason is in ``error``); the run
-  ended after the current step or epoch, exported, and needs no resume;
+- ``stopped``: a subscriber asked the run to stop (`RunContext.request_stop`; its reason,
+  and where, in ``stop``); the run ended after the current step or epoch, exported, and
+  needs no resume;
 - ``pruned``: a sweep stopped this trial early because it was not promising;
 - ``interrupted``: Ctrl-C or SIGTERM; ``resume`` holds the command that continues it;
 - ``diverged``: a non-finite training loss (see ``error``);
@@ -23,10 +24,10 @@ from typing import Literal
 
 import attrs
 
-from harness.core.context import LeftOutClass, ValidatedWeights
+from harness.core.context import LeftOutClass, StopRequest, ValidatedWeights
 from harness.core.recipe import Recipe
 
-__all__ = ["BACKGROUND", "Attempt", "Failure", "RunStatus", "RunSummary", "TestScore"]
+__all__ = ["BACKGROUND", "Acceleration", "Attempt", "Failure", "RunStatus", "RunSummary", "TestScore"]
 
 RunStatus = Literal["completed", "stopped", "pruned", "interrupted", "diverged", "failed"]
 """How a run ended (see the module docstring); the summary's ``status`` and `RunEnd.status`."""
@@ -67,6 +68,24 @@ class TestScore:
     left_out: Mapping[str, int] | None = None
 
 
+@attrs.frozen(kw_only=True)
+class Acceleration:
+    """What the run asked of its device, resolved (`harness.training.acceleration`)."""
+
+    device: str
+    precision: str
+    channels_last: bool
+    compile: bool
+
+    def describe(self) -> str:
+        """One line for the terminal: ``device cuda: precision bf16-mixed, channels-last on, compile off``."""
+        onoff = {True: "on", False: "off"}
+        return (
+            f"device {self.device}: precision {self.precision}, channels-last "
+            f"{onoff[self.channels_last]}, compile {onoff[self.compile]}"
+        )
+
+
 Attempt = Mapping[str, object]
 """An earlier attempt's summary as that attempt wrote it (any version), plus its ``record`` folder."""
 
@@ -76,6 +95,7 @@ class RunSummary:
     """What a run left, as ``summary.json`` holds it (field by field, the schema's order)."""
 
     status: RunStatus
+    stop: StopRequest | None
     run_dir: Path
     monitor: str
     best_score: float | None
@@ -88,10 +108,13 @@ class RunSummary:
     skipped_images: tuple[str, ...]
     left_out_classes: tuple[LeftOutClass, ...]
     duration_s: float
+    world_size: int
+    num_nodes: int
     resume: str | None
     error: str | None
     attempts: tuple[Attempt, ...]
     test: TestScore | None
+    acceleration: Acceleration
     recipe: Recipe | None = None
     validated_weights: ValidatedWeights | None = None
 
@@ -99,6 +122,7 @@ class RunSummary:
         """The document of ``summary.json``: every field in order; a test score without its empty fields."""
         document = attrs.asdict(self, recurse=False)
         document.update(
+            stop=None if self.stop is None else attrs.asdict(self.stop),
             run_dir=str(self.run_dir),
             final_metrics=dict(self.final_metrics),
             artifacts=dict(sorted(self.artifacts.items())),
@@ -109,6 +133,7 @@ class RunSummary:
             test=None
             if self.test is None
             else {k: v for k, v in attrs.asdict(self.test).items() if v is not None},
+            acceleration=attrs.asdict(self.acceleration),
             recipe=None if self.recipe is None else attrs.asdict(self.recipe),
             validated_weights=None
             if self.validated_weights is None

@@ -5,7 +5,10 @@ resumed run appends to the same file. Each line carries the wall time it was pub
 at, ``"time"``, in UNIX seconds (microsecond resolution), so a run's timeline can be read:
 ``{"event": "TrainEpochEnd", "time": 1764625536.123456, "epoch": 0, ...}``. Tensors are
 summarised by shape and dtype, except what is small and useful to re-read: a validation
-batch's targets and predicted classes.
+batch's targets and predicted classes. A training batch's loss is read from the device in
+bunches (`LOSS_BATCH` lines, or sooner when another event comes): reading it at every
+step would make the device wait for the host once per step; the lines keep their order
+and their times.
 `read_events` turns the log back into events that carry no tensors, so
 ``python -m harness.replay`` can feed them to subscribers without training.
 """
@@ -25,7 +28,10 @@ from harness.core.bus import Bus
 from harness.core.context import RunContext
 from harness.core.events import EVENT_TYPES, BatchEnd, Event
 
-__all__ = ["EventLog", "read_events"]
+__all__ = ["LOSS_BATCH", "EventLog", "read_events"]
+
+LOSS_BATCH = 64
+"""Training-batch lines held back at most, so that their losses are read in one transfer."""
 _TYPES = {cls.__name__: cls for cls in EVENT_TYPES}
 
 
@@ -39,11 +45,15 @@ def _summarise(value: Any) -> Any:
     return value
 
 
-def encode(event: Event) -> dict[str, Any]:
-    """One event as a JSON-ready dict: ``{"event": name, **fields}``."""
+def encode(event: Event, *, read_loss: bool = True) -> dict[str, Any]:
+    """One event as a JSON-ready dict: ``{"event": name, **fields}``.
+
+    Without `read_loss`, a `BatchEnd`'s loss is left as its tensor summary for the caller.
+    """
     fields = {f.name: _summarise(getattr(event, f.name)) for f in attrs.fields(type(event))}
     if isinstance(event, BatchEnd):
-        fields["loss"] = None if event.loss is None else float(event.loss)
+        if read_loss:
+            fields["loss"] = None if event.loss is None else float(event.loss)
         if event.stage != "train":
             fields["targets"] = event.targets.tolist()
             fields["predictions"] = event.logits.argmax(1).tolist()
@@ -57,6 +67,7 @@ class EventLog:
         self.path = context.layout.events
         self.context = context
         self._file: IO[str] | None = None
+        self._held: list[tuple[dict[str, Any], torch.Tensor]] = []
 
     def connect(self, bus: Bus) -> None:
         bus.subscribe(Event, self.on_event, rank_zero_only=True)
@@ -65,11 +76,31 @@ class EventLog:
         if self._file is None:
             self._file = self.path.open("a", encoding="utf-8")
             self.context.record_artifact("events", self.path)
-        line = {"event": type(event).__name__, "time": round(time.time(), 6), **encode(event)}
+        now = round(time.time(), 6)
+        if isinstance(event, BatchEnd) and event.stage == "train" and event.loss is not None:
+            line = {"event": type(event).__name__, "time": now, **encode(event, read_loss=False)}
+            self._held.append((line, event.loss.detach().reshape(())))
+            if len(self._held) >= LOSS_BATCH:
+                self._release()
+            return
+        self._release()
+        line = {"event": type(event).__name__, "time": now, **encode(event)}
         self._file.write(json.dumps(line) + "\n")
         self._file.flush()
 
+    def _release(self) -> None:
+        """Write the held training-batch lines, their losses read in one transfer."""
+        if not self._held or self._file is None:
+            return
+        losses = torch.stack([loss.float() for _, loss in self._held]).tolist()
+        for (line, _), loss in zip(self._held, losses, strict=True):
+            line["loss"] = loss
+            self._file.write(json.dumps(line) + "\n")
+        self._held.clear()
+        self._file.flush()
+
     def close(self) -> None:
+        self._release()
         if self._file is not None:
             self._file.close()
             self._file = None

@@ -38,7 +38,7 @@ class Series:
     name: str
     points: tuple[tuple[float, float], ...]
     colour: str
-    style: str = "solid"  # "solid", "dashed" or "dotted"
+    style: str = "solid"  # "solid", "dashed", "dotted", or "none" (markers alone: a scatter)
     markers: bool = True
 
 
@@ -59,6 +59,8 @@ class Chart:
     percent_of: float | None = None
     """Tick labels as percentages of this value (1.0 or 100.0); None for plain numbers."""
     from_zero: bool = False
+    x_ticks: tuple[tuple[float, str], ...] = ()
+    """Labelled x ticks (value, label) for a chart that is not against epochs; () for whole epochs."""
     legend: bool = True
     legend_title: str | None = None
     legend_outside: bool = False
@@ -112,7 +114,13 @@ def render(chart: Chart, *, width: int = _WIDTH, height: int = _HEIGHT) -> Image
     y_ticks = nice_ticks(y_low - pad, y_high + pad)
     y_low, y_high = y_ticks[0], y_ticks[-1]
     x_step = max(1, math.ceil((x_high - x_low) / 10))
-    x_ticks = [float(x) for x in range(math.ceil(x_low), math.floor(x_high) + 1) if x % x_step == 0]
+    x_ticks = [
+        (float(x), f"{x:.0f}") for x in range(math.ceil(x_low), math.floor(x_high) + 1) if x % x_step == 0
+    ]
+    if chart.x_ticks:
+        spread = [*xs, *(x for x, _ in chart.x_ticks)]
+        pad_x = 0.05 * ((max(spread) - min(spread)) or 1.0)
+        x_low, x_high, x_ticks = min(spread) - pad_x, max(spread) + pad_x, list(chart.x_ticks)
 
     legend = [(shorten(label, _LEGEND_LIMIT), colour, style) for label, colour, style in chart.legend_entries]
     legend_width = max((text_width(label, 11) for label, _, _ in legend), default=0) + 44
@@ -132,10 +140,10 @@ def render(chart: Chart, *, width: int = _WIDTH, height: int = _HEIGHT) -> Image
         _, py = at(x_low, y)
         canvas.draw.line((box[0], py, box[2], py), fill=_GRID, width=1)
         canvas.text((box[0] - 6, py), _label(y, y_step, chart.percent_of), 11, anchor="rm")
-    for x in x_ticks:
+    for x, text in x_ticks:
         px, _ = at(x, y_low)
         canvas.draw.line((px, box[1], px, box[3]), fill=_GRID, width=1)
-        canvas.text((px, box[3] + 5), f"{x:.0f}", 11, anchor="ma")
+        canvas.text((px, box[3] + 5), text, 11, anchor="ma")
     for level, colour in chart.levels:
         canvas.line([at(x_low, level), at(x_high, level)], colour, 1, "dotted")
     if chart.marked_x is not None:
@@ -198,5 +206,7 @@ def _legend(
         y += line
     for label, colour, style in entries:
         canvas.line([(left + 8, y), (left + 32, y)], colour, 2, style)
+        if style == "none":
+            canvas.draw.ellipse((left + 16, y - 4, left + 24, y + 4), fill=colour)
         canvas.text((left + 38, y), label, 11, anchor="lm")
         y += line

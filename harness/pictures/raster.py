@@ -136,7 +136,10 @@ class Canvas:
     def line(
         self, points: Sequence[tuple[float, float]], colour: str, width: int, style: str = "solid"
     ) -> None:
-        """A line through `points`: ``"solid"``, ``"dashed"`` or ``"dotted"``, as matplotlib draws them."""
+        """A line through `points`: ``"solid"``, ``"dashed"`` or ``"dotted"``, as matplotlib draws them
+        (``"none"`` draws nothing: a scatter's series is its markers alone)."""
+        if style == "none":
+            return
         if style == "solid" or len(points) < 2:
             self.draw.line(list(points), fill=colour, width=width, joint="curve")
             return

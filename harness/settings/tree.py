@@ -226,6 +226,15 @@ class ModelSettings:
     backbone_lr_scale: float = option(
         1.0, "the backbone's learning rate as a fraction of `lr` (the head's)", within(0, 1, closed="(]")
     )
+    channels_last: bool | Literal["auto"] = option(
+        "auto",
+        'channels-last (NHWC) weights and inputs; `"auto"`: on for a convolutional net on a GPU',
+        check(lambda v: v == "auto" or isinstance(v, bool), '"auto", true or false'),
+    )
+    compile: bool = option(
+        False,
+        "`torch.compile` the network for the training and validation steps (the export takes the plain one)",
+    )
 
 
 @attrs.frozen(kw_only=True)
@@ -234,12 +243,21 @@ class TrainerSettings:
 
     max_epochs: int = option(8, "epochs to train", positive())
     accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps"] = option("auto", "Lightning's accelerator")
-    devices: int | str = option("auto", "devices (processes) to use, or `auto`", _positive_or_auto())
+    devices: int | str = option(
+        "auto", "devices (processes) to use on each machine, or `auto`", _positive_or_auto()
+    )
+    num_nodes: int = option(
+        1,
+        "machines the run spans (`torchrun --nnodes`, SLURM `--nodes`); `devices` is per machine",
+        positive(),
+    )
     strategy: Literal["auto", "ddp", "ddp_spawn"] = option(
         "auto", "Lightning's strategy; `ddp` for several devices"
     )
-    precision: Literal["32-true", "16-mixed", "bf16-mixed", "bf16-true", "64-true"] = option(
-        "32-true", "Lightning's precision"
+    precision: Literal["32-true", "16-mixed", "bf16-mixed", "bf16-true", "64-true", "auto"] = option(
+        "auto",
+        'Lightning\'s precision; `"auto"`: `bf16-mixed` on a GPU with bfloat16, `16-mixed` on an older '
+        "GPU, `32-true` on the CPU",
     )
     resume: str = option("", '`""` fresh, `"last"` the newest run of this name, or a checkpoint path')
     accumulate_grad_batches: int = option(1, "batches per optimizer step", positive())

@@ -18,32 +18,30 @@ from pathlib import Path
 
 import attrs
 import lightning as L
-from lightning.pytorch.callbacks import (
-    Callback,
-    EarlyStopping,
-    LearningRateMonitor,
-    ModelCheckpoint,
-)
+from lightning.pytorch.callbacks import Callback, EarlyStopping, LearningRateMonitor
 from lightning.pytorch.loggers import Logger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from harness.core.bus import Subscriber
 from harness.core.context import DatasetInfo
-from harness.core.errors import Terminated, TrainingDiverged
+from harness.core.errors import StopRun, Terminated, TrainingDiverged
 from harness.core.events import RunEnd
 from harness.core.layout import RunLayout
-from harness.core.summary import Attempt, Failure, RunStatus, RunSummary, TestScore
+from harness.core.summary import Acceleration, Attempt, Failure, RunStatus, RunSummary, TestScore
 from harness.io.artifacts import write_json, write_label_map, write_text
 from harness.io.background import BackgroundWriter
 from harness.io.lock import RunLock
 from harness.settings import Settings, resolve_specs, settings_to_toml
+from harness.training.acceleration import resolve_acceleration
 from harness.training.assembly import Assembly, assemble
 from harness.training.callback import BusCallback
 from harness.training.checkpoint_io import AtomicCheckpointIO
-from harness.training.data import ImageDataModule, run_preprocessing, scan
+from harness.training.data import ImageDataModule, run_preprocessing
 from harness.training.evaluation import evaluate_test_split
+from harness.training.lean_checkpoint import LeanModelCheckpoint
 from harness.training.loggers import LoggerTrackers, build_loggers, logger_artifacts, require_packages
 from harness.training.model import Classifier, check_monitor
+from harness.training.nodes import from_rank_zero, join, launch_of, scan_once
 from harness.training.recipe import Recipe, class_loss_weights, resolve_recipe
 from harness.training.run_dir import (
     RESUME_VARIABLE,
@@ -82,6 +80,7 @@ class _Run:
     data: DatasetInfo
     writer: BackgroundWriter
     module: Classifier
+    acceleration: Acceleration
     datamodule: ImageDataModule
     loggers: list[Logger]
     trackers: LoggerTrackers | None
@@ -106,7 +105,7 @@ def _lightning_callbacks(settings: Settings, run_dir: Path) -> list[Callback]:
     ckpt = settings.checkpoint
     if ckpt.enabled:
         callbacks.append(
-            ModelCheckpoint(
+            LeanModelCheckpoint(
                 dirpath=RunLayout(run_dir).checkpoints,
                 filename="epoch={epoch:03d}-score={" + ckpt.monitor + ":.4f}",
                 auto_insert_metric_name=False,
@@ -155,7 +154,10 @@ def _assemble(settings: Settings, extras: Mapping[str, Subscriber]) -> _Run:
     """Everything the run needs, checked before the run directory is made, then the run's assembly."""
     started = time.monotonic()
     L.seed_everything(settings.run.seed, workers=True, verbose=False)
-    info, classes = scan(settings.data, settings.run.seed)
+    launch = launch_of(settings.trainer)
+    if launch is not None:
+        join(launch, settings.trainer)
+    info, classes = scan_once(launch, settings.data, settings.run.seed)
     if info.skipped:
         shown = ", ".join(str(path) for path in info.skipped[:5])
         log.warning(
@@ -170,14 +172,18 @@ def _assemble(settings: Settings, extras: Mapping[str, Subscriber]) -> _Run:
         image_size=settings.data.image_size,
         class_weights=class_loss_weights(info.train_targets, len(classes)) if recipe.class_weights else None,
     )
+    acceleration = resolve_acceleration(settings.trainer, settings.model, module.net)
+    module.accelerate(channels_last=acceleration.channels_last, compile=acceleration.compile)
+    if settings.run.terminal != "quiet":
+        print(acceleration.describe(), flush=True)
     specs = resolve_specs(settings.run.plugins)
     require_packages(settings.logger)  # before the run directory is made
     check_monitor(settings.checkpoint.monitor, settings.checkpoint.mode)
-    run_dir, resume_from = resolve_run_dir(settings)
+    run_dir, resume_from = from_rank_zero(launch, lambda: resolve_run_dir(settings))
     lock = RunLock(run_dir)
-    joined = os.environ.get(RUN_DIR_VARIABLE) == str(run_dir)
-    if not joined:
-        lock.acquire()
+    joined = os.environ.get(RUN_DIR_VARIABLE) == str(run_dir) or (launch is not None and not launch.is_zero)
+    # On several machines the other ranks wait for rank zero's lock (and stop with its error).
+    from_rank_zero(launch, lambda: None if joined else lock.acquire())
     # Pictures are drawn in its worker process while training goes on; closed by `_finish`.
     writer = BackgroundWriter()
     preprocessing = run_preprocessing(settings)
@@ -201,17 +207,23 @@ def _assemble(settings: Settings, extras: Mapping[str, Subscriber]) -> _Run:
         extras=extras,
     )
     attempts: list[Attempt] = []
-    if resume_from is not None and not joined:
+
+    def check_and_keep_attempt() -> list[Attempt]:
+        assert resume_from is not None
         try:
             check_resume(resume_from, run_dir, settings, classes, assembly.stateful)
         except BaseException:
             lock.release()
             raise
-        attempts = list(keep_attempt(run_dir))
-        earlier = attempts[-1].get("artifacts") if attempts else None
+        kept: list[Attempt] = list(keep_attempt(run_dir))
+        earlier = kept[-1].get("artifacts") if kept else None
         for name, path in earlier.items() if isinstance(earlier, dict) else ():
             if (run_dir / path).exists():
                 assembly.context.artifacts.setdefault(name, path)
+        return kept
+
+    if resume_from is not None and (launch is not None or not joined):
+        attempts = from_rank_zero(launch, check_and_keep_attempt)
     layout = RunLayout(run_dir)
     callback = BusCallback(
         assembly.bus,
@@ -228,6 +240,7 @@ def _assemble(settings: Settings, extras: Mapping[str, Subscriber]) -> _Run:
         data=info,
         writer=writer,
         module=module,
+        acceleration=acceleration,
         datamodule=datamodule,
         loggers=loggers,
         trackers=trackers,
@@ -248,8 +261,9 @@ def _trainer(parts: _Run) -> L.Trainer:
         max_epochs=trainer_settings.max_epochs,
         accelerator=trainer_settings.accelerator,
         devices=trainer_settings.devices,
+        num_nodes=trainer_settings.num_nodes,
         strategy=trainer_settings.strategy,
-        precision=trainer_settings.precision,
+        precision=parts.acceleration.precision,  # type: ignore[arg-type]
         accumulate_grad_batches=trainer_settings.accumulate_grad_batches,
         gradient_clip_val=trainer_settings.gradient_clip_val or None,
         limit_train_batches=_fraction(trainer_settings.limit_train_batches),
@@ -289,9 +303,11 @@ def _fit(trainer: L.Trainer, parts: _Run, outcome: _Outcome) -> None:
     try:
         trainer.fit(parts.module, datamodule=parts.datamodule, ckpt_path=parts.resume_from, weights_only=True)
         outcome.status = "interrupted" if trainer.interrupted else "completed"
-        if outcome.status == "completed" and trainer.is_global_zero:
+        if outcome.status == "completed" and context.stop_request is not None:
+            outcome.status = "stopped"  # a subscriber's request: the run is whole as it stands
+        if outcome.status in ("completed", "stopped") and trainer.is_global_zero:
             # A held-out test/ folder beside train/ is scored once, with the exported best weights.
-            outcome.tested = evaluate_test_split(layout.run_dir, parts.data.root, context.best_checkpoint)
+            outcome.tested = evaluate_test_split(layout.run_dir, parts.data, context.best_checkpoint)
     except SIGTERMException:
         outcome.status = "interrupted"
         if parts.joined:
@@ -316,6 +332,10 @@ def _fit(trainer: L.Trainer, parts: _Run, outcome: _Outcome) -> None:
         )
         outcome.error = f"{type(stopped).__name__}: {stopped}"
         raise stopped from diverged
+    except StopRun as stop:
+        outcome.status = stop.status
+        outcome.error = f"{type(stop).__name__}: {stop}"
+        raise
     except SystemExit:
         # Lightning turns Ctrl-C into a graceful shutdown ending in sys.exit(1).
         outcome.status = "interrupted"
@@ -363,6 +383,7 @@ def _summary(
     best = context.best_checkpoint
     return RunSummary(
         status=outcome.status,
+        stop=context.stop_request if outcome.status == "stopped" else None,
         run_dir=layout.run_dir,
         monitor=parts.settings.checkpoint.monitor,
         best_score=context.best_score,
@@ -375,14 +396,17 @@ def _summary(
         skipped_images=tuple(str(path) for path in parts.data.skipped),
         left_out_classes=parts.data.left_out,
         duration_s=round(time.monotonic() - parts.started, 2),
+        world_size=trainer.world_size,
+        num_nodes=trainer.num_nodes,
         resume=(
             f"python -m harness.run {layout.settings} --set trainer.resume={last}"
-            if last.is_file() and outcome.status != "completed"
+            if last.is_file() and outcome.status not in ("completed", "stopped")
             else None
         ),
         error=outcome.error,
         attempts=tuple(parts.attempts),
         test=outcome.tested,
+        acceleration=parts.acceleration,
         recipe=parts.recipe,
         validated_weights=context.validated_weights,
     )

@@ -6,14 +6,22 @@ when MixUp or CutMix mixed it, ``(inputs, targets, soft_targets)``: the loss the
 soft targets. Networks with auxiliary classifiers add their weighted losses in training.
 The rate follows `harness.training.optim.Schedule`, stepped per optimizer step.
 Fine-tuning: the backbone's gradients are dropped for the first `freeze_backbone_epochs`
-epochs, and it learns at `backbone_lr_scale` times `lr`. A non-finite training loss (or
-non-finite weights at an epoch's end, before any checkpoint is written) raises
-`TrainingDiverged`.
+epochs, and it learns at `backbone_lr_scale` times `lr`.
+
+A non-finite training loss raises `TrainingDiverged` naming the first such step and its
+rate, and so do non-finite weights at an epoch's end, before any checkpoint is written.
+The guard does not synchronise with the device on every step (on a GPU that stalls the
+input pipeline): each step folds "is the loss finite" into a flag kept on the device, and
+the flag is read every `DIVERGENCE_CHECK_EVERY` steps and at each epoch's end, so a run
+stops at most that many steps after its first non-finite loss.
+`accelerate` puts the network in channels-last memory format and compiles the steps'
+forward pass (`harness.training.acceleration`); `forward` itself stays the plain network.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any, Literal
 
 import lightning as L
@@ -33,7 +41,10 @@ from harness.training.networks import (
 )
 from harness.training.optim import Schedule
 
-__all__ = ["METRICS", "Classifier", "check_monitor"]
+__all__ = ["DIVERGENCE_CHECK_EVERY", "METRICS", "Classifier", "check_monitor"]
+
+DIVERGENCE_CHECK_EVERY = 32
+"""Training steps between two reads of the divergence flag (each read waits for the device)."""
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 TrainBatch = tuple[torch.Tensor, torch.Tensor] | tuple[torch.Tensor, torch.Tensor, torch.Tensor]
@@ -106,6 +117,50 @@ class Classifier(L.LightningModule):
         self.test_top1 = MulticlassAccuracy(num_classes=num_classes, top_k=1, average="micro")
         self.test_top5 = MulticlassAccuracy(num_classes=num_classes, top_k=top5, average="micro")
         self.test_balanced = MulticlassAccuracy(num_classes=num_classes, average="macro")
+        self._channels_last = False
+        self._compile = False
+        self._compiled: Callable[[torch.Tensor], Any] | None = None
+        # The first non-finite step (0: none yet) and its loss, on the device; the rates of
+        # the steps since the last read, on the host.
+        self._diverged_at: torch.Tensor | None = None
+        self._diverged_loss: torch.Tensor | None = None
+        self._rates: dict[int, float] = {}
+
+    def accelerate(self, *, channels_last: bool, compile: bool) -> None:
+        """Channels-last weights and inputs; a compiled forward for the training and validation steps.
+
+        The compiled function is not a submodule: parameters, `state_dict` keys and
+        `forward` (what the export traces) stay those of the plain network. It is built at
+        the first step, in the process that trains, and never pickled (``ddp_spawn``).
+        """
+        self._channels_last = channels_last
+        if channels_last:
+            self.net.to(memory_format=torch.channels_last)
+        self._compile = compile
+        self._compiled = None
+
+    def run_network(self, inputs: torch.Tensor) -> Any:
+        """The network's raw outputs as the steps compute them: channels-last and compiled if asked."""
+        if self._channels_last and inputs.dim() == 4:
+            inputs = inputs.contiguous(memory_format=torch.channels_last)
+        if not self._compile:
+            return self.net(inputs)
+        if self._compiled is None:
+            net = self.net
+
+            # A function, not `torch.compile(net)` (an `nn.Module`): assigned here it would be
+            # a submodule, its weights a second time in `state_dict`, and copied by deepcopy.
+            def network(batch: torch.Tensor) -> Any:
+                return net(batch)
+
+            self._compiled = torch.compile(network)
+        return self._compiled(inputs)
+
+    @override
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()
+        state["_compiled"] = None
+        return state
 
     @classmethod
     def from_settings(
@@ -150,15 +205,17 @@ class Classifier(L.LightningModule):
         assert isinstance(optimizer, torch.optim.Optimizer)
         return float(optimizer.param_groups[-1]["lr"])
 
-    def training_step(self, batch: TrainBatch, batch_idx: int) -> dict[str, torch.Tensor]:
+    def training_loss(self, batch: TrainBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """A training batch's loss (auxiliary heads and soft targets included) and its main logits."""
         inputs, targets = batch[0], batch[1]
-        logits, aux = split_outputs(self.net(inputs))
+        logits, aux = split_outputs(self.run_network(inputs))
         wanted = batch[2] if len(batch) == 3 else targets
-        loss = self._loss(logits, wanted, weighted=True) + self._aux_loss(aux, wanted)
-        if not torch.isfinite(loss):
-            raise TrainingDiverged(
-                self.trainer.global_step + 1, self._lr(), f"the training loss is {loss.item()}"
-            )
+        return self._loss(logits, wanted, weighted=True) + self._aux_loss(aux, wanted), logits
+
+    def training_step(self, batch: TrainBatch, batch_idx: int) -> dict[str, torch.Tensor]:
+        targets = batch[1]
+        loss, logits = self.training_loss(batch)
+        self._watch_loss(loss.detach(), self.trainer.global_step + 1)
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(targets))
         return {"loss": loss, "logits": logits.detach()}
 
@@ -171,8 +228,32 @@ class Classifier(L.LightningModule):
         )
         return sum(losses, 0.0)
 
+    def _watch_loss(self, loss: torch.Tensor, step: int) -> None:
+        """Fold "is the loss of `step` finite" into the device flag; read it every few steps."""
+        if self._diverged_at is None or self._diverged_at.device != loss.device:
+            self._diverged_at = torch.zeros((), dtype=torch.int64, device=loss.device)
+            self._diverged_loss = torch.zeros((), dtype=loss.dtype, device=loss.device)
+        assert self._diverged_loss is not None
+        first = torch.logical_and(~torch.isfinite(loss), self._diverged_at == 0)
+        self._diverged_at.copy_(torch.where(first, step, self._diverged_at))
+        self._diverged_loss.copy_(torch.where(first, loss.to(self._diverged_loss.dtype), self._diverged_loss))
+        self._rates[step] = self._lr()
+        if step % DIVERGENCE_CHECK_EVERY == 0:
+            self.check_divergence()
+
+    def check_divergence(self) -> None:
+        """Raise `TrainingDiverged` if a training loss since the last read was not finite (one sync)."""
+        if self._diverged_at is None or self._diverged_loss is None:
+            return
+        step = int(self._diverged_at.item())
+        if step:
+            rate = self._rates.get(step, self._lr())
+            raise TrainingDiverged(step, rate, f"the training loss is {self._diverged_loss.item()}")
+        self._rates.clear()
+
     def on_train_epoch_end(self) -> None:
         # Runs before ModelCheckpoint saves: a checkpoint never holds non-finite weights.
+        self.check_divergence()
         bad = next((name for name, p in self.named_parameters() if not torch.isfinite(p).all()), None)
         if bad is not None:
             raise TrainingDiverged(self.trainer.global_step, self._lr(), f"parameter {bad!r} is not finite")
@@ -211,7 +292,7 @@ class Classifier(L.LightningModule):
     ) -> dict[str, torch.Tensor]:
         """Validation and test alike: loss, top-1, top-5 and balanced accuracy under `stage/`."""
         inputs, targets = batch
-        logits = self(inputs)
+        logits, _ = split_outputs(self.run_network(inputs))
         loss = self._loss(logits, targets)
         size = len(targets)
         self.log(f"{stage}/loss", loss, on_epoch=True, sync_dist=True, batch_size=size)

@@ -31,6 +31,7 @@ from harness.core.errors import HarnessError, SettingsError
 from harness.core.layout import RunLayout
 from harness.io.artifacts import read_label_map
 from harness.settings import Settings
+from harness.training.lean_checkpoint import LEAN_KEY
 
 __all__ = [
     "RESUME_VARIABLE",
@@ -73,6 +74,11 @@ def _read(checkpoint: Path) -> dict[str, Any]:
         ) from None
     if not isinstance(raw, dict) or "state_dict" not in raw:
         raise SettingsError(f"[trainer].resume: {checkpoint} is not a Lightning checkpoint")
+    if raw.get(LEAN_KEY):
+        raise SettingsError(
+            f"[trainer].resume: {checkpoint} holds the validated weights alone (a top-k checkpoint); "
+            f"resume from {RunLayout(checkpoint.parent.parent).last_checkpoint}"
+        )
     return raw
 
 

@@ -1,0 +1,204 @@
+"""The learning-rate range test: an exponential ramp of the rate, the smoothed loss, a suggestion.
+
+Leslie Smith's range test (fastai's ``lr_find``), on the run's own data, augmentation,
+model and optimiser: a fresh copy of the model trains for at most `steps` optimizer steps
+while the rate grows exponentially from `min_lr` to `max_lr`. The loss is smoothed by a
+bias-corrected exponential moving average; the test stops when the smoothed loss exceeds
+`diverge` times its lowest value, or stops being finite. The suggestion is fastai's
+"valley": the longest stretch over which the smoothed loss keeps falling, two thirds of the
+way down it (`suggest`).
+
+Nothing of a run is touched: the model is built afresh from the settings, the Trainer
+writes no checkpoint and no log (its root is a temporary folder), and the run's
+``[model].scheduler`` and warm-up are replaced by the ramp. Lightning's own Tuner does not
+run under DDP (Lightning issue #20994); this one does: every process records the mean of
+all processes' batch losses (one all-reduce per step), so all of them draw the same curve,
+stop at the same step and suggest the same rate, which rank zero then checks by a
+broadcast before anything is written.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import attrs
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback
+from typing_extensions import override
+
+from harness.core.errors import HarnessError
+from harness.settings import Settings
+from harness.training.data import ImageDataModule, run_preprocessing, scan
+from harness.training.model import Classifier, TrainBatch
+from harness.training.sampler import make_sampler
+
+__all__ = ["RangeTest", "find_lr", "smooth", "suggest"]
+
+
+@attrs.frozen(kw_only=True)
+class RangeTest:
+    """One range test: the rate and loss of every step, the smoothed loss and the suggestion."""
+
+    lrs: tuple[float, ...]
+    losses: tuple[float, ...]
+    smoothed: tuple[float, ...]
+    suggestion: float
+    stopped: Literal["diverged", "last step"]
+    rank: int = 0
+    """The process that holds this copy; only rank zero writes."""
+
+
+def smooth(losses: Sequence[float], beta: float = 0.98) -> list[float]:
+    """The bias-corrected exponential moving average of `losses` (a non-finite loss stays non-finite)."""
+    average, out = 0.0, []
+    for i, loss in enumerate(losses, start=1):
+        average = beta * average + (1 - beta) * loss
+        out.append(average / (1 - beta**i))
+    return out
+
+
+def suggest(lrs: Sequence[float], smoothed: Sequence[float]) -> float:
+    """fastai's "valley" rule: two thirds down the longest run over which the smoothed loss falls.
+
+    The run is the longest decreasing subsequence of the finite losses; where there is none
+    (fewer than two finite points) the smallest rate is returned.
+    """
+    finite = [i for i, loss in enumerate(smoothed) if math.isfinite(loss)]
+    if len(finite) < 2:
+        return float(lrs[0])
+    losses = [smoothed[i] for i in finite]
+    longest = [1] * len(losses)
+    end = 0
+    for i in range(1, len(losses)):
+        for j in range(i):
+            if losses[i] < losses[j] and longest[i] < longest[j] + 1:
+                longest[i] = longest[j] + 1
+        if longest[i] > longest[end]:
+            end = i
+    start = end - longest[end] + 1
+    third = (end - start) / 3
+    return float(lrs[finite[start + int(third) + int(third / 2)]])
+
+
+class _Probe(Classifier):
+    """The run's Classifier without what a range test must not do: log, refuse NaN, check weights."""
+
+    @override
+    def training_step(self, batch: TrainBatch, batch_idx: int) -> dict[str, torch.Tensor]:
+        loss, _ = self.training_loss(batch)
+        return {"loss": loss}
+
+    @override
+    def on_train_epoch_end(self) -> None:
+        """A range test ends in NaN weights on purpose; they are thrown away."""
+
+
+class _Ramp(Callback):
+    """Sets every parameter group's rate before each step and records the processes' mean loss."""
+
+    def __init__(self, *, min_lr: float, max_lr: float, steps: int, diverge: float, beta: float) -> None:
+        self.min_lr, self.max_lr, self.steps = min_lr, max_lr, steps
+        self.diverge, self.beta = diverge, beta
+        self.current = min_lr
+        self.lrs: list[float] = []
+        self.losses: list[float] = []
+        self.scales: list[float] = []
+        self.result: RangeTest | None = None
+        self.stopped: Literal["diverged", "last step"] = "last step"
+
+    def rate(self, step: int) -> float:
+        return float(self.min_lr * (self.max_lr / self.min_lr) ** (step / max(1, self.steps - 1)))
+
+    @override
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        peak = float(pl_module.hparams["lr"])
+        self.scales = [group["lr"] / peak for group in trainer.optimizers[0].param_groups]
+
+    @override
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        lr = self.current = self.rate(trainer.global_step)
+        for group, scale in zip(trainer.optimizers[0].param_groups, self.scales, strict=True):
+            group["lr"] = lr * scale
+
+    @override
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        loss = trainer.strategy.reduce(outputs["loss"].detach().float(), reduce_op="mean")
+        self.lrs.append(self.current)
+        self.losses.append(float(loss))
+        smoothed = smooth(self.losses, self.beta)
+        finite = [s for s in smoothed if math.isfinite(s)]
+        if not math.isfinite(smoothed[-1]) or (finite and smoothed[-1] > self.diverge * min(finite)):
+            self.stopped = "diverged"
+            trainer.should_stop = True
+
+    @override
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        smoothed = smooth(self.losses, self.beta)
+        suggestion = suggest(self.lrs, smoothed) if self.lrs else self.min_lr
+        # Inside fit the processes are still connected: rank zero's suggestion must be everyone's.
+        agreed = float(trainer.strategy.broadcast(suggestion, src=0))
+        differ = trainer.strategy.reduce(torch.tensor(float(agreed != suggestion)), reduce_op="sum")
+        if float(differ) > 0:
+            raise HarnessError(
+                f"the range test's processes disagree: {int(differ)} of {trainer.world_size} suggest "
+                f"another rate than rank zero's {agreed:.4g}"
+            )
+        self.result = RangeTest(
+            lrs=tuple(self.lrs),
+            losses=tuple(self.losses),
+            smoothed=tuple(smoothed),
+            suggestion=suggestion,
+            stopped=self.stopped,
+            rank=trainer.global_rank,
+        )
+
+
+def find_lr(
+    settings: Settings,
+    *,
+    steps: int = 200,
+    min_lr: float = 1e-7,
+    max_lr: float = 1.0,
+    diverge: float = 4.0,
+    beta: float = 0.98,
+) -> RangeTest:
+    """Run the range test the module describes on what `settings` name; every process returns it."""
+    L.seed_everything(settings.run.seed, workers=True, verbose=False)
+    info, classes = scan(settings.data, settings.run.seed)
+    model = attrs.evolve(settings.model, scheduler="none", warmup=0.0)
+    probe = _Probe.from_settings(model, num_classes=len(classes), image_size=settings.data.image_size)
+    sampler = make_sampler(info.train_targets, balanced=settings.data.balanced, seed=settings.run.seed)
+    datamodule = ImageDataModule(info, run_preprocessing(settings), settings.data, sampler, settings.augment)
+    ramp = _Ramp(min_lr=min_lr, max_lr=max_lr, steps=steps, diverge=diverge, beta=beta)
+    trainer_settings = settings.trainer
+    with tempfile.TemporaryDirectory(prefix="harness-lr-find-") as scratch:
+        trainer = L.Trainer(
+            default_root_dir=scratch,
+            max_epochs=-1,
+            max_steps=steps,
+            accelerator=trainer_settings.accelerator,
+            devices=trainer_settings.devices,
+            strategy=trainer_settings.strategy,
+            precision=trainer_settings.precision,
+            accumulate_grad_batches=trainer_settings.accumulate_grad_batches,
+            gradient_clip_val=trainer_settings.gradient_clip_val or None,
+            limit_val_batches=0,
+            num_sanity_val_steps=0,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            enable_checkpointing=False,
+            logger=False,
+            callbacks=[ramp],
+        )
+        trainer.fit(probe, datamodule=datamodule)
+    if ramp.result is None:
+        raise HarnessError("the range test ended before its first step")
+    return ramp.result
