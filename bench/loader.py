@@ -61,7 +61,7 @@ def loaders(root: Path, image_size: int, epoch: int, cache: str) -> dict[str, Da
     with cache_at(cache):
         info, _ = scan(settings, seed=0)
     preprocessing = settings.preprocessing()
-    sampler = make_sampler(info.train_targets, balanced=settings.balanced, seed=0, num_samples=epoch)
+    sampler = make_sampler(info.train_targets, balanced=True, seed=0, num_samples=epoch)
     harness = ImageDataModule(info, preprocessing, settings, sampler, augment).train_dataloader()
     workers = loader_workers(settings.num_workers)
     images = ImageFolder(str(root), transform=train_transform(preprocessing, augment))

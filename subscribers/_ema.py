@@ -117,5 +117,18 @@ class ShadowWeights:
             for name, slot in self._index.items():
                 self._live[slot].copy_(training[name])
 
+    def load_averaged(self, averaged: Mapping[str, torch.Tensor]) -> None:
+        """Copy saved averaged tensors into the average (the model holds the training ones now)."""
+        missing = sorted(set(self._index) - set(averaged))
+        if missing:
+            raise ValueError(
+                f"EMA state: averaged weights lack {len(missing)} model key(s), first {missing[0]!r}"
+            )
+        if self.swapped:
+            raise RuntimeError("EMA state: cannot load averaged weights while they are swapped in")
+        with torch.no_grad():
+            for name, slot in self._index.items():
+                self._shadow[slot].copy_(averaged[name])
+
     def _by_name(self, tensors: list[torch.Tensor]) -> dict[str, torch.Tensor]:
         return {name: tensors[slot].detach() for name, slot in self._index.items()}

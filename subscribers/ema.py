@@ -1,4 +1,4 @@
-"""Weight EMA; consumes FitStart, BatchEnd(train), ValidationSwapIn/Out, CheckpointSaving, TrainLoopEnd.
+"""Weight EMA; consumes FitStart, BatchEnd, ValidationSwapIn/Out/EpochEnd, CheckpointSaving, TrainLoopEnd.
 
 The average covers every parameter and floating-point buffer in the model's `state_dict`
 (integer buffers are copied) and is updated after an optimizer step: after step
@@ -9,10 +9,15 @@ weights; the next ones use timm's warm-up decay (`subscribers._ema.ema_decay`), 
 
 Validation sees the averaged weights: `ValidationSwapIn` exchanges averaged and training
 tensors by storage, `ValidationSwapOut` exchanges them back (nothing happens before the
-first update). A checkpoint's `state_dict` holds the averaged weights, the ones that were
-validated; the training weights and the update count are this subscriber's state, so a
-resume continues bit for bit. At `TrainLoopEnd` the averaged weights go into the model for
-good, for `TrainEnd` consumers such as the ONNX export.
+first update). The training weights are validated too, so that the average can never
+cost accuracy: on each validation batch they are exchanged in for one more forward pass
+of the batch's inputs (the one place a subscriber runs the model: it scores other
+weights), and at `ValidationEpochEnd` the better of the two by top-1 is kept (the
+average on a tie), recorded in `RunContext.validated_weights`. A checkpoint's
+`state_dict` holds the kept weights; the other set and the update count are this
+subscriber's state, so a resume continues bit for bit. At `TrainLoopEnd` the kept
+weights go into the model for good, for `TrainEnd` consumers such as the ONNX export.
+The logged ``val/`` metrics are the average's.
 
 Under DDP every rank updates its own copy; identical steps keep the copies identical.
 """
@@ -20,18 +25,19 @@ Under DDP every rank updates its own copy; identical steps keep the copies ident
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 
 import attrs
 import torch
 
 from harness.core.bus import Bus
-from harness.core.context import RunContext
+from harness.core.context import RunContext, ValidatedWeights
 from harness.core.events import (
     BatchEnd,
     CheckpointSaving,
     FitStart,
     TrainLoopEnd,
+    ValidationEpochEnd,
     ValidationSwapIn,
     ValidationSwapOut,
 )
@@ -89,11 +95,17 @@ class EMA:
         self._resume: Mapping[str, torch.Tensor] | None = None
         self._final = False
         self._total_steps = 0
+        self.kept: Literal["average", "training"] = "average"
+        self._resume_kept: Literal["average", "training"] = "average"
+        self._resume_average: Mapping[str, torch.Tensor] | None = None
+        self._correct = torch.zeros(3, dtype=torch.float64)  # average right, training right, images
 
     def connect(self, bus: Bus) -> None:
         bus.subscribe(FitStart, self.on_fit_start)
         bus.subscribe(BatchEnd, self.on_batch_end, stage="train")
         bus.subscribe(ValidationSwapIn, self.on_validation_swap_in)
+        bus.subscribe(BatchEnd, self.on_validation_batch_end, stage="validate")
+        bus.subscribe(ValidationEpochEnd, self.on_validation_epoch_end)
         bus.subscribe(ValidationSwapOut, self.on_validation_swap_out)
         bus.subscribe(CheckpointSaving, self.on_checkpoint_saving)
         bus.subscribe(TrainLoopEnd, self.on_train_loop_end)
@@ -135,9 +147,42 @@ class EMA:
         self.updates += 1
 
     def on_validation_swap_in(self, event: ValidationSwapIn) -> None:
+        self._correct.zero_()
         shadow = self._shadow
         if shadow is not None and self.updates and not shadow.swapped:
             shadow.exchange()
+
+    def on_validation_batch_end(self, event: BatchEnd) -> None:
+        shadow, model = self._shadow, self.context.model
+        if event.sanity_check or shadow is None or model is None or not shadow.swapped or self._final:
+            return
+        shadow.exchange()
+        try:
+            with torch.no_grad():
+                logits = model(event.inputs)
+        finally:
+            shadow.exchange()
+        targets = event.targets.to(logits.device)
+        self._correct[0] += int((event.logits.argmax(dim=1).to(targets.device) == targets).sum())
+        self._correct[1] += int((logits.argmax(dim=1) == targets).sum())
+        self._correct[2] += len(targets)
+
+    def on_validation_epoch_end(self, event: ValidationEpochEnd) -> None:
+        if event.sanity_check or self._final:
+            return
+        counts = self._correct.clone()
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            # Every rank must keep the same weights: decide on the counts of all ranks.
+            counts = counts.to(self.context.device)
+            torch.distributed.all_reduce(counts)
+            counts = counts.cpu()
+        average, training, images = counts.tolist()
+        if not images:
+            return
+        self.kept = "training" if training > average else "average"
+        self.context.validated_weights = ValidatedWeights(
+            epoch=event.epoch, kept=self.kept, average_top1=average / images, training_top1=training / images
+        )
 
     def on_validation_swap_out(self, event: ValidationSwapOut) -> None:
         shadow = self._shadow
@@ -147,43 +192,61 @@ class EMA:
     def on_checkpoint_saving(self, event: CheckpointSaving) -> None:
         if self._shadow is None or not self.updates:
             return
-        averaged = self._shadow.averaged()
-        unknown = sorted(set(averaged) - set(event.model_state))
+        kept = self._shadow.averaged() if self.kept == "average" else self._shadow.training()
+        unknown = sorted(set(kept) - set(event.model_state))
         if unknown:
             raise ValueError(
                 f"CheckpointSaving.model_state lacks {len(unknown)} key(s) of context.model.state_dict(), "
-                f"first {unknown[0]!r}: the averaged weights cannot replace the training ones"
+                f"first {unknown[0]!r}: the {self.kept} weights cannot be saved as the validated ones"
             )
-        event.model_state.update(averaged)
+        event.model_state.update(kept)
 
     def on_train_loop_end(self, event: TrainLoopEnd) -> None:
         shadow = self._shadow
         if shadow is None or not self.updates:
             return
-        if not shadow.swapped:
+        if shadow.swapped != (self.kept == "average"):
             shadow.exchange()
         self._final = True
 
     def state_dict(self) -> dict[str, Any]:
-        """The update count and, once there is an average, the training weights by model key.
+        """The update count, which weights were kept, and the set the checkpoint's `state_dict` lacks.
 
-        The averaged weights are not here: they are the checkpoint's `state_dict`.
+        The kept weights are the checkpoint's `state_dict`; the other set is here, by model
+        key: ``"training"`` when the average was kept, ``"average"`` when the training weights were.
         """
+        training: Mapping[str, torch.Tensor] = {}
+        average: Mapping[str, torch.Tensor] = {}
         if self._shadow is not None and self.updates:
-            training = self._shadow.training()
+            if self.kept == "average":
+                training = self._shadow.training()
+            else:
+                average = self._shadow.averaged()
         else:
-            training = dict(self._resume or {})
-        return {"updates": self.updates, "training": training}
+            training, average = self._resume or {}, self._resume_average or {}
+        return {
+            "updates": self.updates,
+            "kept": self.kept,
+            "training": dict(training),
+            "average": dict(average),
+        }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore after the model was loaded with the averaged weights; applied at `FitStart`."""
+        """Restore after the model was loaded with the kept weights; applied at `FitStart`."""
         updates, training = state["updates"], state["training"]
+        kept, average = state.get("kept", "average"), state.get("average", {})
         if not isinstance(updates, int) or updates < 0:
             raise ValueError(f"EMA state: 'updates' must be a non-negative integer, got {updates!r}")
-        if updates and not training:
-            raise ValueError(f"EMA state: 'updates' is {updates} but no training weights were saved")
+        if kept not in ("average", "training"):
+            raise ValueError(f"EMA state: 'kept' must be 'average' or 'training', got {kept!r}")
+        missing = training if kept == "average" else average
+        if updates and not missing:
+            other = "training" if kept == "average" else "averaged"
+            raise ValueError(f"EMA state: 'updates' is {updates} but no {other} weights were saved")
         self.updates = updates
-        self._resume = dict(training) if updates else None
+        self.kept = self._resume_kept = kept
+        self._resume = dict(training) if updates and kept == "average" else None
+        self._resume_average = dict(average) if updates and kept == "training" else None
         self._shadow = None
 
     def _attach(self) -> ShadowWeights | None:
@@ -192,6 +255,9 @@ class EMA:
             if self._resume is not None:
                 self._shadow.load_training(self._resume)
                 self._resume = None
+            if self._resume_average is not None:
+                self._shadow.load_averaged(self._resume_average)
+                self._resume_average = None
         return self._shadow
 
     @property

@@ -30,6 +30,7 @@ __all__ = [
     "Samples",
     "StopAt",
     "StopRequest",
+    "ValidatedWeights",
     "Verbosity",
 ]
 
@@ -108,6 +109,21 @@ class DatasetInfo:
         return [target for _, target in self.val]
 
 
+@attrs.frozen(kw_only=True)
+class ValidatedWeights:
+    """The two sets of weights scored at the last validation, and the one kept.
+
+    Written by the owner of alternative weights (the EMA): its average and the training
+    weights it averages were both validated; `kept` is the better by top-1 (the average
+    on a tie), the one checkpoints hold and the export gets.
+    """
+
+    epoch: int
+    kept: Literal["average", "training"]
+    average_top1: float
+    training_top1: float
+
+
 @attrs.define(kw_only=True, eq=False)
 class RunContext:
     """Where a run writes, what it trains, and how far it got.
@@ -118,9 +134,10 @@ class RunContext:
     once Lightning has placed the run: `device`,
     `rank`, `world_size`, `model`, `train_sampler`. Progress, updated by the adapter
     before each event: `epoch`, `global_step`, `max_epochs`, `best_checkpoint`,
-    `best_score`; `stop_request`, set by `request_stop`. `artifacts` maps an artifact's
-    name to its path relative to `run_dir` (``summary.json``'s ``artifacts``); add to it
-    with `record_artifact`.
+    `best_score`; `stop_request`, set by `request_stop`. `validated_weights` says which
+    weights the last validation kept, when a subscriber validates two sets (the EMA).
+    `artifacts` maps an artifact's name to its path relative to `run_dir`
+    (``summary.json``'s ``artifacts``); add to it with `record_artifact`.
 
     `background` runs slow writing off the training thread; without one (tests,
     replays) `submit` runs a job at once, so one unit test covers both. `trackers`
@@ -148,6 +165,7 @@ class RunContext:
     max_epochs: int = 1
     best_checkpoint: Path | None = None
     best_score: float | None = None
+    validated_weights: ValidatedWeights | None = None
     artifacts: dict[str, str] = attrs.Factory(dict)
     stop_request: StopRequest | None = None
 

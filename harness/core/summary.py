@@ -24,7 +24,8 @@ from typing import Literal
 
 import attrs
 
-from harness.core.context import LeftOutClass, StopRequest
+from harness.core.context import LeftOutClass, StopRequest, ValidatedWeights
+from harness.core.recipe import Recipe
 
 __all__ = ["BACKGROUND", "Acceleration", "Attempt", "Failure", "RunStatus", "RunSummary", "TestScore"]
 
@@ -114,6 +115,8 @@ class RunSummary:
     attempts: tuple[Attempt, ...]
     test: TestScore | None
     acceleration: Acceleration
+    recipe: Recipe | None = None
+    validated_weights: ValidatedWeights | None = None
 
     def to_json(self) -> dict[str, object]:
         """The document of ``summary.json``: every field in order; a test score without its empty fields."""
@@ -131,5 +134,9 @@ class RunSummary:
             if self.test is None
             else {k: v for k, v in attrs.asdict(self.test).items() if v is not None},
             acceleration=attrs.asdict(self.acceleration),
+            recipe=None if self.recipe is None else attrs.asdict(self.recipe),
+            validated_weights=None
+            if self.validated_weights is None
+            else attrs.asdict(self.validated_weights),
         )
         return document

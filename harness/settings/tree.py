@@ -118,7 +118,15 @@ class DataSettings:
     val_fraction: float = option(
         0.2, "stratified, seeded validation share when the tree has no `val/`", within(0, 1, closed="()")
     )
-    balanced: bool = option(True, "class-balanced sampling (weights 1 / class count)")
+    sampling: Literal["auto", "shuffle", "balanced"] = option(
+        "auto",
+        "`shuffle`: every image once per epoch; `balanced`: draws weighted 1 / class count, with "
+        "replacement; `auto`: balanced when the largest class has 2x the images of the smallest "
+        "(and `class_weights` is off), else shuffle",
+    )
+    class_weights: Literal["none", "auto"] = option(
+        "none", "`auto`: weigh the training loss by 1 / class count (instead of balanced sampling)"
+    )
     num_workers: int | Literal["auto"] = option(
         "auto",
         'data-loader worker processes; "auto": the cores this process may use minus one, at most 8',
@@ -154,16 +162,27 @@ class DataSettings:
 class AugmentSettings:
     """[augment]: training-time augmentation (validation and export never see it)."""
 
+    preset: Literal["auto", "photos", "symbols"] = option(
+        "auto",
+        'the kind of data, for `hflip = "preset"`: photos flip, symbols (digits, text) do not; '
+        "`auto`: a flip probe on the training images decides",
+    )
     crop_scale: tuple[float, float] = option(
         (0.7, 1.0),
-        "random resized crop: share of the image area kept, [min, max]; [1, 1] with ratio [1, 1] is no crop",
+        "random resized crop: share of the evaluation frame's area kept, [min, max]; [1, 1] with "
+        "ratio [1, 1] is no crop",
         _range(0, 1),
     )
-    crop_ratio: tuple[float, float] = option(
-        (0.9, 1.1), "random resized crop: aspect ratio range, [min, max]", _range(0, 10)
+    crop_ratio: tuple[float, float] | Literal["auto"] = option(
+        "auto",
+        "random resized crop: aspect ratio range, [min, max], against the evaluation frame; `auto`: "
+        '[0.9, 1.1] with `resize = "squash"`, timm\'s [3/4, 4/3] with `"crop"`',
+        check(lambda v: v == "auto" or (len(v) == 2 and 0 < v[0] <= v[1] <= 10), '"auto" or [min, max]'),
     )
-    hflip: float = option(
-        0.0, "probability of a horizontal flip (off: flips change digits and text)", within(0, 1, closed="[]")
+    hflip: float | Literal["preset"] = option(
+        "preset",
+        'probability of a horizontal flip; `"preset"`: 0.5 for photos, 0 for symbols',
+        check(lambda v: v == "preset" or 0 <= v <= 1, '"preset" or in [0, 1]'),
     )
     auto_augment: Literal["none", "trivial", "rand", "auto"] = option(
         "none", "TrivialAugmentWide, RandAugment, AutoAugment (ImageNet policy) or none"
@@ -182,6 +201,17 @@ class AugmentSettings:
     mix_prob: float = option(
         1.0, "probability that a batch is mixed when MixUp or CutMix is on", within(0, 1, closed="[]")
     )
+
+    def ratio_range(self, resize: Literal["squash", "crop"]) -> tuple[float, float]:
+        """`crop_ratio`, with "auto" resolved for the evaluation resize."""
+        if self.crop_ratio != "auto":
+            return self.crop_ratio
+        return (0.9, 1.1) if resize == "squash" else (3 / 4, 4 / 3)
+
+    @property
+    def flip_probability(self) -> float:
+        """`hflip`; "preset" left unresolved (no preset chosen yet) is the symbols' 0: never flip."""
+        return 0.0 if self.hflip == "preset" else self.hflip
 
     @property
     def mixes(self) -> bool:

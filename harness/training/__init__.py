@@ -4,7 +4,8 @@
     callback  `BusCallback`: Lightning hooks in, typed events out
     model     `Classifier`: a torchvision network as a LightningModule
     data      the ImageFolder scan and the data module
-    sampler   the class-balanced sampler that records its draws
+    sampler   the class-balanced sampler (or the shuffle) that records its draws
+    recipe    the recipe fitted to the data: photos or symbols (a flip probe), the sampling
     fit       `run`: a whole training run from settings
     evaluation  a checkpoint through ``trainer.test``; a run's ``test/`` split
 

@@ -4,6 +4,15 @@
 `harness.io.images.to_input` applies it with Pillow (the same `resized_size` and
 `crop_box`). `train_transform` replaces the resize by the ``[augment]`` table's random
 resized crop and adds flips, an auto-augment policy, colour jitter and random erasing.
+
+The training crop lives in the evaluation frame, so that the model trains on the
+picture it is validated on: with ``resize = "squash"`` the whole image is squashed to
+the square first and the crop is cut from that square (a full-scale crop is the
+evaluation input itself, whatever the image's aspect); with ``"crop"`` it follows timm
+(a random resized crop of the original, aspect ratio against the square in
+`AugmentSettings.ratio_range`, 3/4 to 4/3 by default), where evaluation keeps the
+aspect and cuts the centre.
+
 `BatchMixer` is the training loader's collate function when MixUp or CutMix is on: a
 batch becomes ``(inputs, targets, soft_targets)``, where `targets` stay class indices
 (the class with the largest share of each mixed image) and `soft_targets` are the mixed
@@ -79,15 +88,17 @@ def train_transform(preprocessing: Preprocessing, settings: AugmentSettings) -> 
     crop, so that only the other augmentations differ from validation.
     """
     size = preprocessing.image_size
+    ratio = settings.ratio_range(preprocessing.resize)
     steps: list[torch.nn.Module] = [v2.ToImage()]
-    if settings.crop_scale == (1.0, 1.0) and settings.crop_ratio == (1.0, 1.0):
+    if settings.crop_scale == (1.0, 1.0) and ratio == (1.0, 1.0):
         steps.append(_Geometry(preprocessing))
     else:
-        steps.append(
-            v2.RandomResizedCrop(size, scale=settings.crop_scale, ratio=settings.crop_ratio, antialias=True)
-        )
-    if settings.hflip > 0:
-        steps.append(v2.RandomHorizontalFlip(settings.hflip))
+        if preprocessing.resize == "squash":
+            steps.append(v2.Resize((size, size), antialias=True))
+        steps.append(v2.RandomResizedCrop(size, scale=settings.crop_scale, ratio=ratio, antialias=True))
+    flip = settings.flip_probability
+    if flip > 0:
+        steps.append(v2.RandomHorizontalFlip(flip))
     steps += _policy(settings)
     if settings.color_jitter > 0:
         strength = settings.color_jitter

@@ -21,12 +21,14 @@ import lightning as L
 from lightning.pytorch.callbacks import Callback, EarlyStopping, LearningRateMonitor
 from lightning.pytorch.loggers import Logger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
+from torch.utils.data import Sampler
 
 from harness.core.bus import Subscriber
 from harness.core.context import DatasetInfo
 from harness.core.errors import StopRun, Terminated, TrainingDiverged
 from harness.core.events import RunEnd
 from harness.core.layout import RunLayout
+from harness.core.preprocessing import Preprocessing
 from harness.core.summary import Acceleration, Attempt, Failure, RunStatus, RunSummary, TestScore
 from harness.io.artifacts import write_json, write_label_map, write_text
 from harness.io.background import BackgroundWriter
@@ -42,6 +44,7 @@ from harness.training.lean_checkpoint import LeanModelCheckpoint
 from harness.training.loggers import LoggerTrackers, build_loggers, logger_artifacts, require_packages
 from harness.training.model import Classifier, check_batch_norm, check_monitor
 from harness.training.nodes import from_rank_zero, join, launch_of, scan_once
+from harness.training.recipe import Recipe, class_loss_weights, resolve_recipe
 from harness.training.run_dir import (
     RESUME_VARIABLE,
     RUN_DIR_VARIABLE,
@@ -54,7 +57,7 @@ from harness.training.sampler import make_sampler
 from harness.training.stop_signal import LAUNCHER_VARIABLE, StopOnSigterm, outlive_launcher
 from harness.training.terminal import MetricFreeProgressBar
 
-__all__ = ["RunResult", "run"]
+__all__ = ["RunResult", "TrainingData", "run", "training_data"]
 
 log = logging.getLogger("harness")
 
@@ -88,6 +91,7 @@ class _Run:
     callback: BusCallback
     attempts: list[Attempt]
     started: float
+    recipe: Recipe
 
 
 @attrs.define(kw_only=True)
@@ -149,6 +153,32 @@ def run(settings: Settings, *, extra_subscribers: Mapping[str, Subscriber] | Non
     return RunResult(run_dir=parts.layout.run_dir, summary=summary)
 
 
+@attrs.frozen(kw_only=True)
+class TrainingData:
+    """What a run trains on: its recipe, preprocessing, sampler and data module, resolved once."""
+
+    recipe: Recipe
+    preprocessing: Preprocessing
+    sampler: Sampler[int]
+    datamodule: ImageDataModule
+    class_weights: tuple[float, ...] | None
+
+
+def training_data(settings: Settings, info: DatasetInfo, num_classes: int) -> TrainingData:
+    """The data side of a run as `settings` and the scanned `info` ask; the range test uses it too."""
+    preprocessing = run_preprocessing(settings)
+    recipe, augment = resolve_recipe(settings, info, settings.run.seed)
+    balanced = recipe.sampling == "balanced"
+    sampler = make_sampler(info.train_targets, balanced=balanced, seed=settings.run.seed)
+    return TrainingData(
+        recipe=recipe,
+        preprocessing=preprocessing,
+        sampler=sampler,
+        datamodule=ImageDataModule(info, preprocessing, settings.data, sampler, augment),
+        class_weights=class_loss_weights(info.train_targets, num_classes) if recipe.class_weights else None,
+    )
+
+
 def _assemble(settings: Settings, extras: Mapping[str, Subscriber]) -> _Run:
     """Everything the run needs, checked before the run directory is made, then the run's assembly."""
     started = time.monotonic()
@@ -162,13 +192,22 @@ def _assemble(settings: Settings, extras: Mapping[str, Subscriber]) -> _Run:
         log.warning(
             "skipping %d unreadable image file(s) ([data].on_corrupt = skip): %s", len(info.skipped), shown
         )
-    preprocessing = run_preprocessing(settings)
+    data = training_data(settings, info, len(classes))
+    preprocessing, recipe, sampler, datamodule = (
+        data.preprocessing,
+        data.recipe,
+        data.sampler,
+        data.datamodule,
+    )
+    if settings.run.terminal != "quiet":
+        log.info("%s", recipe.describe())
     module = Classifier.from_settings(
         settings.model,
         num_classes=len(classes),
         image_size=settings.data.image_size,
         class_names=classes,
         preprocessing=preprocessing,
+        class_weights=data.class_weights,
     )
     acceleration = resolve_acceleration(settings.trainer, settings.model, module.net)
     module.accelerate(channels_last=acceleration.channels_last, compile=acceleration.compile)
@@ -191,8 +230,6 @@ def _assemble(settings: Settings, extras: Mapping[str, Subscriber]) -> _Run:
         remove_stale_temporaries(RunLayout(run_dir).checkpoints)
     # Pictures are drawn in its worker process while training goes on; closed by `_finish`.
     writer = BackgroundWriter()
-    sampler = make_sampler(info.train_targets, balanced=settings.data.balanced, seed=settings.run.seed)
-    datamodule = ImageDataModule(info, preprocessing, settings.data, sampler, settings.augment)
     loggers = build_loggers(settings.logger, run_dir, settings.run.name)
     trackers = LoggerTrackers.of(loggers)
     try:
@@ -259,6 +296,7 @@ def _assemble(settings: Settings, extras: Mapping[str, Subscriber]) -> _Run:
         callback=callback,
         attempts=attempts,
         started=started,
+        recipe=recipe,
     )
 
 
@@ -417,4 +455,6 @@ def _summary(
         attempts=tuple(parts.attempts),
         test=outcome.tested,
         acceleration=parts.acceleration,
+        recipe=parts.recipe,
+        validated_weights=context.validated_weights,
     )

@@ -128,12 +128,17 @@ class Classifier(L.LightningModule):
         backbone_lr_scale: float = 1.0,
         class_names: Sequence[str] = (),
         preprocessing: Mapping[str, Any] | None = None,
+        class_weights: tuple[float, ...] | None = None,
         load_weights: bool = True,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["load_weights"])
         self.arch = arch
         self.net = build_network(arch, num_classes, weights, image_size, load=load_weights)
+        # Not persistent: a checkpoint's state_dict stays the network's, loadable without them.
+        weighting = None if class_weights is None else torch.tensor(class_weights, dtype=torch.float32)
+        self.loss_weights: torch.Tensor | None
+        self.register_buffer("loss_weights", weighting, persistent=False)
         self.aux_weights = AUX_LOSS_WEIGHTS.get(arch, ())
         top5 = min(5, num_classes)
         self.val_top1 = MulticlassAccuracy(num_classes=num_classes, top_k=1, average="micro")
@@ -197,6 +202,7 @@ class Classifier(L.LightningModule):
         *,
         class_names: Sequence[str] = (),
         preprocessing: Preprocessing | None = None,
+        class_weights: tuple[float, ...] | None = None,
     ) -> Classifier:
         """The model `settings` describe, recording `class_names` and `preprocessing`.
 
@@ -221,14 +227,19 @@ class Classifier(L.LightningModule):
             backbone_lr_scale=settings.backbone_lr_scale,
             class_names=tuple(class_names),
             preprocessing=None if preprocessing is None else preprocessing_record(preprocessing),
+            class_weights=class_weights,
         )
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         logits, _ = split_outputs(self.net(inputs))
         return logits
 
-    def _loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(logits, targets, label_smoothing=self.hparams["label_smoothing"])
+    def _loss(self, logits: torch.Tensor, targets: torch.Tensor, *, weighted: bool = False) -> torch.Tensor:
+        """Cross-entropy; `weighted` (training) applies the class weights, when there are any."""
+        weight = self.loss_weights if weighted else None
+        return F.cross_entropy(
+            logits, targets, weight=weight, label_smoothing=self.hparams["label_smoothing"]
+        )
 
     def _lr(self) -> float:
         optimizer = self.optimizers(use_pl_optimizer=False)
@@ -240,7 +251,7 @@ class Classifier(L.LightningModule):
         inputs, targets = batch[0], batch[1]
         logits, aux = split_outputs(self.run_network(inputs))
         wanted = batch[2] if len(batch) == 3 else targets
-        return self._loss(logits, wanted) + self._aux_loss(aux, wanted), logits
+        return self._loss(logits, wanted, weighted=True) + self._aux_loss(aux, wanted), logits
 
     def training_step(self, batch: TrainBatch, batch_idx: int) -> dict[str, torch.Tensor]:
         targets = batch[1]
@@ -253,7 +264,10 @@ class Classifier(L.LightningModule):
         """The auxiliary classifiers' weighted losses (torchvision returns them in training only)."""
         if not aux:
             return 0.0
-        return sum((w * self._loss(a, targets) for w, a in zip(self.aux_weights, aux, strict=True)), 0.0)
+        losses = (
+            w * self._loss(a, targets, weighted=True) for w, a in zip(self.aux_weights, aux, strict=True)
+        )
+        return sum(losses, 0.0)
 
     def _watch_loss(self, loss: torch.Tensor, step: int) -> None:
         """Fold "is the loss of `step` finite" into the device flag; read it every few steps."""

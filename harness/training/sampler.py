@@ -1,7 +1,8 @@
 """The training sampler: a `WeightedRandomSampler` that records what it drew, epoch by epoch.
 
 `make_sampler` builds the sampler a run trains with: class-balanced (each sample weighs
-``1 / count(its class)``) or plain (every sample weighs the same), seeded so that epoch
+``1 / count(its class)``, drawn with replacement) or a shuffle (every sample once per
+epoch, a seeded permutation drawn without replacement), seeded so that epoch
 ``e`` always draws the same indices, on every rank and after a resume.
 
 Where the draw is recorded, and why it is the whole draw:
@@ -146,14 +147,21 @@ def balanced_weights(targets: Sequence[int] | torch.Tensor) -> torch.Tensor:
 def make_sampler(
     targets: Sequence[int] | torch.Tensor, balanced: bool, seed: int, num_samples: int | None = None
 ) -> TrackingWeightedRandomSampler:
-    """The training sampler: `num_samples` draws (default: one per sample) with replacement.
+    """The training sampler: `num_samples` draws (default: one per sample).
 
-    Balanced weights each sample by ``1 / count(its class)``; otherwise every sample
-    weighs the same, so classes are drawn in their data-set proportions.
+    Balanced weights each sample by ``1 / count(its class)`` and draws with replacement,
+    so that a rare class's images come back within an epoch. Otherwise it shuffles:
+    every sample weighs the same and is drawn without replacement, so an epoch of
+    ``len(targets)`` draws trains on every image once (with replacement about a third
+    would be missed each epoch); more draws than samples are refused.
     """
-    weights = balanced_weights(targets) if balanced else torch.ones(len(targets), dtype=torch.float64)
     count = len(targets) if num_samples is None else num_samples
-    return TrackingWeightedRandomSampler(weights, count, replacement=True, seed=seed)
+    if balanced:
+        return TrackingWeightedRandomSampler(balanced_weights(targets), count, replacement=True, seed=seed)
+    if count > len(targets):
+        raise ValueError(f"make_sampler: a shuffle draws at most {len(targets)} samples, asked for {count}")
+    uniform = torch.ones(len(targets), dtype=torch.float64)
+    return TrackingWeightedRandomSampler(uniform, count, replacement=False, seed=seed)
 
 
 def class_counts(

@@ -33,9 +33,9 @@ from typing_extensions import override
 from harness.core.errors import HarnessError
 from harness.settings import Settings
 from harness.training.acceleration import resolve_acceleration
-from harness.training.data import ImageDataModule, run_preprocessing, scan
+from harness.training.data import scan
+from harness.training.fit import training_data
 from harness.training.model import Classifier, TrainBatch
-from harness.training.sampler import make_sampler
 
 __all__ = ["RangeTest", "find_lr", "smooth", "suggest"]
 
@@ -175,9 +175,11 @@ def find_lr(
     L.seed_everything(settings.run.seed, workers=True, verbose=False)
     info, classes = scan(settings.data, settings.run.seed)
     model = attrs.evolve(settings.model, scheduler="none", warmup=0.0)
-    probe = _Probe.from_settings(model, num_classes=len(classes), image_size=settings.data.image_size)
-    sampler = make_sampler(info.train_targets, balanced=settings.data.balanced, seed=settings.run.seed)
-    datamodule = ImageDataModule(info, run_preprocessing(settings), settings.data, sampler, settings.augment)
+    data = training_data(settings, info, len(classes))
+    probe = _Probe.from_settings(
+        model, num_classes=len(classes), image_size=settings.data.image_size, class_weights=data.class_weights
+    )
+    datamodule = data.datamodule
     ramp = _Ramp(min_lr=min_lr, max_lr=max_lr, steps=steps, diverge=diverge, beta=beta)
     trainer_settings = settings.trainer
     with tempfile.TemporaryDirectory(prefix="harness-lr-find-") as scratch:

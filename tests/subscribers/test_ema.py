@@ -19,6 +19,7 @@ from harness.core.events import (
     CheckpointSaving,
     FitStart,
     TrainLoopEnd,
+    ValidationEpochEnd,
     ValidationSwapIn,
     ValidationSwapOut,
 )
@@ -362,7 +363,7 @@ def test_without_a_model_it_does_nothing(tmp_path: Path) -> None:
 
     assert ema.updates == 0
     assert not ema.holds_average
-    assert ema.state_dict() == {"updates": 0, "training": {}}
+    assert ema.state_dict() == {"updates": 0, "kept": "average", "training": {}, "average": {}}
 
 
 def test_state_without_training_weights_is_rejected(tmp_path: Path) -> None:
@@ -392,3 +393,87 @@ def test_horizon_caps_the_decay_to_a_share_of_the_run(tmp_path: Path) -> None:
     uncapped = EMA(make_context(tmp_path), EMASettings(decay=0.99, horizon=0.0))
     uncapped.on_fit_start(FitStart(epoch=0, global_step=0, max_epochs=6, total_steps=60))
     assert uncapped.decay == 0.99
+
+
+def validate(
+    bus: Bus, context: RunContext, inputs: torch.Tensor, targets: torch.Tensor, epoch: int = 0
+) -> None:
+    """One validation pass of one batch, as the adapter publishes it: the model's logits on `inputs`."""
+    model = context.require_model()
+    bus.publish(ValidationSwapIn(epoch=epoch, global_step=context.global_step))
+    with torch.no_grad():
+        logits = model(inputs)
+    bus.publish(
+        batch_end(
+            stage="validate",
+            epoch=epoch,
+            inputs=inputs,
+            targets=targets,
+            logits=logits,
+            batch_size=len(targets),
+        )
+    )
+    bus.publish(ValidationEpochEnd(epoch=epoch, global_step=context.global_step, metrics={}))
+    bus.publish(ValidationSwapOut(epoch=epoch, global_step=context.global_step))
+
+
+@pytest.mark.parametrize("better", ["average", "training"])
+def test_the_better_weights_are_kept_checkpointed_exported_and_resumed(tmp_path: Path, better: str) -> None:
+    """Both weight sets are validated; the better one is the checkpoint's state_dict and the final model."""
+    torch.manual_seed(0)
+    context = make_context(tmp_path, model=tiny_model())
+    model = context.require_model().eval()
+    bus = Bus()
+    ema = EMA(context, EMASettings(decay=0.5))
+    bus.attach(ema)
+    bus.publish(FitStart(epoch=0, global_step=0, max_epochs=1))
+    bus.publish(batch_end(global_step=1, optimizer_stepped=True))  # the first update copies the weights
+    average = snapshot(model)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(torch.randn_like(parameter))
+    training = snapshot(model)
+    inputs = torch.randn(32, 3, 1, 1) * 3 + torch.randn(32, 3, 16, 16)  # features that survive pooling
+    with torch.no_grad():
+        predicted = {"training": model(inputs).argmax(1)}
+        model.load_state_dict(average)
+        predicted["average"] = model(inputs).argmax(1)
+        model.load_state_dict(training)
+    assert not torch.equal(predicted["training"], predicted["average"])
+
+    validate(bus, context, inputs, predicted[better])
+
+    assert ema.kept == better
+    assert context.validated_weights is not None and context.validated_weights.kept == better
+    scores = {
+        "average": context.validated_weights.average_top1,
+        "training": context.validated_weights.training_top1,
+    }
+    assert scores[better] == 1.0 > scores["training" if better == "average" else "average"]
+    assert_bit_equal(snapshot(model), training)  # training goes on with the training weights
+    kept = average if better == "average" else training
+    saved = checkpoint_state(bus, context)
+    assert_bit_equal(saved, kept)
+    state = ema.state_dict()
+
+    resumed_context = make_context(tmp_path / "resumed", model=tiny_model(seed=1))
+    resumed_context.require_model().load_state_dict(saved)
+    resumed = EMA(resumed_context, EMASettings(decay=0.5))
+    resumed.load_state_dict(io_round_trip(state))
+    resumed_bus = Bus()
+    resumed_bus.attach(resumed)
+    resumed_bus.publish(FitStart(epoch=1, global_step=1, max_epochs=2, resumed=True))
+    assert resumed.kept == better
+    assert_bit_equal(snapshot(resumed_context.require_model()), training)
+    assert_bit_equal(checkpoint_state(resumed_bus, resumed_context), kept)
+
+    bus.publish(TrainLoopEnd(epoch=0, global_step=1))
+    assert_bit_equal(snapshot(model), kept)  # what the export gets
+
+
+def io_round_trip(state: Mapping[str, object]) -> dict[str, object]:
+    buffer = io.BytesIO()
+    torch.save(dict(state), buffer)
+    buffer.seek(0)
+    loaded: dict[str, object] = torch.load(buffer, weights_only=True)
+    return loaded

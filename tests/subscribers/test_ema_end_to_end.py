@@ -6,6 +6,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 import torch
 
@@ -79,19 +80,27 @@ def test_checkpoint_is_the_validated_model_and_resume_is_exact(
     saved = load(result.run_dir / "checkpoints" / "last.ckpt")
     ema_state = saved["harness"]["ema"]
 
-    # the checkpoint's state_dict is what validation measured, not the training weights
+    # the checkpoint's state_dict is the better of the two validated sets, the other is the EMA's state
+    kept = ema_state["kept"]
+    other = ema_state["training"] if kept == "average" else ema_state["average"]
+    average = saved["state_dict"] if kept == "average" else ema_state["average"]
     assert ema_state["updates"] > 1
-    assert saved["state_dict"].keys() == ema_state["training"].keys()
-    assert not torch.equal(saved["state_dict"]["net.fc.weight"], ema_state["training"]["net.fc.weight"])
-    model = network(first, saved["state_dict"])
+    assert saved["state_dict"].keys() == other.keys()
+    assert not torch.equal(saved["state_dict"]["net.fc.weight"], other["net.fc.weight"])
+    assert result.summary.validated_weights is not None
+    scores = attrs.asdict(result.summary.validated_weights)
+    assert scores["kept"] == kept and scores[f"{kept}_top1"] >= max(
+        scores["average_top1"], scores["training_top1"]
+    )
+    model, averaged = network(first, saved["state_dict"]), network(first, average)
     correct = total = 0
     with torch.no_grad():
         for event in probe.batches:
-            logits = model(event.inputs)
-            torch.testing.assert_close(logits, event.logits)
-            correct += int((logits.argmax(1) == event.targets).sum())
+            torch.testing.assert_close(averaged(event.inputs), event.logits)  # validation ran the average
+            correct += int((model(event.inputs).argmax(1) == event.targets).sum())
             total += len(event.targets)
-    assert probe.metrics[-1]["val/acc_top1"] == pytest.approx(correct / total, abs=1e-6)
+    assert scores[f"{kept}_top1"] == pytest.approx(correct / total, abs=1e-6)
+    assert probe.metrics[-1]["val/acc_top1"] == pytest.approx(scores["average_top1"], abs=1e-6)
 
     # resume for a second epoch; the sanity check right after resuming validates the saved average
     resumed_probe = Probe()
@@ -107,7 +116,7 @@ def test_checkpoint_is_the_validated_model_and_resume_is_exact(
     )
     with torch.no_grad():
         for event in resumed_probe.sanity:
-            assert torch.equal(model(event.inputs), event.logits)
+            assert torch.equal(averaged(event.inputs), event.logits)
 
     # and the resumed run ends exactly where an uninterrupted one does
     straight = run(make_settings("ema", "trainer.max_epochs=2", "run.name='straight'", *FIXED_LR))
@@ -115,4 +124,5 @@ def test_checkpoint_is_the_validated_model_and_resume_is_exact(
     uninterrupted = load(straight.run_dir / "checkpoints" / "last.ckpt")
     assert after_resume["harness"]["ema"]["updates"] == uninterrupted["harness"]["ema"]["updates"]
     assert_bit_equal(after_resume["state_dict"], uninterrupted["state_dict"])
-    assert_bit_equal(after_resume["harness"]["ema"]["training"], uninterrupted["harness"]["ema"]["training"])
+    for weights in ("training", "average"):
+        assert_bit_equal(after_resume["harness"]["ema"][weights], uninterrupted["harness"]["ema"][weights])

@@ -93,7 +93,17 @@ CASES = [
     ),
     ("[dataa]\nroot = ''\n", [], "settings.toml: unknown table 'dataa'; did you mean 'data'?"),
     ('[data]\nbatch_size = "64"\n', [], "settings.toml: [data].batch_size must be an integer, got '64'"),
-    ("[data]\nbalanced = 1\n", [], "settings.toml: [data].balanced must be true or false, got 1"),
+    (
+        "[data]\nbalanced = true\n",  # the last release's key
+        [],
+        "unknown key 'data.balanced'; valid: root, image_size, batch_size, val_fraction, sampling",
+    ),
+    (
+        '[data]\nsampling = "weighted"\n',
+        [],
+        "settings.toml: [data].sampling must be one of 'auto', 'shuffle', 'balanced', got 'weighted'",
+    ),
+    ("[augment]\nhflip = 1.5\n", [], 'settings.toml: [augment].hflip must be "preset" or in [0, 1], got 1.5'),
     ("[data]\nval_fraction = 1.5\n", [], "settings.toml: [data].val_fraction must be in (0, 1), got 1.5"),
     (
         "[subscribers.ema]\ndecay = 1.5\n",

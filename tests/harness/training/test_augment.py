@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torchvision.transforms import v2
 
 from harness.core.preprocessing import Preprocessing
 from harness.io.images import load_rgb, to_input
@@ -138,3 +139,53 @@ def test_no_crop_keeps_the_evaluation_geometry(tiny_imagefolder: Path) -> None:
     image = load_rgb(next(tiny_imagefolder.rglob("*.png")))
     steady = AugmentSettings(crop_scale=(1, 1), crop_ratio=(1, 1), color_jitter=0)
     assert torch.equal(train_transform(spec, steady)(image), eval_transform(spec)(image))
+
+
+def non_square_image(width: int = 22, height: int = 41) -> Image.Image:
+    pixels = np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    return Image.fromarray(pixels)
+
+
+def test_a_full_scale_squash_crop_is_the_evaluation_input_of_a_non_square_image() -> None:
+    """The crop is cut from the squashed square, not a near-square middle piece of the original."""
+    image = non_square_image()
+    preprocessing = Preprocessing(image_size=16, resize="squash")
+    full_scale = AugmentSettings(crop_scale=(1, 1), color_jitter=0, hflip=0)
+    for seed in range(3):
+        torch.manual_seed(seed)
+        trained = train_transform(preprocessing, full_scale)(image)
+        assert torch.equal(trained, eval_transform(preprocessing)(image))
+
+
+def test_squash_crops_keep_the_whole_height_of_a_tall_image_in_view() -> None:
+    """Every training crop of a tall image spans most of its height, as the squashed input does."""
+    image = Image.new("RGB", (22, 41))
+    image.paste((255, 255, 255), (0, 0, 22, 6))  # a bar along the top
+    image.paste((255, 255, 255), (0, 35, 22, 41))  # and one along the bottom
+    preprocessing = Preprocessing(image_size=16, resize="squash", mean=(0, 0, 0), std=(1, 1, 1))
+    crop = AugmentSettings(crop_scale=(0.9, 1), color_jitter=0, hflip=0)
+    for seed in range(10):
+        torch.manual_seed(seed)
+        trained = train_transform(preprocessing, crop)(image)
+        rows = trained.mean(dim=(0, 2))
+        assert rows[:2].max() > 0.5 and rows[-2:].max() > 0.5, seed
+
+
+def test_crop_resize_trains_on_timm_crops_of_the_original() -> None:
+    """``resize = "crop"``: a random resized crop of the original, aspect 3/4 to 4/3 against the square."""
+    image = non_square_image()
+    preprocessing = Preprocessing(image_size=16, resize="crop", crop_fraction=0.875)
+    full_scale = AugmentSettings(crop_scale=(1, 1), color_jitter=0, hflip=0)
+    torch.manual_seed(0)
+    trained = train_transform(preprocessing, full_scale)(image)
+    # 22 x 41 is taller than 3/4 allows: the whole width, 22 / (3/4) = 29 rows from the centre.
+    expected = v2.functional.resized_crop(
+        v2.functional.to_image(image), 6, 0, 29, 22, [16, 16], antialias=True
+    )
+    normalise = v2.Compose(
+        [
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(list(preprocessing.mean), list(preprocessing.std)),
+        ]
+    )
+    assert torch.allclose(trained, normalise(expected))

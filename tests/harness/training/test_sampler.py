@@ -98,6 +98,18 @@ def test_unbalanced_draws_are_not_uniform() -> None:
     assert chisquare(counts.tolist()).pvalue < 0.001
 
 
+def test_a_shuffle_trains_on_every_image_once_per_epoch() -> None:
+    sampler = make_sampler(IMBALANCED, balanced=False, seed=0)
+    orders = []
+    for epoch in range(3):
+        sampler.set_epoch(epoch)
+        orders.append(list(sampler))
+        assert sorted(orders[-1]) == list(range(len(IMBALANCED)))
+    assert orders[0] != orders[1] != orders[2]
+    with pytest.raises(ValueError, match="at most 280"):
+        make_sampler(IMBALANCED, balanced=False, seed=0, num_samples=281)
+
+
 def test_recording_works_with_two_workers() -> None:
     sampler = make_sampler([0, 1] * 24, balanced=False, seed=0)
     loader = DataLoader(TensorDataset(torch.arange(48)), batch_size=8, sampler=sampler, num_workers=2)
