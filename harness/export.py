@@ -9,8 +9,15 @@ folder is ``checkpoints/``. The output (default ``<run_dir>/onnx_export``) is wh
 and ``parity.json``.
 
 The parity check runs on images from the run's data set (``[data].root``, or the embedded
-digits); when they cannot be read it runs on random images and says so.
-Exit codes: 0 exported, 1 the export or its parity check failed, 2 bad input.
+digits); when they cannot be read it runs on random images and says so. The model
+carries the temperature the checkpoint recorded (`harness.core.temperature`).
+
+``--quantize int8`` also writes ``model.int8.onnx`` through the accuracy gate of
+`harness.onnx.quantize`: calibrated on a seeded sample of the run's training images,
+scored against the float model on its validation split (the run's own split, rebuilt
+from its settings). A refused int8 model leaves no file; the float model stands, the
+figures are in ``parity.json``, and the one-line verdict is the error (exit 1).
+Exit codes: 0 exported, 1 the export, its parity check or the int8 gate failed, 2 bad input.
 """
 
 from __future__ import annotations
@@ -35,11 +42,18 @@ from harness.onnx.bundle import (
     read_checkpoint,
 )
 from harness.onnx.card import ExportSource
+from harness.onnx.quantize import (
+    DEFAULT_CALIBRATION_IMAGES,
+    DEFAULT_MAX_CLASS_DROP,
+    DEFAULT_MAX_DROP,
+    Quantization,
+    quantize_run_model,
+)
 from harness.settings import Settings, load_settings
-from harness.training.data import ImageFiles, materialise_digits, run_preprocessing
+from harness.training.data import ImageFiles, materialise_digits, run_preprocessing, scan
 from harness.training.model import Classifier
 
-__all__ = ["export_checkpoint", "main", "sample_images"]
+__all__ = ["export_checkpoint", "main", "quantize_checkpoint", "sample_images"]
 
 
 def sample_images(settings: Settings, preprocessing: Preprocessing, count: int) -> torch.Tensor:
@@ -65,6 +79,45 @@ def export_checkpoint(
 
     `opset` and `tolerance` default to the ONNX library's (`harness.onnx.bundle`).
     """
+    result, origin, _ = _export(checkpoint, output, opset=opset, tolerance=tolerance)
+    return result, origin
+
+
+def quantize_checkpoint(
+    checkpoint: Path,
+    output: Path | None = None,
+    *,
+    max_drop: float = DEFAULT_MAX_DROP,
+    max_class_drop: float = DEFAULT_MAX_CLASS_DROP,
+    calibration_images: int = DEFAULT_CALIBRATION_IMAGES,
+    seed: int = 0,
+    opset: int | None = None,
+    tolerance: float | None = None,
+) -> tuple[ExportResult, str, Quantization]:
+    """Export `checkpoint`, then quantize it to int8 through the gate, on the run's own data split."""
+    result, origin, settings = _export(checkpoint, output, opset=opset, tolerance=tolerance)
+    info, _ = scan(settings.data, settings.run.seed)
+    record = quantize_run_model(
+        result.model,
+        train=info.train,
+        val=info.val,
+        preprocessing=run_preprocessing(settings),
+        class_names=tuple(read_label_map(run_dir_of(checkpoint))),
+        calibration_images=calibration_images,
+        seed=seed,
+        max_drop=max_drop,
+        max_class_drop=max_class_drop,
+    )
+    return result, origin, record
+
+
+def _export(
+    checkpoint: Path,
+    output: Path | None = None,
+    *,
+    opset: int | None = None,
+    tolerance: float | None = None,
+) -> tuple[ExportResult, str, Settings]:
     if not checkpoint.is_file():
         raise DataError(f"{checkpoint}: no such checkpoint file")
     run_dir = run_dir_of(checkpoint)
@@ -114,8 +167,10 @@ def export_checkpoint(
         directory=output or run_dir / "onnx_export",
         opset=DEFAULT_OPSET if opset is None else opset,
         tolerance=DEFAULT_TOLERANCE if tolerance is None else tolerance,
+        temperature=loaded.temperature,
+        flips_change_class=settings.augment.hflip == 0,
     )
-    return result, origin
+    return result, origin, settings
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -135,20 +190,65 @@ def main(argv: Sequence[str] | None = None) -> int:
         type=float,
         help=f"largest logit difference allowed by the parity check (default {DEFAULT_TOLERANCE:g})",
     )
+    parser.add_argument(
+        "--quantize",
+        choices=("int8",),
+        help="also write model.int8.onnx if it passes the accuracy gate (no float16: CPU-only onnxruntime)",
+    )
+    parser.add_argument(
+        "--max-drop",
+        type=float,
+        default=DEFAULT_MAX_DROP,
+        help=f"points of validation top-1 int8 may lose (default {DEFAULT_MAX_DROP:g})",
+    )
+    parser.add_argument(
+        "--max-class-drop",
+        type=float,
+        default=DEFAULT_MAX_CLASS_DROP,
+        help=f"points of recall any class may lose to int8 (default {DEFAULT_MAX_CLASS_DROP:g})",
+    )
+    parser.add_argument(
+        "--calibration-images",
+        type=int,
+        default=DEFAULT_CALIBRATION_IMAGES,
+        help=f"training images that calibrate int8 (default {DEFAULT_CALIBRATION_IMAGES})",
+    )
     args = parser.parse_args(argv)
+    for flag, value in (("--max-drop", args.max_drop), ("--max-class-drop", args.max_class_drop)):
+        if not 0 <= value < float("inf"):
+            parser.error(f"{flag} must be a finite number of points >= 0, got {value}")
+    if args.calibration_images < 1:
+        parser.error(f"--calibration-images must be a positive integer, got {args.calibration_images}")
     if args.opset is not None and args.opset < 18:
         parser.error(f"--opset must be at least 18 (the dynamo exporter's minimum), got {args.opset}")
     if args.tolerance is not None and not args.tolerance > 0:
         parser.error(f"--tolerance must be positive, got {args.tolerance}")
+    record: Quantization | None = None
     try:
-        result, origin = export_checkpoint(
-            args.checkpoint, args.output, opset=args.opset, tolerance=args.tolerance
-        )
+        if args.quantize:
+            result, origin, record = quantize_checkpoint(
+                args.checkpoint,
+                args.output,
+                max_drop=args.max_drop,
+                max_class_drop=args.max_class_drop,
+                calibration_images=args.calibration_images,
+                opset=args.opset,
+                tolerance=args.tolerance,
+            )
+        else:
+            result, origin = export_checkpoint(
+                args.checkpoint, args.output, opset=args.opset, tolerance=args.tolerance
+            )
     except HarnessError as error:
         return report(error)
     print(f"parity images: {origin}")
     print(f"parity: {result.parity.describe()}")
     print(f"model: {result.model}")
+    if record is not None and record.path is None:
+        return report(ExportError(record.describe()))
+    if record is not None:
+        print(record.describe())
+        print(f"int8 model: {record.path}")
     return 0
 
 

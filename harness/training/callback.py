@@ -43,6 +43,7 @@ from harness.core.events import (
     ValidationSwapIn,
     ValidationSwapOut,
 )
+from harness.core.temperature import CHECKPOINT_KEY as TEMPERATURE_KEY
 
 __all__ = ["CHECKPOINT_KEY", "BusCallback", "scalar_metrics"]
 
@@ -238,6 +239,9 @@ class BusCallback(Callback):
                     )
             self._state_checked = True
         checkpoint[CHECKPOINT_KEY] = states
+        if self.context.temperature is not None:
+            # The temperature fitted on this validation's logits, i.e. on the weights being saved.
+            checkpoint[TEMPERATURE_KEY] = self.context.temperature.to_json()
 
     @override
     def on_load_checkpoint(

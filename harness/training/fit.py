@@ -144,6 +144,8 @@ def run(settings: Settings, *, extra_subscribers: Mapping[str, Subscriber] | Non
         augmented_samples=datamodule.preview,
         trackers=trackers,
         verbosity=settings.run.terminal,
+        # Until the data kind is recorded, a run without flips says a mirror may change the class.
+        flips_change_class=settings.augment.hflip == 0,
     )
     bus = Bus()
     event_log = EventLog(context) if settings.run.record_events else None
@@ -277,6 +279,7 @@ def run(settings: Settings, *, extra_subscribers: Mapping[str, Subscriber] | Non
             for failure in background_failures
         ]
         summary["test"] = tested
+        summary.update(_deployment(context))
         summary["error"] = error
         summary["attempts"] = attempts
         if trainer.is_global_zero:
@@ -301,6 +304,15 @@ def _publish_run_end(bus: Bus, trainer: L.Trainer, status: str) -> None:
         bus.publish(RunEnd(epoch=trainer.current_epoch, global_step=trainer.global_step, status=final))
     except Exception:  # the run's own outcome (and its exception, if any) must win
         log.exception("a subscriber failed while handling RunEnd")
+
+
+def _deployment(context: RunContext) -> dict[str, Any]:
+    """The int8 gate's record and the exported temperature, as the export's parity.json keeps them."""
+    if "onnx_parity" not in context.artifacts:
+        return {"quantization": None, "temperature": None}
+    from harness.onnx.quantize import read_deployment
+
+    return read_deployment(context.run_dir / context.artifacts["onnx_parity"])
 
 
 def _summary(
