@@ -29,16 +29,17 @@ from harness.core.context import RunContext
 from harness.core.errors import DataError, ExportError, HarnessError
 from harness.core.events import BatchEnd
 from harness.core.preprocessing import Preprocessing
+from harness.core.temperature import Temperature
+from harness.evaluation.calibrated import score
 from harness.evaluation.data import EvaluationData, load_evaluation_data, test_split_of
 from harness.evaluation.folder import Evaluation, Source, evaluation_dir, sha256_of, write_evaluation
-from harness.evaluation.metrics import softmax
 from harness.io.artifacts import LABELS_FILE, read_label_map, run_dir_of
 from harness.settings import Settings, load_settings, resolve_specs
 from harness.training.callback import BusCallback
 from harness.training.data import ImageFiles, run_preprocessing
 from harness.training.model import Classifier
 
-__all__ = ["LoadedModel", "evaluate_test_split", "load_checkpoint", "test_model"]
+__all__ = ["LoadedModel", "evaluate_test_split", "flipped_logits", "load_checkpoint", "test_model"]
 
 log = logging.getLogger("harness")
 
@@ -52,6 +53,8 @@ class LoadedModel:
     class_names: tuple[str, ...]
     preprocessing: Preprocessing
     settings: Settings
+    temperature: Temperature | None = None
+    """Fitted on the validation logits of these weights, when the checkpoint records one."""
 
 
 def load_checkpoint(checkpoint: Path) -> LoadedModel:
@@ -85,6 +88,7 @@ def load_checkpoint(checkpoint: Path) -> LoadedModel:
         class_names=class_names,
         preprocessing=run_preprocessing(settings),
         settings=settings,
+        temperature=loaded.temperature,
     )
 
 
@@ -108,8 +112,8 @@ def test_model(
     *,
     batch_size: int = 64,
     accelerator: str = "auto",
-) -> npt.NDArray[np.float64]:
-    """Class probabilities (N x C) of `data` from ``trainer.test``, the run's subscribers attached."""
+) -> npt.NDArray[np.float32]:
+    """The logits (N x C) of `data` from ``trainer.test``, the run's subscribers attached."""
     context = RunContext(
         run_dir=directory,
         class_names=loaded.class_names,
@@ -140,7 +144,17 @@ def test_model(
         log.warning(
             "evaluation: subscriber %s failed on %s: %s", failure.subscriber, failure.event, failure.error
         )
-    return softmax(torch.cat(logits.batches).numpy())
+    return torch.cat(logits.batches).numpy()
+
+
+def flipped_logits(
+    loaded: LoadedModel, data: EvaluationData, *, batch_size: int = 64
+) -> npt.NDArray[np.float32]:
+    """The logits (N x C) of `data` mirrored left to right (test-time flips), on the CPU, no subscribers."""
+    module = loaded.module.eval()
+    loader = DataLoader(ImageFiles(data.samples, loaded.preprocessing), batch_size=batch_size, shuffle=False)
+    with torch.no_grad():
+        return torch.cat([module(images.flip(-1)).float() for images, _ in loader]).numpy()
 
 
 def evaluate_test_split(run_dir: Path, root: Path, best_checkpoint: Path | None) -> dict[str, Any] | None:
@@ -161,18 +175,28 @@ def evaluate_test_split(run_dir: Path, root: Path, best_checkpoint: Path | None)
 
             model = OnnxModel(model_file)
             data = load_evaluation_data(root, model.card.class_names, split="test", unknown="count")
-            probabilities = softmax(model.logits(data.paths))
+            logits, temperature = model.logits(data.paths), model.card.temperature
             source = Source(kind="onnx", path=model_file, sha256=sha256_of(model_file))
             names = model.card.class_names
         elif best_checkpoint is not None and best_checkpoint.is_file():
             loaded = load_checkpoint(best_checkpoint)
             data = load_evaluation_data(root, loaded.class_names, split="test", unknown="count")
-            probabilities = test_model(loaded, data, directory, accelerator="cpu")
+            logits = test_model(loaded, data, directory, accelerator="cpu")
+            temperature = loaded.temperature
             source = Source(kind="checkpoint", path=best_checkpoint, sha256=sha256_of(best_checkpoint))
             names = loaded.class_names
         else:
             return {"folder": str(test), "error": "no exported model and no checkpoint to evaluate"}
-        evaluation = write_evaluation(directory, probabilities, data, names, source)
+        scored = score(logits, data.targets, temperature=temperature)
+        evaluation = write_evaluation(
+            directory,
+            scored.probabilities,
+            data,
+            names,
+            source,
+            figures=scored.figures,
+            uncalibrated=scored.uncalibrated,
+        )
     except HarnessError as error:
         log.warning("evaluating the test split %s failed: %s", test, error)
         return {"folder": str(test), "error": str(error)}
