@@ -8,7 +8,9 @@ import pytest
 from harness.core.temperature import Temperature, fit_temperature, nll
 
 
-def sampled(true_temperature: float, seed: int, n: int = 2000, classes: int = 5) -> tuple[np.ndarray, np.ndarray]:
+def sampled(
+    true_temperature: float, seed: int, n: int = 2000, classes: int = 5
+) -> tuple[np.ndarray, np.ndarray]:
     """Logits and labels drawn from softmax(logits / true_temperature): the best T is about that."""
     rng = np.random.default_rng(seed)
     logits = rng.normal(0, 3, (n, classes))

@@ -1,4 +1,4 @@
-"""The int8 gate: a quantization that loses accuracy is refused, a sound one kept and run like the float model."""
+"""The int8 gate: a quantization that loses accuracy is refused, a sound one kept and run like float."""
 
 from __future__ import annotations
 
