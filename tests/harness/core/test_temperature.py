@@ -64,3 +64,10 @@ def test_the_record_round_trips_and_refuses_a_bad_value() -> None:
         Temperature.from_json({**fit.to_json(), "value": -1.0})
     with pytest.raises(ValueError, match="not a temperature record"):
         Temperature.from_json({"value": 1.0})
+
+
+def test_the_nll_is_the_mean_cross_entropy() -> None:
+    logits = np.array([[4.0, 0.0], [0.0, 4.0], [4.0, 0.0]])
+    small = np.log1p(np.exp(-4.0))
+    assert nll(logits, np.array([0, 1, 1])) == pytest.approx((small + small + 4 + small) / 3)
+    assert nll(logits, np.array([0, 1, 1]), 2.0) == pytest.approx(nll(logits / 2, np.array([0, 1, 1])))
