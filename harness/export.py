@@ -12,7 +12,8 @@ The parity check runs on images from the run's data set (``[data].root``, or the
 digits); when they cannot be read it runs on random images and says so. The model
 carries the temperature the checkpoint recorded (`harness.core.temperature`).
 
-``--quantize int8`` also writes ``model.int8.onnx`` through the accuracy gate of
+``--quantize int8`` also writes ``model.int8.onnx`` (``--quantize fp16``: ``model.fp16.onnx``,
+with the ``fp16`` extra) through the accuracy gate of
 `harness.onnx.quantize`: calibrated on a seeded sample of the run's training images,
 scored against the float model on its validation split (the run's own split, rebuilt
 from its settings). A refused int8 model leaves no file; the float model stands, the
@@ -23,6 +24,7 @@ Exit codes: 0 exported, 1 the export, its parity check or the int8 gate failed, 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -46,6 +48,8 @@ from harness.onnx.quantize import (
     DEFAULT_CALIBRATION_IMAGES,
     DEFAULT_MAX_CLASS_DROP,
     DEFAULT_MAX_DROP,
+    KINDS,
+    Kind,
     Quantization,
     quantize_run_model,
 )
@@ -87,28 +91,30 @@ def quantize_checkpoint(
     checkpoint: Path,
     output: Path | None = None,
     *,
+    kinds: Sequence[Kind] = ("int8",),
     max_drop: float = DEFAULT_MAX_DROP,
     max_class_drop: float = DEFAULT_MAX_CLASS_DROP,
     calibration_images: int = DEFAULT_CALIBRATION_IMAGES,
     seed: int = 0,
     opset: int | None = None,
     tolerance: float | None = None,
-) -> tuple[ExportResult, str, Quantization]:
-    """Export `checkpoint`, then quantize it to int8 through the gate, on the run's own data split."""
+) -> tuple[ExportResult, str, tuple[Quantization, ...]]:
+    """Export `checkpoint`, then convert it to each of `kinds` through the gate, on the run's own split."""
     result, origin, settings = _export(checkpoint, output, opset=opset, tolerance=tolerance)
     info, _ = scan(settings.data, settings.run.seed)
-    record = quantize_run_model(
+    records = quantize_run_model(
         result.model,
         train=info.train,
         val=info.val,
         preprocessing=run_preprocessing(settings),
         class_names=tuple(read_label_map(run_dir_of(checkpoint))),
+        kinds=kinds,
         calibration_images=calibration_images,
         seed=seed,
         max_drop=max_drop,
         max_class_drop=max_class_drop,
     )
-    return result, origin, record
+    return result, origin, records
 
 
 def _export(
@@ -192,8 +198,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument(
         "--quantize",
-        choices=("int8",),
-        help="also write model.int8.onnx if it passes the accuracy gate (no float16: CPU-only onnxruntime)",
+        choices=KINDS,
+        action="append",
+        help="also write model.int8.onnx (model.fp16.onnx: extra .[fp16]) if it passes the accuracy gate",
     )
     parser.add_argument(
         "--max-drop",
@@ -217,18 +224,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     for flag, value in (("--max-drop", args.max_drop), ("--max-class-drop", args.max_class_drop)):
         if not 0 <= value < float("inf"):
             parser.error(f"{flag} must be a finite number of points >= 0, got {value}")
+    if "fp16" in (args.quantize or ()) and importlib.util.find_spec("onnxconverter_common") is None:
+        parser.error('--quantize fp16 needs onnxconverter-common: pip install -e ".[fp16]"')
     if args.calibration_images < 1:
         parser.error(f"--calibration-images must be a positive integer, got {args.calibration_images}")
     if args.opset is not None and args.opset < 18:
         parser.error(f"--opset must be at least 18 (the dynamo exporter's minimum), got {args.opset}")
     if args.tolerance is not None and not args.tolerance > 0:
         parser.error(f"--tolerance must be positive, got {args.tolerance}")
-    record: Quantization | None = None
+    records: tuple[Quantization, ...] = ()
     try:
         if args.quantize:
-            result, origin, record = quantize_checkpoint(
+            result, origin, records = quantize_checkpoint(
                 args.checkpoint,
                 args.output,
+                kinds=[kind for kind in KINDS if kind in args.quantize],
                 max_drop=args.max_drop,
                 max_class_drop=args.max_class_drop,
                 calibration_images=args.calibration_images,
@@ -244,12 +254,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"parity images: {origin}")
     print(f"parity: {result.parity.describe()}")
     print(f"model: {result.model}")
-    if record is not None and record.path is None:
-        return report(ExportError(record.describe()))
-    if record is not None:
-        print(record.describe())
-        print(f"int8 model: {record.path}")
-    return 0
+    for record in records:
+        if record.path is not None:
+            print(record.describe())
+            print(f"{record.kind} model: {record.path}")
+    refused = [record.describe() for record in records if record.path is None]
+    return report(ExportError("; ".join(refused))) if refused else 0
 
 
 if __name__ == "__main__":

@@ -12,10 +12,10 @@ writes, under ``<run_dir>/onnx_export/``:
   are in its ``metadata_props`` (see `harness.onnx.card`);
 - ``labels.json`` and ``preprocessing.json``: the same, beside the model;
 - ``parity.json``: the largest logit difference and the argmax agreement;
-- with ``quantize = ["int8"]``, ``model.int8.onnx`` when it passes the accuracy gate
-  (`harness.onnx.quantize`), and the gate's figures in ``parity.json`` either way. A
-  refused int8 model is a warning naming the classes that lost accuracy, not a failure:
-  the float model stands.
+- with ``quantize = ["int8"]`` (or ``"fp16"``), ``model.int8.onnx`` (``model.fp16.onnx``)
+  when it passes the accuracy gate (`harness.onnx.quantize`), and the gate's figures in
+  ``parity.json`` either way. A refused model is a warning naming the classes that lost
+  accuracy, not a failure: the float model stands.
 
 The model carries the temperature of its weights (from the checkpoint, else the
 context's, see the `temperature` subscriber) and whether flips change the class.
@@ -26,6 +26,7 @@ to export from later with ``python -m harness.export``; no model file is left be
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 from pathlib import Path
 
@@ -43,7 +44,16 @@ from harness.onnx.card import ExportSource
 __all__ = ["SPEC", "OnnxExport", "OnnxExportSettings"]
 
 log = logging.getLogger("harness")
-QUANTIZE_KINDS = ("int8",)
+QUANTIZE_KINDS = ("int8", "fp16")
+
+
+def _installable(
+    _instance: object, attribute: attrs.Attribute[tuple[str, ...]], value: tuple[str, ...]
+) -> None:
+    if "fp16" in value and importlib.util.find_spec("onnxconverter_common") is None:
+        raise ValueError(
+            f'{attribute.name} asks for "fp16", which needs onnxconverter-common: pip install -e ".[fp16]"'
+        )
 
 
 @attrs.frozen(kw_only=True)
@@ -57,12 +67,18 @@ class OnnxExportSettings(SubscriberSettings):
     parity_batch: int = option(8, "validation images used by the parity check", at_least(2))
     quantize: tuple[str, ...] = option(
         (),
-        '`["int8"]`: also an int8 model (onnxruntime static quantization), kept only if it passes the gate',
-        check(lambda v: all(k in QUANTIZE_KINDS for k in v), f"a list of names from {list(QUANTIZE_KINDS)}"),
+        '`"int8"` (onnxruntime static quantization), `"fp16"` (extra `.[fp16]`): kept if they pass the gate',
+        check(
+            lambda v: all(k in QUANTIZE_KINDS for k in v) and len(set(v)) == len(v),
+            f"a list of distinct names from {list(QUANTIZE_KINDS)}",
+        ),
+        _installable,
     )
-    max_drop: float = option(1.0, "points of validation top-1 the int8 model may lose", finite(), at_least(0))
+    max_drop: float = option(
+        1.0, "points of validation top-1 a quantized model may lose", finite(), at_least(0)
+    )
     max_class_drop: float = option(
-        5.0, "points of validation recall any one class may lose to int8", finite(), at_least(0)
+        5.0, "points of validation recall any one class may lose to quantization", finite(), at_least(0)
     )
     calibration_images: int = option(100, "training images (seeded sample) that calibrate int8", at_least(1))
     calibration_seed: int = option(0, "seed of the calibration sample")
@@ -130,31 +146,33 @@ class OnnxExport:
         context.record_artifact("onnx_parity", result.parity_file)
         context.record_artifact("onnx_labels", result.labels)
         context.record_artifact("onnx_preprocessing", result.preprocessing)
-        if "int8" in self.settings.quantize:
+        if self.settings.quantize:
             self._quantize(result.model)
 
     def _quantize(self, model: Path) -> None:
-        from harness.onnx.quantize import quantize_run_model
+        from harness.onnx.quantize import KINDS, quantize_run_model
 
         data, settings = self.context.data, self.settings
         if data is None:
-            raise ExportError("int8 quantization needs the run's images, and the run context names none")
-        record = quantize_run_model(
+            raise ExportError("quantization needs the run's images, and the run context names none")
+        records = quantize_run_model(
             model,
             train=data.train,
             val=data.val,
             preprocessing=self.context.preprocessing,
             class_names=self.context.class_names,
+            kinds=[kind for kind in KINDS if kind in settings.quantize],
             calibration_images=settings.calibration_images,
             seed=settings.calibration_seed,
             max_drop=settings.max_drop,
             max_class_drop=settings.max_class_drop,
         )
-        if record.path is not None:
-            self.context.record_artifact("onnx_int8", Path(record.path))
-            log.info("%s", record.describe())
-        else:
-            log.warning("%s", record.describe())
+        for record in records:
+            if record.path is not None:
+                self.context.record_artifact(f"onnx_{record.kind}", Path(record.path))
+                log.info("%s", record.describe())
+            else:
+                log.warning("%s", record.describe())
 
     def _memory_source(self, event: TrainEnd) -> ExportSource:
         monitor = self.context.monitor

@@ -1,6 +1,6 @@
-"""int8 ONNX behind an accuracy gate: onnxruntime static quantization, scored against the float model.
+"""int8 and fp16 ONNX behind an accuracy gate, scored against the float model.
 
-`quantize_int8` turns an exported ``model.onnx`` into ``model.int8.onnx``:
+`quantize_model` with ``kind="int8"`` turns an exported ``model.onnx`` into ``model.int8.onnx``:
 ``quant_pre_process`` (shape inference and graph optimisation), then ``quantize_static``
 in the QDQ format with per-channel QInt8 weights and QUInt8 activations, calibrated
 (MinMax) on a seeded sample of training images prepared by the model's own preprocessing
@@ -13,8 +13,12 @@ The record (scores, size, onnxruntime CPU latency at batch 1 and 32) is returned
 way; the callers write it into ``parity.json`` (under ``"quantization"``) and the run's
 ``summary.json``.
 
-float16 is not offered: onnxruntime here has the CPU provider only, which has no float16
-convolution kernels, so an fp16 model could be converted but neither run nor gated.
+``kind="fp16"`` converts the weights and operators to float16 (onnxconverter-common's
+``convert_float_to_float16``, inputs and outputs kept float32; the ``fp16`` extra) into
+``model.fp16.onnx`` and gates it the same way. fp16 is for GPUs: onnxruntime here has the
+CPU provider only, which runs an fp16 model by casting back to float32 around the
+operators it has no float16 kernel for, so the gate's scores hold but its CPU latency
+says nothing about a GPU's.
 """
 
 from __future__ import annotations
@@ -43,25 +47,27 @@ __all__ = [
     "DEFAULT_CALIBRATION_IMAGES",
     "DEFAULT_MAX_CLASS_DROP",
     "DEFAULT_MAX_DROP",
+    "KINDS",
     "QUANTIZATION_KEY",
-    "QUANTIZED_FILE",
+    "QUANTIZED_FILES",
     "Kind",
     "Latency",
     "Quantization",
     "Scores",
     "calibration_sample",
     "load_images",
-    "quantize_int8",
+    "quantize_model",
     "quantize_run_model",
     "read_deployment",
 ]
 
-Kind = Literal["int8"]
-QUANTIZED_FILE = "model.int8.onnx"
+Kind = Literal["int8", "fp16"]
+KINDS: tuple[Kind, ...] = ("int8", "fp16")
+QUANTIZED_FILES: dict[Kind, str] = {"int8": "model.int8.onnx", "fp16": "model.fp16.onnx"}
 QUANTIZATION_KEY = "quantization"
 """The key of the gate's record in ``parity.json`` and in ``summary.json``."""
 DEFAULT_MAX_DROP = 1.0
-"""Points of top-1 the int8 model may lose against the float one."""
+"""Points of top-1 the quantized model may lose against the float one."""
 DEFAULT_MAX_CLASS_DROP = 5.0
 """Points of recall any one class may lose."""
 DEFAULT_CALIBRATION_IMAGES = 100
@@ -92,7 +98,7 @@ class Scores:
 
 @attrs.frozen(kw_only=True)
 class Latency:
-    """Median onnxruntime CPU time of one call at `batch` images, float and int8, in milliseconds."""
+    """Median onnxruntime CPU time of one call at `batch` images, float and quantized, in milliseconds."""
 
     batch: int
     float_ms: float
@@ -237,8 +243,23 @@ def _session(path: Path) -> Any:
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def _quantize(source: Path, target: Path, calibration: Array, work: Path) -> None:
+def _convert(kind: Kind, source: Path, target: Path, calibration: Array, work: Path) -> None:
     import onnx
+
+    if kind == "fp16":
+        from onnxconverter_common import float16
+
+        onnx.save(float16.convert_float_to_float16(onnx.load(str(source)), keep_io_types=True), str(target))
+    else:
+        _quantize(source, target, calibration, work)
+    # The harness's card (class names, preprocessing, temperature) travels with the converted model.
+    float_model, converted = onnx.load(str(source)), onnx.load(str(target))
+    del converted.metadata_props[:]
+    converted.metadata_props.extend(float_model.metadata_props)
+    onnx.save(converted, str(target))
+
+
+def _quantize(source: Path, target: Path, calibration: Array, work: Path) -> None:
     from onnxruntime.quantization import QuantFormat, QuantType, quant_pre_process, quantize_static
 
     prepared = work / "prepared.onnx"
@@ -253,11 +274,6 @@ def _quantize(source: Path, target: Path, calibration: Array, work: Path) -> Non
         activation_type=QuantType.QUInt8,
         weight_type=QuantType.QInt8,
     )
-    # The harness's card (class names, preprocessing, temperature) travels with the int8 model.
-    float_model, quantized = onnx.load(str(source)), onnx.load(str(target))
-    del quantized.metadata_props[:]
-    quantized.metadata_props.extend(float_model.metadata_props)
-    onnx.save(quantized, str(target))
 
 
 def _timed(session: Any, name: str, batch: Array, repeats: int) -> float:
@@ -270,7 +286,7 @@ def _timed(session: Any, name: str, batch: Array, repeats: int) -> float:
     return 1000 * statistics.median(times)
 
 
-def _latency(float_session: Any, int8_session: Any, images: Array) -> tuple[Latency, ...]:
+def _latency(float_session: Any, converted_session: Any, images: Array) -> tuple[Latency, ...]:
     name = float_session.get_inputs()[0].name
     rows = []
     for size, repeats in ((1, 20), (32, 5)):
@@ -279,7 +295,7 @@ def _latency(float_session: Any, int8_session: Any, images: Array) -> tuple[Late
             Latency(
                 batch=size,
                 float_ms=_timed(float_session, name, batch, repeats),
-                quantized_ms=_timed(int8_session, name, batch, repeats),
+                quantized_ms=_timed(converted_session, name, batch, repeats),
             )
         )
     return tuple(rows)
@@ -290,8 +306,9 @@ def _batches(images: Array, batch: int = 64) -> Iterator[Array]:
         yield images[start : start + batch]
 
 
-def quantize_int8(
+def quantize_model(
     model: Path,
+    kind: Kind = "int8",
     *,
     calibration: Array,
     validation: Array,
@@ -301,46 +318,47 @@ def quantize_int8(
     max_class_drop: float = DEFAULT_MAX_CLASS_DROP,
     calibration_seed: int = 0,
 ) -> Quantization:
-    """Quantize `model` to int8 beside it and gate it (see the module); `ExportError` if quantization fails.
+    """Convert `model` to `kind` beside it and gate it (see the module); `ExportError` if that fails.
 
-    `calibration` and `validation` are prepared images (N x 3 x H x W, float32),
-    `targets` the validation images' class indices. An earlier ``model.int8.onnx`` is
-    removed first, so the file present afterwards always passed this gate.
+    `calibration` (int8 only) and `validation` are prepared images (N x 3 x H x W,
+    float32), `targets` the validation images' class indices. An earlier file of that
+    kind (``model.int8.onnx``) is removed first, so the file present afterwards always
+    passed this gate.
     """
-    final = model.with_name(QUANTIZED_FILE)
+    final = model.with_name(QUANTIZED_FILES[kind])
     final.unlink(missing_ok=True)
     true = np.asarray(targets, dtype=np.int64)
     with tempfile.TemporaryDirectory(prefix=".quantize-", dir=model.parent) as work:
-        candidate = Path(work) / QUANTIZED_FILE
+        candidate = Path(work) / final.name
         try:
-            _quantize(model, candidate, np.ascontiguousarray(calibration, dtype=np.float32), Path(work))
-            float_session, int8_session = _session(model), _session(candidate)
+            _convert(kind, model, candidate, np.ascontiguousarray(calibration, dtype=np.float32), Path(work))
+            float_session, converted_session = _session(model), _session(candidate)
         # onnxruntime's quantizer and sessions raise their own types (and plain Exceptions).
         except Exception as error:
             raise ExportError(
-                f"int8 quantization of {model} failed: {type(error).__name__}: {error}"
+                f"{kind} conversion of {model} failed: {type(error).__name__}: {error}"
             ) from error
         name = float_session.get_inputs()[0].name
-        float_guess, int8_guess = [], []
+        float_guess, converted_guess = [], []
         for batch in _batches(np.ascontiguousarray(validation, dtype=np.float32)):
             float_guess.append(float_session.run(None, {name: batch})[0].argmax(1))
-            int8_guess.append(int8_session.run(None, {name: batch})[0].argmax(1))
+            converted_guess.append(converted_session.run(None, {name: batch})[0].argmax(1))
         classes = len(class_names)
         record = Quantization(
-            kind="int8",
+            kind=kind,
             class_names=tuple(class_names),
             float_scores=Scores.of(np.concatenate(float_guess), true, classes),
-            quantized_scores=Scores.of(np.concatenate(int8_guess), true, classes),
+            quantized_scores=Scores.of(np.concatenate(converted_guess), true, classes),
             max_drop=max_drop,
             max_class_drop=max_class_drop,
             float_bytes=model.stat().st_size,
             quantized_bytes=candidate.stat().st_size,
-            latency=_latency(float_session, int8_session, validation),
-            calibration_images=len(calibration),
+            latency=_latency(float_session, converted_session, validation),
+            calibration_images=len(calibration) if kind == "int8" else 0,
             calibration_seed=calibration_seed,
             validation_images=len(true),
         )
-        del float_session, int8_session
+        del float_session, converted_session
         if record.accepted:
             candidate.replace(final)
             record = attrs.evolve(record, path=str(final))
@@ -354,36 +372,44 @@ def quantize_run_model(
     val: Sequence[tuple[str, int]],
     preprocessing: Preprocessing,
     class_names: Sequence[str],
+    kinds: Sequence[Kind] = ("int8",),
     calibration_images: int = DEFAULT_CALIBRATION_IMAGES,
     seed: int = 0,
     max_drop: float = DEFAULT_MAX_DROP,
     max_class_drop: float = DEFAULT_MAX_CLASS_DROP,
-) -> Quantization:
-    """`quantize_int8` on a run's files: calibrated on `calibration_images` of `train` drawn with
-    `seed`, gated on every image of `val`; the record is added to ``parity.json`` beside `model`.
+) -> tuple[Quantization, ...]:
+    """`quantize_model` for each of `kinds` on a run's files: int8 calibrated on `calibration_images`
+    of `train` drawn with `seed`, each gated on every image of `val`; the records are added
+    to ``parity.json`` beside `model`, by kind, under ``"quantization"``.
     """
     if not val:
-        raise DataError(f"{model}: the int8 gate needs validation images, and the run has none")
-    calibration = load_images(
-        calibration_sample([path for path, _ in train], calibration_images, seed), preprocessing
-    )
-    record = quantize_int8(
-        model,
-        calibration=calibration,
-        validation=load_images([path for path, _ in val], preprocessing),
-        targets=[target for _, target in val],
-        class_names=class_names,
-        max_drop=max_drop,
-        max_class_drop=max_class_drop,
-        calibration_seed=seed,
+        raise DataError(f"{model}: the quantization gate needs validation images, and the run has none")
+    calibration = np.zeros((0, 3, preprocessing.image_size, preprocessing.image_size), np.float32)
+    if "int8" in kinds:
+        paths = calibration_sample([path for path, _ in train], calibration_images, seed)
+        calibration = load_images(paths, preprocessing)
+    validation = load_images([path for path, _ in val], preprocessing)
+    records = tuple(
+        quantize_model(
+            model,
+            kind,
+            calibration=calibration,
+            validation=validation,
+            targets=[target for _, target in val],
+            class_names=class_names,
+            max_drop=max_drop,
+            max_class_drop=max_class_drop,
+            calibration_seed=seed,
+        )
+        for kind in kinds
     )
     parity = model.with_name(PARITY_FILE)
     try:
         kept = json.loads(parity.read_text(encoding="utf-8")) if parity.is_file() else {}
     except ValueError:
         kept = {}
-    write_json(parity, {**kept, QUANTIZATION_KEY: record.to_json()})
-    return record
+    write_json(parity, {**kept, QUANTIZATION_KEY: {record.kind: record.to_json() for record in records}})
+    return records
 
 
 def read_deployment(parity_file: Path) -> dict[str, Any]:

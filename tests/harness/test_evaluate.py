@@ -244,10 +244,11 @@ def test_the_temperature_goes_from_validation_through_checkpoint_and_onnx_to_eva
 
 
 def test_the_int8_gate_figures_are_in_parity_and_summary(trained: Trained) -> None:
-    gate = trained.summary["quantization"]
-    assert isinstance(gate, dict)
+    kinds = trained.summary["quantization"]
+    assert isinstance(kinds, dict) and list(kinds) == ["int8"]
+    gate = kinds["int8"]
     parity = json.loads((trained.onnx.parent / "parity.json").read_text())
-    assert parity["quantization"] == gate
+    assert parity["quantization"] == kinds
     int8 = trained.onnx.parent / "model.int8.onnx"
     assert int8.is_file() == gate["accepted"]
     assert gate["validation_images"] == sum(CLASSES.values())
@@ -285,3 +286,20 @@ def test_flips_report_their_gain_and_are_refused_for_a_model_trained_without(
     assert predict([str(symbols), str(trained.data / "val"), "--tta", "flip"]) == 2
     assert "--tta flip refused" in capsys.readouterr().err
     assert predict([str(trained.onnx), str(trained.data / "val"), "--tta", "flip"]) == 0
+
+
+def test_export_quantize_exits_by_the_gates_verdict(
+    trained: Trained, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from harness.export import main as export
+
+    out = tmp_path / "exported"
+    code = export([str(trained.checkpoint), "--quantize", "int8", "--output", str(out)])
+    gate = json.loads((out / "parity.json").read_text())["quantization"]["int8"]
+    captured = capsys.readouterr()
+    assert (out / "model.onnx").is_file()  # the float model stands either way
+    assert (out / "model.int8.onnx").is_file() == gate["accepted"] == (code == 0)
+    if code:
+        assert code == 1 and captured.err.strip() == f"error: {gate['verdict']}"
+    else:
+        assert gate["verdict"] in captured.out

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import attrs
 import numpy as np
+import onnx
 import pytest
 import torch
 
@@ -17,11 +18,11 @@ from harness.io.images import find_images
 from harness.onnx.bundle import export_bundle
 from harness.onnx.card import ExportSource
 from harness.onnx.quantize import (
-    QUANTIZED_FILE,
+    QUANTIZED_FILES,
     Quantization,
     Scores,
     load_images,
-    quantize_int8,
+    quantize_model,
     quantize_run_model,
     read_deployment,
 )
@@ -73,7 +74,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Trained:
 
 def test_a_model_calibrated_on_one_constant_image_is_refused_and_leaves_no_file(trained: Trained) -> None:
     constant = np.full((1, 3, 16, 16), 0.5, dtype=np.float32)
-    record = quantize_int8(
+    record = quantize_model(
         trained.model,
         calibration=constant,
         validation=trained.images,
@@ -81,7 +82,7 @@ def test_a_model_calibrated_on_one_constant_image_is_refused_and_leaves_no_file(
         class_names=CLASSES,
     )
     assert not record.accepted and record.path is None
-    assert not (trained.model.parent / QUANTIZED_FILE).exists()
+    assert not (trained.model.parent / QUANTIZED_FILES["int8"]).exists()
     assert trained.model.is_file()
     assert record.top1_drop > 1.0
     verdict = record.describe()
@@ -91,7 +92,7 @@ def test_a_model_calibrated_on_one_constant_image_is_refused_and_leaves_no_file(
 
 
 def test_a_model_calibrated_on_training_images_is_kept_with_its_figures(trained: Trained) -> None:
-    record = quantize_run_model(
+    (record,) = quantize_run_model(
         trained.model,
         train=trained.samples,
         val=trained.samples,
@@ -101,13 +102,13 @@ def test_a_model_calibrated_on_training_images_is_kept_with_its_figures(trained:
         seed=3,
     )
     assert record.accepted, record.describe()
-    int8 = trained.model.parent / QUANTIZED_FILE
+    int8 = trained.model.parent / QUANTIZED_FILES["int8"]
     assert record.path == str(int8) and int8.is_file()
     assert record.calibration_images == 24 and record.validation_images == len(trained.samples)
     assert [t.batch for t in record.latency] == [1, 32]
     kept = read_deployment(trained.model.parent / "parity.json")
-    assert kept["quantization"] is not None and kept["quantization"]["accepted"] is True
-    assert kept["quantization"]["bytes"]["int8"] == int8.stat().st_size
+    assert kept["quantization"] is not None and kept["quantization"]["int8"]["accepted"] is True
+    assert kept["quantization"]["int8"]["bytes"]["int8"] == int8.stat().st_size
     assert kept["temperature"]["value"] == 1.5
     assert json.loads((trained.model.parent / "parity.json").read_text())["passed"] is True
 
@@ -137,3 +138,24 @@ def test_a_per_class_loss_refuses_even_when_top1_holds() -> None:
     assert not record.accepted
     assert "'b' 90.0% -> 82.0%" in record.describe() and "'a'" not in record.describe().split("recall")[1]
     assert attrs.evolve(record, max_class_drop=10.0).accepted
+
+
+def test_fp16_is_converted_gated_and_run_like_the_float_model(trained: Trained) -> None:
+    pytest.importorskip("onnxconverter_common", reason="the fp16 extra converts to float16")
+    record = quantize_model(
+        trained.model,
+        "fp16",
+        calibration=np.zeros((0, 3, 16, 16), np.float32),
+        validation=trained.images,
+        targets=trained.targets,
+        class_names=CLASSES,
+    )
+    half = trained.model.parent / QUANTIZED_FILES["fp16"]
+    assert record.accepted and record.path == str(half), record.describe()
+    assert record.calibration_images == 0
+    weights = onnx.load(str(half)).graph.initializer
+    assert {w.data_type for w in weights if len(w.dims) > 1} == {onnx.TensorProto.FLOAT16}
+    assert Predictor(half).card == Predictor(trained.model).card
+    paths = [Path(path) for path, _ in trained.samples]
+    as_half = [p.label for p in Predictor(half).predict(paths)]  # type: ignore[union-attr]
+    assert as_half == [CLASSES[t] for t in trained.targets]
