@@ -151,7 +151,7 @@ def flipped_logits(
     loaded: LoadedModel, data: EvaluationData, *, batch_size: int = 64
 ) -> npt.NDArray[np.float32]:
     """The logits (N x C) of `data` mirrored left to right (test-time flips), on the CPU, no subscribers."""
-    module = loaded.module.eval()
+    module = loaded.module.to("cpu").eval()
     loader = DataLoader(ImageFiles(data.samples, loaded.preprocessing), batch_size=batch_size, shuffle=False)
     with torch.no_grad():
         return torch.cat([module(images.flip(-1)).float() for images, _ in loader]).numpy()
