@@ -12,8 +12,10 @@ seeded `harness.training.sampler` sampler), with the same Trainer settings:
 - plain: Lightning with the callbacks a user would write without the harness: Lightning's
   `EMAWeightAveraging`, a confusion matrix that runs the forward pass again in
   ``on_validation_batch_end``, and loss/accuracy curves drawn with pyplot at epoch end;
-- harness: `BusCallback` with every built-in subscriber, built as `harness.run` builds them,
-  with a `harness.io.background.BackgroundWriter` whose worker process draws the pictures.
+- harness: the run `harness.run` makes with the default settings, put together by the same
+  assembly (`harness.training.assembly`): `BusCallback` with every built-in subscriber, the
+  loggers and their trackers, the augmentation preview, the event log, and a
+  `harness.io.background.BackgroundWriter` whose worker process draws the pictures.
 
 An epoch is timed from ``on_train_epoch_start`` (a clock placed first among the callbacks)
 to ``on_train_epoch_end`` (a clock placed last), so it holds the training batches, the
@@ -56,19 +58,22 @@ import attrs
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback, EMAWeightAveraging
+from lightning.pytorch.loggers import Logger
 from torch.utils.data import DataLoader, Dataset
 from torchmetrics.classification import MulticlassConfusionMatrix
 from typing_extensions import override
 
 from bench._timing import Row, format_seconds, markdown_table, median_of, quiet_lightning, rows_table
 from harness.core.bus import Bus, OnError, Subscriber
-from harness.core.context import DatasetInfo, RunContext
+from harness.core.context import DatasetInfo, Samples
 from harness.core.events import Event
 from harness.core.preprocessing import Preprocessing
 from harness.io.background import BackgroundWriter
-from harness.settings import DataSettings, load_settings, resolve_specs
+from harness.settings import DataSettings, load_settings
+from harness.training.assembly import assemble
 from harness.training.callback import BusCallback
 from harness.training.data import ImageFiles, scan
+from harness.training.loggers import LoggerTrackers, build_loggers
 from harness.training.model import Classifier
 from harness.training.sampler import make_sampler
 
@@ -356,28 +361,42 @@ class Timed:
         self.subscriber.connect(timed)  # type: ignore[arg-type]
 
 
-def _harness_callback(
+def _preview(data: Data) -> Samples:
+    """The augmentation preview's images: the bench's images are decoded once, not augmented."""
+
+    def samples(count: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        picked = torch.randperm(len(data.train), generator=torch.Generator().manual_seed(seed))[:count]
+        return data.train.images[picked].cpu(), data.train.targets[picked].cpu()
+
+    return samples
+
+
+def _harness(
     data: Data, config: Config, sampler: Any, run_dir: Path, spent: Spent, writer: BackgroundWriter | None
-) -> BusCallback:
-    """`BusCallback` with every built-in subscriber, as `harness.run.run` builds them."""
+) -> tuple[BusCallback, list[Logger]]:
+    """`BusCallback` and the loggers of the default settings, assembled as `harness.run` assembles them.
+
+    The same assembly (`harness.training.assembly`) with the same pieces: the loggers and
+    their trackers, the augmentation preview, the background writer, the event log; each
+    subscriber is wrapped in a clock.
+    """
     settings = load_settings(None)
-    context = RunContext(
+    loggers = build_loggers(settings.logger, run_dir, settings.run.name)
+    clock = CLOCKS[config.clocks[0]]
+    assembly = assemble(
+        settings,
         run_dir=run_dir,
         class_names=data.classes,
         preprocessing=Preprocessing(image_size=config.image_size),
         data=data.info,
-        monitor=settings.checkpoint.monitor,
         train_sampler=sampler,
         background=writer,
+        augmented_samples=_preview(data),
+        trackers=LoggerTrackers.of(loggers),
+        record_events=settings.run.record_events,
+        wrap=lambda key, subscriber, on_error: Timed(subscriber, key, on_error, spent, clock),
     )
-    bus = Bus()
-    subscribers: dict[str, Subscriber] = {}
-    for key, spec in resolve_specs(settings.run.plugins).items():
-        options = settings.subscribers[key]
-        subscribers[key] = spec.build(context, options)
-        timed = Timed(subscribers[key], key, options.on_error, spent, CLOCKS[config.clocks[0]])
-        bus.attach(timed, on_error=options.on_error)
-    return BusCallback(bus, context, subscribers)
+    return BusCallback(assembly.bus, assembly.context, assembly.subscribers), loggers
 
 
 def _callbacks(
@@ -388,16 +407,18 @@ def _callbacks(
     run_dir: Path,
     spent: Spent,
     writer: BackgroundWriter | None,
-) -> list[Callback]:
+) -> tuple[list[Callback], list[Logger]]:
+    """The variant's callbacks and loggers (the harness's are those of a default run)."""
     if variant == PLAIN:
         return [
             EMAWeightAveraging(decay=0.999),
             RecomputingConfusionMatrix(len(data.classes), run_dir),
             PyplotCurves(run_dir),
-        ]
+        ], []
     if variant == HARNESS:
-        return [_harness_callback(data, config, sampler, run_dir, spent, writer)]
-    return []
+        callback, loggers = _harness(data, config, sampler, run_dir, spent, writer)
+        return [callback], loggers
+    return [], []
 
 
 @attrs.frozen(kw_only=True)
@@ -432,11 +453,8 @@ def fit(variant: str, data: Data, config: Config, *, epochs: int, steps: int | N
     if writer is not None:
         writer.start()  # as harness.run does, before the Trainer starts
     children_cpu = _children_cpu()
-    callbacks = [
-        Clock(marks, "first", config.device),
-        *_callbacks(variant, data, config, sampler, run_dir, spent, writer),
-        Clock(marks, "last", config.device),
-    ]
+    own, loggers = _callbacks(variant, data, config, sampler, run_dir, spent, writer)
+    callbacks = [Clock(marks, "first", config.device), *own, Clock(marks, "last", config.device)]
     trainer = L.Trainer(
         accelerator=config.device,
         devices=1,
@@ -444,7 +462,7 @@ def fit(variant: str, data: Data, config: Config, *, epochs: int, steps: int | N
         max_epochs=epochs,
         limit_train_batches=steps,
         num_sanity_val_steps=0,
-        logger=False,
+        logger=loggers or False,
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,

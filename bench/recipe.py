@@ -53,6 +53,8 @@ from pathlib import Path
 
 import attrs
 
+from harness.core.layout import RunLayout
+
 __all__ = [
     "RECIPES",
     "Recipe",
@@ -65,7 +67,8 @@ __all__ = [
 ]
 
 REPO = Path(__file__).resolve().parent.parent
-SETTINGS = REPO / "settings.toml"
+# The repository's settings file has the name a run directory gives its own.
+SETTINGS = RunLayout(REPO).settings
 IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 GOAL_SPREAD = 3.0
 """The most the defaults' top-1 may vary across seeds, in points."""
@@ -197,9 +200,9 @@ def harness_top1(recipe: Recipe, data: Path, seed: int, epochs: int, output_dir:
         *recipe.overrides,
     ]
     result = run(load_settings(SETTINGS, overrides))
-    if result.summary["status"] != "completed":
-        raise RuntimeError(f"{recipe.name}, seed {seed}: the run ended {result.summary['status']}")
-    return float(result.summary["final_metrics"]["val/acc_top1"])
+    if result.summary.status != "completed":
+        raise RuntimeError(f"{recipe.name}, seed {seed}: the run ended {result.summary.status}")
+    return float(result.summary.final_metrics["val/acc_top1"])
 
 
 def _job(recipe_index: int, data: Path, seed: int, epochs: int, out: Path) -> None:

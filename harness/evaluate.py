@@ -39,10 +39,10 @@ import numpy as np
 import numpy.typing as npt
 
 from harness.core.errors import DataError, HarnessError, report
+from harness.core.layout import MODEL_FILE, ONNX_EXPORT, RunLayout
 from harness.evaluation.calibrated import TTA_KINDS, Tta, refuse_flips, score
 from harness.evaluation.data import Unknown, load_evaluation_data
 from harness.evaluation.folder import Evaluation, Source, evaluation_dir, sha256_of, write_evaluation
-from harness.io.artifacts import run_dir_of
 
 __all__ = ["evaluate", "main", "resolve_source"]
 
@@ -50,7 +50,7 @@ __all__ = ["evaluate", "main", "resolve_source"]
 def resolve_source(source: Path) -> tuple[str, Path]:
     """The kind of `source` (``run``, ``checkpoint``, ``onnx``) and the file to read."""
     if source.is_dir():
-        summary = source / "summary.json"
+        summary = RunLayout(source).summary
         best = None
         if summary.is_file():
             try:
@@ -60,7 +60,7 @@ def resolve_source(source: Path) -> tuple[str, Path]:
         if not best:
             raise DataError(
                 f"SOURCE {str(source)!r}: a directory, but not a run with a best checkpoint "
-                "(summary.json names none); pass a .ckpt or a model.onnx instead"
+                f"({summary.name} names none); pass a .ckpt or a {MODEL_FILE} instead"
             )
         checkpoint = Path(best) if Path(best).is_absolute() else source / best
         if not checkpoint.is_file():
@@ -72,16 +72,16 @@ def resolve_source(source: Path) -> tuple[str, Path]:
         return "onnx", source
     what = "no such file or directory" if not source.exists() else f"a {source.suffix or 'suffix-less'} file"
     raise DataError(
-        f"SOURCE {str(source)!r}: expected a run directory, a .ckpt checkpoint or a model.onnx, got {what}"
+        f"SOURCE {str(source)!r}: expected a run directory, a .ckpt checkpoint or a {MODEL_FILE}, got {what}"
     )
 
 
 def _default_output(kind: str, path: Path, data: Path, split: str | None) -> Path:
-    run_dir = run_dir_of(path)
+    layout = RunLayout.of_checkpoint(path)
     if kind == "onnx":
-        run_dir = path.parent.parent if path.parent.name == "onnx_export" else path.parent
+        layout = RunLayout(path.parent.parent if path.parent.name == ONNX_EXPORT else path.parent)
     name = data.resolve().name + (f"-{split}" if split else "")
-    return run_dir / "evaluation" / name
+    return layout.evaluation(name)
 
 
 def evaluate(

@@ -32,8 +32,9 @@ from pathlib import Path
 import torch
 
 from harness.core.errors import DataError, ExportError, HarnessError, report
+from harness.core.layout import RunLayout
 from harness.core.preprocessing import Preprocessing
-from harness.io.artifacts import LABELS_FILE, read_label_map, run_dir_of
+from harness.io.artifacts import read_label_map
 from harness.io.images import find_images
 from harness.onnx.bundle import (
     DEFAULT_OPSET,
@@ -107,7 +108,7 @@ def quantize_checkpoint(
         train=info.train,
         val=info.val,
         preprocessing=run_preprocessing(settings),
-        class_names=tuple(read_label_map(run_dir_of(checkpoint))),
+        class_names=tuple(read_label_map(RunLayout.of_checkpoint(checkpoint).labels)),
         kinds=kinds,
         calibration_images=calibration_images,
         seed=seed,
@@ -126,12 +127,12 @@ def _export(
 ) -> tuple[ExportResult, str, Settings]:
     if not checkpoint.is_file():
         raise DataError(f"{checkpoint}: no such checkpoint file")
-    run_dir = run_dir_of(checkpoint)
-    settings_file = run_dir / "settings.toml"
+    layout = RunLayout.of_checkpoint(checkpoint)
+    run_dir, settings_file = layout.run_dir, layout.settings
     if not settings_file.is_file():
         raise DataError(f"{settings_file}: not found; the export needs the run's settings (image size, data)")
-    if not (run_dir / LABELS_FILE).is_file():
-        raise DataError(f"{run_dir / LABELS_FILE}: not found; the export needs the run's class names")
+    if not layout.labels.is_file():
+        raise DataError(f"{layout.labels}: not found; the export needs the run's class names")
     settings = load_settings(settings_file)
     class_names = tuple(read_label_map(run_dir))
     try:
@@ -146,7 +147,7 @@ def _export(
     if int(hparams["num_classes"]) != len(class_names):
         raise DataError(
             f"{checkpoint}: the model has {hparams['num_classes']} classes "
-            f"but {run_dir / LABELS_FILE} names {len(class_names)}"
+            f"but {layout.labels} names {len(class_names)}"
         )
     # The weights file of a fine-tuned run is not needed (and may be gone): the checkpoint holds every weight.
     model = Classifier(**hparams, load_weights=False)
@@ -170,7 +171,7 @@ def _export(
             score=loaded.score,
         ),
         images=images,
-        directory=output or run_dir / "onnx_export",
+        directory=output or layout.onnx_export,
         opset=DEFAULT_OPSET if opset is None else opset,
         tolerance=DEFAULT_TOLERANCE if tolerance is None else tolerance,
         temperature=loaded.temperature,

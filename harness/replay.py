@@ -14,41 +14,41 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from harness.core.bus import Bus
 from harness.core.context import RunContext
-from harness.core.errors import DataError, HarnessError, report
+from harness.core.errors import DataError, HarnessError, SubscriberError, report
+from harness.core.layout import RunLayout
 from harness.io.artifacts import read_label_map
-from harness.io.record import EVENTS_FILE, read_events
-from harness.settings import load_settings, resolve_plugin, resolve_specs
+from harness.io.record import read_events
+from harness.settings import load_settings, resolve_plugin
+from harness.training.assembly import assemble
 
 __all__ = ["main", "replay"]
 
 
 def replay(run_dir: Path, output: Path | None = None, plugins: Sequence[str] = ()) -> RunContext:
     """Publish the events logged in `run_dir` to fresh subscribers writing under `output`."""
-    log = run_dir / EVENTS_FILE
+    layout = RunLayout(run_dir)
+    log = layout.events
     if not log.is_file():
-        raise DataError(f"{run_dir}: no {EVENTS_FILE} here (was [run].record_events off?)")
+        raise DataError(f"{run_dir}: no {log.name} here (was [run].record_events off?)")
     # The run's own plugins need not be importable here: only the --plugin ones are loaded.
     asked = {resolve_plugin(target, "--plugin").name for target in plugins}
-    settings = load_settings(run_dir / "settings.toml", plugins=plugins, other_tables="ignore")
-    output = output or run_dir / "replay"
+    settings = load_settings(layout.settings, plugins=plugins, other_tables="ignore")
+    output = output or layout.replay
     output.mkdir(parents=True, exist_ok=True)
-    context = RunContext(
+    assembly = assemble(
+        settings,
         run_dir=output,
-        class_names=tuple(read_label_map(run_dir)),
-        preprocessing=settings.data.preprocessing(),
-        monitor=settings.checkpoint.monitor,
-        monitor_mode=settings.checkpoint.mode,
+        class_names=read_label_map(run_dir),
+        select=lambda name, spec: spec.replayable or name in asked,
     )
-    bus = Bus()
-    for name, spec in resolve_specs(settings.run.plugins).items():
-        options = settings.subscribers[name]
-        if options.enabled and (spec.replayable or name in asked):
-            bus.attach(spec.build(context, options))
+    context = assembly.context
     for event in read_events(log):
         context.epoch, context.global_step = event.epoch, event.global_step
-        bus.publish(event)
+        assembly.bus.publish(event)
+    if assembly.bus.failures:  # an isolated subscriber went on without it: the replay failed all the same
+        failure = assembly.bus.failures[0]
+        raise SubscriberError(failure.subscriber, failure.event, failure.step, failure.error)
     return context
 
 

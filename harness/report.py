@@ -12,9 +12,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from harness.core.errors import DataError, HarnessError, report
-from harness.io.report_page import REPORT_FILE, find_pictures, render_report, write_report
+from harness.core.layout import RunLayout
+from harness.io.report_page import find_pictures, render_report, write_report
 
-__all__ = ["REPORT_FILE", "find_pictures", "main", "render_report", "write_report"]
+__all__ = ["find_pictures", "main", "render_report", "write_report"]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -32,7 +33,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         page = write_report(run_dir, embed=args.embed)
     except OSError as error:
-        return report(HarnessError(f"{run_dir / REPORT_FILE}: cannot write the report ({error.strerror})"))
+        return report(
+            HarnessError(f"{RunLayout(run_dir).report}: cannot write the report ({error.strerror})")
+        )
     print(page)
     return 0
 

@@ -1,9 +1,8 @@
 """The training history: which logged metric goes on which picture, the best epoch, the pictures.
 
-Metric keys are read the way Lightning logs them: ``train/loss``, or ``train/loss_step``
-and ``train/loss_epoch`` when a metric is logged both ways (the epoch mean is drawn,
-the last step's value is not), ``val/acc_top1``, and ``lr-SGD`` or ``lr-AdamW/pg1`` from
-`LearningRateMonitor` (its ``-momentum`` and ``-weight_decay`` keys are not rates).
+Metric keys are the events' stable names (`harness.core.events`): ``train/loss``,
+``val/acc_top1``, ``lr`` and ``lr/<i>``; a loss goes on the losses, an accuracy on the
+accuracy, a rate on the learning rate.
 """
 
 from __future__ import annotations
@@ -36,7 +35,6 @@ __all__ = [
     "draw_family",
     "draw_history",
     "history_csv",
-    "series_name",
 ]
 
 Family = Literal["losses", "accuracy", "learning_rate"]
@@ -48,7 +46,6 @@ _TITLES: dict[Family, tuple[str, str]] = {
     "accuracy": ("Accuracy", "accuracy"),
     "learning_rate": ("Learning rate", "learning rate"),
 }
-_NOT_RATES = ("-momentum", "-weight_decay", "-beta1", "-beta2")
 
 
 @attrs.frozen(kw_only=True)
@@ -60,18 +57,11 @@ class Best:
     value: float
 
 
-def series_name(key: str) -> str | None:
-    """The curve a logged key belongs to (``train/loss_epoch`` -> ``train/loss``); None for per-step keys."""
-    if key.endswith("_step"):
-        return None
-    return key.removesuffix("_epoch")
-
-
 def family_of(name: str) -> Family | None:
     """The picture a curve goes on, or None when it goes on none of them."""
     lowered = name.lower()
-    if lowered == "lr" or lowered.startswith(("lr-", "lr/", "lr_")):
-        return None if lowered.endswith(_NOT_RATES) else "learning_rate"
+    if lowered == "lr" or lowered.startswith("lr/"):
+        return "learning_rate"
     if "loss" in lowered:
         return "losses"
     if "acc" in lowered:
@@ -80,14 +70,8 @@ def family_of(name: str) -> Family | None:
 
 
 def epoch_values(metrics: Mapping[str, float]) -> dict[str, float]:
-    """One epoch's metrics by curve name; an epoch mean wins over a plain key of the same name."""
-    values: dict[str, float] = {}
-    for key in sorted(metrics, key=lambda k: k.endswith("_epoch")):
-        name = series_name(key)
-        if name is not None:
-            value = float(metrics[key])
-            values[name] = value if math.isfinite(value) else math.nan
-    return values
+    """One epoch's metrics by curve name, a value that is not finite as NaN (a gap in its curve)."""
+    return {name: (float(v) if math.isfinite(v) else math.nan) for name, v in metrics.items()}
 
 
 def curves(history: History) -> dict[Family, dict[str, Curve]]:

@@ -58,7 +58,7 @@ class AugmentPreview:
         shown = to_pixels(unnormalise(images.float(), context.preprocessing.mean, context.preprocessing.std))
         labels = [context.class_names[int(target)] for target in targets.tolist()]
         context.submit(
-            "AugmentPreview", functools.partial(draw_preview, path, shown, labels), step=event.global_step
+            SPEC.name, functools.partial(draw_preview, path, shown, labels), step=event.global_step
         )
 
 

@@ -95,7 +95,7 @@ class ConfusionMatrix:
                 event.epoch,
                 self.settings.normalize,
             )
-            context.submit("ConfusionMatrix", job, step=event.global_step)
+            context.submit(SPEC.name, job, step=event.global_step)
 
     def on_test_epoch_end(self, event: TestEpochEnd) -> None:
         if self.metric.update_count == 0:
@@ -107,7 +107,7 @@ class ConfusionMatrix:
             job = functools.partial(
                 write_test, context.run_dir, context.class_names, counts, self.settings.normalize
             )
-            context.submit("ConfusionMatrix", job, step=event.global_step)
+            context.submit(SPEC.name, job, step=event.global_step)
 
 
 SPEC = SubscriberSpec(name="confusion_matrix", build=ConfusionMatrix, settings=ConfusionMatrixSettings)

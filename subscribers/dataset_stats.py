@@ -24,6 +24,7 @@ from harness.core.events import FitStart
 from harness.core.options import at_least, option, positive
 from harness.core.spec import OnError, SubscriberSettings, SubscriberSpec, on_error_option
 from harness.io.artifacts import write_json
+from harness.io.tables import Table, write_table
 from subscribers._dataset_report import build_report
 from subscribers._tables import percent, print_table, print_warnings
 
@@ -64,8 +65,9 @@ class DatasetStats:
             min_images=self.settings.min_images,
             size_sample=self.settings.size_sample,
         )
-        path = write_json(context.run_dir / "dataset_stats" / "dataset_stats.json", report)
+        path = write_json(context.layout.folder(SPEC.name) / "dataset_stats.json", report)
         context.record_artifact("dataset_stats", path)
+        write_table(context.layout, SPEC.name, _table(report))
         if context.verbosity != "quiet":
             self._print_classes(report)
             self._print_sizes(report["image_sizes"])
@@ -119,3 +121,10 @@ class DatasetStats:
 
 
 SPEC = SubscriberSpec(name="dataset_stats", build=DatasetStats, settings=DatasetStatsSettings)
+
+
+def _table(report: dict[str, Any]) -> Table:
+    """The report page's section: the headline figures, then images per class and split."""
+    facts = [(k, v) for k, v in report.items() if isinstance(v, (int, float, str)) or v is None]
+    rows = [(c["name"], c["train"], c["val"]) for c in report["classes"]]
+    return Table(title="Data set", facts=facts, columns=("class", "train", "val"), rows=rows)

@@ -1,11 +1,11 @@
-"""One line in the terminal per epoch; consumes TrainEpochStart, ValidationEpochEnd and TrainEpochEnd.
+"""One line in the terminal per epoch; consumes TrainEpochStart and TrainEpochEnd.
 
 It publishes and writes nothing. After every training epoch, rank zero prints::
 
     epoch 3/8  train loss 0.412  val top-1 0.962  best 0.962 (epoch 3)  lr 0.0354  41.2s  ETA 3m26s
 
-train loss and val top-1 are Lightning's epoch metrics (``train/loss``, ``val/acc_top1``),
-best is the best `context.monitor` so far, lr the first of Lightning's ``lr-*`` metrics,
+train loss, val top-1 and lr are the epoch's metrics (``train/loss``, ``val/acc_top1``, ``lr``),
+best is the best `context.monitor` so far,
 the time is the epoch's wall time with its validation, and the ETA the mean epoch time
 times the epochs left. A value the run does not log is left out; an epoch that did not
 validate shows no validation value. Nothing is printed when ``[run].terminal = "quiet"``.
@@ -20,7 +20,7 @@ import attrs
 
 from harness.core.bus import Bus
 from harness.core.context import RunContext
-from harness.core.events import TrainEpochEnd, TrainEpochStart, ValidationEpochEnd
+from harness.core.events import TrainEpochEnd, TrainEpochStart
 from harness.core.spec import OnError, SubscriberSettings, SubscriberSpec, on_error_option
 
 __all__ = ["SPEC", "EpochLine", "EpochLineSettings"]
@@ -52,19 +52,13 @@ class EpochLine:
         self.best: tuple[float, int] | None = None
         self.epoch_seconds: list[float] = []
         self._started: float | None = None
-        self._validated: int | None = None
 
     def connect(self, bus: Bus) -> None:
         bus.subscribe(TrainEpochStart, self.on_train_epoch_start, rank_zero_only=True)
-        bus.subscribe(ValidationEpochEnd, self.on_validation_epoch_end, rank_zero_only=True)
         bus.subscribe(TrainEpochEnd, self.on_train_epoch_end, rank_zero_only=True)
 
     def on_train_epoch_start(self, event: TrainEpochStart) -> None:
         self._started = time.monotonic()
-
-    def on_validation_epoch_end(self, event: ValidationEpochEnd) -> None:
-        if not event.sanity_check:
-            self._validated = event.epoch
 
     def on_train_epoch_end(self, event: TrainEpochEnd) -> None:
         line = self.line(event)
@@ -77,8 +71,7 @@ class EpochLine:
         if self._started is not None:
             self.epoch_seconds.append(time.monotonic() - self._started)
             self._started = None
-        validated = self._validated == event.epoch
-        score = metrics.get(context.monitor) if validated or not context.monitor.startswith("val") else None
+        score = metrics.get(context.monitor)
         if score is not None and math.isfinite(score):
             better = self.best is None or (
                 score > self.best[0] if context.monitor_mode == "max" else score < self.best[0]
@@ -86,16 +79,15 @@ class EpochLine:
             if better:
                 self.best = (float(score), event.epoch)
         parts = [f"epoch {event.epoch + 1}/{context.max_epochs}"]
-        loss = metrics.get("train/loss_epoch", metrics.get("train/loss"))
+        loss = metrics.get("train/loss")
         if loss is not None:
             parts.append(f"train loss {loss:.4g}")
-        if validated and "val/acc_top1" in metrics:
+        if "val/acc_top1" in metrics:
             parts.append(f"val top-1 {metrics['val/acc_top1']:.4f}")
         if self.best is not None:
             parts.append(f"best {self.best[0]:.4g} (epoch {self.best[1] + 1})")
-        rates = [value for key, value in sorted(metrics.items()) if key.startswith("lr-")]
-        if rates:
-            parts.append(f"lr {rates[0]:.3g}")
+        if "lr" in metrics:
+            parts.append(f"lr {metrics['lr']:.3g}")
         if self.epoch_seconds:
             parts.append(duration(self.epoch_seconds[-1]))
             left = max(context.max_epochs - event.epoch - 1, 0)

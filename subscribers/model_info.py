@@ -22,6 +22,7 @@ from harness.core.events import FitStart
 from harness.core.options import option
 from harness.core.spec import OnError, SubscriberSettings, SubscriberSpec, on_error_option
 from harness.io.artifacts import write_json
+from harness.io.tables import Table, write_table
 from subscribers._flops import model_stats
 from subscribers._tables import print_table, print_warnings
 
@@ -52,8 +53,10 @@ class ModelInfo:
         stats = model_stats(
             context.require_model(), context.preprocessing.image_size, flops=self.settings.count_flops
         )
-        path = write_json(context.run_dir / "model_info" / "model_info.json", stats)
+        folder = context.layout.folder(SPEC.name)
+        path = write_json(folder / "model_info.json", stats)
         context.record_artifact("model_info", path)
+        write_table(context.layout, SPEC.name, Table(title="Model", facts=_rows(stats)))
         if context.verbosity != "quiet":
             print_table(
                 f"Model: {stats['arch']}",

@@ -37,6 +37,7 @@ from harness.core.bus import Bus
 from harness.core.context import RunContext
 from harness.core.errors import ExportError
 from harness.core.events import BatchEnd, TrainEnd
+from harness.core.layout import ONNX_EXPORT
 from harness.core.options import at_least, check, finite, option, positive
 from harness.core.spec import SubscriberSettings, SubscriberSpec
 from harness.onnx.card import ExportSource
@@ -94,7 +95,7 @@ class OnnxExport:
 
     @property
     def directory(self) -> Path:
-        return self.context.run_dir / "onnx_export"
+        return self.context.layout.folder(SPEC.name)
 
     def connect(self, bus: Bus) -> None:
         bus.subscribe(BatchEnd, self.on_batch_end, stage="validate", rank_zero_only=True)
@@ -198,4 +199,4 @@ def _build(context: RunContext, settings: OnnxExportSettings) -> OnnxExport:
     return OnnxExport(context, settings)
 
 
-SPEC = SubscriberSpec(name="onnx_export", build=_build, settings=OnnxExportSettings)
+SPEC = SubscriberSpec(name=ONNX_EXPORT, build=_build, settings=OnnxExportSettings)

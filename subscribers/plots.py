@@ -1,9 +1,9 @@
 """The training history as pictures, redrawn at every epoch end.
 
-Consumes `ValidationEpochEnd` and `TrainEpochEnd`, on rank zero; publishes nothing. At each
-`TrainEpochEnd` the epoch's metrics join the history and ``run_dir/plots/`` is refreshed:
-``losses.png`` (train and validation), ``accuracy.png`` (top-1, top-5),
-``learning_rate.png`` (from Lightning's `LearningRateMonitor`), each against epochs with
+Consumes `TrainEpochEnd`, on rank zero; publishes nothing. At each `TrainEpochEnd` the
+epoch's metrics (what it measured; validation values only when it validated) join the
+history and ``run_dir/plots/`` is refreshed: ``losses.png`` (train and validation),
+``accuracy.png`` (top-1, top-5), ``learning_rate.png`` (``lr``), each against epochs with
 the best epoch of `context.monitor` marked, and ``history.csv`` with every value drawn.
 The history is the subscriber's state, saved in checkpoints: a resumed run draws the
 whole curve, not just the epochs since the resume. The pictures are drawn from a copy of
@@ -20,7 +20,7 @@ import attrs
 
 from harness.core.bus import Bus
 from harness.core.context import RunContext
-from harness.core.events import TrainEpochEnd, ValidationEpochEnd
+from harness.core.events import TrainEpochEnd
 from harness.core.spec import OnError, SubscriberSettings, SubscriberSpec, on_error_option
 from subscribers._draw_history import draw_history
 
@@ -41,29 +41,16 @@ class Plots:
         self.context = context
         self.settings = settings or PlotsSettings()
         self.history: dict[int, dict[str, float]] = {}
-        self.validated_epoch: int | None = None
 
     def connect(self, bus: Bus) -> None:
-        bus.subscribe(ValidationEpochEnd, self.on_validation_epoch_end, rank_zero_only=True)
         bus.subscribe(TrainEpochEnd, self.on_train_epoch_end, rank_zero_only=True)
 
-    def on_validation_epoch_end(self, event: ValidationEpochEnd) -> None:
-        if not event.sanity_check:
-            self.validated_epoch = event.epoch
-
     def on_train_epoch_end(self, event: TrainEpochEnd) -> None:
-        # Lightning keeps the last validation's metrics between validations: an epoch
-        # that did not validate must not repeat them as if it had.
-        validated = self.validated_epoch == event.epoch
-        self.history[event.epoch] = {
-            key: float(value)
-            for key, value in event.metrics.items()
-            if validated or not key.startswith("val")
-        }
+        self.history[event.epoch] = {key: float(value) for key, value in event.metrics.items()}
         context = self.context
         history = {epoch: dict(metrics) for epoch, metrics in self.history.items()}
         job = functools.partial(draw_history, context.run_dir, history, context.monitor, context.monitor_mode)
-        context.submit("Plots", job, step=event.global_step)
+        context.submit(SPEC.name, job, step=event.global_step)
 
     def state_dict(self) -> dict[str, Any]:
         return {

@@ -18,7 +18,7 @@ from harness.core.context import RunContext
 from harness.core.events import FitStart, RunEnd, RunFailed, TrainEpochEnd
 from harness.core.options import option
 from harness.core.spec import OnError, SubscriberSettings, SubscriberSpec, on_error_option
-from harness.io.report_page import REPORT_FILE, write_report
+from harness.io.report_page import write_report
 from subscribers._report_page import write_page
 
 __all__ = ["SPEC", "Report", "ReportSettings"]
@@ -49,7 +49,7 @@ class Report:
 
     def on_fit_start(self, event: FitStart) -> None:
         # Listed now: the summary is written before the last page is.
-        self.context.record_artifact("report", self.context.run_dir / REPORT_FILE)
+        self.context.record_artifact("report", self.context.layout.report)
         self._submit("running: starting", event.global_step)
 
     def on_train_epoch_end(self, event: TrainEpochEnd) -> None:
@@ -63,7 +63,7 @@ class Report:
 
     def _submit(self, status: str, step: int) -> None:
         job = functools.partial(write_page, self.context.run_dir, self.settings.embed, status)
-        self.context.submit("Report", job, step=step)
+        self.context.submit(SPEC.name, job, step=step)
 
 
 SPEC = SubscriberSpec(name="report", build=Report, settings=ReportSettings, replayable=True)

@@ -140,7 +140,7 @@ class SamplerTracking:
             for e in self.history
         ]
         job = functools.partial(write_history, context.run_dir, names, history, expected)
-        context.submit("SamplerTracking", job, step=step)
+        context.submit(SPEC.name, job, step=step)
 
     def _should_print(self, expected: list[float], drawn: list[int]) -> bool:
         verbosity = self.context.verbosity

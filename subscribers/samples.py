@@ -101,7 +101,7 @@ class Samples:
         job = functools.partial(
             write_epoch, context.run_dir, context.class_names, shown, event.epoch, self.settings.seed
         )
-        context.submit("Samples", job, step=event.global_step)
+        context.submit(SPEC.name, job, step=event.global_step)
 
     def on_test_epoch_end(self, event: TestEpochEnd) -> None:
         shown = sorted((entry[2] for entry in self.kept), key=lambda sample: sample.position)
@@ -111,7 +111,7 @@ class Samples:
             job = functools.partial(
                 write_test, context.run_dir, context.class_names, shown, self.settings.seed
             )
-            context.submit("Samples", job, step=event.global_step)
+            context.submit(SPEC.name, job, step=event.global_step)
 
 
 SPEC = SubscriberSpec(name="samples", build=Samples, settings=SamplesSettings)

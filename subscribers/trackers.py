@@ -84,7 +84,7 @@ class TrackerFiles:
 
     def on_fit_start(self, event: FitStart) -> None:
         trackers = self.context.trackers
-        settings = self.context.run_dir / "settings.toml"
+        settings = self.context.layout.settings
         if trackers is None or not settings.is_file():
             return
         trackers.log_params(flatten(tomllib.loads(settings.read_text(encoding="utf-8"))))
@@ -94,9 +94,7 @@ class TrackerFiles:
         if self.context.trackers is None:
             return
         record = functools.partial(self._log_picture, step=event.global_step)
-        self.context.submit(
-            "TrackerFiles", functools.partial(_find_pictures, self.context.run_dir), record=record
-        )
+        self.context.submit(SPEC.name, functools.partial(_find_pictures, self.context.run_dir), record=record)
 
     def on_run_end(self, event: RunEnd) -> None:
         trackers = self.context.trackers
@@ -104,7 +102,7 @@ class TrackerFiles:
             return
         for name, path in current_pictures(self.context.run_dir).items():
             self._log_picture(name, path, step=event.global_step)
-        summary = self.context.run_dir / "summary.json"
+        summary = self.context.layout.summary
         if summary.is_file():
             trackers.log_artifact(summary)
 

@@ -3,6 +3,8 @@
     bus            `Bus`: typed subscribe/publish over blinker, filters, failure policy
     events         the event catalogue, the table of contents of a run
     context        `RunContext`: what the run is and how far it got
+    layout         `RunLayout`: every path of a run directory, named in one place
+    summary        `RunSummary`: the run's record (``summary.json``), its status, `Failure`
     spec           `SubscriberSpec` and `SubscriberSettings`: how a table becomes a subscriber
     options        `option` and validators for typed settings
     preprocessing  `Preprocessing`: what a model expects of an image (torch-free)
@@ -13,4 +15,15 @@ Its modules are imported by name (``from harness.core.bus import Bus``): importi
 package imports none of them, so the torch-free ones stay torch-free.
 """
 
-__all__ = ["bus", "context", "errors", "events", "options", "preprocessing", "spec", "testing"]
+__all__ = [
+    "bus",
+    "context",
+    "errors",
+    "events",
+    "layout",
+    "options",
+    "preprocessing",
+    "spec",
+    "summary",
+    "testing",
+]

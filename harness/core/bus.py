@@ -33,6 +33,7 @@ import blinker
 
 from harness.core.errors import SubscriberError
 from harness.core.events import Event, Stage
+from harness.core.summary import Failure
 
 __all__ = ["Bus", "Failure", "OnError", "Stateful", "Subscriber", "Subscription"]
 
@@ -63,17 +64,6 @@ class Stateful(Protocol):
     def state_dict(self) -> dict[str, Any]: ...
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None: ...
-
-
-@attrs.frozen(kw_only=True)
-class Failure:
-    """What a subscriber's failure left behind, for the run summary (isolated or not)."""
-
-    subscriber: str
-    event: str
-    step: int
-    error: str
-    traceback: str
 
 
 class Subscription(Generic[E]):
@@ -178,10 +168,17 @@ class Bus:
         self._subscriptions: list[Subscription[Any]] = []
         self._routes: dict[type[Event], tuple[Subscription[Any], ...]] = {}
         self._policies: dict[int, OnError] = {}
+        self._names: dict[int, str] = {}
 
-    def attach(self, subscriber: S, *, on_error: OnError = "raise") -> S:
-        """Connect `subscriber` with a default failure policy for all its subscriptions; return it."""
+    def attach(self, subscriber: S, *, on_error: OnError = "raise", name: str | None = None) -> S:
+        """Connect `subscriber` with a default failure policy for all its subscriptions; return it.
+
+        `name` is its table name (``[subscribers.<name>]``): a failure names it so. Without
+        one, a failure names the handler (``Class.method``).
+        """
         self._policies[id(subscriber)] = on_error
+        if name is not None:
+            self._names[id(subscriber)] = name
         subscriber.connect(self)
         return subscriber
 
@@ -292,7 +289,7 @@ class Bus:
         event_name = type(event).__name__
         reason = f"{type(error).__name__}: {error}"
         failure = Failure(
-            subscriber=subscription.name,
+            subscriber=self._names.get(id(subscription.owner), subscription.name),
             event=event_name,
             step=event.global_step,
             error=reason,
@@ -300,10 +297,11 @@ class Bus:
         )
         self.failures.append(failure)
         if policy == "raise":
-            raise SubscriberError(subscription.name, event_name, event.global_step, reason) from error
+            raise SubscriberError(failure.subscriber, event_name, event.global_step, reason) from error
         log.error(
-            "subscriber %s failed on %s at step %d and is disconnected; the run goes on:\n%s",
+            "subscriber %s (%s) failed on %s at step %d and is disconnected; the run goes on:\n%s",
             failure.subscriber,
+            subscription.name,
             failure.event,
             failure.step,
             failure.traceback,

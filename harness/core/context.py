@@ -16,6 +16,7 @@ import torch
 from torch import nn
 from torch.utils.data import Sampler
 
+from harness.core.layout import RunLayout
 from harness.core.preprocessing import Preprocessing
 from harness.core.temperature import Temperature
 from harness.core.tracking import Trackers
@@ -140,6 +141,11 @@ class RunContext:
     artifacts: dict[str, str] = attrs.Factory(dict)
 
     @property
+    def layout(self) -> RunLayout:
+        """The paths of `run_dir`; a subscriber writes under ``layout.folder(<its table name>)``."""
+        return RunLayout(self.run_dir)
+
+    @property
     def num_classes(self) -> int:
         return len(self.class_names)
 
@@ -149,10 +155,7 @@ class RunContext:
 
     def record_artifact(self, name: str, path: Path) -> None:
         """List `path` in the run summary under `name` (stored relative to `run_dir`)."""
-        try:
-            self.artifacts[name] = str(path.resolve().relative_to(self.run_dir.resolve()))
-        except ValueError:
-            self.artifacts[name] = str(path)
+        self.artifacts[name] = self.layout.relative(path)
 
     def submit(self, owner: str, job: Job, *, step: int = -1, record: Record | None = None) -> None:
         """Run `job` on the background runner, or here and now without one.
@@ -160,7 +163,7 @@ class RunContext:
         What the job names is handed, in this process once it is done, to `record`
         (default: `record_artifact`). Inline, an exception propagates to the caller, as
         any handler's would; in the background it is reported in the run summary under
-        `owner` and `step`.
+        `owner` (the submitter's table name, ``SPEC.name``) and `step`.
         """
         record = record or self.record_artifact
         if self.background is None:

@@ -38,6 +38,13 @@ Evaluating a checkpoint (``harness.evaluate``, or a run's ``test/`` split) is Li
     BatchEnd(stage="test")                    per batch, logits already computed
     TestEpochEnd(metrics)                     the ``test/...`` metrics; pictures are drawn
 
+Metrics (``metrics`` of `ValidationEpochEnd`, `TrainEpochEnd`, `TrainEnd`, `TestEpochEnd`)
+are what was measured, under stable names, never Lightning's raw keys: ``train/<name>``
+is the epoch's mean of a training metric (``train/loss``), ``val/<name>`` and
+``test/<name>`` the pass's value (``val/acc_top1``, ``val/loss``), ``lr`` the learning
+rate the epoch started with (``lr/<i>`` for parameter group `i` > 0). A `TrainEpochEnd`
+holds validation values only when that epoch validated (`TrainEpochEnd.validated`).
+
 The split of `ValidationSwapIn` / `ValidationEpochEnd` and `TrainLoopEnd` / `TrainEnd`
 exists so that no subscriber depends on dispatch order: whoever changes the weights does
 it in the first event, whoever reads them does it in the second.
@@ -50,6 +57,8 @@ from typing import Literal
 
 import attrs
 import torch
+
+from harness.core.summary import RunStatus
 
 __all__ = [
     "BatchEnd",
@@ -150,9 +159,14 @@ class ValidationSwapOut(Event):
 
 @attrs.frozen(kw_only=True)
 class TrainEpochEnd(Event):
-    """A training epoch ended; `metrics` holds every metric logged so far this epoch."""
+    """A training epoch ended; `metrics` holds what it measured (validation values if it validated).
+
+    `validated` says whether the epoch ran a validation: only then does `metrics` hold
+    ``val/...`` values, this epoch's (an epoch without one has none, never stale ones).
+    """
 
     metrics: Mapping[str, float]
+    validated: bool = False
 
 
 @attrs.frozen(kw_only=True)
@@ -174,7 +188,11 @@ class TrainLoopEnd(Event):
 
 @attrs.frozen(kw_only=True)
 class TrainEnd(Event):
-    """Training ended normally; the model holds the final validated weights."""
+    """Training ended normally; the model holds the final validated weights.
+
+    `metrics` are the last values measured: the last epoch's training metrics and rates,
+    and the last validation's (the final weights' scores).
+    """
 
     metrics: Mapping[str, float]
 
@@ -212,7 +230,8 @@ class RunEnd(Event):
     writer has finished: ``run_dir/summary.json`` holds the run's outcome.
     """
 
-    status: Literal["completed", "failed", "interrupted"]
+    status: RunStatus
+    """How the run ended, as ``summary.json`` says (`harness.core.summary.RunStatus`)."""
 
 
 EVENT_TYPES: tuple[type[Event], ...] = (

@@ -297,8 +297,10 @@ def scripted_run(
                     loss=next(step_losses, None),
                 )
             )
-        metrics = {"train/loss": 1.0 / (epoch + 1), "lr-SGD": 0.1, **validate(epoch, sanity=False)}
-        bus.publish(TrainEpochEnd(epoch=epoch, global_step=context.global_step, metrics=metrics))
+        metrics = {"train/loss": 1.0 / (epoch + 1), "lr": 0.1, **validate(epoch, sanity=False)}
+        bus.publish(
+            TrainEpochEnd(epoch=epoch, global_step=context.global_step, metrics=metrics, validated=True)
+        )
         state = {} if context.model is None else dict(context.model.state_dict())
         bus.publish(CheckpointSaving(epoch=epoch, global_step=context.global_step, model_state=state))
     bus.publish(TrainLoopEnd(epoch=context.epoch, global_step=context.global_step))

@@ -18,25 +18,20 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from harness.core.layout import RunLayout
+
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 __all__ = [
-    "CHECKPOINTS_DIR",
-    "LABELS_FILE",
     "atomic_path",
     "read_label_map",
-    "run_dir_of",
     "save_figure",
     "write_bytes",
     "write_json",
     "write_label_map",
     "write_text",
 ]
-
-LABELS_FILE = "labels.json"
-CHECKPOINTS_DIR = "checkpoints"
-"""The folder of a run directory that holds its checkpoints."""
 
 
 @functools.cache
@@ -92,7 +87,7 @@ def save_figure(figure: Figure, path: Path, *, dpi: int = 120) -> Path:
 def write_label_map(run_dir: Path, class_names: Sequence[str]) -> Path:
     """`labels.json`: the single source of class names for export and prediction."""
     return write_json(
-        run_dir / LABELS_FILE,
+        RunLayout(run_dir).labels,
         {
             "classes": list(class_names),
             "class_to_idx": {name: index for index, name in enumerate(class_names)},
@@ -103,12 +98,6 @@ def write_label_map(run_dir: Path, class_names: Sequence[str]) -> Path:
 def read_label_map(path: Path) -> list[str]:
     """Class names by index, from a `labels.json` file or a run directory holding one."""
     if path.is_dir():
-        path = path / LABELS_FILE
+        path = RunLayout(path).labels
     classes = json.loads(path.read_text(encoding="utf-8"))["classes"]
     return [str(name) for name in classes]
-
-
-def run_dir_of(checkpoint: Path) -> Path:
-    """The run directory of a checkpoint: the parent of its ``checkpoints/`` folder, else its folder."""
-    folder = checkpoint.resolve().parent
-    return folder.parent if folder.name == CHECKPOINTS_DIR else folder

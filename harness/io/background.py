@@ -32,21 +32,12 @@ import attrs
 
 import harness
 from harness.core.context import Job, Record
+from harness.core.summary import BACKGROUND, Failure
 from harness.io._background_worker import header
 
-__all__ = ["BackgroundFailure", "BackgroundWriter"]
+__all__ = ["BackgroundWriter"]
 
 log = logging.getLogger(__name__)
-
-
-@attrs.frozen(kw_only=True)
-class BackgroundFailure:
-    """A background job that raised: who submitted it, at which step, and what it raised."""
-
-    owner: str
-    step: int
-    error: str
-    traceback: str
 
 
 @attrs.frozen
@@ -103,7 +94,7 @@ class BackgroundWriter:
         self._slots = threading.BoundedSemaphore(self.max_pending)
         self._idle = threading.Condition()
         self._unfinished = 0
-        self._failures: list[BackgroundFailure] = []
+        self._failures: list[Failure] = []
         self._closed = False
         if not self._inline:
             _OPEN.add(self)
@@ -122,6 +113,8 @@ class BackgroundWriter:
 
     def submit(self, owner: str, job: Job, *, record: Record, step: int = -1) -> None:
         """Queue `job` after every job submitted before it; `owner` and `step` name it in a failure.
+
+        `owner` is the submitting subscriber's table name (``SPEC.name``).
 
         Raises `TypeError` at once when `job` does not pickle.
         """
@@ -157,7 +150,7 @@ class BackgroundWriter:
             if failure is not None:
                 log.error(
                     "background job of %s (step %d) failed: %s\n%s",
-                    failure.owner, failure.step, failure.error, failure.traceback,
+                    failure.subscriber, failure.step, failure.error, failure.traceback,
                 )  # fmt: skip
                 with self._idle:
                     self._failures.append(failure)
@@ -170,14 +163,14 @@ class BackgroundWriter:
             self._unfinished -= 1
             self._idle.notify_all()
 
-    def drain(self) -> list[BackgroundFailure]:
+    def drain(self) -> list[Failure]:
         """Wait for every job submitted so far; return the failures since the last drain."""
         with self._idle:
             self._idle.wait_for(lambda: self._unfinished == 0)
             failures, self._failures = self._failures, []
         return failures
 
-    def close(self) -> list[BackgroundFailure]:
+    def close(self) -> list[Failure]:
         """Drain, then stop the worker process; later calls return no failures. Submitting after it fails."""
         self._closed = True
         _OPEN.discard(self)
@@ -188,7 +181,7 @@ class BackgroundWriter:
         return failures
 
 
-def _failure_of(pending: _Pending, reply: Reply) -> BackgroundFailure | None:
+def _failure_of(pending: _Pending, reply: Reply) -> Failure | None:
     """Record a finished job's files; None, or its failure (a `record` that raises is one too)."""
     ok, result = reply
     if ok:
@@ -203,7 +196,9 @@ def _failure_of(pending: _Pending, reply: Reply) -> BackgroundFailure | None:
         error, trace, written = result
         for name, path in written:
             pending.record(name, path)
-    return BackgroundFailure(owner=pending.owner, step=pending.step, error=error, traceback=trace)
+    return Failure(
+        subscriber=pending.owner, event=BACKGROUND, step=pending.step, error=error, traceback=trace
+    )
 
 
 class _Worker:

@@ -25,9 +25,7 @@ from harness.core.bus import Bus
 from harness.core.context import RunContext
 from harness.core.events import EVENT_TYPES, BatchEnd, Event
 
-__all__ = ["EVENTS_FILE", "EventLog", "read_events"]
-
-EVENTS_FILE = "events.jsonl"
+__all__ = ["EventLog", "read_events"]
 _TYPES = {cls.__name__: cls for cls in EVENT_TYPES}
 
 
@@ -56,7 +54,7 @@ class EventLog:
     """Append every event of the run to ``run_dir/events.jsonl``, one flushed line each."""
 
     def __init__(self, context: RunContext) -> None:
-        self.path = context.run_dir / EVENTS_FILE
+        self.path = context.layout.events
         self.context = context
         self._file: IO[str] | None = None
 

@@ -3,8 +3,9 @@
 `write_report` writes ``RUN_DIR/report.html``: the run's status (and its failure), every
 picture under the run directory grouped by folder (history plots, confusion matrix and
 samples first; the per-epoch ones, ``epoch_NNN.png``, fold away under the current ones),
-the data set and model tables, ``summary.json``, ``settings.toml`` (the resolved settings
-the run wrote), and a link to every file. Anything missing is left out, so it works on
+the tables its subscribers wrote (`harness.io.tables`: the data set's classes, the
+model's size), ``summary.json``, ``settings.toml`` (the resolved settings the run wrote),
+and a link to every file. Anything missing is left out, so it works on
 any run directory, finished or not; a page of a run still going reloads itself. Pictures
 are linked relatively (the page stays small and works while the folder stays together);
 ``embed`` puts them in the page as base64, for a page that travels alone.
@@ -25,11 +26,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from harness.core.layout import RunLayout
 from harness.io.artifacts import write_text
+from harness.io.tables import Table, read_tables
 
-__all__ = ["REPORT_FILE", "current_pictures", "find_pictures", "render_report", "write_report"]
+__all__ = ["current_pictures", "find_pictures", "render_report", "write_report"]
 
-REPORT_FILE = "report.html"
 _MEDIA_TYPES = {
     ".png": "image/png",
     ".jpg": "image/jpeg",
@@ -131,7 +133,7 @@ def render_report(
     parts.extend(_summary_section(run_dir))
     parts.extend(_pictures_section(run_dir, embed=embed))
     parts.extend(_tables_section(run_dir))
-    settings = _read_text(run_dir / "settings.toml")
+    settings = _read_text(RunLayout(run_dir).settings)
     if settings is not None:
         parts.append(f"<h2>Settings</h2><pre>{html.escape(settings)}</pre>")
     parts.extend(_files_section(run_dir))
@@ -144,7 +146,9 @@ def write_report(
     run_dir: Path, *, embed: bool = False, status: str | None = None, error: str | None = None
 ) -> Path:
     """Write ``run_dir/report.html`` atomically and return its path (see `render_report`)."""
-    return write_text(run_dir / REPORT_FILE, render_report(run_dir, embed=embed, status=status, error=error))
+    return write_text(
+        RunLayout(run_dir).report, render_report(run_dir, embed=embed, status=status, error=error)
+    )
 
 
 def _picture_order(relative: Path) -> tuple[int, str, bool, str]:
@@ -162,11 +166,7 @@ def _read_text(path: Path) -> str | None:
 
 
 def _read_summary(run_dir: Path) -> Any:
-    return _read_json(run_dir / "summary.json")
-
-
-def _read_json(path: Path) -> Any:
-    text = _read_text(path)
+    text = _read_text(RunLayout(run_dir).summary)
     try:
         return None if text is None else json.loads(text)
     except json.JSONDecodeError:
@@ -174,22 +174,21 @@ def _read_json(path: Path) -> Any:
 
 
 def _tables_section(run_dir: Path) -> list[str]:
-    """The data set's classes and the model's figures, from the reports the run wrote."""
-    parts: list[str] = []
-    dataset = _read_json(run_dir / "dataset_stats" / "dataset_stats.json")
-    if isinstance(dataset, Mapping) and isinstance(dataset.get("classes"), list):
-        header = "<tr><th>class</th><th>train</th><th>val</th></tr>"
+    """The tables the run's subscribers wrote for this page, each under its title."""
+    return [html_part for table in read_tables(run_dir) for html_part in _table_of(table)]
+
+
+def _table_of(table: Table) -> list[str]:
+    parts = [f"<h2>{html.escape(table.title)}</h2>"]
+    if table.facts:
+        parts.append(_table(list(table.facts)))
+    if table.rows:
+        header = "".join(f"<th>{html.escape(column)}</th>" for column in table.columns)
         rows = "".join(
-            f"<tr><td>{html.escape(str(c.get('name')))}</td><td>{html.escape(str(c.get('train')))}</td>"
-            f"<td>{html.escape(str(c.get('val')))}</td></tr>"
-            for c in dataset["classes"]
-            if isinstance(c, Mapping)
+            "<tr>" + "".join(f"<td>{html.escape(_format(cell))}</td>" for cell in row) + "</tr>"
+            for row in table.rows
         )
-        facts = [(k, v) for k, v in dataset.items() if isinstance(v, (int, float, str)) or v is None]
-        parts += ["<h2>Data set</h2>", _table(facts), f"<table>{header}{rows}</table>"]
-    model = _read_json(run_dir / "model_info" / "model_info.json")
-    if isinstance(model, Mapping):
-        parts += ["<h2>Model</h2>", _table(list(model.items()))]
+        parts.append(f"<table><tr>{header}</tr>{rows}</table>")
     return parts
 
 
@@ -199,7 +198,7 @@ def _files_section(run_dir: Path) -> list[str]:
         path.relative_to(run_dir).as_posix()
         for path in run_dir.rglob("*")
         if path.is_file()
-        and path.name != REPORT_FILE
+        and path != RunLayout(run_dir).report
         and not any(part.startswith(".") for part in path.relative_to(run_dir).parts)
     )
     if not files:
@@ -209,7 +208,8 @@ def _files_section(run_dir: Path) -> list[str]:
 
 
 def _summary_section(run_dir: Path) -> list[str]:
-    text = _read_text(run_dir / "summary.json")
+    layout = RunLayout(run_dir)
+    text = _read_text(layout.summary)
     if text is None:
         return []
     try:
@@ -217,7 +217,8 @@ def _summary_section(run_dir: Path) -> list[str]:
     except json.JSONDecodeError as error:
         return [
             "<h2>Summary</h2>",
-            f'<p class="note">summary.json is not valid JSON ({html.escape(str(error))}); as written:</p>',
+            f'<p class="note">{layout.summary.name} is not valid JSON '
+            f"({html.escape(str(error))}); as written:</p>",
             f"<pre>{html.escape(text)}</pre>",
         ]
     parts = ["<h2>Summary</h2>"]
@@ -232,7 +233,9 @@ def _summary_section(run_dir: Path) -> list[str]:
             )
             parts.append(f"<details><summary>{len(artifacts)} artifacts</summary><ul>{links}</ul></details>")
     pretty = json.dumps(summary, indent=2, ensure_ascii=False)
-    parts.append(f"<details><summary>summary.json</summary><pre>{html.escape(pretty)}</pre></details>")
+    parts.append(
+        f"<details><summary>{layout.summary.name}</summary><pre>{html.escape(pretty)}</pre></details>"
+    )
     return parts
 
 

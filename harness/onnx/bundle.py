@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from harness.core.errors import ExportError
+from harness.core.layout import MODEL_FILE
 from harness.core.preprocessing import Preprocessing
 from harness.core.temperature import CHECKPOINT_KEY, Temperature
 from harness.io.artifacts import atomic_path, write_json, write_label_map
@@ -38,7 +39,6 @@ __all__ = [
     "DEFAULT_TOLERANCE",
     "PARITY_IMAGES",
     "SINGLE_IMAGES",
-    "MODEL_FILE",
     "PARITY_FILE",
     "PREPROCESSING_FILE",
     "Checkpoint",
@@ -62,7 +62,6 @@ SINGLE_IMAGES = 2
 Two show that a batch of one gives the batch's logits; each further one would add a full
 forward pass in onnxruntime and no new case (at 224 px, about 25 ms apiece here).
 """
-MODEL_FILE = "model.onnx"
 PARITY_FILE = "parity.json"
 PREPROCESSING_FILE = "preprocessing.json"
 INPUT_NAME = "input"

@@ -84,6 +84,17 @@ def event_reference_markdown() -> str:
         "Every event also carries `epoch` (counted from 0) and `global_step` (optimizer steps "
         "taken so far). Tensors are detached; `harness/core/events.py` draws where each fires."
     )
+    lines.extend(
+        [
+            "",
+            "A `metrics` mapping holds what was measured, under stable names (never Lightning's "
+            "raw keys): `train/<name>` is the epoch's mean (`train/loss`), `val/<name>` and "
+            "`test/<name>` the pass's value (`val/acc_top1`, `val/loss`), `lr` the learning rate "
+            "the epoch started with (`lr/<i>` for parameter group `i` > 0). `TrainEpochEnd` holds "
+            "validation values only when that epoch validated (`validated`); `TrainEnd` holds the "
+            "last values measured.",
+        ]
+    )
     lines.extend(["", "| event | fields | meaning |", "|---|---|---|"])
     common = {field.name for field in attrs.fields(Event)}
     for cls in EVENT_TYPES:

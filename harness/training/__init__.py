@@ -1,5 +1,6 @@
 """The Lightning side: the only modules that know Lightning's Trainer.
 
+    assembly  `assemble`: a run's context, bus and subscribers, put together in one place
     callback  `BusCallback`: Lightning hooks in, typed events out
     model     `Classifier`: a torchvision network as a LightningModule
     data      the ImageFolder scan and the data module
@@ -10,4 +11,4 @@
 Its modules are imported by name; importing this package imports none of them.
 """
 
-__all__ = ["callback", "data", "evaluation", "fit", "model", "sampler"]
+__all__ = ["assembly", "callback", "data", "evaluation", "fit", "model", "sampler"]

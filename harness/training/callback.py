@@ -45,7 +45,7 @@ from harness.core.events import (
 )
 from harness.core.temperature import CHECKPOINT_KEY as TEMPERATURE_KEY
 
-__all__ = ["CHECKPOINT_KEY", "BusCallback", "scalar_metrics"]
+__all__ = ["CHECKPOINT_KEY", "BusCallback", "normalised", "scalar_metrics"]
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +68,27 @@ def _weights_only_failure(state: object) -> str | None:
 def scalar_metrics(trainer: L.Trainer) -> dict[str, float]:
     """Every scalar metric the trainer holds (Lightning's `callback_metrics`), as floats."""
     return {name: float(value) for name, value in trainer.callback_metrics.items() if value.numel() == 1}
+
+
+def normalised(metrics: Mapping[str, float], stage: str) -> dict[str, float]:
+    """The metrics of `stage` (``"train"``, ``"val"``, ``"test"``) under the harness's stable names.
+
+    Lightning names a metric logged both per step and per epoch ``<name>_step`` and
+    ``<name>_epoch``: the epoch's value is kept, as ``<name>``; the last step's is not.
+    """
+    found: dict[str, float] = {}
+    for key in sorted(metrics, key=lambda k: k.endswith("_epoch")):
+        if key.startswith(f"{stage}/") and not key.endswith("_step"):
+            found[key.removesuffix("_epoch")] = metrics[key]
+    return found
+
+
+def _learning_rates(trainer: L.Trainer) -> dict[str, float]:
+    """``lr``: the first optimizer's first parameter group's rate now; ``lr/<i>`` its group `i` > 0."""
+    if not trainer.optimizers:
+        return {}
+    groups = trainer.optimizers[0].param_groups
+    return {("lr" if i == 0 else f"lr/{i}"): float(group["lr"]) for i, group in enumerate(groups)}
 
 
 def _logits(outputs: Any) -> torch.Tensor:
@@ -103,10 +124,17 @@ class BusCallback(Callback):
         self.interrupt_checkpoint = interrupt_checkpoint
         self._resumed = False
         self._state_checked = False
+        self._rates: dict[str, float] = {}
+        self._validation: dict[str, float] = {}
+        self._validated_epoch: int | None = None
 
     @property
     def state_key(self) -> str:
         return "BusCallback"
+
+    def final_metrics(self, trainer: L.Trainer) -> dict[str, float]:
+        """The last values measured: the last training epoch's, its rates, the last validation's."""
+        return {**normalised(scalar_metrics(trainer), "train"), **self._rates, **self._validation}
 
     def _progress(self, trainer: L.Trainer) -> tuple[int, int]:
         self.context.epoch = trainer.current_epoch
@@ -148,6 +176,7 @@ class BusCallback(Callback):
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._update_best(trainer)
         epoch, step = self._progress(trainer)
+        self._rates = _learning_rates(trainer)  # the rates this epoch starts with
         self.bus.publish(TrainEpochStart(epoch=epoch, global_step=step))
 
     def _batch_end(self, trainer: L.Trainer, stage: Stage, outputs: Any, batch: Any, batch_idx: int) -> None:
@@ -202,7 +231,9 @@ class BusCallback(Callback):
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         epoch, step = self._progress(trainer)
         sanity = trainer.sanity_checking
-        metrics = {k: v for k, v in scalar_metrics(trainer).items() if k.startswith("val/")}
+        metrics = normalised(scalar_metrics(trainer), "val")
+        if not sanity:
+            self._validation, self._validated_epoch = metrics, epoch
         self.bus.publish(
             ValidationEpochEnd(epoch=epoch, global_step=step, metrics=metrics, sanity_check=sanity)
         )
@@ -211,7 +242,11 @@ class BusCallback(Callback):
     @override
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         epoch, step = self._progress(trainer)
-        self.bus.publish(TrainEpochEnd(epoch=epoch, global_step=step, metrics=scalar_metrics(trainer)))
+        validated = self._validated_epoch == epoch
+        metrics = {**normalised(scalar_metrics(trainer), "train"), **self._rates}
+        if validated:
+            metrics |= self._validation
+        self.bus.publish(TrainEpochEnd(epoch=epoch, global_step=step, metrics=metrics, validated=validated))
 
     @override
     def on_save_checkpoint(
@@ -260,7 +295,7 @@ class BusCallback(Callback):
         self._update_best(trainer)
         epoch, step = self._progress(trainer)
         self.bus.publish(TrainLoopEnd(epoch=epoch, global_step=step))
-        self.bus.publish(TrainEnd(epoch=epoch, global_step=step, metrics=scalar_metrics(trainer)))
+        self.bus.publish(TrainEnd(epoch=epoch, global_step=step, metrics=self.final_metrics(trainer)))
 
     @override
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -289,7 +324,7 @@ class BusCallback(Callback):
     @override
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         epoch, step = self._progress(trainer)
-        metrics = {k: v for k, v in scalar_metrics(trainer).items() if k.startswith("test/")}
+        metrics = normalised(scalar_metrics(trainer), "test")
         self.bus.publish(TestEpochEnd(epoch=epoch, global_step=step, metrics=metrics))
 
     @override

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
 
 import attrs
 import lightning as L
@@ -25,16 +24,18 @@ import torch
 from torch.utils.data import DataLoader
 
 from harness.core.bus import Bus
-from harness.core.context import RunContext
 from harness.core.errors import DataError, ExportError, HarnessError
 from harness.core.events import BatchEnd
+from harness.core.layout import RunLayout
 from harness.core.preprocessing import Preprocessing
+from harness.core.summary import TestScore
 from harness.core.temperature import Temperature
 from harness.evaluation.calibrated import score
 from harness.evaluation.data import EvaluationData, load_evaluation_data, test_split_of
 from harness.evaluation.folder import Evaluation, Source, evaluation_dir, sha256_of, write_evaluation
-from harness.io.artifacts import LABELS_FILE, read_label_map, run_dir_of
-from harness.settings import Settings, load_settings, resolve_specs
+from harness.io.artifacts import read_label_map
+from harness.settings import Settings, load_settings
+from harness.training.assembly import assemble
 from harness.training.callback import BusCallback
 from harness.training.data import ImageFiles, run_preprocessing
 from harness.training.model import Classifier
@@ -63,8 +64,8 @@ def load_checkpoint(checkpoint: Path) -> LoadedModel:
 
     if not checkpoint.is_file():
         raise DataError(f"{checkpoint}: no such checkpoint file")
-    run_dir = run_dir_of(checkpoint)
-    settings_file, labels = run_dir / "settings.toml", run_dir / LABELS_FILE
+    layout = RunLayout.of_checkpoint(checkpoint)
+    settings_file, labels = layout.settings, layout.labels
     for needed in (settings_file, labels):
         if not needed.is_file():
             raise DataError(f"{needed}: not found; evaluating {checkpoint} needs its run's {needed.name}")
@@ -114,19 +115,14 @@ def test_model(
     accelerator: str = "auto",
 ) -> npt.NDArray[np.float32]:
     """The logits (N x C) of `data` from ``trainer.test``, the run's subscribers attached."""
-    context = RunContext(
+    logits = _Logits()
+    assembly = assemble(
+        loaded.settings,
         run_dir=directory,
         class_names=loaded.class_names,
         preprocessing=loaded.preprocessing,
-        monitor=loaded.settings.checkpoint.monitor,
-        monitor_mode=loaded.settings.checkpoint.mode,
+        extras={"logits": logits},
     )
-    bus = Bus()
-    for name, spec in resolve_specs(loaded.settings.run.plugins).items():
-        options = loaded.settings.subscribers[name]
-        if options.enabled:
-            bus.attach(spec.build(context, options), on_error=options.on_error)
-    logits = bus.attach(_Logits(), on_error="raise")
     trainer = L.Trainer(
         accelerator=accelerator,
         devices=1,
@@ -136,11 +132,11 @@ def test_model(
         enable_progress_bar=False,
         enable_model_summary=False,
         default_root_dir=directory,
-        callbacks=[BusCallback(bus, context, {})],
+        callbacks=[BusCallback(assembly.bus, assembly.context, {})],
     )
     loader = DataLoader(ImageFiles(data.samples, loaded.preprocessing), batch_size=batch_size, shuffle=False)
     trainer.test(loaded.module, dataloaders=loader, verbose=False)
-    for failure in bus.failures:
+    for failure in assembly.bus.failures:
         log.warning(
             "evaluation: subscriber %s failed on %s: %s", failure.subscriber, failure.event, failure.error
         )
@@ -157,7 +153,7 @@ def flipped_logits(
         return torch.cat([module(images.flip(-1)).float() for images, _ in loader]).numpy()
 
 
-def evaluate_test_split(run_dir: Path, root: Path, best_checkpoint: Path | None) -> dict[str, Any] | None:
+def evaluate_test_split(run_dir: Path, root: Path, best_checkpoint: Path | None) -> TestScore | None:
     """Score a finished run on ``root/test`` (None when there is none); the headline for ``summary.json``.
 
     An evaluation that fails is reported in the returned record and the log, not raised:
@@ -166,8 +162,9 @@ def evaluate_test_split(run_dir: Path, root: Path, best_checkpoint: Path | None)
     test = test_split_of(root)
     if test is None:
         return None
-    model_file = run_dir / "onnx_export" / "model.onnx"
-    directory = evaluation_dir(run_dir / "evaluation" / "test")
+    layout = RunLayout(run_dir)
+    model_file = layout.onnx_model
+    directory = evaluation_dir(layout.evaluation("test"))
     try:
         evaluation: Evaluation
         if model_file.is_file():
@@ -186,7 +183,7 @@ def evaluate_test_split(run_dir: Path, root: Path, best_checkpoint: Path | None)
             source = Source(kind="checkpoint", path=best_checkpoint, sha256=sha256_of(best_checkpoint))
             names = loaded.class_names
         else:
-            return {"folder": str(test), "error": "no exported model and no checkpoint to evaluate"}
+            return TestScore(folder=str(test), error="no exported model and no checkpoint to evaluate")
         scored = score(logits, data.targets, temperature=temperature)
         evaluation = write_evaluation(
             directory,
@@ -199,16 +196,16 @@ def evaluate_test_split(run_dir: Path, root: Path, best_checkpoint: Path | None)
         )
     except HarnessError as error:
         log.warning("evaluating the test split %s failed: %s", test, error)
-        return {"folder": str(test), "error": str(error)}
+        return TestScore(folder=str(test), error=str(error))
     figures = evaluation.summary
-    return {
-        "folder": str(test),
-        "directory": str(directory.relative_to(run_dir)),
-        "source": figures["source"],
-        "images": figures["samples"],
-        "top1": figures["top1"],
-        "balanced_accuracy": figures["balanced_accuracy"],
-        "macro_f1": figures["macro"]["f1"],
-        "ece": figures["ece"],
-        "left_out": figures["data"]["left_out"],
-    }
+    return TestScore(
+        folder=str(test),
+        directory=str(directory.relative_to(run_dir)),
+        source=figures["source"],
+        images=figures["samples"],
+        top1=figures["top1"],
+        balanced_accuracy=figures["balanced_accuracy"],
+        macro_f1=figures["macro"]["f1"],
+        ece=figures["ece"],
+        left_out=figures["data"]["left_out"],
+    )

@@ -1,10 +1,11 @@
-"""A whole training run: data, model, bus, subscribers and Lightning's Trainer, from settings.
+"""A whole training run: assemble, trainer, fit, finish.
 
-`run` builds everything the settings ask for, attaches every enabled subscriber (the
-built-in specs, then the plugins of ``[run].plugins``) to a fresh `Bus`, runs
-``Trainer.fit`` with `BusCallback`, and leaves a run directory
-``<output_dir>/<name>/version_<n>/`` holding the resolved settings, checkpoints,
-metrics, every subscriber's artifacts and ``summary.json``.
+`run` assembles the run (data, model, run directory, and the context, bus and
+subscribers of `harness.training.assembly`), builds Lightning's Trainer with
+`BusCallback`, fits, and finishes: the background writer's last jobs, the run's record
+(`harness.core.summary.RunSummary`, written to ``summary.json`` here and nowhere else),
+then `RunEnd`. The run directory is ``<output_dir>/<name>/version_<n>/``
+(`harness.core.layout.RunLayout` names what it holds).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import os
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import attrs
 import lightning as L
@@ -24,18 +25,21 @@ from lightning.pytorch.callbacks import (
     LearningRateMonitor,
     ModelCheckpoint,
 )
+from lightning.pytorch.loggers import Logger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from harness.core.bus import Bus, Stateful, Subscriber
-from harness.core.context import RunContext
+from harness.core.bus import Subscriber
+from harness.core.context import DatasetInfo, RunContext
 from harness.core.errors import Terminated, TrainingDiverged
 from harness.core.events import RunEnd
-from harness.io.artifacts import CHECKPOINTS_DIR, write_json, write_label_map, write_text
+from harness.core.layout import RunLayout
+from harness.core.summary import Attempt, Failure, RunStatus, RunSummary, TestScore
+from harness.io.artifacts import write_json, write_label_map, write_text
 from harness.io.background import BackgroundWriter
 from harness.io.lock import RunLock
-from harness.io.record import EventLog
 from harness.settings import Settings, resolve_specs, settings_to_toml
-from harness.training.callback import BusCallback, scalar_metrics
+from harness.training.assembly import Assembly, assemble
+from harness.training.callback import BusCallback
 from harness.training.checkpoint_io import AtomicCheckpointIO
 from harness.training.data import ImageDataModule, run_preprocessing, scan
 from harness.training.evaluation import evaluate_test_split
@@ -46,7 +50,6 @@ from harness.training.run_dir import (
     RUN_DIR_VARIABLE,
     check_resume,
     keep_attempt,
-    last_checkpoint,
     resolve_run_dir,
 )
 from harness.training.sampler import make_sampler
@@ -60,10 +63,41 @@ log = logging.getLogger("harness")
 
 @attrs.frozen(kw_only=True)
 class RunResult:
-    """What a finished run left: its directory and the content of its ``summary.json``."""
+    """What a finished run left: its directory and its record (what ``summary.json`` holds)."""
 
     run_dir: Path
-    summary: dict[str, Any]
+    summary: RunSummary
+
+
+@attrs.define(kw_only=True, eq=False)
+class _Run:
+    """What a run holds from its assembly to its finish."""
+
+    settings: Settings
+    layout: RunLayout
+    resume_from: Path | None
+    joined: bool
+    """A process of rank > 0 that joined the run directory rank zero made (``ddp``)."""
+    lock: RunLock
+    data: DatasetInfo
+    writer: BackgroundWriter
+    module: Classifier
+    datamodule: ImageDataModule
+    loggers: list[Logger]
+    trackers: LoggerTrackers | None
+    assembly: Assembly
+    callback: BusCallback
+    attempts: list[Attempt]
+    started: float
+
+
+@attrs.define(kw_only=True)
+class _Outcome:
+    """How the fit ended, filled as it goes."""
+
+    status: RunStatus = "failed"
+    error: str | None = None
+    tested: TestScore | None = None
 
 
 def _lightning_callbacks(settings: Settings, run_dir: Path) -> list[Callback]:
@@ -72,7 +106,7 @@ def _lightning_callbacks(settings: Settings, run_dir: Path) -> list[Callback]:
     if ckpt.enabled:
         callbacks.append(
             ModelCheckpoint(
-                dirpath=run_dir / CHECKPOINTS_DIR,
+                dirpath=RunLayout(run_dir).checkpoints,
                 filename="epoch={epoch:03d}-score={" + ckpt.monitor + ":.4f}",
                 auto_insert_metric_name=False,
                 monitor=ckpt.monitor,
@@ -101,11 +135,23 @@ def _fraction(limit: float) -> float | None:
 
 
 def run(settings: Settings, *, extra_subscribers: Mapping[str, Subscriber] | None = None) -> RunResult:
-    """Train as `settings` say and return the run directory with its summary.
+    """Train as `settings` say and return the run directory with its record.
 
-    `extra_subscribers` (key -> subscriber) are attached after the built-in ones, with
-    the "raise" policy; tests and notebooks use it to observe a real run.
+    `extra_subscribers` (key -> subscriber) are attached after the built-in ones and the
+    plugins, with the "raise" policy; tests and notebooks use it to observe a real run.
     """
+    parts = _assemble(settings, extra_subscribers or {})
+    trainer = _trainer(parts)
+    outcome = _Outcome()
+    try:
+        _fit(trainer, parts, outcome)
+    finally:
+        summary = _finish(trainer, parts, outcome)
+    return RunResult(run_dir=parts.layout.run_dir, summary=summary)
+
+
+def _assemble(settings: Settings, extras: Mapping[str, Subscriber]) -> _Run:
+    """Everything the run needs, checked before the run directory is made, then the run's assembly."""
     started = time.monotonic()
     L.seed_everything(settings.run.seed, workers=True, verbose=False)
     info, classes = scan(settings.data, settings.run.seed)
@@ -125,64 +171,71 @@ def run(settings: Settings, *, extra_subscribers: Mapping[str, Subscriber] | Non
     joined = os.environ.get(RUN_DIR_VARIABLE) == str(run_dir)
     if not joined:
         lock.acquire()
-    # Pictures are drawn in its worker process while training goes on; closed in the finally below.
+    # Pictures are drawn in its worker process while training goes on; closed by `_finish`.
     writer = BackgroundWriter()
     preprocessing = run_preprocessing(settings)
     sampler = make_sampler(info.train_targets, balanced=settings.data.balanced, seed=settings.run.seed)
     datamodule = ImageDataModule(info, preprocessing, settings.data, sampler, settings.augment)
     loggers = build_loggers(settings.logger, run_dir, settings.run.name)
     trackers = LoggerTrackers.of(loggers)
-    context = RunContext(
+    assembly = assemble(
+        settings,
         run_dir=run_dir,
         class_names=classes,
         preprocessing=preprocessing,
         data=info,
-        monitor=settings.checkpoint.monitor,
-        monitor_mode=settings.checkpoint.mode,
         train_sampler=sampler,
         background=writer,
         augmented_samples=datamodule.preview,
         trackers=trackers,
-        verbosity=settings.run.terminal,
-        # Until the data kind is recorded, a run without flips says a mirror may change the class.
-        flips_change_class=settings.augment.hflip == 0,
+        record_events=settings.run.record_events,
+        specs=specs,
+        extras=extras,
     )
-    bus = Bus()
-    event_log = EventLog(context) if settings.run.record_events else None
-    if event_log is not None:
-        bus.attach(event_log)
-    # Checkpoints keep each subscriber's state under its table name (see BusCallback).
-    subscribers: dict[str, Subscriber] = {}
-    for name, spec in specs.items():
-        options = settings.subscribers[name]
-        if options.enabled:
-            subscribers[name] = bus.attach(spec.build(context, options), on_error=options.on_error)
-    extras = dict(extra_subscribers or {})
-    for subscriber in extras.values():
-        bus.attach(subscriber, on_error="raise")
-    stateful = subscribers | extras
-    attempts: list[dict[str, Any]] = []
+    attempts: list[Attempt] = []
     if resume_from is not None and not joined:
         try:
-            check_resume(
-                resume_from,
-                run_dir,
-                settings,
-                classes,
-                [k for k, s in stateful.items() if isinstance(s, Stateful)],
-            )
+            check_resume(resume_from, run_dir, settings, classes, assembly.stateful)
         except BaseException:
             lock.release()
             raise
-        attempts = keep_attempt(run_dir)
-        for name, path in (attempts[-1].get("artifacts") or {}).items() if attempts else ():
+        attempts = list(keep_attempt(run_dir))
+        earlier = attempts[-1].get("artifacts") if attempts else None
+        for name, path in earlier.items() if isinstance(earlier, dict) else ():
             if (run_dir / path).exists():
-                context.artifacts.setdefault(name, path)
+                assembly.context.artifacts.setdefault(name, path)
+    layout = RunLayout(run_dir)
+    callback = BusCallback(
+        assembly.bus,
+        assembly.context,
+        assembly.subscribers,
+        interrupt_checkpoint=layout.last_checkpoint if settings.checkpoint.enabled else None,
+    )
+    return _Run(
+        settings=settings,
+        layout=layout,
+        resume_from=resume_from,
+        joined=joined,
+        lock=lock,
+        data=info,
+        writer=writer,
+        module=module,
+        datamodule=datamodule,
+        loggers=loggers,
+        trackers=trackers,
+        assembly=assembly,
+        callback=callback,
+        attempts=attempts,
+        started=started,
+    )
 
+
+def _trainer(parts: _Run) -> L.Trainer:
+    """Lightning's Trainer for the run; on rank zero, the run's settings and labels are written."""
+    settings, layout, context = parts.settings, parts.layout, parts.assembly.context
     trainer_settings = settings.trainer
-    interrupt_checkpoint = last_checkpoint(run_dir) if settings.checkpoint.enabled else None
     trainer = L.Trainer(
-        default_root_dir=run_dir,
+        default_root_dir=layout.run_dir,
         max_epochs=trainer_settings.max_epochs,
         accelerator=trainer_settings.accelerator,
         devices=trainer_settings.devices,
@@ -197,117 +250,104 @@ def run(settings: Settings, *, extra_subscribers: Mapping[str, Subscriber] | Non
         enable_progress_bar=trainer_settings.progress_bar and settings.run.terminal != "quiet",
         enable_model_summary=False,
         enable_checkpointing=settings.checkpoint.enabled,
-        logger=loggers,
+        logger=parts.loggers,
         plugins=[AtomicCheckpointIO()],
         callbacks=[
-            BusCallback(bus, context, stateful, interrupt_checkpoint=interrupt_checkpoint),
+            parts.callback,
             StopOnSigterm(),
-            *_lightning_callbacks(settings, run_dir),
+            *_lightning_callbacks(settings, layout.run_dir),
         ],
     )
     if trainer.is_global_zero:
-        write_text(run_dir / "settings.toml", settings_to_toml(settings))
-        write_label_map(run_dir, classes)
+        write_text(layout.settings, settings_to_toml(settings))
+        write_label_map(layout.run_dir, context.class_names)
         # Its imports overlap the run's set-up and sanity check rather than an epoch.
-        writer.start()
-    context.record_artifact("settings", run_dir / "settings.toml")
-    context.record_artifact("label_map", run_dir / "labels.json")
-    for name, path in logger_artifacts(loggers).items():
+        parts.writer.start()
+    context.record_artifact("settings", layout.settings)
+    context.record_artifact("label_map", layout.labels)
+    for name, path in logger_artifacts(parts.loggers).items():
         context.record_artifact(name, path)
+    return trainer
 
-    os.environ[RUN_DIR_VARIABLE] = str(run_dir)
-    os.environ[RESUME_VARIABLE] = str(resume_from or "")
-    if not joined:
+
+def _fit(trainer: L.Trainer, parts: _Run, outcome: _Outcome) -> None:
+    """``trainer.fit``, then the test split; `outcome` says how it ended, exceptions propagate."""
+    layout, context = parts.layout, parts.assembly.context
+    os.environ[RUN_DIR_VARIABLE] = str(layout.run_dir)
+    os.environ[RESUME_VARIABLE] = str(parts.resume_from or "")
+    if not parts.joined:
         os.environ[LAUNCHER_VARIABLE] = str(os.getpid())
-    status = "failed"
-    tested: dict[str, Any] | None = None
-    error: str | None = None
     try:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
-        status = "interrupted" if trainer.interrupted else "completed"
-        if status == "completed" and trainer.is_global_zero:
+        trainer.fit(parts.module, datamodule=parts.datamodule, ckpt_path=parts.resume_from, weights_only=True)
+        outcome.status = "interrupted" if trainer.interrupted else "completed"
+        if outcome.status == "completed" and trainer.is_global_zero:
             # A held-out test/ folder beside train/ is scored once, with the exported best weights.
-            tested = evaluate_test_split(run_dir, info.root, context.best_checkpoint)
+            outcome.tested = evaluate_test_split(layout.run_dir, parts.data.root, context.best_checkpoint)
     except SIGTERMException:
-        status = "interrupted"
-        if joined:
+        outcome.status = "interrupted"
+        if parts.joined:
             outlive_launcher()
-        where = last_checkpoint(context.run_dir)
+        where = layout.last_checkpoint
         kept = (
             f"checkpoint {where} written at step {trainer.global_step}"
             if where.is_file()
             else "no checkpoint"
         )
         raise Terminated(
-            f"SIGTERM at step {trainer.global_step}: {kept}; summary.json has the resume command"
+            f"SIGTERM at step {trainer.global_step}: {kept}; {layout.summary} has the resume command"
         ) from None
     except TrainingDiverged as diverged:
-        status = "diverged"
-        last = last_checkpoint(run_dir)
+        outcome.status = "diverged"
+        last = layout.last_checkpoint
         kept = (
             f"the last good checkpoint is {last}" if last.is_file() else "no checkpoint was written before it"
         )
         stopped = TrainingDiverged(
             diverged.step, diverged.lr, diverged.what, f"{kept}; lower [model].lr or lengthen [model].warmup"
         )
-        error = f"{type(stopped).__name__}: {stopped}"
+        outcome.error = f"{type(stopped).__name__}: {stopped}"
         raise stopped from diverged
     except SystemExit:
         # Lightning turns Ctrl-C into a graceful shutdown ending in sys.exit(1).
-        status = "interrupted"
+        outcome.status = "interrupted"
         raise
     except BaseException as exception:
-        error = f"{type(exception).__name__}: {exception}"
+        outcome.error = f"{type(exception).__name__}: {exception}"
         if isinstance(exception, KeyboardInterrupt):
-            status = "interrupted"
+            outcome.status = "interrupted"
         raise
     finally:
         os.environ.pop(RUN_DIR_VARIABLE, None)
         os.environ.pop(RESUME_VARIABLE, None)
-        if not joined:
+        if not parts.joined:
             os.environ.pop(LAUNCHER_VARIABLE, None)
-        background_failures = writer.close()
-        summary = _summary(settings, context, trainer, bus, status, time.monotonic() - started)
-        summary["failures"] += [
-            {
-                "subscriber": failure.owner,
-                "event": "background",
-                "step": failure.step,
-                "error": failure.error,
-                "traceback": failure.traceback,
-            }
-            for failure in background_failures
-        ]
-        summary["test"] = tested
-        summary.update(_deployment(context))
-        summary["error"] = error
-        summary["attempts"] = attempts
-        if trainer.is_global_zero:
-            try:
-                write_json(run_dir / "summary.json", summary)
-            except OSError as failure:  # a full disk: the run's own outcome must still be reported
-                log.error("could not write %s: %s", run_dir / "summary.json", failure.strerror or failure)
-            _publish_run_end(bus, trainer, status)
-        if event_log is not None:
-            event_log.close()
-        if trackers is not None:
-            trackers.close()
-        lock.release()
-    return RunResult(run_dir=run_dir, summary=summary)
 
 
-def _publish_run_end(bus: Bus, trainer: L.Trainer, status: str) -> None:
-    final: Literal["completed", "failed", "interrupted"] = (
-        "completed" if status == "completed" else "interrupted" if status == "interrupted" else "failed"
-    )
-    try:
-        bus.publish(RunEnd(epoch=trainer.current_epoch, global_step=trainer.global_step, status=final))
-    except Exception:  # the run's own outcome (and its exception, if any) must win
-        log.exception("a subscriber failed while handling RunEnd")
+def _finish(trainer: L.Trainer, parts: _Run, outcome: _Outcome) -> RunSummary:
+    """The background writer's last jobs, the run's record written once, `RunEnd`, then closing up."""
+    background_failures = parts.writer.close()
+    summary = _summary(trainer, parts, outcome, tuple(background_failures))
+    bus = parts.assembly.bus
+    if trainer.is_global_zero:
+        try:
+            write_json(parts.layout.summary, summary.to_json())
+        except OSError as failure:  # a full disk: the run's own outcome must still be reported
+            log.error("could not write %s: %s", parts.layout.summary, failure.strerror or failure)
+        try:
+            bus.publish(
+                RunEnd(epoch=trainer.current_epoch, global_step=trainer.global_step, status=summary.status)
+            )
+        except Exception:  # the run's own outcome (and its exception, if any) must win
+            log.exception("a subscriber failed while handling RunEnd")
+    parts.assembly.close()
+    if parts.trackers is not None:
+        parts.trackers.close()
+    parts.lock.release()
+    return summary
 
 
 def _deployment(context: RunContext) -> dict[str, Any]:
-    """The int8 gate's record and the exported temperature, as the export's parity.json keeps them."""
+    """The quantization gates' records and the exported temperature, as the export's parity.json has them."""
     if "onnx_parity" not in context.artifacts:
         return {"quantization": None, "temperature": None}
     from harness.onnx.quantize import read_deployment
@@ -316,36 +356,32 @@ def _deployment(context: RunContext) -> dict[str, Any]:
 
 
 def _summary(
-    settings: Settings, context: RunContext, trainer: L.Trainer, bus: Bus, status: str, seconds: float
-) -> dict[str, Any]:
+    trainer: L.Trainer, parts: _Run, outcome: _Outcome, background: tuple[Failure, ...]
+) -> RunSummary:
+    context, layout = parts.assembly.context, parts.layout
+    last = layout.last_checkpoint
     best = context.best_checkpoint
-
-    def relative(path: Path | None) -> str | None:
-        if path is None:
-            return None
-        try:
-            return str(path.resolve().relative_to(context.run_dir.resolve()))
-        except ValueError:
-            return str(path)
-
-    last = last_checkpoint(context.run_dir)
-    return {
-        "status": status,
-        "run_dir": str(context.run_dir),
-        "monitor": settings.checkpoint.monitor,
-        "best_score": context.best_score,
-        "best_checkpoint": relative(best),
-        "epochs_completed": trainer.current_epoch,
-        "global_step": trainer.global_step,
-        "final_metrics": scalar_metrics(trainer),
-        "artifacts": dict(sorted(context.artifacts.items())),
-        "failures": [attrs.asdict(failure) for failure in bus.failures],
-        "skipped_images": [str(path) for path in context.data.skipped] if context.data else [],
-        "left_out_classes": [attrs.asdict(left) for left in context.data.left_out] if context.data else [],
-        "duration_s": round(seconds, 2),
-        "resume": (
-            f"python -m harness.run {context.run_dir / 'settings.toml'} --set trainer.resume={last}"
-            if last.is_file() and status != "completed"
+    return RunSummary(
+        status=outcome.status,
+        run_dir=layout.run_dir,
+        monitor=parts.settings.checkpoint.monitor,
+        best_score=context.best_score,
+        best_checkpoint=None if best is None else layout.relative(best),
+        epochs_completed=trainer.current_epoch,
+        global_step=trainer.global_step,
+        final_metrics=parts.callback.final_metrics(trainer),
+        artifacts=dict(context.artifacts),
+        failures=(*parts.assembly.bus.failures, *background),
+        skipped_images=tuple(str(path) for path in parts.data.skipped),
+        left_out_classes=parts.data.left_out,
+        duration_s=round(time.monotonic() - parts.started, 2),
+        resume=(
+            f"python -m harness.run {layout.settings} --set trainer.resume={last}"
+            if last.is_file() and outcome.status != "completed"
             else None
         ),
-    }
+        error=outcome.error,
+        attempts=tuple(parts.attempts),
+        test=outcome.tested,
+        **_deployment(context),
+    )

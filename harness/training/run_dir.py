@@ -28,16 +28,15 @@ from typing import Any
 import torch
 
 from harness.core.errors import HarnessError, SettingsError
-from harness.io.artifacts import CHECKPOINTS_DIR, LABELS_FILE, read_label_map, run_dir_of
+from harness.core.layout import RunLayout
+from harness.io.artifacts import read_label_map
 from harness.settings import Settings
 
 __all__ = [
-    "ATTEMPTS_DIR",
     "RESUME_VARIABLE",
     "RUN_DIR_VARIABLE",
     "AlreadyComplete",
     "check_resume",
-    "is_run_dir",
     "keep_attempt",
     "last_checkpoint",
     "launched_rank",
@@ -47,10 +46,6 @@ __all__ = [
 
 RUN_DIR_VARIABLE = "HARNESS_RUN_DIR"
 RESUME_VARIABLE = "HARNESS_RESUME_FROM"
-ATTEMPTS_DIR = "attempts"
-_LAST = "last.ckpt"
-_SETTINGS = "settings.toml"
-_SUMMARY = "summary.json"
 
 
 class AlreadyComplete(HarnessError):
@@ -65,11 +60,6 @@ def launched_rank() -> int:
         if os.environ.get(variable, "").isdigit():
             return int(os.environ[variable])
     return 0
-
-
-def is_run_dir(folder: Path) -> bool:
-    """Whether `folder` is a run directory the harness made."""
-    return (folder / _SETTINGS).is_file() and (folder / LABELS_FILE).is_file()
 
 
 def _read(checkpoint: Path) -> dict[str, Any]:
@@ -95,12 +85,15 @@ def _step(checkpoint: Path) -> int:
 
 def last_checkpoint(run_dir: Path) -> Path:
     """``<run_dir>/checkpoints/last.ckpt``: the checkpoint every save refreshes and an interrupt writes."""
-    return run_dir / CHECKPOINTS_DIR / _LAST
+    return RunLayout(run_dir).last_checkpoint
 
 
 def newest_checkpoint(run_dir: Path) -> Path | None:
     """The checkpoint of `run_dir` with the highest global step (``last.ckpt`` on a tie)."""
-    found = sorted((run_dir / CHECKPOINTS_DIR).glob("*.ckpt"), key=lambda p: (_step(p), p.name == _LAST))
+    layout = RunLayout(run_dir)
+    found = sorted(
+        layout.checkpoints.glob("*.ckpt"), key=lambda p: (_step(p), p.name == layout.last_checkpoint.name)
+    )
     return found[-1] if found else None
 
 
@@ -155,8 +148,8 @@ def resolve_run_dir(settings: Settings) -> tuple[Path, Path | None]:
         if not checkpoint.is_file():
             raise SettingsError(f"[trainer].resume: no such checkpoint file {resume!r}")
         _read(checkpoint)
-        home = run_dir_of(checkpoint)
-        return (home if is_run_dir(home) else _new_version(base)), checkpoint
+        home = RunLayout.of_checkpoint(checkpoint)
+        return (home.run_dir if home.is_run_dir() else _new_version(base)), checkpoint
     return _new_version(base), None
 
 
@@ -176,7 +169,7 @@ def check_resume(
     differences: list[str] = []
     if hparams.get("arch") not in (None, settings.model.arch):
         differences.append(f"architecture {hparams['arch']!r} in the checkpoint, {settings.model.arch!r} now")
-    if (run_dir / LABELS_FILE).is_file():
+    if RunLayout(run_dir).labels.is_file():
         then = read_label_map(run_dir)
         if list(then) != list(classes):
             differences.append(f"classes {then} in the run, {list(classes)} in the data now")
@@ -209,14 +202,14 @@ def check_resume(
 
 def _saved_settings(run_dir: Path) -> dict[str, Any]:
     try:
-        return tomllib.loads((run_dir / _SETTINGS).read_text(encoding="utf-8"))
+        return tomllib.loads(RunLayout(run_dir).settings.read_text(encoding="utf-8"))
     except (OSError, tomllib.TOMLDecodeError):
         return {}
 
 
 def _saved_summary(run_dir: Path) -> dict[str, Any]:
     try:
-        loaded = json.loads((run_dir / _SUMMARY).read_text(encoding="utf-8"))
+        loaded = json.loads(RunLayout(run_dir).summary.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError):
         return {}
     return loaded if isinstance(loaded, dict) else {}
@@ -227,13 +220,14 @@ def keep_attempt(run_dir: Path) -> list[dict[str, Any]]:
 
     Each entry is an earlier attempt's summary (without its own ``attempts``), oldest first.
     """
+    layout = RunLayout(run_dir)
     summary = _saved_summary(run_dir)
     earlier: list[dict[str, Any]] = list(summary.pop("attempts", []) or [])
-    if not summary and not (run_dir / _SETTINGS).is_file():
+    if not summary and not layout.settings.is_file():
         return earlier
-    folder = run_dir / ATTEMPTS_DIR / f"{len(earlier) + 1:03d}"
+    folder = layout.attempt(len(earlier) + 1)
     folder.mkdir(parents=True, exist_ok=True)
-    for name in (_SETTINGS, _SUMMARY):
-        if (run_dir / name).is_file():
-            shutil.copy2(run_dir / name, folder / name)
+    for path in (layout.settings, layout.summary):
+        if path.is_file():
+            shutil.copy2(path, folder / path.name)
     return [*earlier, {**summary, "record": str(folder.relative_to(run_dir))}]

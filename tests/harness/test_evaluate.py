@@ -18,7 +18,9 @@ import attrs
 import pytest
 import torch
 
+from harness.core.layout import RunLayout
 from harness.core.preprocessing import Preprocessing
+from harness.core.summary import RunSummary
 from harness.core.testing import write_imagefolder
 from harness.evaluate import evaluate, main
 from harness.io.artifacts import write_label_map, write_text
@@ -38,15 +40,15 @@ ROOT = Path(__file__).resolve().parents[2]
 class Trained:
     run_dir: Path
     data: Path
-    summary: dict[str, object]
+    summary: RunSummary
 
     @property
     def onnx(self) -> Path:
-        return self.run_dir / "onnx_export" / "model.onnx"
+        return RunLayout(self.run_dir).onnx_model
 
     @property
     def checkpoint(self) -> Path:
-        return self.run_dir / str(self.summary["best_checkpoint"])
+        return self.run_dir / str(self.summary.best_checkpoint)
 
     @property
     def best_epoch(self) -> int:
@@ -81,7 +83,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Trained:
         ],
     )
     result = run(settings)
-    assert result.summary["status"] == "completed", result.summary["failures"]
+    assert result.summary.status == "completed", result.summary.failures
     return Trained(run_dir=result.run_dir, data=data, summary=result.summary)
 
 
@@ -128,23 +130,23 @@ def test_onnx_and_checkpoint_agree_image_for_image_and_with_the_validation_matri
 
 
 def test_a_run_with_a_test_split_scores_it_at_the_end(trained: Trained) -> None:
-    tested = trained.summary["test"]
-    assert isinstance(tested, dict)
-    assert tested["source"]["kind"] == "onnx"
-    assert tested["images"] == sum(CLASSES.values())
-    folder = trained.run_dir / tested["directory"]
+    tested = trained.summary.test
+    assert tested is not None and tested.source is not None and tested.directory is not None
+    assert tested.source["kind"] == "onnx"
+    assert tested.images == sum(CLASSES.values())
+    folder = trained.run_dir / tested.directory
     metrics = json.loads((folder / "metrics.json").read_text())
     assert metrics["data"]["split"] == "test"
-    assert metrics["top1"] == tested["top1"]
-    summary = json.loads((trained.run_dir / "summary.json").read_text())
-    assert summary["test"] == tested
+    assert metrics["top1"] == tested.top1
+    summary = json.loads(RunLayout(trained.run_dir).summary.read_text())
+    assert summary["test"] == trained.summary.to_json()["test"]
     jsonschema = pytest.importorskip("jsonschema")
     schema = json.loads((resources.files("harness") / "summary.schema.json").read_text())
     jsonschema.validate(summary, schema)
 
 
 def test_balanced_accuracy_is_logged_and_drawn_every_validation_epoch(trained: Trained) -> None:
-    assert "val/acc_balanced" in trained.summary["final_metrics"]
+    assert "val/acc_balanced" in trained.summary.final_metrics
     history = read_rows(trained.run_dir / "plots" / "history.csv")
     assert "val/acc_balanced" in history[0]
     per_class = read_rows(trained.run_dir / "confusion_matrix" / "per_class" / "epoch_000.csv")

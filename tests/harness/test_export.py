@@ -12,8 +12,9 @@ import onnxruntime as ort
 import pytest
 import torch
 
+from harness.core.layout import RunLayout
 from harness.export import main
-from harness.io.artifacts import run_dir_of, write_label_map, write_text
+from harness.io.artifacts import write_label_map, write_text
 from harness.settings import Settings, load_settings, settings_to_toml
 from harness.training.fit import run
 from harness.training.model import Classifier
@@ -36,8 +37,14 @@ def fake_run(tmp_path: Path, *, labels: int | None = 3, settings: bool = True, h
 
 
 def test_the_run_directory_is_above_checkpoints(tmp_path: Path) -> None:
-    assert run_dir_of(tmp_path / "run" / "checkpoints" / "a.ckpt") == (tmp_path / "run").resolve()
-    assert run_dir_of(tmp_path / "elsewhere" / "a.ckpt") == (tmp_path / "elsewhere").resolve()
+    assert (
+        RunLayout.of_checkpoint(tmp_path / "run" / "checkpoints" / "a.ckpt").run_dir
+        == (tmp_path / "run").resolve()
+    )
+    assert (
+        RunLayout.of_checkpoint(tmp_path / "elsewhere" / "a.ckpt").run_dir
+        == (tmp_path / "elsewhere").resolve()
+    )
 
 
 def test_a_missing_checkpoint_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -95,7 +102,7 @@ def test_exports_a_checkpoint_of_a_real_run_with_images_from_its_data_set(
 ) -> None:
     settings = make_settings("model.optimizer='adamw'", "model.lr=0.001")
     result = run(settings)
-    checkpoint = result.run_dir / result.summary["best_checkpoint"]
+    checkpoint = result.run_dir / result.summary.best_checkpoint
     saved = torch.load(checkpoint, map_location="cpu", weights_only=True)
     model = Classifier(arch="resnet18", num_classes=3)
     model.load_state_dict(saved["state_dict"])

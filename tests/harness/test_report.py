@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from harness.report import REPORT_FILE, find_pictures, main, render_report, write_report
+from harness.core.layout import RunLayout
+from harness.report import find_pictures, main, render_report, write_report
 from harness.settings import Settings
 from harness.training.fit import run
 
@@ -57,7 +58,7 @@ def image_sources(page: str) -> list[str]:
 
 def test_the_page_shows_every_picture_the_summary_and_the_settings(run_dir: Path) -> None:
     path = write_report(run_dir)
-    assert path == run_dir / REPORT_FILE
+    assert path == RunLayout(run_dir).report
     page = path.read_text(encoding="utf-8")
 
     sources = image_sources(page)
@@ -121,7 +122,7 @@ def test_the_command_writes_the_page_and_refuses_a_missing_directory(
     run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert main([str(run_dir)]) == 0
-    assert (run_dir / REPORT_FILE).is_file()
+    assert RunLayout(run_dir).report.is_file()
     assert main([str(tmp_path / "nowhere")]) == 2
     assert "nowhere: not a directory (expected a run directory)" in capsys.readouterr().err
 
@@ -131,7 +132,7 @@ def test_python_dash_m_runs_it(run_dir: Path) -> None:
         [sys.executable, "-m", "harness.report", str(run_dir)], capture_output=True, text=True, check=False
     )
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip().endswith(REPORT_FILE)
+    assert done.stdout.strip().endswith(RunLayout(run_dir).report.name)
 
 
 @pytest.mark.slow

@@ -107,7 +107,7 @@ def test_the_page_of_every_run_loads_in_chromium_with_every_picture(
     )
     page = result.run_dir / "report.html"
     assert page.is_file(), "written by the run itself, no other command"
-    assert result.summary["artifacts"]["report"] == "report.html"
+    assert result.summary.artifacts["report"] == "report.html"
 
     browser, url = start_chromium(tmp_path / "profile")
     try:

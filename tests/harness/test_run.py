@@ -124,7 +124,7 @@ def test_resume_from_last_continues_the_run_with_subscriber_state(make_settings:
     assert resumed.run_dir == done.run_dir
     assert second.loaded is not None and torch.equal(second.loaded["tensor"], torch.arange(3))
     assert second.batches == 4
-    assert resumed.summary["epochs_completed"] == 2
+    assert resumed.summary.epochs_completed == 2
 
 
 def test_every_run_gets_a_new_directory_and_a_summary(make_settings: MakeSettings, capsys: Any) -> None:

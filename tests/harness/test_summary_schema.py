@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import json
+import typing
 from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 
+from harness.core.events import RunEnd
+from harness.core.summary import Failure, RunStatus, RunSummary
 from harness.core.testing import write_imagefolder
 from harness.settings import Settings
 from harness.training.fit import run
@@ -53,3 +57,12 @@ def test_a_real_summary_follows_the_schema_and_a_changed_one_does_not(
         {k: v for k, v in on_disk.items() if k != "error"},
     ):
         assert list(validator.iter_errors(broken)), broken
+
+
+def test_the_typed_record_has_the_schemas_fields_in_order_and_the_status_of_run_end() -> None:
+    document = schema()
+    assert [field.name for field in attrs.fields(RunSummary)] == document["required"]
+    assert list(typing.get_args(RunStatus)) == document["properties"]["status"]["enum"]
+    assert attrs.fields(RunEnd).status.type in ("RunStatus", RunStatus)
+    failure = document["properties"]["failures"]["items"]
+    assert [field.name for field in attrs.fields(Failure)] == failure["required"]

@@ -339,7 +339,7 @@ def test_a_real_run_validates_with_one_forward_per_batch(make_settings: MakeSett
             counted = sum(sum(row) for row in read_counts(folder / "latest.csv")[2])
             info, _ = scan(settings.data, settings.run.seed)
             assert counted == len(info.val)
-            assert "confusion_matrix/latest.png" in result.summary["artifacts"]
+            assert "confusion_matrix/latest.png" in result.summary.artifacts
         else:
             assert not folder.exists()
     assert calls[True] == calls[False] > 0

@@ -213,4 +213,4 @@ def test_a_real_run_reports_its_data_set(make_settings: MakeSettings) -> None:
     assert report["image_sizes"]["train"]["common_sizes"] == [
         {"width": 12, "height": 12, "count": report["train_images"]}
     ]
-    assert result.summary["artifacts"]["dataset_stats"] == "dataset_stats/dataset_stats.json"
+    assert result.summary.artifacts["dataset_stats"] == "dataset_stats/dataset_stats.json"

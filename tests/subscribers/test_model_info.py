@@ -164,4 +164,4 @@ def test_a_real_run_reports_the_training_module(make_settings: MakeSettings) -> 
     info = json.loads((result.run_dir / "model_info" / "model_info.json").read_text())
     assert (info["arch"], info["module"], info["input_shape"]) == ("resnet18", "Classifier", [1, 3, 16, 16])
     assert info["flops"] > 0
-    assert result.summary["artifacts"]["model_info"] == "model_info/model_info.json"
+    assert result.summary.artifacts["model_info"] == "model_info/model_info.json"

@@ -141,7 +141,7 @@ def test_a_picture_that_fails_keeps_its_tables_written_and_listed(
         writer = BackgroundWriter()
         writer.submit(owner, job, record=context.record_artifact)
         [failure] = writer.close()
-        assert failure.owner == owner and "directory" in failure.error
+        assert failure.subscriber == owner and failure.event == "background" and "directory" in failure.error
 
     for table in tables:
         assert (context.run_dir / table).stat().st_size > 0, table

@@ -290,8 +290,8 @@ def test_a_real_run_with_ema_exports_the_validated_weights_of_the_best_checkpoin
     )
     result = run(settings)
 
-    model_path = result.run_dir / result.summary["artifacts"]["onnx_model"]
-    best = result.run_dir / result.summary["best_checkpoint"]
+    model_path = result.run_dir / result.summary.artifacts["onnx_model"]
+    best = result.run_dir / result.summary.best_checkpoint
     checkpoint = torch.load(best, map_location="cpu", weights_only=True)
     validated = Classifier.from_settings(settings.model, num_classes=3)
     validated.load_state_dict(checkpoint["state_dict"])
@@ -307,7 +307,7 @@ def test_a_real_run_with_ema_exports_the_validated_weights_of_the_best_checkpoin
     got = logits_of(model_path, images)
     np.testing.assert_allclose(got, eager(validated, images), atol=1e-4, rtol=0)
     assert np.abs(got - eager(raw, images)).max() > 1e-3, "the raw training weights must not pass"
-    parity = json.loads((result.run_dir / result.summary["artifacts"]["onnx_parity"]).read_text())
+    parity = json.loads((result.run_dir / result.summary.artifacts["onnx_parity"]).read_text())
     assert parity["passed"] and parity["source"]["checkpoint"] == str(best)
 
     # harness.predict on the validation files agrees with the validated model

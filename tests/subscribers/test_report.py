@@ -9,7 +9,6 @@ import pytest
 from harness.core.bus import Bus
 from harness.core.events import FitStart, RunEnd, RunFailed, TrainEpochEnd
 from harness.core.testing import make_context, scripted_run
-from harness.io.report_page import REPORT_FILE
 from subscribers.plots import Plots
 from subscribers.report import Report, ReportSettings
 
@@ -20,7 +19,7 @@ def test_the_page_is_refreshed_each_epoch_and_reloads_while_running(tmp_path: Pa
     bus.attach(Plots(context))
     bus.attach(Report(context))
     pages: list[str] = []
-    bus.subscribe(TrainEpochEnd, lambda _: pages.append((context.run_dir / REPORT_FILE).read_text()))
+    bus.subscribe(TrainEpochEnd, lambda _: pages.append(context.layout.report.read_text()))
     scripted_run(bus, context, epochs=2)
 
     # Read after the report's own handler: the page of the epoch that just ended.
@@ -28,10 +27,10 @@ def test_the_page_is_refreshed_each_epoch_and_reloads_while_running(tmp_path: Pa
     assert "status: running: epoch 2 of 2 done" in pages[1]
     assert 'http-equiv="refresh"' in pages[1]
     assert 'src="plots/losses.png"' in pages[1]
-    assert context.artifacts["report"] == REPORT_FILE
+    assert context.artifacts["report"] == context.layout.report.name
 
     bus.publish(RunEnd(epoch=1, global_step=context.global_step, status="completed"))
-    final = (context.run_dir / REPORT_FILE).read_text()
+    final = context.layout.report.read_text()
     assert '<p class="status completed">status: completed</p>' in final
     assert 'http-equiv="refresh"' not in final, "a finished run's page stays still"
 
@@ -47,6 +46,6 @@ def test_a_run_that_stops_shows_its_status_and_its_failure(
     bus.publish(RunFailed(epoch=0, global_step=2, error="RuntimeError: <boom>", interrupted=interrupted))
     bus.publish(RunEnd(epoch=0, global_step=2, status=status))  # type: ignore[arg-type]
 
-    page = (context.run_dir / REPORT_FILE).read_text()
+    page = context.layout.report.read_text()
     assert f'<p class="status {status}">status: {status}</p>' in page
     assert "RuntimeError: &lt;boom&gt;" in page

@@ -350,7 +350,7 @@ def test_a_real_run_reports_every_epoch_and_resumes(make_settings: MakeSettings)
     assert all(int(row["total"]) == train_images for row in rows)
     # One process, whole epochs: the batches held exactly the classes the sampler drew.
     assert read_csv(folder / "trained.csv") == rows
-    assert resumed.summary["artifacts"]["sampler_draws"] == "sampler_tracking/draws.csv"
+    assert resumed.summary.artifacts["sampler_draws"] == "sampler_tracking/draws.csv"
     assert (folder / "draws.png").exists()
 
 

@@ -243,7 +243,7 @@ def test_a_real_run_shows_the_same_validation_images_each_epoch(make_settings: M
     assert len(first) == min(settings.subscribers["samples"].count, len(info.val))
     assert [row["position"] for row in first] == [row["position"] for row in second]
     assert [row["true"] for row in first] == [classes[info.val[row["position"]][1]] for row in first]
-    assert "samples/latest.png" in result.summary["artifacts"]
+    assert "samples/latest.png" in result.summary.artifacts
 
 
 def test_the_test_stage_draws_its_own_grid(context: RunContext) -> None:

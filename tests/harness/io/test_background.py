@@ -113,7 +113,7 @@ def test_a_failing_job_is_logged_and_returned_by_drain_and_the_next_jobs_still_r
 
     assert recorded.names == ["before", "after"]
     [failure] = failures
-    assert (failure.owner, failure.step) == ("ConfusionMatrix", 42)
+    assert (failure.subscriber, failure.step) == ("ConfusionMatrix", 42)
     assert failure.error == "OSError: disk full"
     assert "background_jobs.py" in failure.traceback, "the worker's traceback, where the job raised"
     assert "raise OSError(message)" in failure.traceback
@@ -214,7 +214,7 @@ def test_a_dead_worker_fails_its_jobs_and_a_new_one_takes_the_next(
     os.kill(worker, signal.SIGKILL)
 
     [failure] = writer.drain()
-    assert (failure.owner, failure.step) == ("Samples", 7)
+    assert (failure.subscriber, failure.step) == ("Samples", 7)
     assert failure.error.startswith("WorkerDied: the background writer's worker process exited with code -9")
     recorded = Recorded()
     writer.submit("Test", functools.partial(jobs.append, out, "second"), record=recorded)
@@ -244,7 +244,7 @@ def test_submit_with_a_writer_hands_the_job_over(
     [failure] = writer.drain()
     assert list(context.artifacts) == ["handed"]
     assert out.read_text().split()[1] != str(os.getpid())
-    assert (failure.owner, failure.step) == ("Test", 4)
+    assert (failure.subscriber, failure.step) == ("Test", 4)
 
 
 def test_max_pending_below_one_is_refused() -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 from harness.core.bus import Bus
 from harness.core.events import BatchEnd, CheckpointSaving
 from harness.core.testing import Recorder, make_context, scripted_run
-from harness.io.record import EVENTS_FILE, EventLog, read_events
+from harness.io.record import EventLog, read_events
 
 
 def test_each_line_carries_its_wall_time_and_replay_ignores_it(tmp_path: Path) -> None:
@@ -22,13 +22,13 @@ def test_each_line_carries_its_wall_time_and_replay_ignores_it(tmp_path: Path) -
     log.close()
     ended = time.time()
 
-    lines = [json.loads(line) for line in (context.run_dir / EVENTS_FILE).read_text().splitlines()]
+    lines = [json.loads(line) for line in context.layout.events.read_text().splitlines()]
     assert [line["event"] for line in lines] == recorder.names()
     assert all(list(line)[:2] == ["event", "time"] for line in lines)
     times = [line["time"] for line in lines]
     assert times == sorted(times), "a timeline: times never go backwards"
     assert started - 1e-3 <= times[0] and times[-1] <= ended + 1e-3
 
-    rebuilt = list(read_events(context.run_dir / EVENTS_FILE))
+    rebuilt = list(read_events(context.layout.events))
     expected = [e for e in recorder.events if not isinstance(e, BatchEnd | CheckpointSaving)]
     assert rebuilt == expected, "events are rebuilt exactly, the time left out"

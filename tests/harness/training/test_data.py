@@ -150,8 +150,8 @@ def test_a_run_on_messy_data_skips_the_broken_files_and_says_so(tmp_path: Path) 
         ],
     )
     result = run(settings)
-    assert result.summary["status"] == "completed"
-    assert result.summary["skipped_images"] == [str(broken)]
+    assert result.summary.status == "completed"
+    assert result.summary.skipped_images == (str(broken),)
     assert (result.run_dir / "confusion_matrix" / "latest.png").is_file()
 
 

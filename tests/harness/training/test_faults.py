@@ -199,14 +199,14 @@ def test_ctrl_c_writes_a_last_checkpoint_and_says_how_to_resume(tmp_path: Path) 
 def test_a_raising_subscriber_stops_the_run_by_default(tmp_path: Path) -> None:
     failed = harness_run(tmp_path, "trainer.max_epochs=2", env={"FAULT_AT": "BatchEnd:1:1", "FAULT": "raise"})
     assert failed.returncode == 1
-    assert "subscriber Fault.on_event failed on BatchEnd at step" in failed.stderr
+    assert "subscriber fault failed on BatchEnd at step" in failed.stderr
     assert "RuntimeError: injected failure" in failed.stderr
     run_dir = only_run_dir(tmp_path)
     check_artifacts_whole(run_dir)
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "failed"
     (failure,) = summary["failures"]
-    assert (failure["subscriber"], failure["event"]) == ("Fault.on_event", "BatchEnd")
+    assert (failure["subscriber"], failure["event"]) == ("fault", "BatchEnd")
     assert "injected failure" in failure["error"] and failure["step"] > 0
 
 
@@ -221,7 +221,7 @@ def test_an_isolated_raising_subscriber_is_reported_and_the_run_finishes(tmp_pat
     summary = json.loads((only_run_dir(tmp_path) / "summary.json").read_text())
     assert summary["status"] == "completed"
     (failure,) = summary["failures"]
-    assert failure["subscriber"] == "Fault.on_event" and failure["event"] == "BatchEnd"
+    assert failure["subscriber"] == "fault" and failure["event"] == "BatchEnd"
     assert "injected failure" in failure["error"]
 
 

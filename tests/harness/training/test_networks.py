@@ -139,7 +139,7 @@ def test_a_pretrained_run_exports_the_normalisation_and_exit_2_offline(
         "trainer.limit_train_batches=2",
     )
     result = run(settings)
-    assert result.summary["status"] == "completed"
+    assert result.summary.status == "completed"
     card = json.loads((result.run_dir / "onnx_export" / "preprocessing.json").read_text())
     assert card["mean"] == pytest.approx(normalization("squeezenet1_1", "DEFAULT").mean)
 
@@ -249,7 +249,7 @@ def test_networks_with_auxiliary_heads_fit_and_export_with_parity(
         "model.optimizer='adamw'",
     )
     result = run(settings)
-    assert result.summary["status"] == "completed", result.summary["failures"]
+    assert result.summary.status == "completed", result.summary.failures
     parity = json.loads((result.run_dir / "onnx_export" / "parity.json").read_text())
     assert parity["passed"]
     checkpoint = next((result.run_dir / "checkpoints").glob("epoch=*.ckpt"))

@@ -74,7 +74,7 @@ def test_a_resume_with_more_epochs_trains_them_at_a_non_zero_rate(make_settings:
     last = done.run_dir / "checkpoints" / "last.ckpt"
     before = conv_weight(last)
     resumed = run(make_settings(*common, "trainer.max_epochs=2", "trainer.resume='last'"))
-    assert resumed.run_dir == done.run_dir and resumed.summary["epochs_completed"] == 2
+    assert resumed.run_dir == done.run_dir and resumed.summary.epochs_completed == 2
     # AdamW at rate 0 moves no weight (its decay is scaled by the rate too).
     assert (conv_weight(last) - before).abs().max() > 1e-6, "the new epoch trained at rate 0"
 
