@@ -234,7 +234,7 @@ def test_the_temperature_goes_from_validation_through_checkpoint_and_onnx_to_eva
     assert fitted.nll_after <= fitted.nll_before  # never worse on the validation logits it was fitted on
     assert OnnxModel(trained.onnx).card.temperature == fitted
     assert load_checkpoint(trained.checkpoint).temperature == fitted
-    assert trained.summary["temperature"] == fitted.to_json()
+    assert trained.summary.temperature == fitted.to_json()
 
     by_onnx = evaluate(trained.onnx, trained.data, split="val")
     calibration = by_onnx.summary["calibration"]
@@ -246,7 +246,7 @@ def test_the_temperature_goes_from_validation_through_checkpoint_and_onnx_to_eva
 
 
 def test_the_int8_gate_figures_are_in_parity_and_summary(trained: Trained) -> None:
-    kinds = trained.summary["quantization"]
+    kinds = trained.summary.quantization
     assert isinstance(kinds, dict) and list(kinds) == ["int8"]
     gate = kinds["int8"]
     parity = json.loads((trained.onnx.parent / "parity.json").read_text())
