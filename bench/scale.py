@@ -1,6 +1,7 @@
 """How the confusion matrix's and the sampler tracking's epoch cost grows with the class count.
 
     .venv/bin/python -m bench.scale [--classes 10 100 1000] [--repeats 3]
+    .venv/bin/python -m bench.scale --runs 100 10000 [--images 20000] [--epochs 2]
 
 For 10, 100 and 1,000 classes, the CPU time per epoch of everything each subscriber does,
 wherever it runs: its handlers on the training process and the drawing job it hands the
@@ -22,6 +23,12 @@ worker process runs the same code).
 Every figure is process CPU time on one torch thread (a shared machine's load moves it
 little), the median over `repeats` epochs. The ratio reads as "the epoch with the
 subscriber, against the epoch without": (anchor + subscriber) / anchor.
+
+``--runs`` trains for real instead (`real_run`): ``python -m harness.run`` on a generated
+tree of `--images` 8-pixel images spread over each class count (every subscriber on),
+each run in a process of its own, and reports its peak memory (RSS of the run and its
+background writer), its run directory's growth per epoch (without checkpoints, and the
+checkpoints apart) and its wall and CPU time per epoch, against the first class count.
 """
 
 from __future__ import annotations
@@ -29,7 +36,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import json
+import resource
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -278,13 +289,157 @@ def rows(
     return measured
 
 
+@attrs.frozen(kw_only=True)
+class RunCost:
+    """What a real run of `classes` classes cost, per epoch where it says so."""
+
+    classes: int
+    peak_rss_mb: float
+    disk_mb_per_epoch: float
+    checkpoints_mb: float
+    wall_s_per_epoch: float
+    cpu_s_per_epoch: float
+
+
+def _tree(root: Path, classes: int, images: int) -> Path:
+    """`images` 8-pixel PNGs over `classes` folders (a colour per class, noise on top), train/val split."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(classes)
+    per_class = max(2, images // classes)
+    for c in range(classes):
+        colour = rng.integers(0, 256, 3)
+        for n in range(per_class):
+            split = "val" if n == 0 else "train"
+            folder = root / split / f"c{c:05d}"
+            folder.mkdir(parents=True, exist_ok=True)
+            noise = rng.normal(0, 30, (8, 8, 3))
+            pixels = np.clip(colour + noise, 0, 255).astype(np.uint8)
+            Image.fromarray(pixels, mode="RGB").save(folder / f"{n}.png")
+    return root
+
+
+def real_run(classes: int, images: int, epochs: int, directory: Path) -> RunCost:
+    """Train `epochs` epochs on `images` images of `classes` classes in a process of its own."""
+    data = _tree(directory / "data", classes, images)
+    command = [
+        sys.executable,
+        "-m",
+        "bench.scale",
+        "--one-run",
+        str(data),
+        str(directory / "runs"),
+        str(epochs),
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"the {classes}-class run failed:\n{done.stderr[-3000:]}")
+    measured = json.loads(done.stdout.strip().splitlines()[-1])
+    run_dir = Path(measured["run_dir"])
+    files = [p for p in run_dir.rglob("*") if p.is_file()]
+    checkpoints = sum(p.stat().st_size for p in files if p.suffix == ".ckpt")
+    rest = sum(p.stat().st_size for p in files if p.suffix != ".ckpt")
+    return RunCost(
+        classes=classes,
+        peak_rss_mb=measured["peak_rss_mb"],
+        disk_mb_per_epoch=rest / 1e6 / epochs,
+        checkpoints_mb=checkpoints / 1e6,
+        wall_s_per_epoch=measured["wall_s"] / epochs,
+        cpu_s_per_epoch=measured["cpu_s"] / epochs,
+    )
+
+
+def _one_run(data: str, output: str, epochs: int) -> None:
+    """The child of `real_run`: one run, then its figures as one JSON line."""
+    from harness.settings import load_settings
+    from harness.training.fit import run
+
+    settings = load_settings(
+        None,
+        [
+            f"data.root='{data}'",
+            f"run.output_dir='{output}'",
+            "data.image_size=8",
+            "data.batch_size=64",
+            "data.num_workers=0",
+            f"trainer.max_epochs={epochs}",
+            "trainer.num_sanity_val_steps=0",
+            "trainer.accelerator='cpu'",
+            "trainer.devices=1",
+            "trainer.progress_bar=false",
+            "run.terminal='quiet'",
+        ],
+    )
+    started, cpu = time.monotonic(), time.process_time()
+    result = run(settings)
+    wall = time.monotonic() - started
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    figures = {
+        "run_dir": str(result.run_dir),
+        "peak_rss_mb": max(own.ru_maxrss, children.ru_maxrss) / 1024,
+        "wall_s": wall,
+        "cpu_s": time.process_time() - cpu + children.ru_utime + children.ru_stime,
+    }
+    print(json.dumps(figures))
+
+
+def run_table(classes: Sequence[int], images: int, epochs: int) -> str:
+    """A real run per class count; a markdown table with each figure's ratio to the first count's."""
+    costs: list[RunCost] = []
+    with tempfile.TemporaryDirectory() as directory:
+        for count in classes:
+            costs.append(real_run(count, images, epochs, Path(directory) / str(count)))
+    anchor = costs[0]
+
+    def cell(value: float, anchor_value: float, text: str) -> str:
+        return f"{text} ({value / anchor_value:.2f}x)" if anchor_value > 0 else text
+
+    table = [
+        [
+            f"{cost.classes:,}",
+            cell(cost.peak_rss_mb, anchor.peak_rss_mb, f"{cost.peak_rss_mb:,.0f} MB"),
+            cell(cost.disk_mb_per_epoch, anchor.disk_mb_per_epoch, f"{cost.disk_mb_per_epoch:.2f} MB"),
+            cell(cost.checkpoints_mb, anchor.checkpoints_mb, f"{cost.checkpoints_mb:,.0f} MB"),
+            cell(cost.wall_s_per_epoch, anchor.wall_s_per_epoch, f"{cost.wall_s_per_epoch:.1f} s"),
+            cell(cost.cpu_s_per_epoch, anchor.cpu_s_per_epoch, f"{cost.cpu_s_per_epoch:.1f} s"),
+        ]
+        for cost in costs
+    ]
+    return (
+        f"real runs, {images:,} images of 8 px, {epochs} epoch(s), every subscriber on\n\n"
+        + markdown_table(
+            [
+                "classes",
+                "peak RSS",
+                "run directory per epoch (no checkpoints)",
+                "checkpoints",
+                "wall per epoch",
+                "CPU per epoch",
+            ],
+            table,
+        )
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.scale", description=__doc__.splitlines()[0])
     parser.add_argument("--classes", type=int, nargs="+", default=list(CLASSES), help="class counts")
     parser.add_argument("--repeats", type=int, default=3, help="timed epochs; the median is kept")
     parser.add_argument("--smoke", action="store_true", help="the first class count, one epoch")
+    parser.add_argument("--runs", type=int, nargs="+", help="real runs of these class counts instead")
+    parser.add_argument("--images", type=int, default=20_000, help="images of each real run")
+    parser.add_argument("--epochs", type=int, default=2, help="epochs of each real run")
+    parser.add_argument("--one-run", nargs=3, metavar=("DATA", "OUTPUT", "EPOCHS"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
+    if args.one_run:
+        _one_run(args.one_run[0], args.one_run[1], int(args.one_run[2]))
+        return
+    if args.runs:
+        print(run_table(args.runs, args.images, args.epochs))
+        return
     measured = rows(classes=args.classes, repeats=args.repeats, smoke=args.smoke)
     print()
     print(rows_table(measured))

@@ -9,7 +9,9 @@
 
 Each subcommand is the tool's own command line (``harness train --help`` is
 ``python -m harness.run --help``), with the same arguments and exit codes; ``python -m
-harness`` is the same command. A tool is imported only when its subcommand runs, so
+harness`` is the same command. The current directory comes first on ``sys.path``, as
+under ``python -m``, so ``[run].plugins`` imports a plugin module beside the settings
+the same way either way. A tool is imported only when its subcommand runs, so
 ``harness predict`` stays torch-free.
 """
 
@@ -19,6 +21,7 @@ import importlib
 import importlib.util
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 __all__ = ["SUBCOMMANDS", "main"]
 
@@ -52,6 +55,18 @@ def _usage(commands: dict[str, tuple[str, str]]) -> str:
     return "\n".join(lines)
 
 
+def _current_directory_first() -> None:
+    """Put the current directory first on ``sys.path``, as ``python -m`` does (not under ``-P``).
+
+    A console script starts with its own ``bin/`` folder there instead, so without this
+    ``harness train`` would not find the ``loss_spikes.py`` that ``python -m harness.run``
+    finds in the same folder.
+    """
+    here = str(Path.cwd())
+    if not sys.flags.safe_path and "" not in sys.path and here not in sys.path:
+        sys.path.insert(0, here)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the subcommand named first in `argv` with the rest; its exit code, or 2 for an unknown one."""
     args = list(sys.argv[1:] if argv is None else argv)
@@ -64,6 +79,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"harness: unknown command {name!r}; one of: {', '.join(commands)}", file=sys.stderr)
         print(_usage(commands), file=sys.stderr)
         return 2
+    _current_directory_first()
     tool: Callable[[Sequence[str]], int] = importlib.import_module(commands[name][0]).main
     try:
         return tool(rest)

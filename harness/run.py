@@ -2,7 +2,8 @@
 
 Reads and validates the settings (every mistake ends here with exit code 2, before
 anything is written), then runs `harness.training.fit.run`. The last line printed is the
-run directory. Exit codes: 0 done, 1 the run failed, 2 bad settings or data, 130
+run directory. Exit codes: 0 done (also when a subscriber stopped the run early, which it
+says), 1 the run failed, 2 bad settings or data, 130
 interrupted (Ctrl-C; ``summary.json`` holds the resume command).
 """
 
@@ -65,6 +66,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit:
         print("interrupted: see summary.json in the run directory for the resume command", file=sys.stderr)
         return 130
+    stop = result.summary.stop
+    if stop is not None:
+        print(
+            f"stopped at step {stop.global_step} as a subscriber asked: {stop.reason}; the run "
+            "is complete as it stands (checkpoints, export, summary.json): no resume is needed",
+            file=sys.stderr,
+        )
     print(result.run_dir)
     return 0
 

@@ -50,7 +50,6 @@ def _builtin() -> tuple[AnySpec, ...]:
         temperature.SPEC,
         onnx_export.SPEC,
         epoch_line.SPEC,
-        # After every subscriber that draws: their jobs run first on the background writer.
         trackers.SPEC,
         report.SPEC,
     )

@@ -61,29 +61,43 @@ def share_chart(
     expected: Sequence[float],
     class_names: Sequence[str],
 ) -> Chart:
-    """Share of each epoch's draws per class (solid), against the share the weights expect (dotted)."""
-    colours = [TAB10[c % len(TAB10)] for c in range(len(class_names))]
+    """Share of each epoch's draws per class (solid), against the share the weights expect (dotted).
+
+    Past `_MAX_LEGEND_CLASSES` classes it draws those whose share in the last epoch strays
+    furthest from the expected one, and its title says how many of how many.
+    """
     totals = [max(sum(row), 1) for row in drawn]
+    shown = list(range(len(class_names)))
+    title = "Drawn share per class (dotted: expected from the sampler's weights)"
+    if len(shown) > _MAX_LEGEND_CLASSES and drawn:
+        last, total = drawn[-1], totals[-1]
+        shown.sort(key=lambda c: -abs(last[c] / total - expected[c]))
+        shown = sorted(shown[:_MAX_LEGEND_CLASSES])
+        title = (
+            f"Drawn share of the {len(shown)} of {len(class_names):,} classes furthest from their "
+            "expected share (dotted)"
+        )
+    colours = [TAB10[k % len(TAB10)] for k in range(len(shown))]
     series = tuple(
         Series(
-            name=name,
+            name=class_names[c],
             points=tuple(
                 (float(e), row[c] / total) for e, row, total in zip(epochs, drawn, totals, strict=True)
             ),
-            colour=colours[c],
+            colour=colours[k],
             markers=len(epochs) <= 50,
         )
-        for c, name in enumerate(class_names)
+        for k, c in enumerate(shown)
     )
     return Chart(
-        title="Drawn share per class (dotted: expected from the sampler's weights)",
+        title=title,
         x_label="epoch",
         y_label="share of draws",
         series=series,
-        levels=tuple(zip(expected, colours, strict=True)),
+        levels=tuple(zip((expected[c] for c in shown), colours, strict=True)),
         percent_of=1.0,
         from_zero=True,
-        legend=len(class_names) <= _MAX_LEGEND_CLASSES,
+        legend=True,
         legend_title="class",
         legend_outside=True,
     )

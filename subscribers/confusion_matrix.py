@@ -2,10 +2,13 @@
 
 Consumes `BatchEnd(stage="validate" or "test")`, `ValidationEpochEnd` and `TestEpochEnd`;
 publishes nothing. The
-model is never called: each batch's logits and targets update a torchmetrics
-`MulticlassConfusionMatrix` that lives on the logits' device. At the end of every
-validation epoch (not the sanity check) every rank computes it (a collective under DDP),
-and rank zero writes, under ``run_dir/confusion_matrix/``:
+model is never called: each batch's logits and targets add one (true, predicted) code
+per image to a torchmetrics metric (`subscribers._pair_counts.PairCounts`) on the logits'
+device, so memory grows with the images, never with the classes squared. At the end of
+every validation epoch (not the sanity check) every rank computes it (a collective under
+DDP), and rank zero writes, under ``run_dir/confusion_matrix/`` (past 200 classes, as
+`subscribers._draw_confusion` says: the non-zero cells, the most confused pairs, the most
+mistaken classes drawn):
 
 - ``epoch_NNN.png``: class names on both axes, counts in the cells, colours from the
   `normalize` view (``none``, ``true`` rows or ``pred`` columns), epoch and accuracy in
@@ -35,7 +38,7 @@ from harness.core.context import RunContext
 from harness.core.events import BatchEnd, TestEpochEnd, ValidationEpochEnd
 from harness.core.options import option
 from harness.core.spec import OnError, SubscriberSettings, SubscriberSpec, on_error_option
-from subscribers._draw_confusion import write_epoch, write_test
+from subscribers._draw_confusion import Pairs, write_epoch, write_test
 
 __all__ = ["SPEC", "ConfusionMatrix", "ConfusionMatrixSettings"]
 
@@ -57,12 +60,10 @@ class ConfusionMatrix:
     def __init__(self, context: RunContext, settings: ConfusionMatrixSettings | None = None) -> None:
         self.context = context
         self.settings = settings or ConfusionMatrixSettings()
-        # torchmetrics (and the matplotlib it loads) is imported when the subscriber is built.
-        from torchmetrics.classification import MulticlassConfusionMatrix
+        # torchmetrics is imported when the subscriber is built.
+        from subscribers._pair_counts import PairCounts
 
-        # Host-side argument checks would synchronise with the GPU on every batch; the
-        # targets come from the run's own data set, whose labels are in range by design.
-        self.metric = MulticlassConfusionMatrix(num_classes=context.num_classes, validate_args=False)
+        self.metric = PairCounts(context.num_classes)
 
     def connect(self, bus: Bus) -> None:
         bus.subscribe(BatchEnd, self.on_batch_end, stage="validate")
@@ -83,7 +84,7 @@ class ConfusionMatrix:
             return
         # The collective runs here, on every rank; the job gets its own numpy copy, so the
         # background writer's worker never imports torch.
-        counts = self.metric.compute().cpu().numpy().astype("int64")
+        counts = Pairs.of(self.metric.compute().cpu().numpy(), self.context.num_classes)
         self.metric.reset()
         if self.context.is_rank_zero:
             context = self.context
@@ -100,7 +101,7 @@ class ConfusionMatrix:
     def on_test_epoch_end(self, event: TestEpochEnd) -> None:
         if self.metric.update_count == 0:
             return
-        counts = self.metric.compute().cpu().numpy().astype("int64")
+        counts = Pairs.of(self.metric.compute().cpu().numpy(), self.context.num_classes)
         self.metric.reset()
         if self.context.is_rank_zero:
             context = self.context

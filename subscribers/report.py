@@ -1,8 +1,9 @@
-"""The run's HTML page, kept current; consumes FitStart, TrainEpochEnd, RunFailed and RunEnd.
+"""The run's HTML page, kept current; consumes FitStart, EpochJobsQueued, RunFailed and RunEnd.
 
 It publishes nothing. ``run_dir/report.html`` (`harness.io.report_page`) is written at
-fit start, again at every epoch end (on the run's background writer, after the epoch's
-pictures, so training goes on meanwhile) while the run is going (the page reloads
+fit start, again at every epoch end (on the run's background writer, submitted at
+`EpochJobsQueued`, so after every picture of the epoch, a plugin's included, whatever
+the attach order; training goes on meanwhile) while the run is going (the page reloads
 itself), and a last time when the run ends, completed, failed or interrupted, showing
 that status and the failure. ``python -m harness.report`` is not needed after a run.
 """
@@ -15,7 +16,7 @@ import attrs
 
 from harness.core.bus import Bus
 from harness.core.context import RunContext
-from harness.core.events import FitStart, RunEnd, RunFailed, TrainEpochEnd
+from harness.core.events import EpochJobsQueued, FitStart, RunEnd, RunFailed
 from harness.core.options import option
 from harness.core.spec import OnError, SubscriberSettings, SubscriberSpec, on_error_option
 from harness.io.report_page import write_report
@@ -43,7 +44,7 @@ class Report:
 
     def connect(self, bus: Bus) -> None:
         bus.subscribe(FitStart, self.on_fit_start, rank_zero_only=True)
-        bus.subscribe(TrainEpochEnd, self.on_train_epoch_end, rank_zero_only=True)
+        bus.subscribe(EpochJobsQueued, self.on_epoch_jobs_queued, rank_zero_only=True)
         bus.subscribe(RunFailed, self.on_run_failed, rank_zero_only=True)
         bus.subscribe(RunEnd, self.on_run_end, rank_zero_only=True)
 
@@ -52,7 +53,7 @@ class Report:
         self.context.record_artifact("report", self.context.layout.report)
         self._submit("running: starting", event.global_step)
 
-    def on_train_epoch_end(self, event: TrainEpochEnd) -> None:
+    def on_epoch_jobs_queued(self, event: EpochJobsQueued) -> None:
         self._submit(f"running: epoch {event.epoch + 1} of {self.context.max_epochs} done", event.global_step)
 
     def on_run_failed(self, event: RunFailed) -> None:

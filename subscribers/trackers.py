@@ -1,4 +1,4 @@
-"""Pictures, settings and summary to the run's trackers; consumes FitStart, TrainEpochEnd, RunEnd.
+"""Pictures, settings and summary to the run's trackers; consumes FitStart, EpochJobsQueued, RunEnd.
 
 It publishes nothing, and knows no tracker: it hands files to `RunContext.trackers`
 (`harness.core.tracking.Trackers`; Lightning's TensorBoard and MLflow loggers, see
@@ -11,8 +11,9 @@ through Lightning already. On rank zero:
   ``confusion_matrix/latest.png``, ``samples/latest.png``, sampler shares, any other a
   subscriber draws, such as an augmentation preview) as an image named by its path
   (``confusion_matrix/latest``) at the epoch's last step, when it changed since it was
-  last logged. The pictures are looked for on the background writer, after the epoch's
-  drawing jobs, and logged here when that job is done;
+  last logged. The pictures are looked for on the background writer by a job submitted at
+  `EpochJobsQueued`, so after every drawing job of the epoch, a plugin's included, and
+  logged here when that job is done;
 - when the run ends, the pictures once more and ``summary.json``.
 """
 
@@ -30,7 +31,7 @@ import attrs
 
 from harness.core.bus import Bus
 from harness.core.context import Record, RunContext
-from harness.core.events import FitStart, RunEnd, TrainEpochEnd
+from harness.core.events import EpochJobsQueued, FitStart, RunEnd
 from harness.core.spec import OnError, SubscriberSettings, SubscriberSpec, on_error_option
 from harness.core.tracking import Param, Trackers
 from harness.io.report_page import current_pictures
@@ -79,7 +80,7 @@ class TrackerFiles:
 
     def connect(self, bus: Bus) -> None:
         bus.subscribe(FitStart, self.on_fit_start, rank_zero_only=True)
-        bus.subscribe(TrainEpochEnd, self.on_train_epoch_end, rank_zero_only=True)
+        bus.subscribe(EpochJobsQueued, self.on_epoch_jobs_queued, rank_zero_only=True)
         bus.subscribe(RunEnd, self.on_run_end, rank_zero_only=True)
 
     def on_fit_start(self, event: FitStart) -> None:
@@ -90,7 +91,7 @@ class TrackerFiles:
         trackers.log_params(flatten(tomllib.loads(settings.read_text(encoding="utf-8"))))
         trackers.log_artifact(settings)
 
-    def on_train_epoch_end(self, event: TrainEpochEnd) -> None:
+    def on_epoch_jobs_queued(self, event: EpochJobsQueued) -> None:
         if self.context.trackers is None:
             return
         record = functools.partial(self._log_picture, step=event.global_step)

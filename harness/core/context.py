@@ -29,6 +29,8 @@ __all__ = [
     "Record",
     "RunContext",
     "Samples",
+    "StopAt",
+    "StopRequest",
     "Verbosity",
 ]
 
@@ -42,6 +44,21 @@ Job = Callable[[Record], object]
 """Draws and writes files, naming each to `record`. It may run in another process: a
 module-level function, or a `functools.partial` of one, whose arguments pickle (numbers,
 strings, paths, numpy arrays, CPU tensors, and lists and dicts of those)."""
+
+
+StopAt = Literal["step", "epoch"]
+"""Where a requested stop takes effect: after the current training step, or at the end of the epoch."""
+
+
+@attrs.frozen(kw_only=True)
+class StopRequest:
+    """A subscriber's request to end the run early (`RunContext.request_stop`)."""
+
+    reason: str
+    at: StopAt
+    epoch: int
+    """The epoch and step when it was asked for."""
+    global_step: int
 
 
 Samples = Callable[[int, int], tuple[torch.Tensor, torch.Tensor]]
@@ -104,11 +121,11 @@ class RunContext:
     once Lightning has placed the run: `device`,
     `rank`, `world_size`, `model`, `train_sampler`. Progress, updated by the adapter
     before each event: `epoch`, `global_step`, `max_epochs`, `best_checkpoint`,
-    `best_score`. `temperature` is the temperature fitted on the latest validation's
-    logits (the `temperature` subscriber sets it; `BusCallback` keeps it in each
-    checkpoint, the ONNX export in the model). `artifacts` maps an artifact's name to
-    its path relative to `run_dir` (``summary.json``'s ``artifacts``); add to it with
-    `record_artifact`.
+    `best_score`; `stop_request`, set by `request_stop`. `temperature` is the temperature
+    fitted on the latest validation's logits (the `temperature` subscriber sets it;
+    `BusCallback` keeps it in each checkpoint, the ONNX export in the model). `artifacts`
+    maps an artifact's name to its path relative to `run_dir` (``summary.json``'s
+    ``artifacts``); add to it with `record_artifact`.
 
     `background` runs slow writing off the training thread; without one (tests,
     replays) `submit` runs a job at once, so one unit test covers both. `trackers`
@@ -139,6 +156,7 @@ class RunContext:
     best_score: float | None = None
     temperature: Temperature | None = None
     artifacts: dict[str, str] = attrs.Factory(dict)
+    stop_request: StopRequest | None = None
 
     @property
     def layout(self) -> RunLayout:
@@ -170,6 +188,27 @@ class RunContext:
             job(record)
         else:
             self.background.submit(owner, job, record=record, step=step)
+
+    def request_stop(self, reason: str, *, at: StopAt = "epoch") -> None:
+        """End the run early, as "stopped" (neither failed nor interrupted), for `reason`.
+
+        ``at="step"``: after the current training step; ``at="epoch"``: when the current
+        epoch ends. Either way the run validates once more (unless it just did), saves its
+        checkpoints, publishes `TrainEnd` (so the ONNX export and the test split's score
+        happen) and writes ``summary.json`` with status "stopped", this reason, and no
+        resume command: nothing is left to resume. The first request's reason is kept; a
+        later ``"step"`` request brings an ``"epoch"`` one forward. Under DDP a request on
+        any process stops every process at the same point.
+        """
+        if not reason.strip():
+            raise ValueError("RunContext.request_stop: give a reason, for summary.json and the terminal")
+        current = self.stop_request
+        if current is None:
+            self.stop_request = StopRequest(
+                reason=reason, at=at, epoch=self.epoch, global_step=self.global_step
+            )
+        elif at == "step" and current.at == "epoch":
+            self.stop_request = attrs.evolve(current, at="step")
 
     def require_model(self) -> nn.Module:
         """The model, or a clear error when a subscriber runs before `FitStart` filled it."""

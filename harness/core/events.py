@@ -20,7 +20,8 @@ Tensors in a payload are detached. This module is the table of contents of a run
             BatchEnd(stage="validate")        per batch, logits already computed
             ValidationEpochEnd(metrics)       everyone observes the evaluated weights
             ValidationSwapOut                 weight owners restore the training weights
-        TrainEpochEnd(metrics)
+        TrainEpochEnd(metrics)                drawing subscribers hand the epoch's pictures to the writer
+        EpochJobsQueued                       collectors (report page, trackers) queue their jobs
         CheckpointSaving(model_state)         for every checkpoint written (top-k, last)
     TrainLoopEnd                              weight owners install the final validated weights
     TrainEnd                                  consumers (ONNX export, reports) read them
@@ -71,6 +72,7 @@ __all__ = [
     "Stage",
     "TrainEnd",
     "TrainEpochEnd",
+    "EpochJobsQueued",
     "TrainEpochStart",
     "TestEpochEnd",
     "TestStart",
@@ -170,6 +172,18 @@ class TrainEpochEnd(Event):
 
 
 @attrs.frozen(kw_only=True)
+class EpochJobsQueued(Event):
+    """Every subscriber has handled `TrainEpochEnd`: the epoch's background jobs are all queued.
+
+    Published right after `TrainEpochEnd`, whatever order the subscribers were attached in
+    (plugins come after the built-ins). The background writer runs jobs in submission
+    order, so a job submitted here runs after every picture of the epoch, a plugin's
+    included: whoever collects the epoch's pictures (the report page, the trackers)
+    submits its job on this event.
+    """
+
+
+@attrs.frozen(kw_only=True)
 class CheckpointSaving(Event):
     """A checkpoint is being written.
 
@@ -242,6 +256,7 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     ValidationEpochEnd,
     ValidationSwapOut,
     TrainEpochEnd,
+    EpochJobsQueued,
     CheckpointSaving,
     TrainLoopEnd,
     TrainEnd,

@@ -9,18 +9,35 @@ whose fields are made with `option`::
 
 The help text is kept in the field's metadata, where the settings reference (README)
 reads it. A validator raises `ValueError` with a message that names the field, what it
-must be and what it got; the settings loader prefixes the file and the table.
+must be and what it got; `read_table`, which the settings loader uses for every table,
+prefixes the file and the table.
 """
 
 from __future__ import annotations
 
+import difflib
 import math
-from collections.abc import Callable
-from typing import Any, TypeVar
+import types
+import typing
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Literal, TypeVar
 
 import attrs
 
-__all__ = ["HELP_KEY", "Validator", "at_least", "check", "finite", "help_of", "option", "positive", "within"]
+from harness.core.errors import SettingsError
+
+__all__ = [
+    "HELP_KEY",
+    "Validator",
+    "at_least",
+    "check",
+    "finite",
+    "help_of",
+    "option",
+    "positive",
+    "read_table",
+    "within",
+]
 
 HELP_KEY = "help"
 T = TypeVar("T")
@@ -82,3 +99,96 @@ def within(low: float, high: float, *, closed: str = "[)") -> Validator:
         return bool(above and below)
 
     return check(inside, f"in {closed[0]}{low:g}, {high:g}{closed[1]}")
+
+
+def _where(source: str, table: tuple[str, ...]) -> str:
+    return f"{source}: [{'.'.join(table)}]" if table else f"{source}:"
+
+
+def _suggest(name: str, valid: Sequence[str]) -> str:
+    close = difflib.get_close_matches(name, valid, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ";"
+    return f"{hint} valid: {', '.join(valid)}"
+
+
+def read_table(
+    cls: type[T], values: Any, source: str, table: tuple[str, ...] = (), skip: Sequence[str] = ()
+) -> T:
+    """A settings class from one TOML table, validated: `SettingsError` naming `source`, table and key.
+
+    `values` is the table as TOML reads it; nested attrs classes are nested tables. An
+    unknown key suggests the closest valid one; a wrong type or a value a validator
+    refuses names what is allowed and what was given::
+
+        settings.toml: [subscribers.loss_spikes].factor must be positive, got -1.0
+
+    Fields named in `skip` are left to the caller.
+    """
+    if not isinstance(values, Mapping):
+        raise SettingsError(f"{_where(source, table)} must be a table, got {values!r}")
+    fields = {name: field for name, field in attrs.fields_dict(cls).items() if name not in skip}  # type: ignore[arg-type]
+    hints = typing.get_type_hints(cls)
+    kwargs: dict[str, Any] = {}
+    for key, value in values.items():
+        if key not in fields:
+            what = "table" if isinstance(value, Mapping) else "key"
+            dotted = ".".join((*table, key))
+            raise SettingsError(f"{source}: unknown {what} {dotted!r}" + _suggest(key, list(fields)))
+        hint = hints[key]
+        if attrs.has(hint):
+            kwargs[key] = read_table(hint, value, source, (*table, key))
+            continue
+        kwargs[key] = _coerce(hint, value, source, table, key)
+        validator = fields[key].validator
+        if validator is not None:
+            try:
+                validator(None, fields[key], kwargs[key])
+            except ValueError as error:
+                raise SettingsError(f"{_where(source, table)}.{error}") from None
+    try:
+        return cls(**kwargs)
+    except (ValueError, TypeError) as error:
+        raise SettingsError(f"{_where(source, table)}: {error}") from None
+
+
+def _coerce(hint: Any, value: Any, source: str, table: tuple[str, ...], key: str) -> Any:
+    where = f"{_where(source, table)}.{key}"
+    origin = typing.get_origin(hint)
+    if origin is Literal:
+        allowed = typing.get_args(hint)
+        if value not in allowed:
+            listed = ", ".join(repr(a) for a in allowed)
+            raise SettingsError(f"{where} must be one of {listed}, got {value!r}")
+        return value
+    if origin in (types.UnionType, typing.Union):
+        for option in typing.get_args(hint):
+            try:
+                return _coerce(option, value, source, table, key)
+            except SettingsError:
+                continue
+        names = " or ".join(_type_name(o) for o in typing.get_args(hint))
+        raise SettingsError(f"{where} must be {names}, got {value!r}")
+    if origin is tuple:
+        items = typing.get_args(hint)
+        if items and items[0] is float:
+            numbers = isinstance(value, list) and all(
+                isinstance(v, int | float) and not isinstance(v, bool) for v in value
+            )
+            if not numbers or (Ellipsis not in items and len(value) != len(items)):
+                raise SettingsError(f"{where} must be a list of {len(items)} numbers, got {value!r}")
+            return tuple(float(v) for v in value)
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise SettingsError(f"{where} must be a list of strings, got {value!r}")
+        return tuple(value)
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint is bool and not isinstance(value, bool):
+        raise SettingsError(f"{where} must be true or false, got {value!r}")
+    if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
+        raise SettingsError(f"{where} must be {_type_name(hint)}, got {value!r}")
+    return value
+
+
+def _type_name(hint: Any) -> str:
+    names = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
+    return names.get(hint, getattr(hint, "__name__", str(hint)))

@@ -5,8 +5,9 @@ real run's summary against it. The run writes it once, at its end, whatever the 
 (``harness.training.fit``); `RunStatus` is the status it records and that `RunEnd` carries:
 
 - ``completed``: every epoch ran;
-- ``stopped``: a subscriber asked the run to stop (its reason is in ``error``); the run
-  ended after the current step or epoch, exported, and needs no resume;
+- ``stopped``: a subscriber asked the run to stop (`RunContext.request_stop`; its reason,
+  and where, in ``stop``); the run ended after the current step or epoch, exported, and
+  needs no resume;
 - ``pruned``: a sweep stopped this trial early because it was not promising;
 - ``interrupted``: Ctrl-C or SIGTERM; ``resume`` holds the command that continues it;
 - ``diverged``: a non-finite training loss (see ``error``);
@@ -23,7 +24,7 @@ from typing import Any, Literal
 
 import attrs
 
-from harness.core.context import LeftOutClass
+from harness.core.context import LeftOutClass, StopRequest
 
 __all__ = ["BACKGROUND", "Attempt", "Failure", "RunStatus", "RunSummary", "TestScore"]
 
@@ -75,6 +76,7 @@ class RunSummary:
     """What a run left, as ``summary.json`` holds it (field by field, the schema's order)."""
 
     status: RunStatus
+    stop: StopRequest | None
     run_dir: Path
     monitor: str
     best_score: float | None
@@ -87,6 +89,8 @@ class RunSummary:
     skipped_images: tuple[str, ...]
     left_out_classes: tuple[LeftOutClass, ...]
     duration_s: float
+    world_size: int
+    num_nodes: int
     resume: str | None
     error: str | None
     attempts: tuple[Attempt, ...]
@@ -100,6 +104,7 @@ class RunSummary:
         """The document of ``summary.json``: every field in order; a test score without its empty fields."""
         document = attrs.asdict(self, recurse=False)
         document.update(
+            stop=None if self.stop is None else attrs.asdict(self.stop),
             run_dir=str(self.run_dir),
             final_metrics=dict(self.final_metrics),
             artifacts=dict(sorted(self.artifacts.items())),

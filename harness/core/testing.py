@@ -14,15 +14,22 @@
         ...
         bus.publish(batch_end(global_step=7, loss=12.5))
 
+    def test_one_validation(tmp_path):
+        ...
+        validation_epoch(bus, context, batches=3, logits=my_scripted_logits)
+
+    def test_my_options():
+        assert check_settings(SPEC, factor=2.5).factor == 2.5   # SettingsError as a run's
+
 Everything here publishes the same event classes, in the same order, as `BusCallback`
 does under Lightning (see `harness.core.events`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 import torch
@@ -34,6 +41,7 @@ from harness.core.context import DatasetInfo, JobRunner, RunContext
 from harness.core.events import (
     BatchEnd,
     CheckpointSaving,
+    EpochJobsQueued,
     Event,
     FitEnd,
     FitStart,
@@ -46,11 +54,36 @@ from harness.core.events import (
     ValidationSwapIn,
     ValidationSwapOut,
 )
+from harness.core.options import read_table
 from harness.core.preprocessing import Preprocessing
+from harness.core.spec import SubscriberSettings, SubscriberSpec
 
-__all__ = ["Recorder", "batch_end", "make_context", "scripted_run", "tiny_model", "write_imagefolder"]
+__all__ = [
+    "Logits",
+    "Recorder",
+    "batch_end",
+    "check_settings",
+    "make_context",
+    "scripted_run",
+    "tiny_model",
+    "validation_epoch",
+    "write_imagefolder",
+]
 
 E = TypeVar("E", bound=Event)
+S = TypeVar("S", bound=SubscriberSettings)
+
+
+def check_settings(spec: SubscriberSpec[S], table: Mapping[str, Any] | None = None, /, **options: Any) -> S:
+    """`spec`'s settings from its ``[subscribers.<name>]`` table, checked as a run checks it.
+
+    The options come as a table (what TOML reads) and keyword arguments. A misspelt key,
+    a wrong type or a value a validator refuses raises `harness.core.errors.SettingsError`
+    with the message a run stops with, the settings file's name aside: ``settings:
+    [subscribers.loss_spikes].factor must be positive, got -1.0``.
+    """
+    values = {**(table or {}), **options}
+    return read_table(spec.settings, values, "settings", ("subscribers", spec.name))
 
 
 def write_imagefolder(
@@ -187,6 +220,89 @@ class Recorder:
         return [event for event in self.events if isinstance(event, event_type)]
 
 
+class Logits(Protocol):
+    """Scripts a model's outputs: the logits for `inputs`, told the epoch and the stage."""
+
+    def __call__(
+        self, inputs: torch.Tensor, targets: torch.Tensor, *, epoch: int, stage: Stage
+    ) -> torch.Tensor: ...
+
+
+def _logits_of(
+    context: RunContext,
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    epoch: int,
+    stage: Stage,
+    logits: Logits | None,
+    generator: torch.Generator,
+) -> torch.Tensor:
+    if logits is not None:
+        return logits(inputs, targets, epoch=epoch, stage=stage).detach()
+    if context.model is None:
+        return torch.randn(inputs.shape[0], context.num_classes, generator=generator)
+    with torch.no_grad():
+        computed: torch.Tensor = context.model(inputs)
+    return computed.detach()
+
+
+def validation_epoch(
+    bus: Bus,
+    context: RunContext,
+    *,
+    epoch: int | None = None,
+    batches: int = 2,
+    batch_size: int = 4,
+    logits: Logits | None = None,
+    sanity_check: bool = False,
+    generator: torch.Generator | None = None,
+) -> dict[str, float]:
+    """Publish one validation as `BusCallback` does; return its metrics.
+
+    ``val/acc_top1`` is measured on the logits; ``val/loss`` is scripted, 1 / (epoch + 1),
+    so that each epoch is better than the last.
+
+    `ValidationSwapIn`, a `BatchEnd(stage="validate")` per batch, `ValidationEpochEnd`,
+    `ValidationSwapOut`, at `epoch` (default `context.epoch`). The model, when the context
+    has one, is in eval mode from before `ValidationSwapIn` to after `ValidationSwapOut`,
+    as under Lightning. Logits as in `scripted_run`.
+    """
+    epoch = context.epoch if epoch is None else epoch
+    generator = generator or torch.Generator().manual_seed(0)
+    model = context.model
+    training = model is not None and model.training
+    if model is not None:
+        model.eval()
+    step = context.global_step
+    bus.publish(ValidationSwapIn(epoch=epoch, global_step=step, sanity_check=sanity_check))
+    correct = total = 0
+    for index, (inputs, targets) in enumerate(_batches(context, batches, batch_size, generator)):
+        outputs = _logits_of(
+            context, inputs, targets, epoch=epoch, stage="validate", logits=logits, generator=generator
+        )
+        correct += int((outputs.argmax(1) == targets).sum())
+        total += len(targets)
+        bus.publish(
+            batch_end(
+                stage="validate",
+                epoch=epoch,
+                global_step=step,
+                batch_idx=index,
+                inputs=inputs,
+                targets=targets,
+                logits=outputs,
+                sanity_check=sanity_check,
+            )
+        )
+    metrics = {"val/acc_top1": correct / max(total, 1), "val/loss": 1.0 / (epoch + 1)}
+    bus.publish(ValidationEpochEnd(epoch=epoch, global_step=step, metrics=metrics, sanity_check=sanity_check))
+    bus.publish(ValidationSwapOut(epoch=epoch, global_step=step, sanity_check=sanity_check))
+    if model is not None:
+        model.train(training)
+    return metrics
+
+
 def _batches(
     context: RunContext, count: int, batch_size: int, generator: torch.Generator
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -209,14 +325,18 @@ def scripted_run(
     sanity_check: bool = False,
     train_step: Callable[[nn.Module, torch.Tensor, torch.Tensor], None] | None = None,
     losses: Sequence[float] | None = None,
-    logits: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    logits: Logits | None = None,
     seed: int = 0,
 ) -> None:
     """Publish a whole run's events on `bus`, updating `context` as Lightning's adapter does.
 
-    Logits come from `logits(inputs, targets)` when given, else from `context.model` when
-    set, else at random. `losses` gives the training loss of each training step in turn
-    (one per step from `context.epoch` to `epochs`); by default the loss is the
+    Logits come from `logits(inputs, targets, epoch=..., stage=...)` when given (`Logits`),
+    else from `context.model` when set, else at random. Each validation is
+    `validation_epoch`. A `RunContext.request_stop` ends the run as under Lightning: after
+    the current training step (``at="step"``; its epoch still validates and ends) or at the
+    end of the epoch, then `TrainLoopEnd`, `TrainEnd` and `FitEnd`. `losses` gives the
+    training loss of each training step in turn (one per step from `context.epoch` to
+    `epochs`); by default the loss is the
     cross-entropy of the logits. `train_step(model, inputs, targets)`, when given, runs
     after each training forward (an optimizer step, say).
     """
@@ -229,49 +349,22 @@ def scripted_run(
     generator = torch.Generator().manual_seed(seed)
     context.max_epochs = epochs
 
-    def logits_of(inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        if logits is not None:
-            return logits(inputs, targets).detach()
-        if context.model is None:
-            return torch.randn(inputs.shape[0], context.num_classes, generator=generator)
-        with torch.no_grad():
-            computed: torch.Tensor = context.model(inputs)
-        return computed.detach()
+    def logits_of(inputs: torch.Tensor, targets: torch.Tensor, epoch: int, stage: Stage) -> torch.Tensor:
+        return _logits_of(
+            context, inputs, targets, epoch=epoch, stage=stage, logits=logits, generator=generator
+        )
 
     def validate(epoch: int, sanity: bool) -> dict[str, float]:
-        # As Lightning does: eval mode before ValidationSwapIn, train mode after ValidationSwapOut.
-        model = context.model
-        training = model is not None and model.training
-        if model is not None:
-            model.eval()
-        bus.publish(ValidationSwapIn(epoch=epoch, global_step=context.global_step, sanity_check=sanity))
-        correct = total = 0
-        for index, (inputs, targets) in enumerate(_batches(context, val_batches, batch_size, generator)):
-            outputs = logits_of(inputs, targets)
-            correct += int((outputs.argmax(1) == targets).sum())
-            total += len(targets)
-            bus.publish(
-                batch_end(
-                    stage="validate",
-                    epoch=epoch,
-                    global_step=context.global_step,
-                    batch_idx=index,
-                    inputs=inputs,
-                    targets=targets,
-                    logits=outputs,
-                    sanity_check=sanity,
-                )
-            )
-        metrics = {"val/acc_top1": correct / max(total, 1), "val/loss": 1.0 / (epoch + 1)}
-        bus.publish(
-            ValidationEpochEnd(
-                epoch=epoch, global_step=context.global_step, metrics=metrics, sanity_check=sanity
-            )
+        return validation_epoch(
+            bus,
+            context,
+            epoch=epoch,
+            batches=val_batches,
+            batch_size=batch_size,
+            logits=logits,
+            sanity_check=sanity,
+            generator=generator,
         )
-        bus.publish(ValidationSwapOut(epoch=epoch, global_step=context.global_step, sanity_check=sanity))
-        if model is not None:
-            model.train(training)
-        return metrics
 
     bus.publish(FitStart(epoch=context.epoch, global_step=context.global_step, max_epochs=epochs))
     if sanity_check:
@@ -281,7 +374,7 @@ def scripted_run(
         context.epoch = epoch
         bus.publish(TrainEpochStart(epoch=epoch, global_step=context.global_step))
         for index, (inputs, targets) in enumerate(_batches(context, train_batches, batch_size, generator)):
-            outputs = logits_of(inputs, targets)
+            outputs = logits_of(inputs, targets, epoch, "train")
             if train_step is not None and context.model is not None:
                 train_step(context.model, inputs, targets)
             context.global_step += 1
@@ -297,12 +390,17 @@ def scripted_run(
                     loss=next(step_losses, None),
                 )
             )
+            if context.stop_request is not None and context.stop_request.at == "step":
+                break
         metrics = {"train/loss": 1.0 / (epoch + 1), "lr": 0.1, **validate(epoch, sanity=False)}
         bus.publish(
             TrainEpochEnd(epoch=epoch, global_step=context.global_step, metrics=metrics, validated=True)
         )
+        bus.publish(EpochJobsQueued(epoch=epoch, global_step=context.global_step))
         state = {} if context.model is None else dict(context.model.state_dict())
         bus.publish(CheckpointSaving(epoch=epoch, global_step=context.global_step, model_state=state))
+        if context.stop_request is not None:
+            break
     bus.publish(TrainLoopEnd(epoch=context.epoch, global_step=context.global_step))
     bus.publish(TrainEnd(epoch=context.epoch, global_step=context.global_step, metrics=metrics))
     bus.publish(FitEnd(epoch=context.epoch, global_step=context.global_step))

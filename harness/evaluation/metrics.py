@@ -31,6 +31,7 @@ __all__ = [
     "Metrics",
     "calibration",
     "class_scores",
+    "scores_of",
     "compute_metrics",
     "confusion_counts",
     "most_confused",
@@ -79,9 +80,11 @@ class ClassScores:
 def class_scores(counts: Ints) -> ClassScores:
     """Precision, recall and F1 of every class from a confusion matrix (zero when undefined)."""
     counts64 = counts.astype(np.float64)
-    hits = np.diag(counts64)
-    predicted = counts64.sum(axis=0)
-    support = counts64.sum(axis=1)
+    return scores_of(np.diag(counts64), counts64.sum(axis=0), counts64.sum(axis=1))
+
+
+def scores_of(hits: Floats, predicted: Floats, support: Floats) -> ClassScores:
+    """Precision, recall and F1 of every class from its hits, predictions and true images."""
     precision = _ratio(hits, predicted)
     recall = _ratio(hits, support)
     f1 = _ratio(2 * precision * recall, precision + recall)

@@ -5,10 +5,11 @@
     background          `BackgroundWriter`: pictures drawn in a worker process
     _background_worker  that worker's program
     images              image files read as RGB the one shared way (torch-free)
+    image_tree          an ImageFolder tree's split and class folders, found one way
     tables              `Table`: a subscriber's section of the report page, typed
     report_page         the run's HTML page
 
 Its modules are imported by name; importing this package imports none of them.
 """
 
-__all__ = ["artifacts", "background", "images", "record", "report_page", "tables"]
+__all__ = ["artifacts", "background", "image_tree", "images", "record", "report_page", "tables"]

@@ -75,16 +75,18 @@ def draw_confusion(
     *,
     normalize: Normalize,
     title: str,
+    totals: tuple[int, int] | None = None,
 ) -> Path:
     """Draw `counts` (C x C, true by predicted) to `path`, coloured by the `normalize` view.
 
-    The title is `title` over the accuracy (``accuracy 91.0% (91 of 100)``).
+    The title is `title` over the accuracy (``accuracy 91.0% (91 of 100)``), of `counts`
+    or, when they are a part of a larger matrix, of its `totals` (correct, all).
     """
     counts = np.asarray(counts, dtype=np.int64)
     n = len(class_names)
     values = normalise(counts, normalize)
     top = 1.0 if normalize != "none" else max(float(values.max(initial=0.0)), 1.0)
-    total, correct = int(counts.sum()), int(np.trace(counts))
+    correct, total = totals or (int(np.trace(counts)), int(counts.sum()))
 
     cell = max(2, min(72, max(26, 840 // n), _MAX_SIDE // n))
     side = n * cell

@@ -15,23 +15,20 @@ from __future__ import annotations
 import copy
 import difflib
 import tomllib
-import types
-import typing
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
 import attrs
 import tomli_w
 
 from harness.core.errors import SettingsError
+from harness.core.options import read_table
 from harness.core.spec import AnySpec, SubscriberSettings
 from harness.settings.plugins import resolve_specs
 from harness.settings.tree import Settings
 
 __all__ = ["load_settings", "parse_override", "settings_to_toml", "tables"]
-
-T = TypeVar("T")
 
 
 def load_settings(
@@ -131,7 +128,7 @@ def _build_settings(
 ) -> Settings:
     tree = dict(tree)
     subscribers = tree.pop("subscribers", {})
-    settings = _build(Settings, tree, source, (), skip=("subscribers",))
+    settings = read_table(Settings, tree, source, (), skip=("subscribers",))
     specs = resolve_specs(settings.run.plugins, builtins, where=f"{source}: [run].plugins")
     if not isinstance(subscribers, Mapping):
         raise SettingsError(f"{source}: [subscribers] must be a table, got {subscribers!r}")
@@ -145,88 +142,7 @@ def _build_settings(
                 f"{source}: unknown table 'subscribers.{name}'{hint}{plugin}; valid: {', '.join(valid)}"
             )
     built: dict[str, SubscriberSettings] = {
-        name: _build(spec.settings, subscribers.get(name, {}), source, ("subscribers", name))
+        name: read_table(spec.settings, subscribers.get(name, {}), source, ("subscribers", name))
         for name, spec in specs.items()
     }
     return attrs.evolve(settings, subscribers=built)
-
-
-def _where(source: str, table: tuple[str, ...]) -> str:
-    return f"{source}: [{'.'.join(table)}]" if table else f"{source}:"
-
-
-def _suggest(name: str, valid: Sequence[str]) -> str:
-    close = difflib.get_close_matches(name, valid, n=1)
-    hint = f"; did you mean {close[0]!r}?" if close else ";"
-    return f"{hint} valid: {', '.join(valid)}"
-
-
-def _build(cls: type[T], values: Any, source: str, table: tuple[str, ...], skip: Sequence[str] = ()) -> T:
-    if not isinstance(values, Mapping):
-        raise SettingsError(f"{_where(source, table)} must be a table, got {values!r}")
-    fields = {name: field for name, field in attrs.fields_dict(cls).items() if name not in skip}  # type: ignore[arg-type]
-    hints = typing.get_type_hints(cls)
-    kwargs: dict[str, Any] = {}
-    for key, value in values.items():
-        if key not in fields:
-            what = "table" if isinstance(value, Mapping) else "key"
-            dotted = ".".join((*table, key))
-            raise SettingsError(f"{source}: unknown {what} {dotted!r}" + _suggest(key, list(fields)))
-        hint = hints[key]
-        if attrs.has(hint):
-            kwargs[key] = _build(hint, value, source, (*table, key))
-            continue
-        kwargs[key] = _coerce(hint, value, source, table, key)
-        validator = fields[key].validator
-        if validator is not None:
-            try:
-                validator(None, fields[key], kwargs[key])
-            except ValueError as error:
-                raise SettingsError(f"{_where(source, table)}.{error}") from None
-    try:
-        return cls(**kwargs)
-    except (ValueError, TypeError) as error:
-        raise SettingsError(f"{_where(source, table)}: {error}") from None
-
-
-def _coerce(hint: Any, value: Any, source: str, table: tuple[str, ...], key: str) -> Any:
-    where = f"{_where(source, table)}.{key}"
-    origin = typing.get_origin(hint)
-    if origin is Literal:
-        allowed = typing.get_args(hint)
-        if value not in allowed:
-            listed = ", ".join(repr(a) for a in allowed)
-            raise SettingsError(f"{where} must be one of {listed}, got {value!r}")
-        return value
-    if origin in (types.UnionType, typing.Union):
-        for option in typing.get_args(hint):
-            try:
-                return _coerce(option, value, source, table, key)
-            except SettingsError:
-                continue
-        names = " or ".join(_type_name(o) for o in typing.get_args(hint))
-        raise SettingsError(f"{where} must be {names}, got {value!r}")
-    if origin is tuple:
-        items = typing.get_args(hint)
-        if items and items[0] is float:
-            numbers = isinstance(value, list) and all(
-                isinstance(v, int | float) and not isinstance(v, bool) for v in value
-            )
-            if not numbers or (Ellipsis not in items and len(value) != len(items)):
-                raise SettingsError(f"{where} must be a list of {len(items)} numbers, got {value!r}")
-            return tuple(float(v) for v in value)
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise SettingsError(f"{where} must be a list of strings, got {value!r}")
-        return tuple(value)
-    if hint is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if hint is bool and not isinstance(value, bool):
-        raise SettingsError(f"{where} must be true or false, got {value!r}")
-    if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
-        raise SettingsError(f"{where} must be {_type_name(hint)}, got {value!r}")
-    return value
-
-
-def _type_name(hint: Any) -> str:
-    names = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
-    return names.get(hint, getattr(hint, "__name__", str(hint)))

@@ -4,8 +4,10 @@ Built-ins come from the ``harness.builtins`` entry-point group, where an install
 distribution advertises a sequence of specs in attach order (the harness advertises
 ``subscribers:BUILTIN``), so this package never imports a subscriber. A plugin is named
 in ``[run].plugins`` as ``package.module:NAME`` (a `SubscriberSpec`, or a subscriber class,
-which may carry one as its ``spec`` attribute), or by the name of an entry point in the
-``harness.subscribers`` group: installed is not enabled, only a named plugin is attached.
+which may carry one as its ``spec`` attribute; the module is imported from ``sys.path``,
+the current directory first under ``python -m harness.run`` and ``harness train``
+alike), or by the name of an entry point in the ``harness.subscribers`` group:
+installed is not enabled, only a named plugin is attached.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import importlib
 import re
 from collections.abc import Iterable, Sequence
 from importlib import metadata
+from pathlib import Path
 
 from harness.core.errors import SettingsError
 from harness.core.spec import AnySpec, SubscriberSpec, plain_spec
@@ -75,17 +78,37 @@ def _entry_point(name: str, where: str) -> object:
         ) from None
 
 
+def _why_not(module_name: str, error: ImportError) -> str:
+    """The import error, and when the plugin's own module is what is missing, how to make it importable."""
+    found = f"{type(error).__name__}: {error}"
+    missing = getattr(error, "name", None)
+    if not isinstance(error, ModuleNotFoundError) or missing is None:
+        return found
+    if module_name != missing and not module_name.startswith(f"{missing}."):
+        return f"{found}; the plugin imports it: install it"
+    file = module_name.replace(".", "/") + ".py"
+    return (
+        f"{found}; a plugin module is imported from the current directory ({Path.cwd()}), "
+        f"PYTHONPATH or an installed package: run from the folder that holds {file}, "
+        "set PYTHONPATH to that folder, or pip install the package"
+    )
+
+
 def resolve_plugin(target: str, where: str = "[run].plugins") -> AnySpec:
     """The spec `target` names; `SettingsError` naming `where` and the target otherwise."""
     if ":" not in target:
         return _as_spec(target, _entry_point(target, where), where)
     module_name, _, attribute = target.partition(":")
     try:
-        obj = getattr(importlib.import_module(module_name), attribute)
-    except (ImportError, AttributeError) as error:
+        module = importlib.import_module(module_name)
+    except ImportError as error:
+        raise SettingsError(f"{where}: cannot import {target!r} ({_why_not(module_name, error)})") from None
+    try:
+        obj = getattr(module, attribute)
+    except AttributeError:
         raise SettingsError(
-            f"{where}: cannot import {target!r} ({type(error).__name__}: {error}); "
-            "expected 'package.module:NAME'"
+            f"{where}: cannot import {target!r}: module {module_name!r} ({module.__file__}) has no "
+            f"{attribute!r}; expected 'package.module:NAME'"
         ) from None
     return _as_spec(target, obj, where)
 

@@ -204,7 +204,14 @@ class TrainerSettings:
 
     max_epochs: int = option(8, "epochs to train", positive())
     accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps"] = option("auto", "Lightning's accelerator")
-    devices: int | str = option("auto", "devices (processes) to use, or `auto`", _positive_or_auto())
+    devices: int | str = option(
+        "auto", "devices (processes) to use on each machine, or `auto`", _positive_or_auto()
+    )
+    num_nodes: int = option(
+        1,
+        "machines the run spans (`torchrun --nnodes`, SLURM `--nodes`); `devices` is per machine",
+        positive(),
+    )
     strategy: Literal["auto", "ddp", "ddp_spawn"] = option(
         "auto", "Lightning's strategy; `ddp` for several devices"
     )

@@ -24,11 +24,12 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from typing_extensions import override
 
 from harness.core.bus import Bus, Stateful
-from harness.core.context import RunContext
+from harness.core.context import RunContext, StopAt
 from harness.core.errors import SubscriberError
 from harness.core.events import (
     BatchEnd,
     CheckpointSaving,
+    EpochJobsQueued,
     FitEnd,
     FitStart,
     RunFailed,
@@ -207,6 +208,22 @@ class BusCallback(Callback):
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
         self._batch_end(trainer, "train", outputs, batch, batch_idx)
+        self._stop_if_requested(trainer, "step")
+
+    def _stop_if_requested(self, trainer: L.Trainer, now: StopAt) -> None:
+        """Set Lightning's `should_stop` for a `RunContext.request_stop` due `now`, agreed by every rank.
+
+        Lightning then validates at this batch (unless it just did), ends the epoch and the
+        fit as it does for early stopping, so checkpoints, `TrainEnd` and the export follow.
+        """
+        request = self.context.stop_request
+        due = request is not None and (now == "epoch" or request.at == "step")
+        if trainer.world_size > 1:
+            due = trainer.strategy.reduce_boolean_decision(due, all=False)
+            if due and self.context.stop_request is None:
+                self.context.request_stop("requested by a subscriber on another process", at=now)
+        if due:
+            trainer.should_stop = True
 
     @override
     def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -247,6 +264,8 @@ class BusCallback(Callback):
         if validated:
             metrics |= self._validation
         self.bus.publish(TrainEpochEnd(epoch=epoch, global_step=step, metrics=metrics, validated=validated))
+        self.bus.publish(EpochJobsQueued(epoch=epoch, global_step=step))
+        self._stop_if_requested(trainer, "epoch")
 
     @override
     def on_save_checkpoint(

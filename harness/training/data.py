@@ -36,6 +36,7 @@ from harness.core.context import DatasetInfo, LeftOutClass
 from harness.core.errors import DataError, SettingsError
 from harness.core.preprocessing import Preprocessing
 from harness.io.artifacts import atomic_path
+from harness.io.image_tree import class_folders, split_folders
 from harness.io.images import image_entries, load_rgb, unreadable
 from harness.settings import AugmentSettings, DataSettings, Settings
 from harness.training.augment import BatchMixer, Transform, eval_transform, train_transform
@@ -55,9 +56,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-SPLIT_NAMES = {"train": ("train",), "val": ("val", "valid", "validation"), "test": ("test",)}
-"""The folder names (compared in lower case) that mark a tree as split, by split."""
 
 
 def cache_dir() -> Path:
@@ -121,10 +119,6 @@ def run_preprocessing(settings: Settings) -> Preprocessing:
     return attrs.evolve(settings.data.preprocessing(), mean=norm.mean, std=norm.std)
 
 
-def _class_folders(root: Path) -> list[Path]:
-    return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-
-
 Files = dict[str, list[os.DirEntry[str]]]
 """A split's image files by class folder name."""
 
@@ -134,38 +128,6 @@ def _files_by_class(root: Path, classes: Sequence[str]) -> Files:
     for name in classes:
         folder = root / name
         found[name] = image_entries(folder) if folder.is_dir() else []
-    return found
-
-
-def _splits(root: Path, where: str) -> dict[str, Path] | None:
-    """The split folders under `root` by split (``train``, ``val``, ``test``), or None for a class tree."""
-    folders = _class_folders(root)
-    split_of = {alias: split for split, aliases in SPLIT_NAMES.items() for alias in aliases}
-    splits = [folder for folder in folders if folder.name.lower() in split_of]
-    if not splits:
-        return None
-    others = [folder.name for folder in folders if folder not in splits]
-    named = ", ".join(f"{folder.name}/" for folder in splits)
-    if others:
-        raise DataError(
-            f"{where}: mixes split folders ({named}) with other folders ({', '.join(others)}); "
-            "expected either split folders holding class folders, or class folders only"
-        )
-    found: dict[str, Path] = {}
-    for folder in splits:
-        split = split_of[folder.name.lower()]
-        if split in found:
-            raise DataError(
-                f"{where}: two {split} split folders, {found[split].name}/ and {folder.name}/; keep one"
-            )
-        found[split] = folder
-    for split, needed in (("train", "a train/ folder"), ("val", "a val/, valid/ or validation/ folder")):
-        if split not in found:
-            raise DataError(
-                f"{where}: holds only split folders ({named}) and no {split} split; expected {needed} "
-                "of class folders beside it, or the class folders themselves under the root "
-                "(then [data].val_fraction splits them)"
-            )
     return found
 
 
@@ -218,9 +180,9 @@ def scan(settings: DataSettings, seed: int) -> tuple[DatasetInfo, tuple[str, ...
     where = f"[data].root = {str(root)!r}"
     if not root.is_dir():
         raise DataError(f"{where}: no such directory")
-    splits = _splits(root, where)
+    splits = split_folders(root, where)
     class_root = splits["train"] if splits else root
-    classes = tuple(p.name for p in _class_folders(class_root))
+    classes = tuple(p.name for p in class_folders(class_root))
     if not classes:
         inside = f" in {class_root.name}/" if splits else ""
         raise DataError(f"{where}: no class folders found{inside} (expected one folder of images per class)")
@@ -235,7 +197,7 @@ def scan(settings: DataSettings, seed: int) -> tuple[DatasetInfo, tuple[str, ...
     if splits:
         for split in ("val", "test"):
             if split in splits:
-                names = [p.name for p in _class_folders(splits[split])]
+                names = [p.name for p in class_folders(splits[split])]
                 held_out[split] = _files_by_class(splits[split], names)
         left_out = _unknown_classes(settings, where, held_out, classes)
     val_files = held_out.get("val", {})

@@ -7,7 +7,8 @@ names and preprocessing. `test_model` runs it over labelled images through
 its run directory (the confusion matrix and the sample grid draw the test set there);
 the class probabilities come from the logits those events carry.
 `evaluate_test_split` is what a training run does at its end when its data has a
-``test/`` folder: the exported ONNX model (else the best checkpoint) scored on it, into
+test split (``test/`` in any case; the images the run's scan kept): the exported ONNX
+model (else the best checkpoint) scored on it, into
 ``<run_dir>/evaluation/test/``.
 """
 
@@ -24,6 +25,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from harness.core.bus import Bus
+from harness.core.context import DatasetInfo
 from harness.core.errors import DataError, ExportError, HarnessError
 from harness.core.events import BatchEnd
 from harness.core.layout import RunLayout
@@ -31,7 +33,7 @@ from harness.core.preprocessing import Preprocessing
 from harness.core.summary import TestScore
 from harness.core.temperature import Temperature
 from harness.evaluation.calibrated import score
-from harness.evaluation.data import EvaluationData, load_evaluation_data, test_split_of
+from harness.evaluation.data import EvaluationData, test_split_of
 from harness.evaluation.folder import Evaluation, Source, evaluation_dir, sha256_of, write_evaluation
 from harness.io.artifacts import read_label_map
 from harness.settings import Settings, load_settings
@@ -40,7 +42,14 @@ from harness.training.callback import BusCallback
 from harness.training.data import ImageFiles, run_preprocessing
 from harness.training.model import Classifier
 
-__all__ = ["LoadedModel", "evaluate_test_split", "flipped_logits", "load_checkpoint", "test_model"]
+__all__ = [
+    "LoadedModel",
+    "evaluate_test_split",
+    "flipped_logits",
+    "load_checkpoint",
+    "test_model",
+    "test_split_data",
+]
 
 log = logging.getLogger("harness")
 
@@ -153,15 +162,37 @@ def flipped_logits(
         return torch.cat([module(images.flip(-1)).float() for images, _ in loader]).numpy()
 
 
-def evaluate_test_split(run_dir: Path, root: Path, best_checkpoint: Path | None) -> TestScore | None:
-    """Score a finished run on ``root/test`` (None when there is none); the headline for ``summary.json``.
+def test_split_data(info: DatasetInfo) -> EvaluationData | None:
+    """The test split the run's scan found (``test/`` in any case), as an evaluation's data; None without one.
+
+    The very images the scan kept: unreadable files it skipped (``[data].on_corrupt =
+    "skip"``) stay out, and class folders that training lacks are counted as left out.
+    """
+    folder = test_split_of(info.root)
+    if folder is None:
+        return None
+    return EvaluationData(
+        folder=folder,
+        split="test",
+        samples=tuple((Path(path), target) for path, target in info.test),
+        unknown={left.name: left.images for left in info.left_out if left.split == "test"},
+    )
+
+
+def evaluate_test_split(run_dir: Path, info: DatasetInfo, best_checkpoint: Path | None) -> TestScore | None:
+    """Score a finished run on its data's test split (None without one): the headline for ``summary.json``.
 
     An evaluation that fails is reported in the returned record and the log, not raised:
     training has succeeded by then and its artifacts stand.
     """
-    test = test_split_of(root)
-    if test is None:
+    data = test_split_data(info)
+    if data is None:
         return None
+    test = data.folder
+    if not data.samples:
+        return TestScore(
+            folder=str(test), error="the test split holds no readable images of the training classes"
+        )
     layout = RunLayout(run_dir)
     model_file = layout.onnx_model
     directory = evaluation_dir(layout.evaluation("test"))
@@ -171,13 +202,11 @@ def evaluate_test_split(run_dir: Path, root: Path, best_checkpoint: Path | None)
             from harness.onnx.session import OnnxModel
 
             model = OnnxModel(model_file)
-            data = load_evaluation_data(root, model.card.class_names, split="test", unknown="count")
             logits, temperature = model.logits(data.paths), model.card.temperature
             source = Source(kind="onnx", path=model_file, sha256=sha256_of(model_file))
             names = model.card.class_names
         elif best_checkpoint is not None and best_checkpoint.is_file():
             loaded = load_checkpoint(best_checkpoint)
-            data = load_evaluation_data(root, loaded.class_names, split="test", unknown="count")
             logits = test_model(loaded, data, directory, accelerator="cpu")
             temperature = loaded.temperature
             source = Source(kind="checkpoint", path=best_checkpoint, sha256=sha256_of(best_checkpoint))

@@ -41,10 +41,11 @@ from harness.settings import Settings, resolve_specs, settings_to_toml
 from harness.training.assembly import Assembly, assemble
 from harness.training.callback import BusCallback
 from harness.training.checkpoint_io import AtomicCheckpointIO
-from harness.training.data import ImageDataModule, run_preprocessing, scan
+from harness.training.data import ImageDataModule, run_preprocessing
 from harness.training.evaluation import evaluate_test_split
 from harness.training.loggers import LoggerTrackers, build_loggers, logger_artifacts, require_packages
 from harness.training.model import Classifier, check_monitor
+from harness.training.nodes import from_rank_zero, join, launch_of, scan_once
 from harness.training.run_dir import (
     RESUME_VARIABLE,
     RUN_DIR_VARIABLE,
@@ -154,7 +155,10 @@ def _assemble(settings: Settings, extras: Mapping[str, Subscriber]) -> _Run:
     """Everything the run needs, checked before the run directory is made, then the run's assembly."""
     started = time.monotonic()
     L.seed_everything(settings.run.seed, workers=True, verbose=False)
-    info, classes = scan(settings.data, settings.run.seed)
+    launch = launch_of(settings.trainer)
+    if launch is not None:
+        join(launch, settings.trainer)
+    info, classes = scan_once(launch, settings.data, settings.run.seed)
     if info.skipped:
         shown = ", ".join(str(path) for path in info.skipped[:5])
         log.warning(
@@ -166,11 +170,11 @@ def _assemble(settings: Settings, extras: Mapping[str, Subscriber]) -> _Run:
     specs = resolve_specs(settings.run.plugins)
     require_packages(settings.logger)  # before the run directory is made
     check_monitor(settings.checkpoint.monitor, settings.checkpoint.mode)
-    run_dir, resume_from = resolve_run_dir(settings)
+    run_dir, resume_from = from_rank_zero(launch, lambda: resolve_run_dir(settings))
     lock = RunLock(run_dir)
-    joined = os.environ.get(RUN_DIR_VARIABLE) == str(run_dir)
-    if not joined:
-        lock.acquire()
+    joined = os.environ.get(RUN_DIR_VARIABLE) == str(run_dir) or (launch is not None and not launch.is_zero)
+    # On several machines the other ranks wait for rank zero's lock (and stop with its error).
+    from_rank_zero(launch, lambda: None if joined else lock.acquire())
     # Pictures are drawn in its worker process while training goes on; closed by `_finish`.
     writer = BackgroundWriter()
     preprocessing = run_preprocessing(settings)
@@ -193,17 +197,23 @@ def _assemble(settings: Settings, extras: Mapping[str, Subscriber]) -> _Run:
         extras=extras,
     )
     attempts: list[Attempt] = []
-    if resume_from is not None and not joined:
+
+    def check_and_keep_attempt() -> list[Attempt]:
+        assert resume_from is not None
         try:
             check_resume(resume_from, run_dir, settings, classes, assembly.stateful)
         except BaseException:
             lock.release()
             raise
-        attempts = list(keep_attempt(run_dir))
-        earlier = attempts[-1].get("artifacts") if attempts else None
+        kept: list[Attempt] = list(keep_attempt(run_dir))
+        earlier = kept[-1].get("artifacts") if kept else None
         for name, path in earlier.items() if isinstance(earlier, dict) else ():
             if (run_dir / path).exists():
                 assembly.context.artifacts.setdefault(name, path)
+        return kept
+
+    if resume_from is not None and (launch is not None or not joined):
+        attempts = from_rank_zero(launch, check_and_keep_attempt)
     layout = RunLayout(run_dir)
     callback = BusCallback(
         assembly.bus,
@@ -239,6 +249,7 @@ def _trainer(parts: _Run) -> L.Trainer:
         max_epochs=trainer_settings.max_epochs,
         accelerator=trainer_settings.accelerator,
         devices=trainer_settings.devices,
+        num_nodes=trainer_settings.num_nodes,
         strategy=trainer_settings.strategy,
         precision=trainer_settings.precision,
         accumulate_grad_batches=trainer_settings.accumulate_grad_batches,
@@ -280,9 +291,11 @@ def _fit(trainer: L.Trainer, parts: _Run, outcome: _Outcome) -> None:
     try:
         trainer.fit(parts.module, datamodule=parts.datamodule, ckpt_path=parts.resume_from, weights_only=True)
         outcome.status = "interrupted" if trainer.interrupted else "completed"
-        if outcome.status == "completed" and trainer.is_global_zero:
+        if outcome.status == "completed" and context.stop_request is not None:
+            outcome.status = "stopped"  # a subscriber's request: the run is whole as it stands
+        if outcome.status in ("completed", "stopped") and trainer.is_global_zero:
             # A held-out test/ folder beside train/ is scored once, with the exported best weights.
-            outcome.tested = evaluate_test_split(layout.run_dir, parts.data.root, context.best_checkpoint)
+            outcome.tested = evaluate_test_split(layout.run_dir, parts.data, context.best_checkpoint)
     except SIGTERMException:
         outcome.status = "interrupted"
         if parts.joined:
@@ -363,6 +376,7 @@ def _summary(
     best = context.best_checkpoint
     return RunSummary(
         status=outcome.status,
+        stop=context.stop_request if outcome.status == "stopped" else None,
         run_dir=layout.run_dir,
         monitor=parts.settings.checkpoint.monitor,
         best_score=context.best_score,
@@ -375,9 +389,11 @@ def _summary(
         skipped_images=tuple(str(path) for path in parts.data.skipped),
         left_out_classes=parts.data.left_out,
         duration_s=round(time.monotonic() - parts.started, 2),
+        world_size=trainer.world_size,
+        num_nodes=trainer.num_nodes,
         resume=(
             f"python -m harness.run {layout.settings} --set trainer.resume={last}"
-            if last.is_file() and outcome.status != "completed"
+            if last.is_file() and outcome.status not in ("completed", "stopped")
             else None
         ),
         error=outcome.error,

@@ -1,7 +1,8 @@
 """harness.evaluate: a checkpoint (through trainer.test) and its ONNX export score a folder alike.
 
-One tiny run is trained once for the module on a tree with train/, val/ and test/ folders
-(16 px images, so neither path resizes and both see the same pixels).
+One tiny run is trained once for the module on a tree with Train/, Val/ and Test/ folders
+(split folders in any case; 16 px images, so neither path resizes and both see the same
+pixels).
 """
 
 from __future__ import annotations
@@ -59,7 +60,8 @@ class Trained:
 def trained(tmp_path_factory: pytest.TempPathFactory) -> Trained:
     base = tmp_path_factory.mktemp("evaluate")
     data = base / "data"
-    for seed, split in enumerate(("train", "val", "test")):
+    # Capitalised split folders: training, validation and the end-of-run test score find them alike.
+    for seed, split in enumerate(("Train", "Val", "Test")):
         write_imagefolder(data / split, CLASSES, size=16, seed=seed)
     enabled = {"onnx_export", "confusion_matrix", "samples", "plots", "temperature"}
     settings = load_settings(
@@ -135,6 +137,7 @@ def test_a_run_with_a_test_split_scores_it_at_the_end(trained: Trained) -> None:
     assert tested.source["kind"] == "onnx"
     assert tested.images == sum(CLASSES.values())
     folder = trained.run_dir / tested.directory
+    assert {Path(path).parents[1] for path in predicted_by_path(folder)} == {trained.data / "Test"}
     metrics = json.loads((folder / "metrics.json").read_text())
     assert metrics["data"]["split"] == "test"
     assert metrics["top1"] == tested.top1

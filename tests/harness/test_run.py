@@ -48,6 +48,7 @@ def test_events_fire_in_the_documented_order(make_settings: MakeSettings) -> Non
         ("ValidationEpochEnd", 1),
         ("ValidationSwapOut", 1),
         ("TrainEpochEnd", 1),
+        ("EpochJobsQueued", 1),
         ("CheckpointSaving", 2),
     ]
     expected = [
@@ -147,3 +148,48 @@ def test_every_run_gets_a_new_directory_and_a_summary(make_settings: MakeSetting
     for relative in summary["artifacts"].values():
         assert (second / relative).exists(), relative
     assert (second / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_a_subscriber_stops_the_run_after_a_step_and_it_ends_stopped_exported_and_scored(
+    tmp_path: Path,
+    make_settings: MakeSettings,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from importlib import resources
+
+    import jsonschema
+
+    from harness.core.testing import write_imagefolder
+    from harness.settings import settings_to_toml
+
+    monkeypatch.syspath_prepend(str(Path(__file__).parents[1] / "plugins"))
+    data = tmp_path / "split"
+    for seed, split in enumerate(("train", "val", "test")):
+        write_imagefolder(data / split, {"red": 8, "green": 8, "blue": 8}, seed=seed)
+    settings = make_settings(
+        "onnx_export",
+        "trainer.max_epochs=3",
+        "run.plugins=['stop_plugins:SPEC']",
+        "subscribers.stop_at_step.step=2",
+        root=data,
+    )
+    written = tmp_path / "settings.toml"
+    written.write_text(settings_to_toml(settings))
+    code = main([str(written)])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert "stopped at step 2 as a subscriber asked: step 2 reached" in err
+    assert "no resume is needed" in err
+    run_dir = Path(out.strip().splitlines()[-1])
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "stopped"
+    assert summary["stop"] == {"reason": "step 2 reached", "at": "step", "epoch": 0, "global_step": 2}
+    assert summary["global_step"] == 2, "it ended after the step that asked, not at the end of the epoch"
+    assert summary["resume"] is None
+    assert summary["best_checkpoint"], "the stopped epoch was validated and checkpointed"
+    assert (run_dir / "onnx_export" / "model.onnx").is_file()
+    assert summary["test"]["images"] == 24
+    assert (run_dir / "run_end_status.txt").read_text() == "stopped"
+    schema = json.loads((resources.files("harness") / "summary.schema.json").read_text())
+    jsonschema.validate(summary, schema)

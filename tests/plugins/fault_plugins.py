@@ -2,7 +2,7 @@
 
 They are configured by environment variables, read when constructed, since a plugin gets
 only the run context: ``FAULT_AT="<event>:<epoch>:<count>"``,
-``FAULT="kill|interrupt|term|term-group|raise"`` and, to hurt one rank only, ``FAULT_RANK``.
+``FAULT="kill|interrupt|term|term-group|raise|stop"`` and, to hurt one rank only, ``FAULT_RANK``.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from harness.core.events import BatchEnd, CheckpointSaving, Event, TrainEnd
 
 
 class Fault:
-    """At the Nth matching event of an epoch: SIGKILL, Ctrl-C (SIGINT), SIGTERM or an exception.
+    """At the Nth matching event of an epoch: SIGKILL, Ctrl-C, SIGTERM, an exception or a stop request.
 
     ``term-group`` sends SIGTERM to the run's whole process group, as SLURM and
     ``kill -TERM -<pgid>`` do; the run must lead its own group (``start_new_session``).
@@ -58,6 +58,8 @@ class Fault:
             os.killpg(os.getpgrp(), signal.SIGTERM)
         elif self.fault == "raise":
             raise RuntimeError("injected failure")
+        elif self.fault == "stop":
+            self.context.request_stop(f"injected stop on rank {self.context.rank}", at="step")
 
 
 class RankReport:

@@ -22,6 +22,7 @@ import torch
 from harness.core.bus import Bus, Stateful
 from harness.core.events import (
     CheckpointSaving,
+    EpochJobsQueued,
     FitEnd,
     TrainEnd,
     TrainEpochEnd,
@@ -106,6 +107,7 @@ def test_survives_events_it_did_not_expect(name: str, tmp_path: Path) -> None:
         ValidationEpochEnd(epoch=0, global_step=0, metrics={}),
         batch_end(stage="test", num_classes=3, image_size=16),
         TrainEpochEnd(epoch=3, global_step=5, metrics={"unknown/metric": 1.0}),
+        EpochJobsQueued(epoch=3, global_step=5),
         ValidationSwapIn(epoch=3, global_step=5),
         ValidationSwapIn(epoch=3, global_step=5),
         ValidationSwapOut(epoch=3, global_step=5),

@@ -19,6 +19,7 @@ from harness.core.testing import make_context, scripted_run
 from harness.io.background import BackgroundWriter
 from harness.pictures.chart import render
 from harness.settings import Settings
+from subscribers._draw_confusion import Pairs
 from subscribers._draw_confusion import write_epoch as write_confusion
 from subscribers._draw_history import draw_history
 from subscribers._draw_samples import Shown, to_pixels
@@ -86,7 +87,7 @@ NAMES = ("a", "b")
 
 
 def confusion_job(run_dir: Path) -> functools.partial[None]:
-    counts = np.array([[3, 1], [0, 2]])
+    counts = Pairs.from_dense(np.array([[3, 1], [0, 2]]))
     return functools.partial(write_confusion, run_dir, NAMES, counts, 0, "true")
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from harness.core.bus import Bus
-from harness.core.events import FitStart, RunEnd, RunFailed, TrainEpochEnd
+from harness.core.events import EpochJobsQueued, FitStart, RunEnd, RunFailed
 from harness.core.testing import make_context, scripted_run
 from subscribers.plots import Plots
 from subscribers.report import Report, ReportSettings
@@ -19,7 +19,7 @@ def test_the_page_is_refreshed_each_epoch_and_reloads_while_running(tmp_path: Pa
     bus.attach(Plots(context))
     bus.attach(Report(context))
     pages: list[str] = []
-    bus.subscribe(TrainEpochEnd, lambda _: pages.append(context.layout.report.read_text()))
+    bus.subscribe(EpochJobsQueued, lambda _: pages.append(context.layout.report.read_text()))
     scripted_run(bus, context, epochs=2)
 
     # Read after the report's own handler: the page of the epoch that just ended.

@@ -10,7 +10,7 @@ import attrs
 
 from harness.core.bus import Bus
 from harness.core.context import Job, Record
-from harness.core.events import RunEnd, TrainEpochEnd
+from harness.core.events import EpochJobsQueued, RunEnd
 from harness.core.testing import make_context, scripted_run
 from harness.core.tracking import Param
 from harness.io.artifacts import write_bytes, write_text
@@ -100,7 +100,7 @@ def test_a_late_record_logs_the_epoch_it_was_found_in(tmp_path: Path) -> None:
         picture = f"matrix of epoch {epoch}".encode()
         write_bytes(matrices / f"epoch_{epoch:03d}.png", picture)
         write_bytes(matrices / "latest.png", picture)
-        bus.publish(TrainEpochEnd(epoch=epoch, global_step=step, metrics={}))
+        bus.publish(EpochJobsQueued(epoch=epoch, global_step=step))
     runner.deliver()
     bus.publish(RunEnd(epoch=1, global_step=8, status="completed"))
 

@@ -82,6 +82,27 @@ def test_an_unreadable_image_is_named(tmp_path: Path) -> None:
         load_evaluation_data(root, ["a", "b"])
 
 
+def test_an_image_past_the_decompression_bomb_limit_is_unreadable_as_in_training(tmp_path: Path) -> None:
+    """10,000 x 10,000 pixels: past Pillow's limit, under twice it (a warning, not an error, to Pillow)."""
+    from harness.core.errors import DataError
+    from tests.harness.training.test_data import bomb_png
+
+    root = write_imagefolder(tmp_path / "data", {"a": 2, "b": 2}, size=6)
+    bomb_png(root / "a" / "huge.png", 10000)
+    with pytest.raises(
+        DataError, match=r"1 unreadable image file\(s\): .*huge\.png \(DecompressionBombWarning"
+    ):
+        load_evaluation_data(root, ["a", "b"])
+
+
+def test_split_folders_are_found_in_any_case_as_training_finds_them(tmp_path: Path) -> None:
+    for split in ("Train", "VALID", "Test"):
+        write_imagefolder(tmp_path / "tree" / split, {"a": 1, "b": 1})
+    found = load_evaluation_data(tmp_path / "tree", ["a", "b"])
+    assert (found.folder.name, found.split) == ("Test", "test")
+    assert load_evaluation_data(tmp_path / "tree", ["a", "b"], split="val").folder.name == "VALID"
+
+
 def test_an_earlier_evaluation_is_never_overwritten(tmp_path: Path) -> None:
     (tmp_path / "eval").mkdir()
     (tmp_path / "eval-1").mkdir()

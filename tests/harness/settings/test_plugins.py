@@ -20,6 +20,7 @@ import pytest
 
 from harness.core.errors import SettingsError
 from harness.run import main
+from harness.settings.plugins import resolve_plugin
 from harness.training.fit import run
 from tests.conftest import MakeSettings
 
@@ -55,7 +56,7 @@ def test_the_tour_test_is_short_and_passes(tour: dict[str, Path], tmp_path: Path
     assert len(source) <= 15
     namespace: dict[str, object] = {}
     exec(compile("\n".join(source), str(tour["test_loss_spikes.py"]), "exec"), namespace)
-    test = namespace["test_a_jump_in_the_loss_is_a_spike"]
+    test = namespace["test_a_jump_in_the_loss_is_a_spike_and_stops_the_run"]
     assert callable(test)
     test(tmp_path / "unit")
 
@@ -121,6 +122,48 @@ def test_a_misspelt_plugin_option_stops_before_anything_starts(
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.slow
+def test_harness_train_imports_a_plugin_from_the_current_directory_as_python_m_does(
+    tour: dict[str, Path], tmp_path: Path
+) -> None:
+    """The console script starts with its bin/ folder on sys.path, ``python -m`` with the current one."""
+    script = Path(sys.executable).with_name("harness")
+    assert script.is_file(), "the harness console script of this environment"
+    settings = [
+        "--set",
+        "run.plugins=['loss_spikes:SPEC']",
+        "--set",
+        "subscribers.loss_spikes.factr=2",
+        "--set",
+        f"run.output_dir='{tmp_path / 'runs'}'",
+    ]
+    for command in ([str(script), "train"], [sys.executable, "-m", "harness.run"]):
+        out = subprocess.run(
+            [*command, *settings], cwd=tour["loss_spikes.py"].parent, capture_output=True, text=True
+        )
+        # Only an imported plugin has options to misspell.
+        assert out.returncode == 2
+        assert "unknown key 'subscribers.loss_spikes.factr'; did you mean 'factor'?" in out.stderr, command
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_plugin_module_not_found_says_how_to_make_it_importable(tmp_path: Path) -> None:
+    with pytest.raises(SettingsError) as raised:
+        resolve_plugin("spike_watch.alarms:SPEC")
+    message = str(raised.value)
+    assert "No module named 'spike_watch'" in message
+    assert "run from the folder that holds spike_watch/alarms.py, set PYTHONPATH to that folder" in message
+    broken = tmp_path / "needs_more.py"
+    broken.write_text("import not_installed_anywhere\n")
+    sys.path.insert(0, str(tmp_path))
+    try:
+        with pytest.raises(SettingsError, match="the plugin imports it: install it"):
+            resolve_plugin("needs_more:SPEC")
+    finally:
+        sys.path.remove(str(tmp_path))
+        sys.modules.pop("needs_more", None)
+
+
 @pytest.mark.parametrize(
     ("override", "message"),
     [
@@ -143,11 +186,30 @@ def test_plugin_options_are_validated_like_the_built_ins(
     assert message in capsys.readouterr().err
 
 
+def project_copy(folder: Path) -> Path:
+    """The distribution's files, copied: setuptools' build/ and egg-info stay out of the checkout."""
+    root = Path(__file__).parents[3]
+    for name in ("harness", "subscribers"):
+        shutil.copytree(root / name, folder / name, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(root / name, folder / name)
+    return folder
+
+
+def mypy_strict(
+    folder: Path, file: str, python: str, env: dict[str, str]
+) -> subprocess.CompletedProcess[str]:
+    """``mypy --strict FILE`` in `folder`, against the packages `python` sees."""
+    mypy = [sys.executable, "-m", "mypy", "--strict", "--no-incremental", "--python-executable", python]
+    return subprocess.run(
+        [*mypy, file], cwd=folder, env={"PATH": "/usr/bin:/bin", **env}, capture_output=True, text=True
+    )
+
+
 @pytest.mark.slow
 def test_mypy_strict_finds_the_installed_package_typed(tour: dict[str, Path], tmp_path: Path) -> None:
     """Built as a wheel and installed apart, as a user's environment has it: py.typed ships."""
     wheels, site = tmp_path / "wheels", tmp_path / "site"
-    root = Path(__file__).parents[3]
     build = [
         sys.executable,
         "-m",
@@ -159,13 +221,7 @@ def test_mypy_strict_finds_the_installed_package_typed(tour: dict[str, Path], tm
         "-w",
         str(wheels),
     ]
-    # Built from a copy, so that setuptools' build/ and egg-info stay out of the checkout.
-    source = tmp_path / "source"
-    for name in ("harness", "subscribers"):
-        shutil.copytree(root / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ("pyproject.toml", "README.md"):
-        shutil.copy(root / name, source / name)
-    subprocess.run([*build, str(source)], check=True, capture_output=True)
+    subprocess.run([*build, str(project_copy(tmp_path / "source"))], check=True, capture_output=True)
     [wheel] = wheels.glob("harness-*.whl")
     install = [sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(site), str(wheel)]
     subprocess.run(install, check=True, capture_output=True)
@@ -174,15 +230,59 @@ def test_mypy_strict_finds_the_installed_package_typed(tour: dict[str, Path], tm
     bad.write_text(
         tour["loss_spikes.py"].read_text().replace("loss = float(event.loss)", "loss: str = event.loss")
     )
-    mypy = [sys.executable, "-m", "mypy", "--strict", "--no-incremental", "--ignore-missing-imports"]
-    env = {"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin"}
-    good = subprocess.run([*mypy, "loss_spikes.py"], cwd=bad.parent, env=env, capture_output=True, text=True)
+    env = {"PYTHONPATH": str(site)}
+    good = mypy_strict(bad.parent, "loss_spikes.py", sys.executable, env)
     assert good.returncode == 0, good.stdout
-    wrong = subprocess.run([*mypy, "bad_spikes.py"], cwd=bad.parent, env=env, capture_output=True, text=True)
+    wrong = mypy_strict(bad.parent, "bad_spikes.py", sys.executable, env)
     assert (
         wrong.returncode == 1
         and 'Incompatible types in assignment (expression has type "Tensor"' in wrong.stdout
+    ), wrong.stdout
+
+
+@pytest.mark.slow
+def test_mypy_strict_finds_the_package_of_the_readmes_editable_install(
+    tour: dict[str, Path], tmp_path: Path
+) -> None:
+    """``pip install -e .`` (the README's set-up) in a fresh environment: mypy sees ``harness``.
+
+    setuptools' default editable install of a flat layout is an import hook that mypy cannot
+    follow ("Cannot find implementation or library stub for module named harness");
+    pyproject's ``package-dir`` makes it a plain path. The new environment reaches this
+    one's packages (torch, pip, setuptools) through a path file of its own, whose lines
+    Python and mypy both follow.
+    """
+    environment = tmp_path / "env"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(environment)], check=True)
+    python = str(environment / "bin" / "python")
+    query = "import site, sys; print(site.getsitepackages()[0]); print(sys.version_info[:2])"
+    where = subprocess.run([python, "-c", query], check=True, capture_output=True, text=True)
+    own_site = Path(where.stdout.splitlines()[0])
+    assert where.stdout.splitlines()[1] == str(sys.version_info[:2])
+    # Sorted after setuptools' path file: the editable harness wins over this environment's.
+    (own_site / "zz_outer_environment.pth").write_text("\n".join(site_packages()) + "\n")
+    install = [python, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--no-index", "-q"]
+    source = project_copy(tmp_path / "source")
+    subprocess.run(
+        [*install, "-e", str(source)], check=True, capture_output=True, env={"PATH": "/usr/bin:/bin"}
     )
+    found = subprocess.run(
+        [python, "-c", "import harness; print(harness.__file__)"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={"PATH": "/usr/bin:/bin"},
+    )
+    assert found.stdout.strip() == str(source / "harness" / "__init__.py"), found.stderr
+    # No --ignore-missing-imports: a harness that mypy cannot find is an error of its own.
+    checked = mypy_strict(tour["loss_spikes.py"].parent, "loss_spikes.py", python, {})
+    assert checked.returncode == 0, checked.stdout
+
+
+def site_packages() -> list[str]:
+    import site
+
+    return [path for path in site.getsitepackages() if Path(path).is_dir()]
 
 
 def install_fake_distribution(site: Path, entry_points: str) -> None:

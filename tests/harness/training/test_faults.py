@@ -177,6 +177,25 @@ def test_sigterm_under_ddp_stops_every_rank_at_one_step_and_exits_143(
     assert summary["status"] == "completed" and summary["epochs_completed"] == 2
 
 
+def test_a_stop_request_on_one_rank_stops_every_rank_after_the_same_step(tmp_path: Path) -> None:
+    """Rank 1 asks (`RunContext.request_stop`); both ranks agree at that batch's end and the run is whole."""
+    stopped = harness_run(
+        tmp_path,
+        "trainer.max_epochs=2",
+        *DDP,
+        env={"FAULT_AT": "BatchEnd:0:2", "FAULT": "stop", "FAULT_RANK": "1"},
+        timeout=300,
+    )
+    assert stopped.returncode == 0, stopped.stderr[-4000:]
+    run_dir = only_run_dir(tmp_path)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "stopped" and summary["resume"] is None
+    assert summary["global_step"] == 2, "after the second step of epoch 0, on both ranks"
+    assert summary["stop"]["reason"] == "requested by a subscriber on another process"
+    digests = [json.loads((run_dir / f"rank_{rank}.json").read_text())["digest"] for rank in (0, 1)]
+    assert digests[0] == digests[1], "both ranks ended with the same weights"
+
+
 def test_ctrl_c_writes_a_last_checkpoint_and_says_how_to_resume(tmp_path: Path) -> None:
     interrupted = harness_run(
         tmp_path, "trainer.max_epochs=3", env={"FAULT_AT": "BatchEnd:1:2", "FAULT": "interrupt"}

@@ -64,6 +64,35 @@ def test_tensorboard_scalars_match_the_history_and_its_images_hold_the_latest_ma
 
 
 @pytest.mark.slow
+def test_a_plugins_picture_reaches_the_report_and_tensorboard_at_the_epoch_it_was_drawn(
+    make_settings: MakeSettings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Plugins attach after the built-ins (the trackers and the report among them): order-free."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    monkeypatch.syspath_prepend(str(Path(__file__).parents[2] / "plugins"))
+    settings = make_settings(
+        "confusion_matrix",
+        "trackers",
+        "report",
+        "trainer.max_epochs=2",
+        'logger.kinds=["csv", "tensorboard"]',
+        "run.plugins=['late_pictures:SPEC', 'late_pictures:FIRST_PAGE']",
+    )
+    result = run(settings)
+    assert result.summary.status == "completed" and result.summary.failures == ()
+
+    page = (result.run_dir / "report_after_epoch_0.html").read_text()
+    assert "late_pictures/epoch_000.png" in page, "the plugin's picture of epoch 0 in that epoch's page"
+    assert "confusion_matrix/latest.png" in page
+    events = EventAccumulator(str(result.run_dir / "tensorboard" / "version_0"), size_guidance={"images": 0})
+    events.Reload()
+    matrix_steps = [image.step for image in events.Images("confusion_matrix/latest")]
+    plugin_steps = [image.step for image in events.Images("late_pictures/latest")]
+    assert plugin_steps == matrix_steps == [result.summary.global_step // 2, result.summary.global_step]
+
+
+@pytest.mark.slow
 def test_mlflow_holds_the_metrics_parameters_pictures_and_summary(make_settings: MakeSettings) -> None:
     from mlflow.tracking import MlflowClient
 
