@@ -12,7 +12,7 @@ from harness.core.testing import make_context, scripted_run
 from subscribers.temperature import TemperatureScaling
 
 
-def over_confident(inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+def over_confident(inputs: torch.Tensor, targets: torch.Tensor, **_where: object) -> torch.Tensor:
     """Logits that favour the true class most of the time, scaled far beyond what the accuracy earns."""
     generator = torch.Generator().manual_seed(int(targets.sum()) + len(targets))
     noise = torch.randn(len(targets), 3, generator=generator)
