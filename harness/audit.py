@@ -249,8 +249,9 @@ def _run_probabilities(
         folder=val[0].path.parent.parent, split="val", samples=tuple((i.path, index[i.label]) for i in val)
     )
     with tempfile.TemporaryDirectory() as scratch:
-        probabilities = test_model(loaded, data, Path(scratch))
-    return val, probabilities, names
+        logits = test_model(loaded, data, Path(scratch)).astype(np.float64)
+    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return val, shifted / shifted.sum(axis=1, keepdims=True), names
 
 
 def _thumbnail(path: Path) -> str:

@@ -17,8 +17,13 @@ or with ``--unknown count`` its images are counted in ``metrics.json`` and left 
 The evaluation folder (default ``<run_dir>/evaluation/<data>[-<split>]``, never overwriting
 an earlier one) holds what `harness.evaluation.folder` lists: ``metrics.json``,
 ``per_class.csv``, ``confusion_matrix.png/.csv``, ``most_confused.csv``,
-``predictions.csv``, ``top_losses.png`` and ``reliability.png``. The per-class table is
-also printed. Exit codes: 0 done, 1 another harness error, 2 bad input (the message
+``predictions.csv``, ``top_losses.png`` and ``reliability.png``. The probabilities are
+``softmax(logits / T)`` with the temperature the model carries (fitted on the run's
+validation logits); ``metrics.json``'s ``calibration`` gives the ECE and NLL before and
+after it, and ``reliability_uncalibrated.png`` is the diagram before it. ``--tta flip``
+averages each image's probabilities with its mirror's and reports the gain under ``tta``;
+it is refused (exit 2, nothing written) for a model trained without flips. The
+per-class table is also printed. Exit codes: 0 done, 1 another harness error, 2 bad input (the message
 names the path).
 """
 
@@ -35,9 +40,9 @@ import numpy.typing as npt
 
 from harness.core.errors import DataError, HarnessError, report
 from harness.core.layout import MODEL_FILE, ONNX_EXPORT, RunLayout
+from harness.evaluation.calibrated import TTA_KINDS, Tta, refuse_flips, score
 from harness.evaluation.data import Unknown, load_evaluation_data
 from harness.evaluation.folder import Evaluation, Source, evaluation_dir, sha256_of, write_evaluation
-from harness.evaluation.metrics import softmax
 
 __all__ = ["evaluate", "main", "resolve_source"]
 
@@ -90,29 +95,49 @@ def evaluate(
     bins: int = 15,
     top_losses: int = 16,
     accelerator: str = "auto",
+    tta: Tta = "none",
 ) -> Evaluation:
     """Evaluate `source` on `data` and write the evaluation folder; see the module."""
     kind, path = resolve_source(source)
-    probabilities: npt.NDArray[np.float64]
+    flipped: npt.NDArray[np.float32] | None = None
     if kind == "onnx":
         from harness.onnx.session import OnnxModel
 
         model = OnnxModel(path)
-        names = model.card.class_names
+        if tta == "flip":
+            refuse_flips(model.card.flips_change_class, str(path))
+        names, temperature = model.card.class_names, model.card.temperature
         scored = load_evaluation_data(data, names, split=split, unknown=unknown)
         directory = evaluation_dir(output or _default_output(kind, path, data, scored.split))
-        probabilities = softmax(model.logits(scored.paths, batch_size))
+        logits = model.logits(scored.paths, batch_size)
+        if tta == "flip":
+            flipped = model.logits(scored.paths, batch_size, flip=True)
     else:
         # The Lightning side is imported only for a checkpoint.
-        from harness.training.evaluation import load_checkpoint, test_model
+        from harness.training.evaluation import flipped_logits, load_checkpoint, test_model
 
         loaded = load_checkpoint(path)
-        names = loaded.class_names
+        if tta == "flip":
+            refuse_flips(loaded.settings.augment.hflip == 0, str(path))
+        names, temperature = loaded.class_names, loaded.temperature
         scored = load_evaluation_data(data, names, split=split, unknown=unknown)
         directory = evaluation_dir(output or _default_output(kind, path, data, scored.split))
-        probabilities = test_model(loaded, scored, directory, batch_size=batch_size, accelerator=accelerator)
+        logits = test_model(loaded, scored, directory, batch_size=batch_size, accelerator=accelerator)
+        if tta == "flip":
+            flipped = flipped_logits(loaded, scored, batch_size=batch_size)
+    result = score(logits, scored.targets, temperature=temperature, flipped=flipped, bins=bins)
     origin = Source(kind=kind, path=path, sha256=sha256_of(path))
-    return write_evaluation(directory, probabilities, scored, names, origin, bins=bins, top_losses=top_losses)
+    return write_evaluation(
+        directory,
+        result.probabilities,
+        scored,
+        names,
+        origin,
+        bins=bins,
+        top_losses=top_losses,
+        figures=result.figures,
+        uncalibrated=result.uncalibrated,
+    )
 
 
 def print_report(evaluation: Evaluation) -> None:
@@ -138,6 +163,23 @@ def print_report(evaluation: Evaluation) -> None:
         highlight=False,
         soft_wrap=True,
     )
+    calibrated = figures.get("calibration") or {}
+    if calibrated.get("temperature"):
+        before, after = calibrated["ece_before"], calibrated["ece_after"]
+        console.print(
+            f"temperature {calibrated['temperature']['value']:.3f}: ECE {before:.4f} -> {after:.4f}, "
+            f"NLL {calibrated['nll_before']:.4f} -> {calibrated['nll_after']:.4f}",
+            highlight=False,
+            soft_wrap=True,
+        )
+    flips = figures.get("tta")
+    if flips:
+        console.print(
+            f"test-time flips: top-1 {flips['top1_without']:.4f} -> {flips['top1_with']:.4f} "
+            f"({flips['gain_points']:+.2f} points)",
+            highlight=False,
+            soft_wrap=True,
+        )
     for pair in figures["most_confused"][:5]:
         console.print(f"  {pair['true']} -> {pair['predicted']}: {pair['count']}", highlight=False)
     if figures["absent_classes"]:
@@ -178,6 +220,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--top-losses", type=int, default=16, help="images on the top-losses grid (default 16)"
     )
     parser.add_argument("--accelerator", default="auto", help="Lightning's accelerator for a checkpoint")
+    parser.add_argument(
+        "--tta",
+        choices=TTA_KINDS,
+        default="none",
+        help="flip: average each image with its mirror, gain reported (refused if trained without flips)",
+    )
     args = parser.parse_args(argv)
     for flag, value in (
         ("--batch-size", args.batch_size),
@@ -197,6 +245,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             bins=args.bins,
             top_losses=args.top_losses,
             accelerator=args.accelerator,
+            tta=args.tta,
         )
     except HarnessError as error:
         return report(error)

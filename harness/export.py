@@ -9,13 +9,22 @@ folder is ``checkpoints/``. The output (default ``<run_dir>/onnx_export``) is wh
 and ``parity.json``.
 
 The parity check runs on images from the run's data set (``[data].root``, or the embedded
-digits); when they cannot be read it runs on random images and says so.
-Exit codes: 0 exported, 1 the export or its parity check failed, 2 bad input.
+digits); when they cannot be read it runs on random images and says so. The model
+carries the temperature the checkpoint recorded (`harness.core.temperature`).
+
+``--quantize int8`` also writes ``model.int8.onnx`` (``--quantize fp16``: ``model.fp16.onnx``,
+with the ``fp16`` extra) through the accuracy gate of
+`harness.onnx.quantize`: calibrated on a seeded sample of the run's training images,
+scored against the float model on its validation split (the run's own split, rebuilt
+from its settings). A refused int8 model leaves no file; the float model stands, the
+figures are in ``parity.json``, and the one-line verdict is the error (exit 1).
+Exit codes: 0 exported, 1 the export, its parity check or the int8 gate failed, 2 bad input.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -36,11 +45,20 @@ from harness.onnx.bundle import (
     read_checkpoint,
 )
 from harness.onnx.card import ExportSource
+from harness.onnx.quantize import (
+    DEFAULT_CALIBRATION_IMAGES,
+    DEFAULT_MAX_CLASS_DROP,
+    DEFAULT_MAX_DROP,
+    KINDS,
+    Kind,
+    Quantization,
+    quantize_run_model,
+)
 from harness.settings import Settings, load_settings
-from harness.training.data import ImageFiles, materialise_digits, run_preprocessing
+from harness.training.data import ImageFiles, materialise_digits, run_preprocessing, scan
 from harness.training.model import Classifier
 
-__all__ = ["export_checkpoint", "main", "sample_images"]
+__all__ = ["export_checkpoint", "main", "quantize_checkpoint", "sample_images"]
 
 
 def sample_images(settings: Settings, preprocessing: Preprocessing, count: int) -> torch.Tensor:
@@ -66,6 +84,47 @@ def export_checkpoint(
 
     `opset` and `tolerance` default to the ONNX library's (`harness.onnx.bundle`).
     """
+    result, origin, _ = _export(checkpoint, output, opset=opset, tolerance=tolerance)
+    return result, origin
+
+
+def quantize_checkpoint(
+    checkpoint: Path,
+    output: Path | None = None,
+    *,
+    kinds: Sequence[Kind] = ("int8",),
+    max_drop: float = DEFAULT_MAX_DROP,
+    max_class_drop: float = DEFAULT_MAX_CLASS_DROP,
+    calibration_images: int = DEFAULT_CALIBRATION_IMAGES,
+    seed: int = 0,
+    opset: int | None = None,
+    tolerance: float | None = None,
+) -> tuple[ExportResult, str, tuple[Quantization, ...]]:
+    """Export `checkpoint`, then convert it to each of `kinds` through the gate, on the run's own split."""
+    result, origin, settings = _export(checkpoint, output, opset=opset, tolerance=tolerance)
+    info, _ = scan(settings.data, settings.run.seed)
+    records = quantize_run_model(
+        result.model,
+        train=info.train,
+        val=info.val,
+        preprocessing=run_preprocessing(settings),
+        class_names=tuple(read_label_map(RunLayout.of_checkpoint(checkpoint).labels)),
+        kinds=kinds,
+        calibration_images=calibration_images,
+        seed=seed,
+        max_drop=max_drop,
+        max_class_drop=max_class_drop,
+    )
+    return result, origin, records
+
+
+def _export(
+    checkpoint: Path,
+    output: Path | None = None,
+    *,
+    opset: int | None = None,
+    tolerance: float | None = None,
+) -> tuple[ExportResult, str, Settings]:
     if not checkpoint.is_file():
         raise DataError(f"{checkpoint}: no such checkpoint file")
     layout = RunLayout.of_checkpoint(checkpoint)
@@ -115,8 +174,10 @@ def export_checkpoint(
         directory=output or layout.onnx_export,
         opset=DEFAULT_OPSET if opset is None else opset,
         tolerance=DEFAULT_TOLERANCE if tolerance is None else tolerance,
+        temperature=loaded.temperature,
+        flips_change_class=settings.augment.hflip == 0,
     )
-    return result, origin
+    return result, origin, settings
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -136,21 +197,70 @@ def main(argv: Sequence[str] | None = None) -> int:
         type=float,
         help=f"largest logit difference allowed by the parity check (default {DEFAULT_TOLERANCE:g})",
     )
+    parser.add_argument(
+        "--quantize",
+        choices=KINDS,
+        action="append",
+        help="also write model.int8.onnx (model.fp16.onnx: extra .[fp16]) if it passes the accuracy gate",
+    )
+    parser.add_argument(
+        "--max-drop",
+        type=float,
+        default=DEFAULT_MAX_DROP,
+        help=f"points of validation top-1 int8 may lose (default {DEFAULT_MAX_DROP:g})",
+    )
+    parser.add_argument(
+        "--max-class-drop",
+        type=float,
+        default=DEFAULT_MAX_CLASS_DROP,
+        help=f"points of recall any class may lose to int8 (default {DEFAULT_MAX_CLASS_DROP:g})",
+    )
+    parser.add_argument(
+        "--calibration-images",
+        type=int,
+        default=DEFAULT_CALIBRATION_IMAGES,
+        help=f"training images that calibrate int8 (default {DEFAULT_CALIBRATION_IMAGES})",
+    )
     args = parser.parse_args(argv)
+    for flag, value in (("--max-drop", args.max_drop), ("--max-class-drop", args.max_class_drop)):
+        if not 0 <= value < float("inf"):
+            parser.error(f"{flag} must be a finite number of points >= 0, got {value}")
+    if "fp16" in (args.quantize or ()) and importlib.util.find_spec("onnxconverter_common") is None:
+        parser.error('--quantize fp16 needs onnxconverter-common: pip install -e ".[fp16]"')
+    if args.calibration_images < 1:
+        parser.error(f"--calibration-images must be a positive integer, got {args.calibration_images}")
     if args.opset is not None and args.opset < 18:
         parser.error(f"--opset must be at least 18 (the dynamo exporter's minimum), got {args.opset}")
     if args.tolerance is not None and not args.tolerance > 0:
         parser.error(f"--tolerance must be positive, got {args.tolerance}")
+    records: tuple[Quantization, ...] = ()
     try:
-        result, origin = export_checkpoint(
-            args.checkpoint, args.output, opset=args.opset, tolerance=args.tolerance
-        )
+        if args.quantize:
+            result, origin, records = quantize_checkpoint(
+                args.checkpoint,
+                args.output,
+                kinds=[kind for kind in KINDS if kind in args.quantize],
+                max_drop=args.max_drop,
+                max_class_drop=args.max_class_drop,
+                calibration_images=args.calibration_images,
+                opset=args.opset,
+                tolerance=args.tolerance,
+            )
+        else:
+            result, origin = export_checkpoint(
+                args.checkpoint, args.output, opset=args.opset, tolerance=args.tolerance
+            )
     except HarnessError as error:
         return report(error)
     print(f"parity images: {origin}")
     print(f"parity: {result.parity.describe()}")
     print(f"model: {result.model}")
-    return 0
+    for record in records:
+        if record.path is not None:
+            print(record.describe())
+            print(f"{record.kind} model: {record.path}")
+    refused = [record.describe() for record in records if record.path is None]
+    return report(ExportError("; ".join(refused))) if refused else 0
 
 
 if __name__ == "__main__":

@@ -1,10 +1,13 @@
 """Classify images with an exported model: ``python -m harness.predict model.onnx IMAGE_OR_FOLDER...``.
 
 Runs on onnxruntime, numpy and Pillow alone: torch is never imported on this path, so a
-deployment needs neither torch nor the harness's training dependencies. The class names
-and the preprocessing come from the model's own metadata (written by the ONNX export):
-each image is converted to RGB, resized to the model's square size (bilinear), scaled to
-[0, 1] and normalised by the stored mean and std, as in training.
+deployment needs neither torch nor the harness's training dependencies. The class names,
+the preprocessing and the temperature come from the model's own metadata (written by the
+ONNX export): each image is converted to RGB, resized to the model's square size
+(bilinear), scaled to [0, 1] and normalised by the stored mean and std, as in training;
+the probabilities are ``softmax(logits / T)``. ``--tta flip`` averages them with the
+mirrored image's (refused, exit 2, for a model trained without flips). An int8 model
+(``model.int8.onnx``) carries the same metadata and runs the same way.
 
 Folders are searched recursively for image files; hidden files are skipped. One line per
 image (path, class name, probability, tab-separated; with ``--topk K`` the next K-1
@@ -30,7 +33,7 @@ import numpy as np
 import numpy.typing as npt
 
 from harness.core.errors import DataError, report
-from harness.evaluation.metrics import softmax
+from harness.evaluation.calibrated import TTA_KINDS, Tta, combine, refuse_flips
 from harness.io.images import find_images, load_rgb, to_input
 from harness.onnx.session import OnnxModel
 
@@ -66,11 +69,18 @@ class Unreadable:
 
 
 class Predictor:
-    """An ONNX model exported by the harness, with the preprocessing it stores."""
+    """An ONNX model exported by the harness, with the preprocessing and temperature it stores.
 
-    def __init__(self, model_path: Path) -> None:
+    With ``tta="flip"`` each image's probabilities are the mean of its own and its mirror's;
+    refused (`DataError`) for a model whose run says a mirror may change the class.
+    """
+
+    def __init__(self, model_path: Path, *, tta: Tta = "none") -> None:
         self.model = OnnxModel(model_path)
         self.card = self.model.card
+        if tta == "flip":
+            refuse_flips(self.card.flips_change_class, str(model_path))
+        self.tta = tta
 
     def predict(
         self, paths: Sequence[Path], batch_size: int = 32, topk: int = 1
@@ -91,7 +101,9 @@ class Predictor:
             yield from unreadable
             if not chunk:
                 continue
-            probabilities = softmax(self.model.run(np.stack(inputs)))
+            batch = np.stack(inputs)
+            mirrored = self.model.run(np.ascontiguousarray(batch[..., ::-1])) if self.tta == "flip" else None
+            probabilities = combine(self.model.run(batch), mirrored, self.card.temperature)
             for path, row in zip(chunk, probabilities, strict=True):
                 order = np.argsort(-row, kind="stable")[:k]
                 top = tuple(
@@ -129,6 +141,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--topk", type=int, default=1, help="the K most probable classes per image (default 1)"
     )
+    parser.add_argument(
+        "--tta",
+        choices=TTA_KINDS,
+        default="none",
+        help="flip: average each image with its mirror (refused for a model trained without flips)",
+    )
     args = parser.parse_args(argv)
     for flag, value in (("--batch-size", args.batch_size), ("--topk", args.topk)):
         if value < 1:
@@ -136,7 +154,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     predictions: list[Prediction] = []
     unreadable = 0
     try:
-        predictor = Predictor(args.model)
+        predictor = Predictor(args.model, tta=args.tta)
         for result in predictor.predict(find_images(args.inputs), args.batch_size, args.topk):
             if isinstance(result, Unreadable):
                 unreadable += 1

@@ -34,6 +34,7 @@ def _builtin() -> tuple[AnySpec, ...]:
         report,
         sampler_tracking,
         samples,
+        temperature,
         trackers,
     )
 
@@ -46,6 +47,7 @@ def _builtin() -> tuple[AnySpec, ...]:
         confusion_matrix.SPEC,
         samples.SPEC,
         plots.SPEC,
+        temperature.SPEC,
         onnx_export.SPEC,
         epoch_line.SPEC,
         trackers.SPEC,

@@ -11,7 +11,14 @@ writes, under ``<run_dir>/onnx_export/``:
   dynamic N), output ``logits``; class names, preprocessing and the source checkpoint
   are in its ``metadata_props`` (see `harness.onnx.card`);
 - ``labels.json`` and ``preprocessing.json``: the same, beside the model;
-- ``parity.json``: the largest logit difference and the argmax agreement.
+- ``parity.json``: the largest logit difference and the argmax agreement;
+- with ``quantize = ["int8"]`` (or ``"fp16"``), ``model.int8.onnx`` (``model.fp16.onnx``)
+  when it passes the accuracy gate (`harness.onnx.quantize`), and the gate's figures in
+  ``parity.json`` either way. A refused model is a warning naming the classes that lost
+  accuracy, not a failure: the float model stands.
+
+The model carries the temperature of its weights (from the checkpoint, else the
+context's, see the `temperature` subscriber) and whether flips change the class.
 
 A failed export or parity check raises `ExportError` naming the cause and the checkpoint
 to export from later with ``python -m harness.export``; no model file is left behind.
@@ -19,6 +26,8 @@ to export from later with ``python -m harness.export``; no model file is left be
 
 from __future__ import annotations
 
+import importlib.util
+import logging
 from pathlib import Path
 
 import attrs
@@ -29,11 +38,23 @@ from harness.core.context import RunContext
 from harness.core.errors import ExportError
 from harness.core.events import BatchEnd, TrainEnd
 from harness.core.layout import ONNX_EXPORT
-from harness.core.options import at_least, option, positive
+from harness.core.options import at_least, check, finite, option, positive
 from harness.core.spec import SubscriberSettings, SubscriberSpec
 from harness.onnx.card import ExportSource
 
 __all__ = ["SPEC", "OnnxExport", "OnnxExportSettings"]
+
+log = logging.getLogger("harness")
+QUANTIZE_KINDS = ("int8", "fp16")
+
+
+def _installable(
+    _instance: object, attribute: attrs.Attribute[tuple[str, ...]], value: tuple[str, ...]
+) -> None:
+    if "fp16" in value and importlib.util.find_spec("onnxconverter_common") is None:
+        raise ValueError(
+            f'{attribute.name} asks for "fp16", which needs onnxconverter-common: pip install -e ".[fp16]"'
+        )
 
 
 @attrs.frozen(kw_only=True)
@@ -45,6 +66,23 @@ class OnnxExportSettings(SubscriberSettings):
         1e-4, "logit difference allowed, times max(1, largest logit magnitude)", positive()
     )
     parity_batch: int = option(8, "validation images used by the parity check", at_least(2))
+    quantize: tuple[str, ...] = option(
+        (),
+        '`"int8"` (onnxruntime static quantization), `"fp16"` (extra `.[fp16]`): kept if they pass the gate',
+        check(
+            lambda v: all(k in QUANTIZE_KINDS for k in v) and len(set(v)) == len(v),
+            f"a list of distinct names from {list(QUANTIZE_KINDS)}",
+        ),
+        _installable,
+    )
+    max_drop: float = option(
+        1.0, "points of validation top-1 a quantized model may lose", finite(), at_least(0)
+    )
+    max_class_drop: float = option(
+        5.0, "points of validation recall any one class may lose to quantization", finite(), at_least(0)
+    )
+    calibration_images: int = option(100, "training images (seeded sample) that calibrate int8", at_least(1))
+    calibration_seed: int = option(0, "seed of the calibration sample")
 
 
 class OnnxExport:
@@ -75,10 +113,11 @@ class OnnxExport:
         context = self.context
         model = context.require_model()
         state_dict, source = None, self._memory_source(event)
+        temperature = context.temperature
         best = context.best_checkpoint
         if best is not None and best.is_file():
             checkpoint = read_checkpoint(best)
-            state_dict = checkpoint.state_dict
+            state_dict, temperature = checkpoint.state_dict, checkpoint.temperature
             source = ExportSource(
                 checkpoint=str(best),
                 epoch=checkpoint.epoch,
@@ -97,6 +136,8 @@ class OnnxExport:
                 directory=self.directory,
                 opset=self.settings.opset,
                 tolerance=self.settings.tolerance,
+                temperature=temperature,
+                flips_change_class=context.flips_change_class,
             )
         except ExportError as error:
             if (self.directory / PARITY_FILE).is_file():
@@ -106,6 +147,33 @@ class OnnxExport:
         context.record_artifact("onnx_parity", result.parity_file)
         context.record_artifact("onnx_labels", result.labels)
         context.record_artifact("onnx_preprocessing", result.preprocessing)
+        if self.settings.quantize:
+            self._quantize(result.model)
+
+    def _quantize(self, model: Path) -> None:
+        from harness.onnx.quantize import KINDS, quantize_run_model
+
+        data, settings = self.context.data, self.settings
+        if data is None:
+            raise ExportError("quantization needs the run's images, and the run context names none")
+        records = quantize_run_model(
+            model,
+            train=data.train,
+            val=data.val,
+            preprocessing=self.context.preprocessing,
+            class_names=self.context.class_names,
+            kinds=[kind for kind in KINDS if kind in settings.quantize],
+            calibration_images=settings.calibration_images,
+            seed=settings.calibration_seed,
+            max_drop=settings.max_drop,
+            max_class_drop=settings.max_class_drop,
+        )
+        for record in records:
+            if record.path is not None:
+                self.context.record_artifact(f"onnx_{record.kind}", Path(record.path))
+                log.info("%s", record.describe())
+            else:
+                log.warning("%s", record.describe())
 
     def _memory_source(self, event: TrainEnd) -> ExportSource:
         monitor = self.context.monitor

@@ -18,6 +18,7 @@ from torch.utils.data import Sampler
 
 from harness.core.layout import RunLayout
 from harness.core.preprocessing import Preprocessing
+from harness.core.temperature import Temperature
 from harness.core.tracking import Trackers
 
 __all__ = [
@@ -130,14 +131,18 @@ class RunContext:
 
     Fixed for the run (assigning raises `attrs.exceptions.FrozenAttributeError`):
     `run_dir`, `class_names`, `preprocessing`, `data`, `monitor`, `monitor_mode`,
-    `background`, `augmented_samples`, `trackers`, `verbosity`. Filled by the adapter
+    `background`, `augmented_samples`, `trackers`, `verbosity`, `flips_change_class`
+    (whether a mirrored image may be another class: the run trains without flips; None
+    when unknown). Filled by the adapter
     once Lightning has placed the run: `device`,
     `rank`, `world_size`, `model`, `train_sampler`. Progress, updated by the adapter
     before each event: `epoch`, `global_step`, `max_epochs`, `best_checkpoint`,
     `best_score`; `stop_request`, set by `request_stop`. `validated_weights` says which
     weights the last validation kept, when a subscriber validates two sets (the EMA).
-    `artifacts` maps an artifact's name to its path relative to `run_dir`
-    (``summary.json``'s ``artifacts``); add to it with `record_artifact`.
+    `temperature` is the temperature fitted on the latest validation's logits (the
+    `temperature` subscriber sets it; `BusCallback` keeps it in each checkpoint, the ONNX
+    export in the model). `artifacts` maps an artifact's name to its path relative to
+    `run_dir` (``summary.json``'s ``artifacts``); add to it with `record_artifact`.
 
     `background` runs slow writing off the training thread; without one (tests,
     replays) `submit` runs a job at once, so one unit test covers both. `trackers`
@@ -155,6 +160,7 @@ class RunContext:
     augmented_samples: Samples | None = attrs.field(default=None, on_setattr=attrs.setters.frozen)
     trackers: Trackers | None = attrs.field(default=None, on_setattr=attrs.setters.frozen)
     verbosity: Verbosity = attrs.field(default="normal", on_setattr=attrs.setters.frozen)
+    flips_change_class: bool | None = attrs.field(default=None, on_setattr=attrs.setters.frozen)
     device: torch.device = attrs.field(factory=lambda: torch.device("cpu"))
     rank: int = 0
     world_size: int = 1
@@ -166,6 +172,7 @@ class RunContext:
     best_checkpoint: Path | None = None
     best_score: float | None = None
     validated_weights: ValidatedWeights | None = None
+    temperature: Temperature | None = None
     artifacts: dict[str, str] = attrs.Factory(dict)
     stop_request: StopRequest | None = None
 

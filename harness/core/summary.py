@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import attrs
 
@@ -117,6 +117,10 @@ class RunSummary:
     acceleration: Acceleration
     recipe: Recipe | None = None
     validated_weights: ValidatedWeights | None = None
+    quantization: Mapping[str, Any] | None = None
+    """The accuracy gate of each quantized model, by kind, as ``onnx_export/parity.json`` keeps it."""
+    temperature: Mapping[str, Any] | None = None
+    """The temperature exported with the model (`harness.core.temperature.Temperature.to_json`)."""
 
     def to_json(self) -> dict[str, object]:
         """The document of ``summary.json``: every field in order; a test score without its empty fields."""

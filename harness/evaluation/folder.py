@@ -12,7 +12,11 @@ Lightning's ``trainer.test``) and writes, under `directory`:
 - ``most_confused.csv``: true, predicted, count, the largest off-diagonal cells;
 - ``predictions.csv``: path, true, predicted, probability, then the top-k classes;
 - ``top_losses.png``: the wrong images with the highest loss, fastai-style;
-- ``reliability.png``: the reliability diagram with the ECE.
+- ``reliability.png``: the reliability diagram with the ECE (of the probabilities scored:
+  with the model's temperature when it carries one), and then
+  ``reliability_uncalibrated.png``, the same before the temperature;
+- in ``metrics.json``, ``calibration`` (the temperature, ECE and NLL before and after it)
+  and ``tta`` (top-1 without and with test-time flips, when asked for).
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +33,7 @@ import numpy as np
 import numpy.typing as npt
 
 from harness.evaluation.data import EvaluationData
-from harness.evaluation.metrics import Metrics, compute_metrics
+from harness.evaluation.metrics import Metrics, calibration, compute_metrics
 from harness.evaluation.pictures import Loss, draw_reliability, draw_top_losses
 from harness.io.artifacts import write_json, write_text
 from harness.pictures.confusion import counts_csv, draw_confusion
@@ -88,8 +92,15 @@ def write_evaluation(
     bins: int = 15,
     top_losses: int = 16,
     topk: int = 5,
+    figures: Mapping[str, object] | None = None,
+    uncalibrated: npt.ArrayLike | None = None,
 ) -> Evaluation:
-    """Compute every figure and write the folder described in the module docstring."""
+    """Compute every figure and write the folder described in the module docstring.
+
+    `figures` (the temperature and flip figures of `harness.evaluation.calibrated`) are
+    added to ``metrics.json``; `uncalibrated`, the probabilities before the model's
+    temperature, gets its own reliability diagram beside the calibrated one.
+    """
     probs = np.asarray(probabilities, dtype=np.float64)
     targets = np.asarray(data.targets, dtype=np.int64)
     metrics = compute_metrics(probs, targets, bins=bins)
@@ -104,6 +115,7 @@ def write_evaluation(
             "left_out": dict(data.unknown),
         },
         **metrics.to_json(names),
+        **(figures or {}),
     }
     write_json(directory / "metrics.json", summary)
     write_text(
@@ -166,5 +178,18 @@ def write_evaluation(
         total=len(targets),
         wrong=len(wrong),
     )
-    draw_reliability(directory / "reliability.png", metrics.calibration, title=f"Reliability, {scored}")
+    if uncalibrated is None:
+        draw_reliability(directory / "reliability.png", metrics.calibration, title=f"Reliability, {scored}")
+    else:
+        draw_reliability(
+            directory / "reliability.png",
+            metrics.calibration,
+            title=f"Reliability, {scored}, temperature scaled",
+        )
+        before = calibration(np.asarray(uncalibrated, dtype=np.float64), targets, bins)
+        draw_reliability(
+            directory / "reliability_uncalibrated.png",
+            before,
+            title=f"Reliability, {scored}, before the temperature (T = 1)",
+        )
     return Evaluation(directory=directory, metrics=metrics, summary=summary)

@@ -30,6 +30,7 @@ from torch import nn
 from harness.core.errors import ExportError
 from harness.core.layout import MODEL_FILE
 from harness.core.preprocessing import Preprocessing
+from harness.core.temperature import CHECKPOINT_KEY, Temperature
 from harness.io.artifacts import atomic_path, write_json, write_label_map
 from harness.onnx.card import ExportSource, ModelCard
 
@@ -79,6 +80,8 @@ class Checkpoint:
     global_step: int | None
     hyper_parameters: dict[str, Any]
     score: float | None
+    temperature: Temperature | None = None
+    """Fitted on the validation logits of these weights (`harness.core.temperature`), when recorded."""
 
 
 @attrs.frozen(kw_only=True)
@@ -161,6 +164,12 @@ def read_checkpoint(path: Path) -> Checkpoint:
             current = state.get("current_score")
             score = None if current is None else float(current)
     epoch, step = raw.get("epoch"), raw.get("global_step")
+    temperature = None
+    if isinstance(raw.get(CHECKPOINT_KEY), Mapping):
+        try:
+            temperature = Temperature.from_json(raw[CHECKPOINT_KEY])
+        except ValueError as error:
+            raise ExportError(f"{path}: unreadable {CHECKPOINT_KEY!r}: {error}") from None
     return Checkpoint(
         path=path,
         state_dict=dict(raw["state_dict"]),
@@ -168,6 +177,7 @@ def read_checkpoint(path: Path) -> Checkpoint:
         global_step=None if step is None else int(step),
         hyper_parameters=dict(raw.get("hyper_parameters") or {}),
         score=score,
+        temperature=temperature,
     )
 
 
@@ -263,6 +273,8 @@ def export_bundle(
     directory: Path,
     opset: int = DEFAULT_OPSET,
     tolerance: float = DEFAULT_TOLERANCE,
+    temperature: Temperature | None = None,
+    flips_change_class: bool | None = None,
 ) -> ExportResult:
     """Export `model` holding `state_dict` (None: as it is) into `directory`, parity-checked.
 
@@ -282,7 +294,13 @@ def export_bundle(
     parity_images = random_images(max(0, 2 - real), preprocessing)
     if images is not None and real:
         parity_images = torch.cat([images.detach().to("cpu", torch.float32), parity_images])
-    card = ModelCard(class_names=class_names, preprocessing=preprocessing, source=source)
+    card = ModelCard(
+        class_names=class_names,
+        preprocessing=preprocessing,
+        source=source,
+        temperature=temperature,
+        flips_change_class=flips_change_class,
+    )
     model_path = directory / MODEL_FILE
     try:
         model_path.unlink(missing_ok=True)
@@ -296,7 +314,11 @@ def export_bundle(
             )
             parity_path = write_json(
                 directory / PARITY_FILE,
-                {**parity.to_json(), "source": attrs.asdict(source)},
+                {
+                    **parity.to_json(),
+                    "source": attrs.asdict(source),
+                    "temperature": None if temperature is None else temperature.to_json(),
+                },
             )
             if not parity.passed:
                 raise ExportError(

@@ -16,11 +16,14 @@ import attrs
 
 from harness.core.errors import DataError
 from harness.core.preprocessing import Preprocessing
+from harness.core.temperature import Temperature
 
 __all__ = [
     "KEY_CLASSES",
+    "KEY_FLIPS",
     "KEY_PREPROCESSING",
     "KEY_SOURCE",
+    "KEY_TEMPERATURE",
     "ExportSource",
     "ModelCard",
 ]
@@ -28,6 +31,8 @@ __all__ = [
 KEY_CLASSES = "harness.class_names"
 KEY_PREPROCESSING = "harness.preprocessing"
 KEY_SOURCE = "harness.source"
+KEY_TEMPERATURE = "harness.temperature"
+KEY_FLIPS = "harness.flips_change_class"
 
 
 def _names(values: Iterable[object]) -> tuple[str, ...]:
@@ -62,14 +67,23 @@ class ModelCard:
     class_names: tuple[str, ...] = attrs.field(converter=_names)
     preprocessing: Preprocessing
     source: ExportSource
+    temperature: Temperature | None = None
+    """Fitted on the validation logits (`harness.core.temperature`); predict and evaluate apply it."""
+    flips_change_class: bool | None = None
+    """Whether a mirrored image may be another class (the run trained without flips); None: unknown."""
 
     def to_metadata(self) -> dict[str, str]:
         """``metadata_props`` entries: one JSON string per key."""
-        return {
+        entries = {
             KEY_CLASSES: json.dumps(list(self.class_names)),
             KEY_PREPROCESSING: json.dumps(attrs.asdict(self.preprocessing)),
             KEY_SOURCE: json.dumps(attrs.asdict(self.source)),
         }
+        if self.temperature is not None:
+            entries[KEY_TEMPERATURE] = json.dumps(self.temperature.to_json())
+        if self.flips_change_class is not None:
+            entries[KEY_FLIPS] = json.dumps(self.flips_change_class)
+        return entries
 
     @classmethod
     def from_metadata(cls, props: Mapping[str, str], where: str) -> ModelCard:
@@ -86,6 +100,20 @@ class ModelCard:
                 raise ValueError(f"{KEY_CLASSES} must be a non-empty JSON list, got {props[KEY_CLASSES]!r}")
             spec = Preprocessing(**json.loads(props[KEY_PREPROCESSING]))
             source = ExportSource(**json.loads(props.get(KEY_SOURCE, '{"checkpoint": null}')))
+            temperature = (
+                Temperature.from_json(json.loads(props[KEY_TEMPERATURE]))
+                if KEY_TEMPERATURE in props
+                else None
+            )
+            flips = json.loads(props.get(KEY_FLIPS, "null"))
+            if flips is not None and not isinstance(flips, bool):
+                raise ValueError(f"{KEY_FLIPS} must be true, false or null, got {flips!r}")
         except (ValueError, TypeError) as error:
             raise DataError(f"{where}: unreadable harness metadata in the ONNX file: {error}") from None
-        return cls(class_names=classes, preprocessing=spec, source=source)
+        return cls(
+            class_names=classes,
+            preprocessing=spec,
+            source=source,
+            temperature=temperature,
+            flips_change_class=flips,
+        )

@@ -47,13 +47,18 @@ class OnnxModel:
         output: npt.NDArray[np.float32] = self.session.run(None, {self.input_name: batch})[0]
         return output
 
-    def logits(self, paths: Sequence[Path], batch_size: int = 32) -> npt.NDArray[np.float32]:
-        """The model's logits (N x C) for image files, in order; a `DataError` names an unreadable one."""
+    def logits(
+        self, paths: Sequence[Path], batch_size: int = 32, *, flip: bool = False
+    ) -> npt.NDArray[np.float32]:
+        """The model's logits (N x C) for image files, in order; a `DataError` names an unreadable one.
+
+        With `flip`, each image is mirrored left to right first (test-time flips).
+        """
         chunks = []
         for start in range(0, len(paths), batch_size):
             chunk = paths[start : start + batch_size]
             batch = np.stack([to_input(load_rgb(path), self.card.preprocessing) for path in chunk])
-            chunks.append(self.run(batch))
+            chunks.append(self.run(np.ascontiguousarray(batch[..., ::-1]) if flip else batch))
         classes = len(self.card.class_names)
         output: npt.NDArray[np.float32] = (
             np.concatenate(chunks).astype(np.float32) if chunks else np.zeros((0, classes), np.float32)

@@ -100,6 +100,8 @@ def assemble(
         augmented_samples=augmented_samples,
         trackers=trackers,
         verbosity=settings.run.terminal,
+        # Until the data kind is recorded, a run without flips says a mirror may change the class.
+        flips_change_class=settings.augment.hflip == 0,
     )
     bus = Bus()
     event_log = bus.attach(EventLog(context), name="event_log") if record_events else None

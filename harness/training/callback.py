@@ -44,6 +44,7 @@ from harness.core.events import (
     ValidationSwapIn,
     ValidationSwapOut,
 )
+from harness.core.temperature import CHECKPOINT_KEY as TEMPERATURE_KEY
 
 __all__ = ["CHECKPOINT_KEY", "BusCallback", "normalised", "scalar_metrics"]
 
@@ -302,6 +303,9 @@ class BusCallback(Callback):
         event = CheckpointSaving(epoch=epoch, global_step=step, model_state=checkpoint["state_dict"])
         self.bus.publish(event)
         checkpoint[CHECKPOINT_KEY] = self._states(event)
+        if self.context.temperature is not None:
+            # The temperature fitted on this validation's logits, i.e. on the weights being saved.
+            checkpoint[TEMPERATURE_KEY] = self.context.temperature.to_json()
 
     def _states(self, event: CheckpointSaving) -> dict[str, dict[str, Any]]:
         """Every stateful subscriber's state, each checked loadable with ``weights_only=True``.

@@ -31,9 +31,10 @@ from harness.core.events import BatchEnd
 from harness.core.layout import RunLayout
 from harness.core.preprocessing import Preprocessing
 from harness.core.summary import TestScore
+from harness.core.temperature import Temperature
+from harness.evaluation.calibrated import score
 from harness.evaluation.data import EvaluationData, test_split_of
 from harness.evaluation.folder import Evaluation, Source, evaluation_dir, sha256_of, write_evaluation
-from harness.evaluation.metrics import softmax
 from harness.io.artifacts import read_label_map
 from harness.settings import Settings, load_settings
 from harness.training.assembly import assemble
@@ -41,7 +42,14 @@ from harness.training.callback import BusCallback
 from harness.training.data import ImageFiles, run_preprocessing
 from harness.training.model import Classifier
 
-__all__ = ["LoadedModel", "evaluate_test_split", "load_checkpoint", "test_model", "test_split_data"]
+__all__ = [
+    "LoadedModel",
+    "evaluate_test_split",
+    "flipped_logits",
+    "load_checkpoint",
+    "test_model",
+    "test_split_data",
+]
 
 log = logging.getLogger("harness")
 
@@ -55,6 +63,8 @@ class LoadedModel:
     class_names: tuple[str, ...]
     preprocessing: Preprocessing
     settings: Settings
+    temperature: Temperature | None = None
+    """Fitted on the validation logits of these weights, when the checkpoint records one."""
 
 
 def load_checkpoint(checkpoint: Path) -> LoadedModel:
@@ -88,6 +98,7 @@ def load_checkpoint(checkpoint: Path) -> LoadedModel:
         class_names=class_names,
         preprocessing=run_preprocessing(settings),
         settings=settings,
+        temperature=loaded.temperature,
     )
 
 
@@ -111,8 +122,8 @@ def test_model(
     *,
     batch_size: int = 64,
     accelerator: str = "auto",
-) -> npt.NDArray[np.float64]:
-    """Class probabilities (N x C) of `data` from ``trainer.test``, the run's subscribers attached."""
+) -> npt.NDArray[np.float32]:
+    """The logits (N x C) of `data` from ``trainer.test``, the run's subscribers attached."""
     logits = _Logits()
     assembly = assemble(
         loaded.settings,
@@ -138,7 +149,17 @@ def test_model(
         log.warning(
             "evaluation: subscriber %s failed on %s: %s", failure.subscriber, failure.event, failure.error
         )
-    return softmax(torch.cat(logits.batches).numpy())
+    return torch.cat(logits.batches).numpy()
+
+
+def flipped_logits(
+    loaded: LoadedModel, data: EvaluationData, *, batch_size: int = 64
+) -> npt.NDArray[np.float32]:
+    """The logits (N x C) of `data` mirrored left to right (test-time flips), on the CPU, no subscribers."""
+    module = loaded.module.to("cpu").eval()
+    loader = DataLoader(ImageFiles(data.samples, loaded.preprocessing), batch_size=batch_size, shuffle=False)
+    with torch.no_grad():
+        return torch.cat([module(images.flip(-1)).float() for images, _ in loader]).numpy()
 
 
 def test_split_data(info: DatasetInfo) -> EvaluationData | None:
@@ -181,17 +202,27 @@ def evaluate_test_split(run_dir: Path, info: DatasetInfo, best_checkpoint: Path 
             from harness.onnx.session import OnnxModel
 
             model = OnnxModel(model_file)
-            probabilities = softmax(model.logits(data.paths))
+            logits, temperature = model.logits(data.paths), model.card.temperature
             source = Source(kind="onnx", path=model_file, sha256=sha256_of(model_file))
             names = model.card.class_names
         elif best_checkpoint is not None and best_checkpoint.is_file():
             loaded = load_checkpoint(best_checkpoint)
-            probabilities = test_model(loaded, data, directory, accelerator="cpu")
+            logits = test_model(loaded, data, directory, accelerator="cpu")
+            temperature = loaded.temperature
             source = Source(kind="checkpoint", path=best_checkpoint, sha256=sha256_of(best_checkpoint))
             names = loaded.class_names
         else:
             return TestScore(folder=str(test), error="no exported model and no checkpoint to evaluate")
-        evaluation = write_evaluation(directory, probabilities, data, names, source)
+        scored = score(logits, data.targets, temperature=temperature)
+        evaluation = write_evaluation(
+            directory,
+            scored.probabilities,
+            data,
+            names,
+            source,
+            figures=scored.figures,
+            uncalibrated=scored.uncalibrated,
+        )
     except HarnessError as error:
         log.warning("evaluating the test split %s failed: %s", test, error)
         return TestScore(folder=str(test), error=str(error))

@@ -15,6 +15,7 @@ import os
 import time
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import attrs
 import lightning as L
@@ -24,7 +25,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch.utils.data import Sampler
 
 from harness.core.bus import Subscriber
-from harness.core.context import DatasetInfo
+from harness.core.context import DatasetInfo, RunContext
 from harness.core.errors import StopRun, Terminated, TrainingDiverged
 from harness.core.events import RunEnd
 from harness.core.layout import RunLayout
@@ -423,6 +424,15 @@ def _finish(trainer: L.Trainer, parts: _Run, outcome: _Outcome) -> RunSummary:
     return summary
 
 
+def _deployment(context: RunContext) -> dict[str, Any]:
+    """The quantization gates' records and the exported temperature, as the export's parity.json has them."""
+    if "onnx_parity" not in context.artifacts:
+        return {"quantization": None, "temperature": None}
+    from harness.onnx.quantize import read_deployment
+
+    return read_deployment(context.run_dir / context.artifacts["onnx_parity"])
+
+
 def _summary(
     trainer: L.Trainer, parts: _Run, outcome: _Outcome, background: tuple[Failure, ...]
 ) -> RunSummary:
@@ -457,4 +467,5 @@ def _summary(
         acceleration=parts.acceleration,
         recipe=parts.recipe,
         validated_weights=context.validated_weights,
+        **_deployment(context),
     )

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from harness.cli import SUBCOMMANDS, main
+from harness.core.layout import RunLayout
 
 ROOT = Path(__file__).resolve().parents[2]
 PRESENT = [name for name, (module, _) in SUBCOMMANDS.items() if importlib.util.find_spec(module)]
@@ -36,8 +37,12 @@ def test_the_list_of_commands_and_an_unknown_one(capsys: pytest.CaptureFixture[s
 def test_a_subcommand_runs_the_tool_with_its_exit_codes(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    layout = RunLayout(tmp_path)
+    assert main(["report", str(tmp_path)]) == 2  # not a run directory yet
+    layout.settings.write_text("")
+    layout.labels.write_text("[]")
     assert main(["report", str(tmp_path)]) == 0
-    assert (tmp_path / "report.html").is_file()
+    assert layout.report.is_file()
     assert main(["report", str(tmp_path / "nowhere")]) == 2
     assert main(["train", "--set", "model.lr=-1"]) == 2
     assert "[model].lr" in capsys.readouterr().err

@@ -64,7 +64,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Trained:
     # Capitalised split folders: training, validation and the end-of-run test score find them alike.
     for seed, split in enumerate(("Train", "Val", "Test")):
         write_imagefolder(data / split, CLASSES, size=16, seed=seed)
-    enabled = {"onnx_export", "confusion_matrix", "samples", "plots"}
+    enabled = {"onnx_export", "confusion_matrix", "samples", "plots", "temperature"}
     settings = load_settings(
         None,
         [
@@ -79,6 +79,8 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Trained:
             "trainer.devices=1",
             "trainer.num_sanity_val_steps=0",
             "trainer.progress_bar=false",
+            "augment.hflip=0.5",  # colours keep their class in a mirror: test-time flips are allowed
+            "subscribers.onnx_export.quantize=['int8']",
             f"run.output_dir={str(base / 'runs')!r}",
             *(f"subscribers.{n}.enabled={'true' if n in enabled else 'false'}" for n in SUBSCRIBER_NAMES),
         ],
@@ -244,3 +246,88 @@ def test_a_checkpoint_is_evaluated_with_its_runs_preprocessing(tmp_path: Path) -
     loaded = load_checkpoint(checkpoint)
 
     assert loaded.preprocessing == Preprocessing(image_size=16, resize="crop", crop_fraction=0.5)
+
+
+def test_the_temperature_goes_from_validation_through_checkpoint_and_onnx_to_evaluation(
+    trained: Trained,
+) -> None:
+    from harness.core.temperature import Temperature
+    from harness.onnx.session import OnnxModel
+
+    stored = torch.load(trained.checkpoint, map_location="cpu", weights_only=True)["harness_temperature"]
+    fitted = Temperature.from_json(stored)
+    assert fitted.epoch == trained.best_epoch
+    assert fitted.nll_after <= fitted.nll_before  # never worse on the validation logits it was fitted on
+    assert OnnxModel(trained.onnx).card.temperature == fitted
+    assert load_checkpoint(trained.checkpoint).temperature == fitted
+    assert trained.summary.temperature == fitted.to_json()
+
+    by_onnx = evaluate(trained.onnx, trained.data, split="val")
+    calibration = by_onnx.summary["calibration"]
+    assert calibration["temperature"] == fitted.to_json()
+    assert calibration["ece_after"] == by_onnx.summary["ece"]
+    assert calibration["nll_after"] == pytest.approx(fitted.nll_after, rel=1e-4)  # the same val images
+    assert calibration["nll_before"] == pytest.approx(fitted.nll_before, rel=1e-4)
+    assert (by_onnx.directory / "reliability_uncalibrated.png").is_file()
+
+
+def test_the_int8_gate_figures_are_in_parity_and_summary(trained: Trained) -> None:
+    kinds = trained.summary.quantization
+    assert isinstance(kinds, dict) and list(kinds) == ["int8"]
+    gate = kinds["int8"]
+    parity = json.loads((trained.onnx.parent / "parity.json").read_text())
+    assert parity["quantization"] == kinds
+    int8 = trained.onnx.parent / "model.int8.onnx"
+    assert int8.is_file() == gate["accepted"]
+    assert gate["validation_images"] == sum(CLASSES.values())
+    if gate["accepted"]:  # evaluate runs the int8 model like the float one
+        assert evaluate(int8, trained.data, split="val").summary["source"]["kind"] == "onnx"
+
+
+def test_flips_report_their_gain_and_are_refused_for_a_model_trained_without(
+    trained: Trained, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import onnx
+
+    from harness.predict import main as predict
+
+    flipped = evaluate(trained.checkpoint, trained.data, split="val", tta="flip", accelerator="cpu")
+    gain = flipped.summary["tta"]
+    assert gain["kind"] == "flip" and gain["top1_with"] == flipped.summary["top1"]
+    plain = evaluate(trained.checkpoint, trained.data, split="val", accelerator="cpu")
+    assert gain["top1_without"] == plain.summary["top1"]
+    assert gain["gain_points"] == pytest.approx(100 * (gain["top1_with"] - gain["top1_without"]))
+
+    # The same model, marked as trained where a mirror may change the class: refused, nothing written.
+    model = onnx.load(str(trained.onnx))
+    for prop in model.metadata_props:
+        if prop.key == "harness.flips_change_class":
+            prop.value = "true"
+    symbols = tmp_path / "symbols.onnx"
+    onnx.save(model, str(symbols))
+    out = tmp_path / "out"
+    err = one_line_error(
+        capsys, [str(symbols), str(trained.data), "--split", "val", "--tta", "flip", "--output", str(out)]
+    )
+    assert "--tta flip refused" in err and "[augment].hflip = 0" in err
+    assert not out.exists()
+    assert predict([str(symbols), str(trained.data / "val"), "--tta", "flip"]) == 2
+    assert "--tta flip refused" in capsys.readouterr().err
+    assert predict([str(trained.onnx), str(trained.data / "val"), "--tta", "flip"]) == 0
+
+
+def test_export_quantize_exits_by_the_gates_verdict(
+    trained: Trained, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from harness.export import main as export
+
+    out = tmp_path / "exported"
+    code = export([str(trained.checkpoint), "--quantize", "int8", "--output", str(out)])
+    gate = json.loads((out / "parity.json").read_text())["quantization"]["int8"]
+    captured = capsys.readouterr()
+    assert (out / "model.onnx").is_file()  # the float model stands either way
+    assert (out / "model.int8.onnx").is_file() == gate["accepted"] == (code == 0)
+    if code:
+        assert code == 1 and captured.err.strip() == f"error: {gate['verdict']}"
+    else:
+        assert gate["verdict"] in captured.out
