@@ -102,7 +102,7 @@ class Step:
     device: str
 
     @classmethod
-    def build(cls, size: Size, device: str, channels_last: bool, compiled: bool) -> Step:
+    def prepare(cls, size: Size, device: str, channels_last: bool, compiled: bool) -> Step:
         torch.manual_seed(0)
         module = Classifier(arch=size.arch, num_classes=CLASSES).to(device)
         module.accelerate(channels_last=channels_last, compile=compiled)
@@ -184,7 +184,7 @@ def rows(
         variants = {name: flags for name, flags in variants.items() if not flags[1]}
         details("smoke on the CPU: the torch.compile variants are left out")
     progress(f"gpu: building and warming up {len(variants)} step variants ({what})")
-    steps = {name: Step.build(size, device, *flags) for name, flags in variants.items()}
+    steps = {name: Step.prepare(size, device, *flags) for name, flags in variants.items()}
     for name, step in steps.items():
         started = time.perf_counter()
         _steps(step, synthetic, 3 if not smoke else 1)()  # compiles, picks cuDNN kernels
