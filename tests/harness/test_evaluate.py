@@ -311,9 +311,9 @@ def test_flips_report_their_gain_and_are_refused_for_a_model_trained_without(
     )
     assert "--tta flip refused" in err and "[augment].hflip = 0" in err
     assert not out.exists()
-    assert predict([str(symbols), str(trained.data / "val"), "--tta", "flip"]) == 2
+    assert predict([str(symbols), str(trained.data / "Val"), "--tta", "flip"]) == 2
     assert "--tta flip refused" in capsys.readouterr().err
-    assert predict([str(trained.onnx), str(trained.data / "val"), "--tta", "flip"]) == 0
+    assert predict([str(trained.onnx), str(trained.data / "Val"), "--tta", "flip"]) == 0
 
 
 def test_export_quantize_exits_by_the_gates_verdict(
