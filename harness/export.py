@@ -57,6 +57,7 @@ from harness.onnx.quantize import (
 from harness.settings import Settings, load_settings
 from harness.training.data import ImageFiles, materialise_digits, run_preprocessing, scan
 from harness.training.model import Classifier
+from harness.training.recipe import flips_change_class
 
 __all__ = ["export_checkpoint", "main", "quantize_checkpoint", "sample_images"]
 
@@ -175,7 +176,7 @@ def _export(
         opset=DEFAULT_OPSET if opset is None else opset,
         tolerance=DEFAULT_TOLERANCE if tolerance is None else tolerance,
         temperature=loaded.temperature,
-        flips_change_class=settings.augment.hflip == 0,
+        flips_change_class=flips_change_class(settings),
     )
     return result, origin, settings
 

@@ -26,11 +26,13 @@ from torch.utils.data import Sampler
 from harness.core.bus import Bus, OnError, Stateful, Subscriber
 from harness.core.context import DatasetInfo, JobRunner, RunContext, Samples
 from harness.core.preprocessing import Preprocessing
+from harness.core.recipe import Recipe
 from harness.core.spec import SubscriberSpec, build_error
 from harness.core.tracking import Trackers
 from harness.io.record import EventLog
 from harness.settings import Settings, resolve_specs
 from harness.training.data import run_preprocessing
+from harness.training.recipe import flips_change_class
 
 __all__ = ["Assembly", "Select", "Wrap", "assemble"]
 
@@ -81,12 +83,14 @@ def assemble(
     select: Select = _everything,
     extras: Mapping[str, Subscriber] | None = None,
     wrap: Wrap | None = None,
+    recipe: Recipe | None = None,
 ) -> Assembly:
     """Build the run's context from `settings` and the given pieces, and attach its subscribers.
 
     `preprocessing` defaults to the run's (`run_preprocessing`: the weights' mean and std);
     `specs` to the built-ins and the plugins of `settings`; `record_events` adds the event
-    log in ``run_dir`` (a run's own, not an evaluation's or a replay's).
+    log in ``run_dir`` (a run's own, not an evaluation's or a replay's); `recipe`, the
+    run's resolved one, says whether flips change the class (else the settings say it).
     """
     context = RunContext(
         run_dir=run_dir,
@@ -100,8 +104,7 @@ def assemble(
         augmented_samples=augmented_samples,
         trackers=trackers,
         verbosity=settings.run.terminal,
-        # Until the data kind is recorded, a run without flips says a mirror may change the class.
-        flips_change_class=settings.augment.hflip == 0,
+        flips_change_class=flips_change_class(settings, recipe),
     )
     bus = Bus()
     event_log = bus.attach(EventLog(context), name="event_log") if record_events else None

@@ -247,6 +247,7 @@ def _assemble(settings: Settings, extras: Mapping[str, Subscriber]) -> _Run:
             record_events=settings.run.record_events,
             specs=specs,
             extras=extras,
+            recipe=recipe,
         )
     except BaseException:
         lock.release()

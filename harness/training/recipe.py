@@ -35,6 +35,7 @@ from harness.io.images import load_rgb
 from harness.settings import AugmentSettings, Settings
 
 __all__ = [
+    "flips_change_class",
     "IMBALANCE",
     "PHOTO_KEEP",
     "FlipProbe",
@@ -155,3 +156,17 @@ def resolve_recipe(settings: Settings, info: DatasetInfo, seed: int = 0) -> tupl
         class_weights=weighted,
     )
     return recipe, attrs.evolve(augment, hflip=hflip, crop_ratio=ratio)
+
+
+def flips_change_class(settings: Settings, recipe: Recipe | None = None) -> bool | None:
+    """Whether a mirror may change an image's class for a model trained so; None: unknown.
+
+    The run's resolved `recipe` decides (symbols train without flips); without it, a number in
+    ``[augment].hflip`` or a named preset does, and ``preset = "auto"`` is unknown.
+    """
+    if recipe is not None:
+        return recipe.hflip == 0
+    augment = settings.augment
+    if augment.hflip != "preset":
+        return augment.hflip == 0
+    return {"symbols": True, "photos": False}.get(augment.preset)

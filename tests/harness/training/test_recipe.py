@@ -137,3 +137,41 @@ def test_photos_get_the_photo_recipe_and_symbols_the_symbol_recipe_in_summary_js
         recipe = json.loads((result.run_dir / "summary.json").read_text())["recipe"]
         assert (recipe["preset"], recipe["preset_from"], recipe["hflip"]) == (preset, "probe", hflip)
         assert recipe["sampling"] == "shuffle" and recipe["probe"]["top1"] == 1.0
+
+
+@pytest.mark.parametrize(
+    ("overrides", "hflip", "expected"),
+    [
+        ([], 0.0, True),  # the run's resolved recipe decides: symbols train without flips
+        ([], 0.5, False),
+        (["augment.preset='symbols'"], None, True),
+        (["augment.preset='photos'"], None, False),
+        (["augment.hflip=0.0"], None, True),
+        (["augment.hflip=0.5", "augment.preset='symbols'"], None, False),
+        ([], None, None),  # preset "auto" and no recipe: unknown, so test-time flips are allowed
+    ],
+)
+def test_whether_flips_change_the_class_follows_the_recipe_the_run_trained_with(
+    overrides: list[str], hflip: float | None, expected: bool | None
+) -> None:
+    from harness.core.recipe import Recipe
+    from harness.training.recipe import flips_change_class
+
+    settings = load_settings(None, overrides)
+    recipe = (
+        None
+        if hflip is None
+        else Recipe(
+            preset="symbols" if hflip == 0 else "photos",
+            preset_from="probe",
+            probe=None,
+            hflip=hflip,
+            hflip_from="preset",
+            crop_ratio=(0.9, 1.1),
+            sampling="shuffle",
+            sampling_from="auto",
+            imbalance=1.0,
+            class_weights=False,
+        )
+    )
+    assert flips_change_class(settings, recipe) is expected
