@@ -161,11 +161,15 @@ def _coerce(hint: Any, value: Any, source: str, table: tuple[str, ...], key: str
             raise SettingsError(f"{where} must be one of {listed}, got {shown(value)}")
         return value
     if origin in (types.UnionType, typing.Union):
+        near: SettingsError | None = None
         for option in typing.get_args(hint):
             try:
                 return _coerce(option, value, source, table, key)
-            except SettingsError:
-                continue
+            except SettingsError as error:
+                # The option of the value's own kind says best what is wrong with it.
+                near = near or (error if _same_kind(option, value) else None)
+        if near is not None:
+            raise near
         names = " or ".join(_type_name(o) for o in typing.get_args(hint))
         raise SettingsError(f"{where} must be {names}, got {shown(value)}")
     if origin is tuple:
@@ -195,6 +199,23 @@ def _coerce(hint: Any, value: Any, source: str, table: tuple[str, ...], key: str
     return value
 
 
+def _same_kind(hint: Any, value: Any) -> bool:
+    """Whether `value` is of the kind `hint` takes (a list for a tuple, a string for a string Literal)."""
+    origin = typing.get_origin(hint)
+    if origin is tuple:
+        return isinstance(value, list)
+    if origin is Literal:
+        return any(type(allowed) is type(value) for allowed in typing.get_args(hint))
+    if hint is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    return isinstance(hint, type) and isinstance(value, hint)
+
+
 def _type_name(hint: Any) -> str:
     names = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
+    origin = typing.get_origin(hint)
+    if origin is tuple:
+        return "a list"
+    if origin is Literal:
+        return " or ".join(repr(allowed) for allowed in typing.get_args(hint))
     return names.get(hint, getattr(hint, "__name__", str(hint)))

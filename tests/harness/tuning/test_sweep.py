@@ -56,7 +56,7 @@ def test_a_space_is_checked_against_the_settings(tmp_path: Path) -> None:
     assert load_space(space, None, []).keys == ("model.lr", "augment.hflip")
     for text, message in [
         ('"model.lrr" = {uniform = [0.1, 0.2]}', "'model.lrr'.*did you mean 'lr'"),
-        ('"augment.hflip" = {choice = [0, 1.5]}', "'augment.hflip' = 1.5.*hflip must be in"),
+        ('"augment.hflip" = {choice = [0, 1.5]}', "'augment.hflip' = 1.5.*hflip must be"),
         ('"model.lr" = {log_uniform = [0, 1]}', "needs low > 0"),
         ('"model.lr" = {normal = [0, 1]}', "unknown distribution 'normal'"),
     ]:
