@@ -7,6 +7,7 @@ what export, evaluation and a user loading a checkpoint need is the weights that
 validated. Here a top-k file keeps only those and what names them:
 
     epoch, global_step, pytorch-lightning_version, state_dict, hyper_parameters,
+    the temperature fitted on these weights (`harness.core.temperature`),
     callbacks (ModelCheckpoint's entries only: the score), weights_only = True
 
 `state_dict` is what the `CheckpointSaving` subscribers made of it (the EMA puts the
@@ -26,6 +27,8 @@ import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
 from typing_extensions import override
 
+from harness.core.temperature import CHECKPOINT_KEY as TEMPERATURE_KEY
+
 __all__ = ["LEAN_KEY", "LeanModelCheckpoint", "lean"]
 
 LEAN_KEY = "weights_only"
@@ -36,6 +39,7 @@ _KEPT = (
     "state_dict",
     "hyper_parameters",
     "hparams_name",
+    TEMPERATURE_KEY,
 )
 
 

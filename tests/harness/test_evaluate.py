@@ -206,7 +206,7 @@ def test_a_subset_of_the_classes_averages_over_the_classes_present_and_names_the
 ) -> None:
     subset = tmp_path / "subset"
     for name in ("blue", "red"):
-        shutil.copytree(trained.data / "test" / name, subset / name)
+        shutil.copytree(trained.data / "Test" / name, subset / name)
     before = {p: p.read_bytes() for p in (*subset.rglob("*.png"), trained.onnx)}
     out = tmp_path / "out"
 

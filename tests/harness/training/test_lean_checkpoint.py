@@ -94,11 +94,14 @@ def test_the_default_run_keeps_whole_only_last_and_every_top_k_file_evaluates(
         assert path.stat().st_size < 1.05 * weights
         assert load_checkpoint(path).module.net is not None
     assert "optimizer_states" in last and not last.get(LEAN_KEY)
-    # the EMA's promise: a checkpoint holds the weights that were validated (the average)
+    # the EMA's promise: a checkpoint holds the weights that were validated and kept (the
+    # better of the average and the training weights); the EMA's state holds the other set
     newest = torch.load(top_k[-1], map_location="cpu", weights_only=True)
-    averaged, training = newest["state_dict"], last["harness"]["ema"]["training"]
-    assert all(torch.equal(averaged[key], last["state_dict"][key]) for key in averaged)
-    assert not all(torch.equal(averaged[key], training[key]) for key in training)
+    ema = last["harness"]["ema"]
+    validated, other = newest["state_dict"], ema["average" if ema["kept"] == "training" else "training"]
+    assert other
+    assert all(torch.equal(validated[key], last["state_dict"][key]) for key in validated)
+    assert not all(torch.equal(validated[key], other[key]) for key in other)
     # three top-k files, last.ckpt (weights, average, AdamW's two moments) and the ONNX model
     size = sum(path.stat().st_size for path in result.run_dir.rglob("*") if path.is_file())
     assert size < 8.5 * weights, f"{size / weights:.2f} x the weights"
