@@ -28,7 +28,23 @@ from harness.core.spec import AnySpec, SubscriberSettings
 from harness.settings.plugins import resolve_specs
 from harness.settings.tree import Settings
 
-__all__ = ["load_settings", "parse_override", "settings_to_toml", "tables"]
+__all__ = ["load_settings", "parse_override", "read_toml", "settings_to_toml", "tables"]
+
+
+def read_toml(path: Path, what: str) -> dict[str, Any]:
+    """The TOML table in `path`; a missing, unreadable or malformed file is one `SettingsError`.
+
+    `what` names the file in the message ("settings file", "search space").
+    """
+    source = str(path)
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise SettingsError(f"{source}: {what} not found") from None
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as error:
+        raise SettingsError(f"{source}: not valid TOML: {error}") from None
+    except OSError as error:
+        raise SettingsError(f"{source}: cannot read the {what} ({error.strerror})") from None
 
 
 def load_settings(
@@ -53,14 +69,7 @@ def load_settings(
     if path is not None:
         path = Path(path)
         source = str(path)
-        try:
-            tree = tomllib.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise SettingsError(f"{source}: settings file not found") from None
-        except (UnicodeDecodeError, tomllib.TOMLDecodeError) as error:
-            raise SettingsError(f"{source}: not valid TOML: {error}") from None
-        except OSError as error:
-            raise SettingsError(f"{source}: cannot read the settings file ({error.strerror})") from None
+        tree = read_toml(path, "settings file")
     if plugins is not None:
         tree = _with(tree, ("run", "plugins"), list(plugins), source)
     settings = _build_settings(tree, source, builtins, other_tables)

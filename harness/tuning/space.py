@@ -17,7 +17,6 @@ Optuna is not imported here: `Dimension.suggest` takes any object with Optuna's
 from __future__ import annotations
 
 import json
-import tomllib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal, Protocol
@@ -26,6 +25,7 @@ import attrs
 
 from harness.core.errors import SettingsError
 from harness.settings import load_settings
+from harness.settings.load import read_toml
 
 __all__ = ["KINDS", "Dimension", "Space", "Suggester", "load_space", "override"]
 
@@ -118,14 +118,7 @@ def _dimension(source: str, key: str, spec: object) -> Dimension:
 def load_space(path: Path, settings: Path | None, overrides: Sequence[str]) -> Space:
     """Read `path` and check every key and value against the settings (see the module)."""
     source = str(path)
-    try:
-        tree = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise SettingsError(f"{source}: search space file not found") from None
-    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as error:
-        raise SettingsError(f"{source}: not valid TOML: {error}") from None
-    except OSError as error:
-        raise SettingsError(f"{source}: cannot read the search space ({error.strerror})") from None
+    tree = read_toml(path, "search space file")
     if not tree:
         raise SettingsError(
             f'{source}: no keys; write one per setting, e.g. "model.lr" = {{log_uniform = [1e-4, 1e-2]}}'
