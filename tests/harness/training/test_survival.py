@@ -124,8 +124,6 @@ def test_a_plugin_state_unloadable_after_two_saves_meets_its_failure_policy(
         torch.load(checkpoint, weights_only=True)
     last = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
     assert last["epoch"] == 1 and "late_unloadable" not in last["harness"], "isolated: saved without it"
-    first = torch.load(next((run_dir / "checkpoints").glob("epoch=000*.ckpt")), weights_only=True)
-    assert first["harness"]["late_unloadable"] == {"epochs": 1}
 
     assert main(argv(tmp_path, *plugin, "run.name='raised'")) == 1
     message = one_line(capsys)
