@@ -201,7 +201,7 @@ def _assemble(settings: Settings, extras: Mapping[str, Subscriber]) -> _Run:
         data.datamodule,
     )
     if settings.run.terminal != "quiet":
-        log.info("%s", recipe.describe())
+        print(recipe.describe(), flush=True)
     module = Classifier.from_settings(
         settings.model,
         num_classes=len(classes),
