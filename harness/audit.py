@@ -48,6 +48,7 @@ from PIL import Image
 from harness.core.errors import DataError, HarnessError, report
 from harness.core.layout import RunLayout
 from harness.evaluation.folder import evaluation_dir
+from harness.io.image_tree import SPLIT_NAMES, class_folders, split_of
 from harness.io.images import image_files, load_rgb
 
 __all__ = [
@@ -67,7 +68,6 @@ Kind = Literal["leakage", "conflicting", "repeated", "label"]
 KINDS: tuple[Kind, ...] = ("leakage", "conflicting", "repeated", "label")
 """Every kind of finding, in the order of the page; ``--fail-on`` takes one (or ``any``)."""
 
-_SPLITS = {"train": ("train",), "val": ("val", "valid", "validation"), "test": ("test",)}
 _THUMB = 64
 _SIDE = 16
 _CANDIDATE_BITS = 16
@@ -133,12 +133,13 @@ def scan_tree(data: Path) -> list[Entry]:
     """Every image of `data` with its split and class; a `DataError` naming the folder when none."""
     if not data.is_dir():
         raise DataError(f"DATA {str(data)!r}: no such directory")
-    folders = {p.name.lower(): p for p in data.iterdir() if p.is_dir()}
-    roots = [(split, folders[name]) for split, names in _SPLITS.items() for name in names if name in folders]
+    order = list(SPLIT_NAMES)
+    splits = [(split, folder) for folder in class_folders(data) if (split := split_of(folder))]
+    roots = sorted(splits, key=lambda found: order.index(found[0]))
     images = [
         Entry(path=path, split=split, label=label.name)
         for split, root in (roots or [("", data)])
-        for label in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        for label in class_folders(root)
         for path in image_files(label)
     ]
     if not images:
