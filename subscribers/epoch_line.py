@@ -5,7 +5,7 @@ It publishes and writes nothing. After every training epoch, rank zero prints::
     epoch 3/8  train loss 0.412  val top-1 0.962  best 0.962 (epoch 3)  lr 0.0354  41.2s  ETA 3m26s
 
 train loss, val top-1 and lr are the epoch's metrics (``train/loss``, ``val/acc_top1``, ``lr``),
-best is the best `context.monitor` so far,
+best is the best `context.monitor` so far (the newer of equal scores, as the checkpoint keeps),
 the time is the epoch's wall time with its validation, and the ETA the mean epoch time
 times the epochs left. A value the run does not log is left out; an epoch that did not
 validate shows no validation value. Nothing is printed when ``[run].terminal = "quiet"``.
@@ -74,7 +74,7 @@ class EpochLine:
         score = metrics.get(context.monitor)
         if score is not None and math.isfinite(score):
             better = self.best is None or (
-                score > self.best[0] if context.monitor_mode == "max" else score < self.best[0]
+                score >= self.best[0] if context.monitor_mode == "max" else score <= self.best[0]
             )
             if better:
                 self.best = (float(score), event.epoch)

@@ -305,7 +305,7 @@ class CheckpointSettings:
     enabled: bool = option(True, "Lightning's ModelCheckpoint")
     monitor: str = option("val/acc_top1", "metric that ranks checkpoints (and early stopping)")
     mode: Literal["max", "min"] = option("max", "whether a higher or lower monitor is better")
-    save_top_k: int = option(3, "best checkpoints kept (-1 all)", at_least(-1))
+    save_top_k: int = option(1, "best checkpoints kept (-1 all)", at_least(-1))
     save_last: bool = option(True, "also keep `last.ckpt` (what resume uses)")
 
 

@@ -8,6 +8,7 @@ import attrs
 import pytest
 
 from harness.core.bus import Bus
+from harness.core.events import TrainEpochEnd
 from harness.core.testing import make_context, scripted_run
 from subscribers.epoch_line import EpochLine, duration
 
@@ -54,3 +55,11 @@ def test_quiet_prints_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str]
 )
 def test_durations_read_at_a_glance(seconds: float, shown: str) -> None:
     assert duration(seconds) == shown
+
+
+def test_of_equal_scores_the_newer_epoch_is_best_as_the_checkpoint_keeps(tmp_path: Path) -> None:
+    line = EpochLine(make_context(tmp_path))
+    for epoch, score in enumerate((0.5, 0.9, 0.9)):
+        metrics = {"val/acc_top1": score}
+        line.line(TrainEpochEnd(epoch=epoch, global_step=epoch, metrics=metrics, validated=True))
+    assert line.best == (0.9, 2)
