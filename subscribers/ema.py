@@ -98,7 +98,8 @@ class EMA:
         self.kept: Literal["average", "training"] = "average"
         self._resume_kept: Literal["average", "training"] = "average"
         self._resume_average: Mapping[str, torch.Tensor] | None = None
-        self._correct = torch.zeros(3, dtype=torch.float64)  # average right, training right, images
+        # average right, training right, images: on the batches' device, read once an epoch
+        self._correct = torch.zeros(3, dtype=torch.int64)
 
     def connect(self, bus: Bus) -> None:
         bus.subscribe(FitStart, self.on_fit_start)
@@ -147,7 +148,7 @@ class EMA:
         self.updates += 1
 
     def on_validation_swap_in(self, event: ValidationSwapIn) -> None:
-        self._correct.zero_()
+        self._correct = torch.zeros(3, dtype=torch.int64)
         shadow = self._shadow
         if shadow is not None and self.updates and not shadow.swapped:
             shadow.exchange()
@@ -163,9 +164,14 @@ class EMA:
         finally:
             shadow.exchange()
         targets = event.targets.to(logits.device)
-        self._correct[0] += int((event.logits.argmax(dim=1).to(targets.device) == targets).sum())
-        self._correct[1] += int((logits.argmax(dim=1) == targets).sum())
-        self._correct[2] += len(targets)
+        counts = torch.stack(
+            [
+                (event.logits.argmax(dim=1).to(targets.device) == targets).sum(),
+                (logits.argmax(dim=1) == targets).sum(),
+                targets.new_full((), targets.shape[0], dtype=torch.int64),
+            ]
+        )
+        self._correct = self._correct.to(counts.device) + counts
 
     def on_validation_epoch_end(self, event: ValidationEpochEnd) -> None:
         if event.sanity_check or self._final:

@@ -41,6 +41,43 @@ class SamplesSettings(SubscriberSettings):
     seed: int = option(0, "which images are shown (the same every epoch)")
 
 
+@attrs.frozen(kw_only=True)
+class _Pending:
+    """A chosen sample still on the batch's device: its un-normalised image and the model's answer."""
+
+    image: torch.Tensor
+    target: torch.Tensor
+    predicted: torch.Tensor
+    confidence: torch.Tensor
+
+
+def _read(kept: list[tuple[int, int, _Pending]]) -> list[Shown]:
+    """The kept samples in stream order, read from the device in one go."""
+    if not kept:
+        return []
+    ordered = sorted(kept, key=lambda entry: entry[1])
+    images = to_pixels(torch.stack([entry[2].image for entry in ordered]))
+    device = ordered[0][2].confidence.device
+    answers = torch.stack(
+        [
+            torch.stack([e[2].target.to(device).float(), e[2].predicted.float(), e[2].confidence])
+            for e in ordered
+        ]
+    ).tolist()
+    return [
+        Shown(
+            position=position,
+            image=image,
+            target=int(target),
+            predicted=int(predicted),
+            confidence=confidence,
+        )
+        for (_, position, _), image, (target, predicted, confidence) in zip(
+            ordered, images, answers, strict=True
+        )
+    ]
+
+
 class Samples:
     """Keeps the `count` chosen validation images of the epoch and draws them at its end."""
 
@@ -49,7 +86,8 @@ class Samples:
         self.settings = settings or SamplesSettings()
         self.seen = 0
         # A max-heap on priority (negated), so the worst of the kept samples is at the top.
-        self.kept: list[tuple[int, int, Shown]] = []
+        # The samples stay on the batches' device until the epoch's end reads them at once.
+        self.kept: list[tuple[int, int, _Pending]] = []
 
     def connect(self, bus: Bus) -> None:
         bus.subscribe(BatchEnd, self.on_batch_end, stage="validate", rank_zero_only=True)
@@ -70,29 +108,25 @@ class Samples:
             return
         rows = torch.tensor([i for _, i in chosen], device=event.logits.device)
         preprocessing = self.context.preprocessing
-        images = to_pixels(
-            unnormalise(
-                event.inputs.index_select(0, rows.to(event.inputs.device)).float(),
-                preprocessing.mean,
-                preprocessing.std,
-            )
+        images = unnormalise(
+            event.inputs.index_select(0, rows.to(event.inputs.device)).float(),
+            preprocessing.mean,
+            preprocessing.std,
         )
         confidences, predictions = event.logits.index_select(0, rows).float().softmax(dim=1).max(dim=1)
-        targets = event.targets.index_select(0, rows.to(event.targets.device)).tolist()
-        for k, ((rank, i), target, predicted, confidence) in enumerate(
-            zip(chosen, targets, predictions.tolist(), confidences.tolist(), strict=True)
-        ):
-            shown = Shown(
-                position=start + i, image=images[k], target=target, predicted=predicted, confidence=confidence
+        targets = event.targets.index_select(0, rows.to(event.targets.device))
+        for k, (rank, i) in enumerate(chosen):
+            pending = _Pending(
+                image=images[k], target=targets[k], predicted=predictions[k], confidence=confidences[k]
             )
-            entry = (-rank, start + i, shown)
+            entry = (-rank, start + i, pending)
             if len(self.kept) < count:
                 heapq.heappush(self.kept, entry)
             else:
                 heapq.heappushpop(self.kept, entry)
 
     def on_validation_epoch_end(self, event: ValidationEpochEnd) -> None:
-        shown = sorted((entry[2] for entry in self.kept), key=lambda sample: sample.position)
+        shown = _read(self.kept)
         self.kept, self.seen = [], 0
         if event.sanity_check or not shown:
             return
@@ -104,7 +138,7 @@ class Samples:
         context.submit(SPEC.name, job, step=event.global_step)
 
     def on_test_epoch_end(self, event: TestEpochEnd) -> None:
-        shown = sorted((entry[2] for entry in self.kept), key=lambda sample: sample.position)
+        shown = _read(self.kept)
         self.kept, self.seen = [], 0
         if shown:
             context = self.context

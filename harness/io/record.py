@@ -5,10 +5,10 @@ resumed run appends to the same file. Each line carries the wall time it was pub
 at, ``"time"``, in UNIX seconds (microsecond resolution), so a run's timeline can be read:
 ``{"event": "TrainEpochEnd", "time": 1764625536.123456, "epoch": 0, ...}``. Tensors are
 summarised by shape and dtype, except what is small and useful to re-read: a validation
-batch's targets and predicted classes. A training batch's loss is read from the device in
-bunches (`LOSS_BATCH` lines, or sooner when another event comes): reading it at every
-step would make the device wait for the host once per step; the lines keep their order
-and their times.
+batch's targets and predicted classes. A batch's loss (and a validation batch's targets
+and predictions) are read from the device in bunches (`LOSS_BATCH` lines, or sooner when
+another event comes): reading them at every batch would make the host wait for the device
+once per batch; the lines keep their order and their times.
 `read_events` turns the log back into events that carry no tensors, so
 ``python -m harness.replay`` can feed them to subscribers without training.
 """
@@ -31,7 +31,7 @@ from harness.core.events import EVENT_TYPES, BatchEnd, Event
 __all__ = ["LOSS_BATCH", "EventLog", "read_events"]
 
 LOSS_BATCH = 64
-"""Training-batch lines held back at most, so that their losses are read in one transfer."""
+"""Batch lines held back at most, so that their tensors are read in one transfer."""
 _TYPES = {cls.__name__: cls for cls in EVENT_TYPES}
 
 
@@ -45,19 +45,39 @@ def _summarise(value: Any) -> Any:
     return value
 
 
-def encode(event: Event, *, read_loss: bool = True) -> dict[str, Any]:
-    """One event as a JSON-ready dict: ``{"event": name, **fields}``.
+def encode(event: Event) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """One event as a JSON-ready dict ``{"event": name, **fields}`` and the tensors still to read.
 
-    Without `read_loss`, a `BatchEnd`'s loss is left as its tensor summary for the caller.
+    A `BatchEnd`'s loss (a validation batch's targets and predictions too) is returned as a
+    tensor on its device, under the field it fills, for the caller to read with others.
     """
     fields = {f.name: _summarise(getattr(event, f.name)) for f in attrs.fields(type(event))}
+    unread: dict[str, torch.Tensor] = {}
     if isinstance(event, BatchEnd):
-        if read_loss:
-            fields["loss"] = None if event.loss is None else float(event.loss)
+        if event.loss is None:
+            fields["loss"] = None
+        else:
+            unread["loss"] = event.loss.detach().reshape(()).float()
         if event.stage != "train":
-            fields["targets"] = event.targets.tolist()
-            fields["predictions"] = event.logits.argmax(1).tolist()
-    return {"event": type(event).__name__, **fields}
+            unread["targets"] = event.targets.detach().reshape(-1).long()
+            unread["predictions"] = event.logits.detach().argmax(1).long()
+    return {"event": type(event).__name__, **fields}, unread
+
+
+def _read(unread: list[dict[str, torch.Tensor]]) -> list[dict[str, Any]]:
+    """Every line's tensors as plain values, in one transfer per dtype."""
+    values: list[dict[str, Any]] = [{} for _ in unread]
+    for dtype in (torch.float32, torch.int64):
+        parts = [(i, key, t) for i, line in enumerate(unread) for key, t in line.items() if t.dtype == dtype]
+        if not parts:
+            continue
+        flat = torch.cat([t.reshape(-1).to(parts[0][2].device) for _, _, t in parts]).tolist()
+        start = 0
+        for i, key, tensor in parts:
+            count = tensor.numel()
+            values[i][key] = flat[start] if tensor.dim() == 0 else flat[start : start + count]
+            start += count
+    return values
 
 
 class EventLog:
@@ -67,7 +87,7 @@ class EventLog:
         self.path = context.layout.events
         self.context = context
         self._file: IO[str] | None = None
-        self._held: list[tuple[dict[str, Any], torch.Tensor]] = []
+        self._held: list[tuple[dict[str, Any], dict[str, torch.Tensor]]] = []
 
     def connect(self, bus: Bus) -> None:
         bus.subscribe(Event, self.on_event, rank_zero_only=True)
@@ -77,24 +97,24 @@ class EventLog:
             self._file = self.path.open("a", encoding="utf-8")
             self.context.record_artifact("events", self.path)
         now = round(time.time(), 6)
-        if isinstance(event, BatchEnd) and event.stage == "train" and event.loss is not None:
-            line = {"event": type(event).__name__, "time": now, **encode(event, read_loss=False)}
-            self._held.append((line, event.loss.detach().reshape(())))
+        fields, unread = encode(event)
+        line = {"event": fields.pop("event"), "time": now, **fields}
+        if unread:
+            self._held.append((line, unread))
             if len(self._held) >= LOSS_BATCH:
                 self._release()
             return
         self._release()
-        line = {"event": type(event).__name__, "time": now, **encode(event)}
         self._file.write(json.dumps(line) + "\n")
         self._file.flush()
 
     def _release(self) -> None:
-        """Write the held training-batch lines, their losses read in one transfer."""
+        """Write the held batch lines, their tensors read in one transfer."""
         if not self._held or self._file is None:
             return
-        losses = torch.stack([loss.float() for _, loss in self._held]).tolist()
-        for (line, _), loss in zip(self._held, losses, strict=True):
-            line["loss"] = loss
+        values = _read([unread for _, unread in self._held])
+        for (line, _), read in zip(self._held, values, strict=True):
+            line.update(read)
             self._file.write(json.dumps(line) + "\n")
         self._held.clear()
         self._file.flush()

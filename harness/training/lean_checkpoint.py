@@ -27,8 +27,8 @@ from weakref import proxy
 
 import lightning as L
 import torch
-from torch import Tensor
 from lightning.pytorch.callbacks import ModelCheckpoint
+from torch import Tensor
 from typing_extensions import override
 
 from harness.core.temperature import CHECKPOINT_KEY as TEMPERATURE_KEY
@@ -136,7 +136,7 @@ class LeanModelCheckpoint(ModelCheckpoint):
         """Rewrite every whole top-k file but `keep` lean (a resumed run's too: each is read once)."""
         if trainer.is_global_zero:
             for path in list(self.best_k_models):
-                if path == keep or path in self._known_lean or not os.path.isfile(path):
+                if path == keep or path in self._known_lean or not Path(path).is_file():
                     continue
                 whole = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
                 if not whole.get(LEAN_KEY):

@@ -83,3 +83,28 @@ def test_a_training_step_makes_no_host_sync_in_the_harness(
     assert more == fewer, f"reads that grow with the steps: {dict(more - fewer)}"
     # the counter works: the epoch's end reads the divergence flag and the weights
     assert any(where.startswith("model.py") for where in more)
+
+
+@pytest.mark.slow
+def test_a_validation_batch_makes_no_host_sync_in_the_harness(
+    make_settings: MakeSettings, syncs: Counter[str]
+) -> None:
+    every = ("ema", "sampler_tracking", "confusion_matrix", "samples", "epoch_line", "plots", "trackers")
+    counts = []
+    for batches in (1, 3):
+        syncs.clear()
+        settings = make_settings(
+            *every,
+            "trainer.max_epochs=1",
+            "trainer.limit_train_batches=1",
+            f"trainer.limit_val_batches={batches}",
+            "trainer.num_sanity_val_steps=0",
+            "data.batch_size=4",
+            "data.val_fraction=0.4",
+            "run.record_events=true",
+        )
+        run(settings)
+        counts.append(Counter(syncs))
+    fewer, more = counts
+    assert more == fewer, f"reads that grow with the validation batches: {dict(more - fewer)}"
+    assert sum(more.values()) > 0

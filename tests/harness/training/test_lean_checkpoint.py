@@ -12,9 +12,9 @@ import torch
 from harness.core.errors import SettingsError
 from harness.evaluate import main as evaluate_main
 from harness.settings import Settings
+from harness.training.checkpoint_io import AtomicCheckpointIO
 from harness.training.evaluation import load_checkpoint
 from harness.training.fit import run
-from harness.training.checkpoint_io import AtomicCheckpointIO
 from harness.training.lean_checkpoint import LEAN_KEY, LeanModelCheckpoint, lean
 from harness.training.run_dir import check_resume
 
@@ -42,7 +42,7 @@ def _bytes(state: dict[str, torch.Tensor]) -> int:
 
 
 class _Peaked(L.LightningModule):
-    """A tiny real model whose validation score is `scores[epoch]`: by default it climbs to epoch 2, then falls."""
+    """A tiny real model whose validation score is `scores[epoch]`: it climbs to epoch 2, then falls."""
 
     def __init__(self, scores: tuple[float, ...] = (0, 1, 2, 1, 0)) -> None:
         super().__init__()
