@@ -18,10 +18,18 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from harness.core.errors import SettingsError
 from harness.core.summary import Acceleration
 from harness.settings import ModelSettings, TrainerSettings
 
-__all__ = ["Acceleration", "is_convolutional", "resolve_acceleration", "resolve_precision", "uses_gpu"]
+__all__ = [
+    "Acceleration",
+    "check_decode",
+    "is_convolutional",
+    "resolve_acceleration",
+    "resolve_precision",
+    "uses_gpu",
+]
 
 
 def uses_gpu(accelerator: str) -> bool:
@@ -29,6 +37,15 @@ def uses_gpu(accelerator: str) -> bool:
     if accelerator in ("gpu", "cuda"):
         return True
     return accelerator == "auto" and torch.cuda.is_available()
+
+
+def check_decode(decode: str, accelerator: str) -> None:
+    """Refuse ``[data].decode = "gpu"`` for a run that will not train on a CUDA device."""
+    if decode == "gpu" and not (uses_gpu(accelerator) and torch.cuda.is_available()):
+        raise SettingsError(
+            f'[data].decode = "gpu" needs a CUDA device; [trainer].accelerator = {accelerator!r} '
+            'trains without one here (set decode = "cpu")'
+        )
 
 
 def resolve_precision(requested: str, *, gpu: bool, bf16: bool) -> str:

@@ -23,6 +23,7 @@ import tempfile
 from collections.abc import Sequence, Sized
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import attrs
 import lightning as L
@@ -31,6 +32,7 @@ import torch
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
+from typing_extensions import override
 
 from harness.core.context import DatasetInfo, LeftOutClass
 from harness.core.errors import DataError, SettingsError
@@ -40,6 +42,7 @@ from harness.io.image_tree import class_folders, split_folders
 from harness.io.images import image_entries, load_rgb, unreadable
 from harness.settings import AugmentSettings, DataSettings, Settings
 from harness.training.augment import BatchMixer, Transform, eval_transform, train_transform
+from harness.training.gpu_decode import EncodedFiles, collate_encoded, decode_batch
 from harness.training.networks import normalization
 from harness.training.scan_cache import cache_file, unreadable_files
 from harness.training.stop_signal import start_data_worker
@@ -320,6 +323,7 @@ class ImageDataModule(L.LightningDataModule):
         transform = None if augment is None else train_transform(preprocessing, augment)
         self.train_set = ImageFiles(info.train, preprocessing, transform)
         self.val_set = ImageFiles(info.val, preprocessing)
+        self.eval_transform = eval_transform(preprocessing)
         self.settings = settings
         self.sampler = sampler
         classes = 1 + max((target for _, target in (*info.train, *info.val)), default=0)
@@ -351,10 +355,26 @@ class ImageDataModule(L.LightningDataModule):
         per_rank = -(-drawn // max(1, trainer_world_size))
         return per_rank % self.settings.batch_size == 1 and per_rank > 1
 
+    @override
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """With ``[data].decode = "gpu"``: a batch of files' bytes decoded and transformed on the device."""
+        if self.settings.decode != "gpu" or self.trainer is None:
+            return batch
+        data, targets = batch
+        training = self.trainer.training
+        transform = self.train_set.transform if training else self.eval_transform
+        inputs = decode_batch(data, transform, self.trainer.strategy.root_device)
+        if training and self.mixer is not None:
+            return self.mixer(list(zip(inputs, targets.tolist(), strict=True)))
+        return inputs, targets
+
     def _loader(self, dataset: ImageFiles, *, train: bool) -> DataLoader[tuple[torch.Tensor, int]]:
         workers = loader_workers(self.settings.num_workers)
         world = self.trainer.world_size if self.trainer is not None else 1
         rank = self.trainer.global_rank if self.trainer is not None else 0
+        collate = self.mixer if train and self.mixer is not None else None
+        if self.settings.decode == "gpu":
+            dataset, collate = EncodedFiles(dataset.samples), collate_encoded  # type: ignore[assignment]
         return DataLoader(
             dataset,
             batch_size=self.settings.batch_size,
@@ -364,7 +384,7 @@ class ImageDataModule(L.LightningDataModule):
             persistent_workers=workers > 0,
             pin_memory=torch.cuda.is_available(),
             drop_last=train and self._drop_last(world),
-            collate_fn=self.mixer if train and self.mixer is not None else None,
+            collate_fn=collate,
             worker_init_fn=partial(start_data_worker, rank=rank),
         )
 
@@ -382,9 +402,10 @@ class ImageDataModule(L.LightningDataModule):
             self.val_set, num_replicas=trainer.world_size, rank=trainer.global_rank, shuffle=False
         )
         return DataLoader(
-            self.val_set,
+            loader.dataset,
             batch_size=self.settings.batch_size,
             sampler=shards,
+            collate_fn=loader.collate_fn,
             num_workers=loader.num_workers,
             persistent_workers=loader.persistent_workers,
             pin_memory=loader.pin_memory,

@@ -35,7 +35,7 @@ from harness.io.artifacts import write_json, write_label_map, write_text
 from harness.io.background import BackgroundWriter
 from harness.io.lock import RunLock
 from harness.settings import Settings, resolve_specs, settings_to_toml
-from harness.training.acceleration import resolve_acceleration
+from harness.training.acceleration import check_decode, resolve_acceleration
 from harness.training.assembly import Assembly, assemble
 from harness.training.callback import BusCallback
 from harness.training.checkpoint_io import AtomicCheckpointIO, remove_stale_temporaries
@@ -183,6 +183,7 @@ def training_data(settings: Settings, info: DatasetInfo, num_classes: int) -> Tr
 def _assemble(settings: Settings, extras: Mapping[str, Subscriber]) -> _Run:
     """Everything the run needs, checked before the run directory is made, then the run's assembly."""
     started = time.monotonic()
+    check_decode(settings.data.decode, settings.trainer.accelerator)
     L.seed_everything(settings.run.seed, workers=True, verbose=False)
     launch = launch_of(settings.trainer)
     if launch is not None:
