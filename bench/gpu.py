@@ -15,8 +15,9 @@ against its anchor measured in the same process:
 - the step fed by the harness's training loader (`ImageDataModule.train_dataloader`, real
   JPEGs decoded by PIL in its workers, random resized crop and colour jitter, pinned
   memory), against the step on synthetic tensors: whether the input pipeline keeps up;
-- decoding those JPEGs: the loader's images/s against ``torchvision.io.decode_jpeg`` of a
-  whole batch on the device (then resized and normalised there);
+- decoding those JPEGs: the loader's images/s against ``[data].decode = "gpu"``
+  (`harness.training.gpu_decode.decode_batch`: ``torchvision.io.decode_jpeg`` of a whole
+  batch on the device, then the same augmentation there);
 - peak GPU memory of each step variant, above what its model and optimizer hold.
 
 The step variants take turns (`bench._timing.interleaved`); every timed call synchronises
@@ -36,12 +37,13 @@ import attrs
 import torch
 import torch.nn.functional as F
 import torchvision
-from torchvision.transforms.v2 import functional as TF
 
 from bench._timing import Row, interleaved, quiet_lightning, rows_table
 from bench._trees import cache_at, jpegs, write_tree
 from harness.settings import AugmentSettings, DataSettings
+from harness.training.augment import train_transform
 from harness.training.data import ImageDataModule, scan
+from harness.training.gpu_decode import decode_batch
 from harness.training.model import Classifier
 from harness.training.networks import split_outputs
 from harness.training.sampler import make_sampler
@@ -148,15 +150,13 @@ def _loader(root: Path, size: Size, cache: str) -> Iterator[tuple[torch.Tensor, 
 
 
 def _gpu_decode(files: Sequence[Path], size: Size, device: str) -> Callable[[], None]:
-    """A batch decoded by ``decode_jpeg`` on `device`, resized and normalised there."""
+    """A batch as ``[data].decode = "gpu"`` makes it: `decode_batch` (decode_jpeg, augmented on `device`)."""
     data = [torchvision.io.read_file(str(path)) for path in files[: size.batch_size]]
-    mean = torch.tensor([0.485, 0.456, 0.406], device=device).view(1, 3, 1, 1)
-    std = torch.tensor([0.229, 0.224, 0.225], device=device).view(1, 3, 1, 1)
+    settings = DataSettings(image_size=size.image_size)
+    transform = train_transform(settings.preprocessing(), AugmentSettings())
 
     def run() -> None:
-        images = torchvision.io.decode_jpeg(data, device=device)
-        batch = TF.resize(torch.stack(images), [size.image_size, size.image_size], antialias=True)
-        ((batch.float() / 255 - mean) / std).sum()
+        decode_batch(data, transform, device).sum()
         _sync(device)
 
     return run
@@ -293,7 +293,10 @@ def rows(
         )
         for variant, seconds in (
             ("the harness's loader (PIL in workers, augmented) (anchor)", decode["loader"] / count),
-            (f"torchvision.io.decode_jpeg(device={device!r}), a batch", decode["device"] / size.batch_size),
+            (
+                f'[data].decode = "gpu": decode_jpeg(device={device!r}) and augmented there, a batch',
+                decode["device"] / size.batch_size,
+            ),
         )
     ]
     details(f"EMA update {ema['update'] * 1e3:.3f} ms, swap in and out {ema['swap'] * 1e3:.3f} ms")
