@@ -13,13 +13,16 @@ validated. Here a top-k file keeps only those and what names them:
 `state_dict` is what the `CheckpointSaving` subscribers made of it (the EMA puts the
 averaged weights there), because the file is built from Lightning's whole checkpoint
 dictionary, hooks included. ``last.ckpt`` and the interrupt checkpoint stay whole and
-resumable. A top-k file is not resumable: `LEAN_KEY` marks it, and
+resumable. A lean top-k file is not resumable: `LEAN_KEY` marks it, and
 `harness.training.run_dir.check_resume` refuses it in one line naming ``last.ckpt``.
+When the best epoch is the newest, its file is a hard link to ``last.ckpt`` (one copy on
+disk, whole) until a later epoch replaces ``last.ckpt``; then it is rewritten lean.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -149,7 +152,10 @@ class LeanModelCheckpoint(ModelCheckpoint):
         if trainer.is_global_zero:
             staged = temporary_path(Path(target))
             staged.unlink(missing_ok=True)
-            os.link(source, staged)
+            try:
+                os.link(source, staged)
+            except OSError:  # a file system without hard links: a copy, as Lightning's own link falls back to
+                shutil.copyfile(source, staged)
             staged.replace(target)
         trainer.strategy.barrier("LeanModelCheckpoint._hard_link")
         self._last_global_step_saved = trainer.global_step
