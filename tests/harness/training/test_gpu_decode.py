@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import lightning as L
 import pytest
@@ -13,7 +12,7 @@ from PIL import Image
 from harness.core.errors import SettingsError
 from harness.core.testing import write_imagefolder
 from harness.run import main
-from harness.settings import load_settings
+from harness.settings import Settings, load_settings
 from harness.training.acceleration import check_decode
 from harness.training.augment import eval_transform
 from harness.training.data import ImageDataModule, ImageFiles, scan
@@ -34,8 +33,9 @@ def mixed_tree(tmp_path: Path) -> Path:
     return root
 
 
-def _settings(root: Path, *items: str) -> Any:
-    return load_settings(None, [f"data.root={str(root)!r}", "data.image_size=16", "data.batch_size=8", *items])
+def _settings(root: Path, *items: str) -> Settings:
+    fast = [f"data.root={str(root)!r}", "data.image_size=16", "data.batch_size=8"]
+    return load_settings(None, [*fast, *items])
 
 
 def test_decode_is_cpu_or_gpu() -> None:
