@@ -44,22 +44,25 @@ def test_a_foreign_checkpoint_with_a_state_dict_key_is_one_line_and_nothing_made
 
 @pytest.mark.slow
 def test_a_kill_during_a_checkpoint_write_leaves_a_temporary_that_the_resume_removes(tmp_path: Path) -> None:
-    killed = harness_run(
-        tmp_path, "trainer.max_epochs=2", env={"FAULT_AT": "CheckpointSaving:1:1", "FAULT": "kill-mid-write"}
-    )
+    # two best files, so that epoch 0's is kept beside epoch 1's
+    keep = ("trainer.max_epochs=2", "checkpoint.save_top_k=2")
+    killed = harness_run(tmp_path, *keep, env={"FAULT_AT": "CheckpointSaving:1:1", "FAULT": "kill-mid-write"})
     assert killed.returncode == -9, killed.stderr[-2000:]
     run_dir = only_run_dir(tmp_path)
     checkpoints = run_dir / "checkpoints"
     (stale,) = checkpoints.glob(".*.tmp")
     assert stale.name.endswith(".tmp") and stale.stat().st_size > 0
     (first,) = checkpoints.glob("epoch=000*.ckpt")
-    before = first.read_bytes()
+    before = torch.load(first, weights_only=True)["state_dict"]
 
-    resumed = harness_run(tmp_path, "trainer.max_epochs=2", "trainer.resume='last'")
+    resumed = harness_run(tmp_path, *keep, "trainer.resume='last'")
 
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert not list(checkpoints.glob(".*.tmp")), "the dead writer's temporary file is gone"
-    assert first.read_bytes() == before
+    # epoch 0's file was last.ckpt itself until epoch 1 replaced it; now lean, the same weights
+    after = torch.load(first, weights_only=True)
+    assert after["weights_only"] is True
+    assert all(torch.equal(after["state_dict"][key], value) for key, value in before.items())
     assert json.loads((run_dir / "summary.json").read_text())["status"] == "completed"
 
 
