@@ -16,7 +16,9 @@ from harness.settings import Settings, load_settings
 from harness.training.acceleration import check_decode
 from harness.training.augment import eval_transform
 from harness.training.data import ImageDataModule, ImageFiles, scan
+from harness.training.fit import training_data
 from harness.training.gpu_decode import EncodedFiles, collate_encoded, decode_batch, is_jpeg
+from harness.training.model import Classifier
 
 pytestmark = pytest.mark.filterwarnings("ignore:The image decoding:DeprecationWarning")
 
@@ -87,3 +89,25 @@ def test_the_data_module_decodes_in_its_before_transfer_hook(mixed_tree: Path) -
     inputs, targets = module.on_before_batch_transfer(batch, 0)
     expected = torch.stack([module.val_set[i][0] for i in range(len(targets))])
     assert inputs.shape == expected.shape and (inputs - expected).abs().max() < 0.05
+
+
+@pytest.mark.slow
+def test_a_real_fit_trains_and_validates_on_batches_decoded_by_the_hook(mixed_tree: Path) -> None:
+    # the hook decodes on the trainer's device: the CPU here, so the fit runs without CUDA
+    settings = _settings(mixed_tree, "data.decode='gpu'", "data.num_workers=0", "model.arch='resnet18'")
+    info, classes = scan(settings.data, seed=0)
+    data = training_data(settings, info, len(classes))
+    module = Classifier.from_settings(
+        settings.model,
+        num_classes=len(classes),
+        image_size=settings.data.image_size,
+        class_names=classes,
+        preprocessing=data.preprocessing,
+    )
+    trainer = L.Trainer(
+        accelerator="cpu", devices=1, max_epochs=1, limit_train_batches=1, limit_val_batches=1,
+        logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )  # fmt: skip
+    trainer.fit(module, datamodule=data.datamodule)
+    assert trainer.global_step == 1 and "val/acc_top1" in trainer.callback_metrics
