@@ -9,6 +9,7 @@ The rest of the audit (near duplicates, repeats within a class, label errors) is
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -31,11 +32,15 @@ def duplicate_warning(
     `splits` maps a split name to its ``(path, class index)`` samples; `digests` maps a
     path to its pixel digest (a path without one, unreadable or skipped, is left out).
     """
+    # Most trees have no duplicate at all: count in C first, group only the repeated digests.
+    repeated = {digest for digest, count in Counter(digests.values()).items() if count > 1}
+    if not repeated:
+        return None
     groups: dict[str, list[tuple[str, str, str]]] = {}
     for split, samples in splits.items():
         for path, target in samples:
             digest = digests.get(path)
-            if digest is not None:
+            if digest in repeated:
                 groups.setdefault(digest, []).append((split, classes[target], path))
     leaked = conflicting = flagged = 0
     named: list[str] = []
