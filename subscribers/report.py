@@ -70,7 +70,7 @@ class Report:
         if score is not None and math.isfinite(score):
             maximise = self.context.monitor_mode == "max"
             if self.best is None or (score > self.best[0] if maximise else score < self.best[0]):
-                self.best = (float(score), event.epoch + 1)
+                self.best = (float(score), event.epoch)
 
     def on_epoch_jobs_queued(self, event: EpochJobsQueued) -> None:
         self._submit(f"running: epoch {event.epoch + 1} of {self.context.max_epochs} done", event.global_step)

@@ -88,6 +88,8 @@ pre { background: #f6f8fa; padding: 1em; overflow-x: auto; }
 _REFRESH_S = 30
 _CURVES, _CONFUSION, _SAMPLES = _FIRST_FOLDERS
 _BIG = ' class="big"'
+_FIRST_CURVES = ("losses", "loss")
+"""Curves shown before the others (sorted by name): the loss is what a person reads first."""
 _SHOWN_METRICS = ("val/acc_top1", "val/acc_top5", "val/acc_balanced", "val/loss", "train/loss", "lr")
 
 
@@ -95,8 +97,9 @@ _SHOWN_METRICS = ("val/acc_top1", "val/acc_top5", "val/acc_balanced", "val/loss"
 class Headline:
     """The dashboard's facts: how the run stands, its best score and when, how far and how long.
 
-    `best_epoch` and `epochs_done` count from 1 as a person does; `metrics` are the latest
-    measured (under the harness's names). Every field may be unknown (None, empty).
+    `best_epoch` counts from 0, as the pictures beside it and their files (``epoch_002.png``)
+    do; `epochs_done` is a count. `metrics` are the latest measured (under the harness's
+    names). Every field may be unknown (None, empty).
     """
 
     status: str | None = None
@@ -236,7 +239,7 @@ def _headline_of(run_dir: Path, summary: Any) -> Headline:
 
 
 def _epoch_of(run_dir: Path, monitor: object, best: object) -> int | None:
-    """The epoch (from 1) whose validation measured `best` for `monitor`, from the event record."""
+    """The epoch (from 0) whose validation measured `best` for `monitor`, from the event record."""
     if not isinstance(monitor, str) or not isinstance(best, (int, float)):
         return None
     try:
@@ -246,7 +249,7 @@ def _epoch_of(run_dir: Path, monitor: object, best: object) -> int | None:
                     continue
                 event = json.loads(line)
                 if not event.get("sanity_check") and event.get("metrics", {}).get(monitor) == best:
-                    return int(event["epoch"]) + 1
+                    return int(event["epoch"])
     except (OSError, ValueError, TypeError, KeyError, AttributeError):
         return None
     return None
@@ -255,7 +258,7 @@ def _epoch_of(run_dir: Path, monitor: object, best: object) -> int | None:
 def _dashboard(run_dir: Path, facts: Headline, groups: Mapping[str, list[Path]], *, embed: bool) -> list[str]:
     """The first screen: the facts, the learning curves, the latest confusion matrix and samples."""
     listed = _facts(facts)
-    curves = _current(groups.get(_CURVES, []))
+    curves = sorted(_current(groups.get(_CURVES, [])), key=lambda path: path.stem not in _FIRST_CURVES)
     confusion = _current(groups.get(_CONFUSION, []))
     samples = _current(groups.get(_SAMPLES, []))
     if not (listed or curves or confusion or samples):

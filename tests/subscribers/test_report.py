@@ -65,7 +65,7 @@ def test_the_dashboard_shows_the_best_score_so_far_and_its_epoch(tmp_path: Path)
     page = context.layout.report.read_text()
     facts = page[page.index('<dl class="facts">') : page.index("</dl>")]
     assert '<dt>best val/acc_top1</dt><dd class="big">0.8</dd>' in facts
-    assert "<dt>at epoch</dt><dd>2</dd>" in facts, "counted from 1, as the epoch line does"
+    assert "<dt>at epoch</dt><dd>1</dd>" in facts, "counted from 0, as the pictures beside it"
     assert "<dt>epochs done</dt><dd>3 of 4</dd>" in facts
     assert "<dt>val/loss</dt><dd>0.3</dd>" in facts, "the latest epoch's metrics"
     assert "<dt>time</dt>" in facts
