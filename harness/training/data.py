@@ -239,9 +239,7 @@ def scan(settings: DataSettings, seed: int) -> tuple[DatasetInfo, tuple[str, ...
     # then measures every class, not the first ones in folder order.
     random.Random(seed + 1).shuffle(val)
     if settings.check_duplicates:
-        warning = duplicate_warning(
-            root, {"train": train, "val": val, "test": test}, classes, checked.digests
-        )
+        warning = duplicate_warning(root, {"train": train, "val": val, "test": test}, classes, checked.shared)
         if warning is not None:
             log.warning("%s", warning)
     info = DatasetInfo(

@@ -9,7 +9,6 @@ The rest of the audit (near duplicates, repeats within a class, label errors) is
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -30,17 +29,16 @@ def duplicate_warning(
     """One line naming the leaked and conflicting duplicates among `splits`' samples, or None.
 
     `splits` maps a split name to its ``(path, class index)`` samples; `digests` maps a
-    path to its pixel digest (a path without one, unreadable or skipped, is left out).
+    path to its pixel digest, for the files whose digest is shared
+    (`harness.training.scan_cache.Checked.shared`; any other path is left out).
     """
-    # Most trees have no duplicate at all: count in C first, group only the repeated digests.
-    repeated = {digest for digest, count in Counter(digests.values()).items() if count > 1}
-    if not repeated:
+    if not digests:
         return None
     groups: dict[str, list[tuple[str, str, str]]] = {}
     for split, samples in splits.items():
         for path, target in samples:
             digest = digests.get(path)
-            if digest in repeated:
+            if digest is not None:
                 groups.setdefault(digest, []).append((split, classes[target], path))
     leaked = conflicting = flagged = 0
     named: list[str] = []

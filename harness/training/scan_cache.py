@@ -23,6 +23,7 @@ import json
 import logging
 import multiprocessing
 import os
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -58,10 +59,11 @@ class _Files:
 @attrs.frozen
 class Checked:
     """What the check found: ``(path, reason)`` per unreadable file, in the order given, and
-    the pixel digest of each readable file (when digests were asked for)."""
+    the pixel digest of each readable file whose digest another file shares (`shared`;
+    only when digests were asked for: the duplicate check needs no other)."""
 
     bad: list[tuple[str, str]]
-    digests: dict[str, str]
+    shared: dict[str, str]
 
 
 def cache_file(cache: Path, root: Path) -> Path:
@@ -88,10 +90,7 @@ def check_files(
         if (
             known is not None
             and (known.paths, known.sizes, known.times) == (current.paths, current.sizes, current.times)
-            and (
-                not digests
-                or all(known.digests[i] or path in known.bad for i, path in enumerate(known.paths))
-            )
+            and (not digests or _all_digested(known))
         ):
             return _result(known, known.bad)
         found = _recheck(current, known, check, digests=digests)
@@ -159,10 +158,23 @@ def _recheck(current: _Files, known: _Files | None, check: Check, *, digests: bo
     return found
 
 
+def _all_digested(files: _Files) -> bool:
+    """Whether every readable file of `files` has its digest."""
+    if "" not in files.digests:
+        return True
+    return all(digest or path in files.bad for path, digest in zip(files.paths, files.digests, strict=True))
+
+
 def _result(files: _Files, reasons: dict[str, str]) -> Checked:
     bad = [(path, reasons[path]) for path in files.paths if path in reasons] if reasons else []
-    digests = {path: digest for path, digest in zip(files.paths, files.digests, strict=True) if digest}
-    return Checked(bad, digests)
+    # Counted in C: on a clean tree nothing is shared and no dictionary of every file is built.
+    shared = {digest for digest, count in Counter(files.digests).items() if count > 1 and digest}
+    found = (
+        {path: digest for path, digest in zip(files.paths, files.digests, strict=True) if digest in shared}
+        if shared
+        else {}
+    )
+    return Checked(bad, found)
 
 
 def _check_all(paths: Sequence[str], check: Check) -> list[Verdict]:
