@@ -6,7 +6,8 @@ fit start, again at every epoch end (on the run's background writer, submitted a
 the attach order; training goes on meanwhile) while the run is going (the page reloads
 itself), with the dashboard's `Headline` kept here (the best score so far and its epoch,
 the epochs done, the time since fit start, the latest metrics), and a last time when the
-run ends, completed, failed or interrupted, showing that status and the failure.
+run ends, completed, failed or interrupted, showing that status and the failure, its
+facts read from ``summary.json`` (the best epoch from ``events.jsonl``).
 ``python -m harness.report`` is not needed after a run.
 """
 
@@ -92,13 +93,9 @@ class Report:
         self.error = event.error
 
     def on_run_end(self, event: RunEnd) -> None:
-        write_report(
-            self.context.run_dir,
-            embed=self.settings.embed,
-            status=event.status,
-            error=self.error,
-            headline=self.headline(event.status),
-        )
+        # summary.json, written by now, is the record of the whole run (of a resumed one too,
+        # whose best may predate this process): the last page's facts come from it.
+        write_report(self.context.run_dir, embed=self.settings.embed, status=event.status, error=self.error)
 
     def _submit(self, status: str, step: int) -> None:
         job = functools.partial(write_page, self.context.run_dir, self.settings.embed, self.headline(status))
