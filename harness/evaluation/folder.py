@@ -42,6 +42,7 @@ import numpy.typing as npt
 
 from harness.evaluation.data import EvaluationData
 from harness.evaluation.metrics import Metrics, calibration, compute_metrics
+from harness.evaluation.metrics import top_losses as most_lost
 from harness.evaluation.pairs import counts_table, draw_counts, most_confused_csv, per_class_csv
 from harness.evaluation.pictures import Loss, draw_reliability, draw_top_losses
 from harness.io.artifacts import write_json, write_text
@@ -144,8 +145,7 @@ def write_evaluation(
 
     true_p = probs[np.arange(len(targets)), targets]
     losses = -np.log(np.clip(true_p, 1e-12, None))
-    wrong = np.nonzero(predicted != targets)[0]
-    worst = wrong[np.argsort(-losses[wrong], kind="stable")][:top_losses]
+    worst = most_lost(probs, targets, top_losses)
     draw_top_losses(
         directory / "top_losses.png",
         [
@@ -159,7 +159,7 @@ def write_evaluation(
             for i in worst
         ],
         total=len(targets),
-        wrong=len(wrong),
+        wrong=int(np.count_nonzero(predicted != targets)),
     )
     if uncalibrated is None:
         draw_reliability(directory / "reliability.png", metrics.calibration, title=f"Reliability, {scored}")

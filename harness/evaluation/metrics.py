@@ -38,6 +38,7 @@ __all__ = [
     "scores_of",
     "softmax",
     "top_k_accuracy",
+    "top_losses",
 ]
 
 Floats = npt.NDArray[np.float64]
@@ -57,6 +58,15 @@ def top_k_accuracy(probabilities: Floats, targets: Ints, k: int) -> float:
     k = min(k, probabilities.shape[1])
     order = np.argsort(-probabilities, axis=1, kind="stable")[:, :k]
     return float((order == targets[:, None]).any(axis=1).mean()) if len(targets) else 0.0
+
+
+def top_losses(probabilities: Floats, targets: Ints, limit: int) -> Ints:
+    """The wrong images of highest loss (``-log p(true)``), highest first: at most `limit` indices."""
+    true_p = probabilities[np.arange(len(targets)), targets]
+    losses = -np.log(np.clip(true_p, 1e-12, None))
+    wrong = np.flatnonzero(probabilities.argmax(axis=1) != targets)
+    worst: Ints = wrong[np.argsort(-losses[wrong], kind="stable")][:limit]
+    return worst
 
 
 @attrs.frozen(kw_only=True)
