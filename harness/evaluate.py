@@ -23,7 +23,7 @@ validation logits); ``metrics.json``'s ``calibration`` gives the ECE and NLL bef
 after it, and ``reliability_uncalibrated.png`` is the diagram before it. ``--tta flip``
 averages each image's probabilities with its mirror's and reports the gain under ``tta``;
 it is refused (exit 2, nothing written) for a model trained without flips.
-``--cam N`` (default 8 on the command line, 0 = off; a checkpoint or run only) draws
+``--cam N`` (default 8 for a checkpoint or a run, 0 = off; an ONNX model has no gradients) draws
 Grad-CAM maps (`harness.training.cam`, the ``explain`` extra) of the N top losses and of
 one image of each of the N most-confused pairs: ``grad_cam_top_losses.png`` and
 ``grad_cam_most_confused.png``; a missing package or an architecture it cannot explain is
@@ -59,6 +59,8 @@ __all__ = ["evaluate", "main", "resolve_source"]
 
 log = logging.getLogger("harness")
 
+DEFAULT_CAM = 8
+"""Grad-CAM maps per group when a checkpoint is evaluated from the command line."""
 _PRINTED_WORST = 20
 """Rows of the printed per-class table past `FULL_MATRIX_CLASSES` classes (the file has them all)."""
 
@@ -112,9 +114,13 @@ def evaluate(
     top_losses: int = 16,
     accelerator: str = "auto",
     tta: Tta = "none",
-    cam: int = 0,
+    cam: int | None = 0,
 ) -> Evaluation:
-    """Evaluate `source` on `data` and write the evaluation folder; see the module."""
+    """Evaluate `source` on `data` and write the evaluation folder; see the module.
+
+    `cam` is the number of Grad-CAM maps per group; None means the command line's default:
+    `DEFAULT_CAM` for a checkpoint, none (and no warning) for an ONNX model.
+    """
     kind, path = resolve_source(source)
     flipped: npt.NDArray[np.float32] | None = None
     loaded: LoadedModel | None = None
@@ -156,6 +162,8 @@ def evaluate(
         figures=result.figures,
         uncalibrated=result.uncalibrated,
     )
+    if cam is None:
+        cam = DEFAULT_CAM if loaded is not None else 0
     if cam and loaded is None:
         log.warning("Grad-CAM skipped: it needs the gradients of a checkpoint; %s is not explained", path)
     elif cam and loaded is not None:
@@ -264,9 +272,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--cam",
         type=int,
-        default=8,
         metavar="N",
-        help="Grad-CAM maps of the N top losses and N most-confused pairs (a checkpoint; 0 = off; default 8)",
+        help=f"Grad-CAM maps of the N top losses and N most-confused pairs of a checkpoint "
+        f"(default {DEFAULT_CAM}; 0 = off; an ONNX model has none)",
     )
     parser.add_argument(
         "--tta",
@@ -282,7 +290,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ):
         if value < 1:
             parser.error(f"{flag} must be a positive integer, got {value}")
-    if args.cam < 0:
+    if args.cam is not None and args.cam < 0:
         parser.error(f"--cam must be 0 (off) or a positive integer, got {args.cam}")
     try:
         evaluation = evaluate(

@@ -99,7 +99,9 @@ def draw_cams(path: Path, items: Sequence[Explained], *, heading: str) -> Path:
                 frame=4 if wrong else 1,
             )
         )
-        tiles.append(Tile(image=item.cam, caption=f"Grad-CAM\np {item.probability:.2f}", colour="black"))
+        tiles.append(
+            Tile(image=item.cam, caption=f"map of: {guess}\np {item.probability:.2f}", colour="black")
+        )
     pairs = max(1, math.ceil(math.sqrt(len(items))))
     mosaic = draw_mosaic(tiles, heading=heading, caption_lines=2, empty="no mistakes", columns=2 * pairs)
     return save_png(mosaic, path)

@@ -42,7 +42,7 @@ log = logging.getLogger("harness")
 
 CAM_FILES = {"top_losses": "grad_cam_top_losses.png", "most_confused": "grad_cam_most_confused.png"}
 """The pictures `write_cams` writes in an evaluation folder, by group."""
-_MISSING = "Grad-CAM skipped: the grad-cam package is not installed (pip install 'harness[explain]')"
+_MISSING = 'Grad-CAM skipped: the grad-cam package is not installed (pip install -e ".[explain]")'
 Reshape = Callable[[torch.Tensor], torch.Tensor]
 
 
