@@ -33,20 +33,29 @@ def tiny_swin() -> nn.Module:
 
 
 @pytest.mark.parametrize(
-    ("build", "size", "family"),
+    ("build", "size", "family", "features"),
     [
-        (lambda: models.resnet18(num_classes=3), 64, "ResNet"),
-        (tiny_vit, 32, "ViT"),
-        (tiny_swin, 32, "Swin"),
+        (lambda: models.resnet18(num_classes=3), 64, "ResNet", (512, 2, 2)),
+        (tiny_vit, 32, "ViT", (32, 4, 4)),  # 16 patch tokens of 32 dims, the class token dropped
+        (tiny_swin, 32, "Swin", (32, 4, 4)),  # channels-last 4 x 4 x 32 made channels-first
     ],
     ids=["resnet18", "vit", "swin"],
 )
-def test_maps_have_the_input_size_and_show_where(build: object, size: int, family: str) -> None:
+def test_maps_have_the_input_size_and_show_where(
+    build: object, size: int, family: str, features: tuple[int, int, int]
+) -> None:
     torch.manual_seed(0)
     network = build()  # type: ignore[operator]
     target = cam_target(network)
     assert target is not None and target.family == family
     inputs = torch.randn(3, 3, size, size)
+    seen: list[torch.Tensor] = []
+    hook = target.layer.register_forward_hook(lambda _module, _inputs, output: seen.append(output))
+    with torch.no_grad():
+        network.eval()(inputs)
+    hook.remove()
+    laid_out = target.reshape(seen[0]) if target.reshape else seen[0]
+    assert tuple(laid_out.shape) == (3, *features), "channels first, on the image's grid"
     maps = explain(network, target, inputs, [0, 1, 2])
     assert maps.shape == (3, size, size)
     assert maps.min() >= 0.0 and maps.max() <= 1.0
