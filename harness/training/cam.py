@@ -5,8 +5,10 @@ family: the last residual block of a ResNet (``layer4[-1]``), the last stage of 
 EfficientNet or MobileNet (``features[-1]``) or a RegNet (``trunk_output[-1]``), and for
 the transformers the last encoder block's first norm of a ViT (tokens: the class token
 dropped, the patches laid out on their grid, as the library's ``vit_reshape_transform``)
-or the final norm of a Swin (channels-last, moved to channels-first). Any other network
-(timm's included) gets None and a reason naming it; it is never a crash.
+or the final norm of a Swin (channels-last, moved to channels-first). A timm model: a
+ViT's last block's first norm (its prefix tokens dropped), else the last stage its
+``feature_info`` names (channels-last moved). Any other network gets None and a line
+naming it, as does a layer whose output turns out not to be a grid; it is never a crash.
 
 `explain` runs `pytorch_grad_cam.GradCAM` for the class each image was predicted as and
 returns one map per image in [0, 1] at the input's size; `overlay` lays it over the image
@@ -17,6 +19,7 @@ map, into an evaluation folder (`harness.evaluation.pictures.draw_cams`).
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from collections.abc import Callable, Sequence
@@ -79,14 +82,56 @@ def cam_target(network: nn.Module) -> CamTarget | None:
         return CamTarget(family="ViT", layer=network.encoder.layers[-1].ln_1, reshape=_vit_tokens)
     if isinstance(network, models.SwinTransformer):
         return CamTarget(family="Swin", layer=network.norm, reshape=_channels_last)
+    if type(network).__module__.startswith("timm."):
+        return _timm_target(network)
     return None
+
+
+class _Unexplainable(Exception):
+    """The target layer's output is not a grid of features this module can lay out."""
+
+
+def _timm_target(network: nn.Module) -> CamTarget | None:
+    """A timm ViT's last block's first norm (tokens), else the last stage its `feature_info` names."""
+    name = type(network).__name__
+    blocks = getattr(network, "blocks", None)
+    prefix = getattr(network, "num_prefix_tokens", None)
+    norm = getattr(blocks[-1], "norm1", None) if isinstance(blocks, nn.Sequential) and len(blocks) else None
+    if isinstance(prefix, int) and isinstance(norm, nn.Module):
+        return CamTarget(family=f"timm {name}", layer=norm, reshape=functools.partial(_tokens, prefix=prefix))
+    info = getattr(network, "feature_info", None)
+    if not isinstance(info, list) or not info or "module" not in info[-1]:
+        return None
+    last = info[-1]
+    return CamTarget(
+        family=f"timm {name}",
+        layer=network.get_submodule(str(last["module"])),
+        reshape=functools.partial(_grid, channels=int(last["num_chs"])),
+    )
+
+
+def _tokens(tensor: torch.Tensor, *, prefix: int) -> torch.Tensor:
+    """(N, prefix + side^2, C) tokens as N x C x side x side, the prefix (class, register) tokens dropped."""
+    side = math.isqrt(tensor.size(1) - prefix) if tensor.dim() == 3 else 0
+    if side * side != tensor.size(1) - prefix or side == 0:
+        raise _Unexplainable(f"tokens of shape {tuple(tensor.shape)} are not a square grid")
+    return tensor[:, prefix:, :].reshape(tensor.size(0), side, side, tensor.size(2)).permute(0, 3, 1, 2)
+
+
+def _grid(tensor: torch.Tensor, *, channels: int) -> torch.Tensor:
+    """A stage's output as N x C x H x W: channels-first as it is, channels-last (timm's Swin) moved."""
+    if tensor.dim() == 4 and tensor.size(1) == channels:
+        return tensor
+    if tensor.dim() == 4 and tensor.size(3) == channels:
+        return tensor.permute(0, 3, 1, 2)
+    raise _Unexplainable(f"a stage output of shape {tuple(tensor.shape)} is not a {channels}-channel grid")
 
 
 def unexplained(arch: str, network: nn.Module) -> str:
     """The one line that names an architecture `cam_target` does not know."""
     return (
         f"Grad-CAM skipped: {arch} ({type(network).__name__}) is not a family it can explain "
-        "(ResNet, ConvNeXt, EfficientNet, MobileNet, RegNet, ViT, Swin)"
+        "(ResNet, ConvNeXt, EfficientNet, MobileNet, RegNet, ViT, Swin, timm's with feature_info)"
     )
 
 
@@ -160,7 +205,13 @@ def write_cams(
         ]
     device = next(model.parameters()).device
     inputs = np.stack([to_input(load_rgb(samples[i][0]), spec) for i in chosen])
-    maps = explain(model, target, torch.from_numpy(inputs).to(device), [int(predicted[i]) for i in chosen])
+    try:
+        maps = explain(
+            model, target, torch.from_numpy(inputs).to(device), [int(predicted[i]) for i in chosen]
+        )
+    except _Unexplainable as error:
+        log.warning("%s: %s", unexplained(arch, network), error)
+        return []
     pictures = [seen(chw, spec) for chw in inputs]
     shown = {
         i: Explained(

@@ -63,6 +63,45 @@ def test_maps_have_the_input_size_and_show_where(
         assert np.ptp(one) > 0.1, "a map that varies over the image, not a constant"
 
 
+def timm_model(name: str, **options: object) -> nn.Module:
+    timm = pytest.importorskip("timm")
+    network: nn.Module = timm.create_model(name, pretrained=False, num_classes=3, **options)
+    return network
+
+
+@pytest.mark.parametrize(
+    ("name", "options", "features"),
+    [
+        ("resnet18", {}, (512, 2, 2)),
+        ("vit_tiny_patch16_224", {"img_size": 32, "patch_size": 8}, (192, 4, 4)),
+        (
+            "swin_tiny_patch4_window7_224",
+            {"img_size": 32, "window_size": 4, "embed_dim": 16, "depths": (1, 1), "num_heads": (1, 1)},
+            (32, 4, 4),  # channels-last 4 x 4 x 32 made channels-first
+        ),
+    ],
+    ids=["resnet18", "vit", "swin"],
+)
+@pytest.mark.slow
+def test_timm_models_are_explained_through_their_feature_info_or_tokens(
+    name: str, options: dict[str, object], features: tuple[int, int, int]
+) -> None:
+    torch.manual_seed(0)
+    network = timm_model(name, **options)
+    size = int(options.get("img_size", 64))  # type: ignore[call-overload]
+    target = cam_target(network)
+    assert target is not None and target.family.startswith("timm ")
+    seen: list[torch.Tensor] = []
+    hook = target.layer.register_forward_hook(lambda _module, _inputs, output: seen.append(output))
+    inputs = torch.randn(2, 3, size, size)
+    with torch.no_grad():
+        network.eval()(inputs)
+    hook.remove()
+    assert target.reshape is not None and tuple(target.reshape(seen[0]).shape) == (2, *features)
+    maps = explain(network, target, inputs, [0, 1])
+    assert maps.shape == (2, size, size)
+
+
 def write_images(folder: Path, count: int, size: int) -> list[tuple[Path, int]]:
     folder.mkdir(parents=True)
     rng = np.random.default_rng(0)
@@ -117,7 +156,7 @@ def test_an_architecture_it_cannot_explain_is_named_not_a_crash(
     assert written == [] and not (tmp_path / "eval").exists()
     assert [record.getMessage() for record in caplog.records] == [
         "Grad-CAM skipped: squeezenet1_1 (SqueezeNet) is not a family it can explain "
-        "(ResNet, ConvNeXt, EfficientNet, MobileNet, RegNet, ViT, Swin)"
+        "(ResNet, ConvNeXt, EfficientNet, MobileNet, RegNet, ViT, Swin, timm's with feature_info)"
     ]
 
 
