@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import tracemalloc
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
+from harness.evaluate import print_report
 from harness.evaluation.data import EvaluationData
 from harness.evaluation.folder import Source, write_evaluation
 from harness.evaluation.metrics import softmax
@@ -18,7 +21,9 @@ from harness.evaluation.pairs import FULL_MATRIX_CLASSES, MOST_CONFUSED, PICTURE
 CLASSES, IMAGES = 4000, 250
 
 
-def test_four_thousand_classes_stay_bounded_and_their_counts_exact(tmp_path: Path) -> None:
+def test_four_thousand_classes_stay_bounded_and_their_counts_exact(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     image = tmp_path / "one.png"
     Image.new("RGB", (12, 12), "gray").save(image)
     rng = np.random.default_rng(0)
@@ -36,10 +41,11 @@ def test_four_thousand_classes_stay_bounded_and_their_counts_exact(tmp_path: Pat
 
     tracemalloc.start()
     try:
-        out = write_evaluation(tmp_path / "eval", probabilities, data, names, source).directory
+        evaluation = write_evaluation(tmp_path / "eval", probabilities, data, names, source)
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
+    out = evaluation.directory
     dense = CLASSES * CLASSES * 8
     # N x C float arrays (probabilities, their ranking) are inherent; one dense C x C matrix is not.
     assert peak < dense / 3, f"peak {peak / 1e6:.0f} MB, a dense matrix is {dense / 1e6:.0f} MB"
@@ -64,3 +70,8 @@ def test_four_thousand_classes_stay_bounded_and_their_counts_exact(tmp_path: Pat
     with Image.open(out / "confusion_matrix.png") as picture:
         # the most mistaken classes only: about as wide as a 40-class matrix, not 3,000 pixels
         assert CLASSES > FULL_MATRIX_CLASSES and picture.width < 60 * PICTURED
+
+    print_report(evaluation)
+    printed = capsys.readouterr().out
+    assert "the 20 of 4,000 classes of lowest F1" in printed
+    assert len(re.findall(r"^│ c\d+ ", printed, flags=re.MULTILINE)) == 20, "20 rows, not 4,000"
