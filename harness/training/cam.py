@@ -46,6 +46,7 @@ log = logging.getLogger("harness")
 CAM_FILES = {"top_losses": "grad_cam_top_losses.png", "most_confused": "grad_cam_most_confused.png"}
 """The pictures `write_cams` writes in an evaluation folder, by group."""
 _MISSING = 'Grad-CAM skipped: the grad-cam package is not installed (pip install -e ".[explain]")'
+_BATCH = 16  # images per Grad-CAM pass: its graph is kept for the backward pass
 Reshape = Callable[[torch.Tensor], torch.Tensor]
 
 
@@ -205,9 +206,18 @@ def write_cams(
         ]
     device = next(model.parameters()).device
     inputs = np.stack([to_input(load_rgb(samples[i][0]), spec) for i in chosen])
+    classes = [int(predicted[i]) for i in chosen]
     try:
-        maps = explain(
-            model, target, torch.from_numpy(inputs).to(device), [int(predicted[i]) for i in chosen]
+        maps = np.concatenate(
+            [
+                explain(
+                    model,
+                    target,
+                    torch.from_numpy(inputs[at : at + _BATCH]).to(device),
+                    classes[at : at + _BATCH],
+                )
+                for at in range(0, len(chosen), _BATCH)
+            ]
         )
     except _Unexplainable as error:
         log.warning("%s: %s", unexplained(arch, network), error)

@@ -113,7 +113,10 @@ def write_images(folder: Path, count: int, size: int) -> list[tuple[Path, int]]:
     return samples
 
 
-def test_the_top_losses_and_confused_pairs_are_drawn_image_beside_map(tmp_path: Path) -> None:
+def test_the_top_losses_and_confused_pairs_are_drawn_image_beside_map(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("harness.training.cam._BATCH", 3)  # four images: two passes
     torch.manual_seed(0)
     network = models.resnet18(num_classes=3)
     samples = write_images(tmp_path / "images", 9, 64)
