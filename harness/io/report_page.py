@@ -81,6 +81,8 @@ pre { background: #f6f8fa; padding: 1em; overflow-x: auto; }
 @media (max-width: 900px) {
   .dashboard { grid-template-columns: 1fr; }
   .facts, .curves { grid-row: auto; grid-column: auto; }
+  .facts { display: grid; grid-template-columns: auto 1fr; gap: .2em 1em; align-items: baseline; }
+  .facts dt { margin: 0; }
   .curves { flex-direction: column; }
   .curves img, .panel img { max-height: none; width: 100%; }
 }
