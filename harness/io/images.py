@@ -219,9 +219,9 @@ def examine(path: str | Path, *, decode: bool = True) -> tuple[str | None, str |
     """``(why unreadable, pixel digest)`` of `path`, each None when there is none.
 
     The verdict is `unreadable`'s; then, with `decode`, the pixels are read as by
-    `load_rgb` and hashed by `pixel_digest`.
-    A file whose structure passes but whose pixels cannot be decoded (a truncated JPEG)
-    is unreadable; without `decode` the digest is None and nothing is decoded.
+    `load_rgb` and hashed by `pixel_digest`. A file whose structure passes but whose
+    pixels cannot be decoded (a truncated JPEG) is unreadable; without `decode` the
+    digest is None and nothing is decoded.
     """
     reason = unreadable(path)
     if reason is not None or not decode:

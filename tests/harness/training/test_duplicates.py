@@ -78,3 +78,15 @@ def test_clean_trees_raise_no_warning(tmp_path: Path, caplog: pytest.LogCaptureF
         scan(DataSettings(root=str(root)), seed=0)
         scan(DataSettings(root=str(materialise_digits(tmp_path / "cache"))), seed=0)
     assert warnings_of(caplog) == [], "the embedded digits hold no exact duplicate across splits or classes"
+
+
+def test_a_truncated_jpeg_that_passes_the_structural_check_is_unreadable_once_decoded(tmp_path: Path) -> None:
+    from harness.io.images import examine
+
+    path = tmp_path / "cut.jpg"
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(path, quality=90)
+    path.write_bytes(path.read_bytes()[:2000])
+    assert examine(path, decode=False) == (None, None), "Image.verify does not decode a JPEG"
+    reason, digest = examine(path)
+    assert reason is not None and "truncated" in reason and digest is None
