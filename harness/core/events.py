@@ -22,7 +22,7 @@ Tensors in a payload are detached. This module is the table of contents of a run
             ValidationSwapOut                 weight owners restore the training weights
         TrainEpochEnd(metrics)                drawing subscribers hand the epoch's pictures to the writer
         EpochJobsQueued                       collectors (report page, trackers) queue their jobs
-        CheckpointSaving(model_state)         for every checkpoint written (top-k, last)
+        CheckpointSaving(model_state)         per checkpoint written (once for a best file and last.ckpt)
     TrainLoopEnd                              weight owners install the final validated weights
     TrainEnd                                  consumers (ONNX export, reports) read them
     FitEnd
