@@ -160,7 +160,7 @@ class TrainingData:
 
     recipe: Recipe
     preprocessing: Preprocessing
-    sampler: Sampler[int]
+    sampler: Sampler[int] | None
     datamodule: ImageDataModule
     class_weights: tuple[float, ...] | None
 
@@ -170,12 +170,14 @@ def training_data(settings: Settings, info: DatasetInfo, num_classes: int) -> Tr
     preprocessing = run_preprocessing(settings)
     recipe, augment = resolve_recipe(settings, info, settings.run.seed)
     balanced = recipe.sampling == "balanced"
-    sampler = make_sampler(info.train_targets, balanced=balanced, seed=settings.run.seed)
+    # A streamed data set is shuffled by litdata (its loader's state rides in the checkpoint).
+    streamed = info.stream is not None
+    sampler = None if streamed else make_sampler(info.train_targets, balanced=balanced, seed=settings.run.seed)
     return TrainingData(
         recipe=recipe,
         preprocessing=preprocessing,
         sampler=sampler,
-        datamodule=ImageDataModule(info, preprocessing, settings.data, sampler, augment),
+        datamodule=ImageDataModule(info, preprocessing, settings.data, sampler, augment, settings.run.seed),
         class_weights=class_loss_weights(info.train_targets, num_classes) if recipe.class_weights else None,
     )
 
