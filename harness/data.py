@@ -52,9 +52,13 @@ def optimize(
 ) -> dict[str, int]:
     """Write the tree at `source` as a streamed data set at `destination`; images per split."""
     if "://" in str(destination):
-        raise DataError(f"DST {str(destination)!r}: optimize writes a local folder; copy it to the store after")
+        raise DataError(
+            f"DST {str(destination)!r}: optimize writes a local folder; copy it to the store after"
+        )
     if destination.exists() and (not destination.is_dir() or any(destination.iterdir())):
-        raise DataError(f"DST {str(destination)!r}: already exists and is not an empty folder; name a new one")
+        raise DataError(
+            f"DST {str(destination)!r}: already exists and is not an empty folder; name a new one"
+        )
     from harness.io.stream import require_litdata, write_stream
     from harness.settings import DataSettings
     from harness.training.data import scan

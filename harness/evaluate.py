@@ -89,7 +89,7 @@ def _default_output(kind: str, path: Path, data: Path, split: str | None) -> Pat
 
 
 def _streamed_split(data: str, split: str | None) -> Path:
-    """The folder of class folders of a streamed data set's `split` (default ``test``), read into the cache."""
+    """A streamed data set's `split` (default ``test``) read into the cache: its folder of class folders."""
     from harness.io.stream import read_manifest, require_litdata
     from harness.training.data import writable_cache_dir
 
@@ -99,7 +99,9 @@ def _streamed_split(data: str, split: str | None) -> Path:
     splits = read_manifest(data, where).splits
     if not splits.get(wanted):
         listed = ", ".join(name for name, samples in splits.items() if samples)
-        raise DataError(f"{where}: the streamed data set has no {wanted} split (it has {listed}); name one with --split")
+        raise DataError(
+            f"{where}: the streamed data set has no {wanted} split (it has {listed}); name one with --split"
+        )
     return materialise_split(data, wanted, writable_cache_dir())
 
 

@@ -27,7 +27,7 @@ import tempfile
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import attrs
 
@@ -78,11 +78,11 @@ def require_litdata(where: str) -> None:
 
 
 def _label_map_name() -> str:
-    return RunLayout(Path(".")).labels.name
+    return RunLayout(Path()).labels.name
 
 
 def is_stream(root: str) -> bool:
-    """Whether `root` is a streamed data set: a URI, or a folder holding the label map and ``train/index.json``."""
+    """Whether `root` is a streamed data set: a URI, or a folder of the label map and ``train/index.json``."""
     if is_uri(root):
         return True
     folder = Path(root).expanduser()
@@ -186,8 +186,7 @@ def write_stream(
             if not samples:
                 continue
             keyed = [
-                (Path(os.path.relpath(path, source)).as_posix(), path, target)
-                for path, target in samples
+                (Path(os.path.relpath(path, source)).as_posix(), path, target) for path, target in samples
             ]
             (work / split).mkdir()
             _write_split(keyed, work / split, workers)
@@ -232,4 +231,3 @@ def materialise_split(root: str, split: str, cache: Path) -> Path:
     marker.parent.mkdir(parents=True, exist_ok=True)
     marker.write_text(f"{len(samples)} images of {root} {split}\n")
     return top
-

@@ -344,14 +344,18 @@ class ImageDataModule(L.LightningDataModule):
         self.streamed = info.stream is not None
         if info.stream is not None:
             if sampler is not None:
-                raise ValueError("ImageDataModule: a streamed data set is shuffled by litdata, not by a sampler")
+                raise ValueError(
+                    "ImageDataModule: a streamed data set is shuffled by litdata, not by a sampler"
+                )
             from harness.training.stream import streamed_images
 
             cache, evaluation = cache_dir(), eval_transform(preprocessing)
             self.train_set = streamed_images(
                 info.stream, "train", transform or evaluation, cache=cache, shuffle=True, seed=seed
             )
-            self.val_set = streamed_images(info.stream, "val", evaluation, cache=cache, shuffle=False, seed=seed)
+            self.val_set = streamed_images(
+                info.stream, "val", evaluation, cache=cache, shuffle=False, seed=seed
+            )
         else:
             self.train_set = ImageFiles(info.train, preprocessing, transform)
             self.val_set = ImageFiles(info.val, preprocessing)

@@ -36,10 +36,10 @@ from harness.evaluation.calibrated import score
 from harness.evaluation.data import EvaluationData, test_split_of
 from harness.evaluation.folder import Evaluation, Source, evaluation_dir, sha256_of, write_evaluation
 from harness.io.artifacts import read_label_map
+from harness.io.stream import materialise_split
 from harness.settings import Settings, load_settings
 from harness.training.assembly import assemble
 from harness.training.callback import BusCallback
-from harness.io.stream import materialise_split
 from harness.training.data import ImageFiles, run_preprocessing, writable_cache_dir
 from harness.training.model import Classifier
 

@@ -172,7 +172,9 @@ def training_data(settings: Settings, info: DatasetInfo, num_classes: int) -> Tr
     balanced = recipe.sampling == "balanced"
     # A streamed data set is shuffled by litdata (its loader's state rides in the checkpoint).
     streamed = info.stream is not None
-    sampler = None if streamed else make_sampler(info.train_targets, balanced=balanced, seed=settings.run.seed)
+    sampler = (
+        None if streamed else make_sampler(info.train_targets, balanced=balanced, seed=settings.run.seed)
+    )
     return TrainingData(
         recipe=recipe,
         preprocessing=preprocessing,

@@ -38,7 +38,7 @@ class Decode:
         return tensor, int(item["label"])
 
 
-class ResumableStreamingLoader(StreamingDataLoader):
+class ResumableStreamingLoader(StreamingDataLoader):  # type: ignore[misc]  # litdata ships no types
     """litdata's loader whose epoch after a resumed one starts afresh (litdata 0.2.76).
 
     ``load_state_dict`` sets the loader's ``restore`` flag, and litdata clears it only when
@@ -69,7 +69,9 @@ def streamed_images(
     where = None
     if is_uri(root):
         where = str(cache / "streams" / hashlib.sha256(location.encode()).hexdigest()[:16])
-    return StreamingDataset(location, cache_dir=where, shuffle=shuffle, seed=seed, transform=Decode(transform))
+    return StreamingDataset(
+        location, cache_dir=where, shuffle=shuffle, seed=seed, transform=Decode(transform)
+    )
 
 
 def streaming_loader(

@@ -21,7 +21,7 @@ pytest.importorskip("litdata")
 
 
 def _split_tree(root: Path, corrupt: bool = True) -> Path:
-    """train/ (8 per class), val/ and test/ (3 per class) of three classes of 16 px images, one corrupt file."""
+    """train/ (8 a class), val/ and test/ (3 a class): three classes of 16 px images, one corrupt file."""
     for split, count, seed in (("train", 8, 0), ("val", 3, 1), ("test", 3, 2)):
         write_imagefolder(root / split, {"red": count, "green": count, "blue": count}, size=16, seed=seed)
     if corrupt:
@@ -140,9 +140,18 @@ def test_a_resume_mid_epoch_continues_the_same_sample_order(
         "trainer.num_sanity_val_steps=0",
         "trainer.limit_val_batches=1",
     )
-    whole = _Order()
-    run(make_settings(*items, "run.name='whole'", root=out), extra_subscribers={"order": whole})
-    assert len(whole.batches) == 12  # 24 images in batches of 4, two epochs
+    from litdata import StreamingDataset
+
+    from harness.training.stream import ResumableStreamingLoader
+
+    # litdata's own order, uninterrupted: the run shuffles with the run's seed, in batches of 4.
+    seed = make_settings(*items, root=out).run.seed
+    loader = ResumableStreamingLoader(
+        StreamingDataset(str(out / "train"), shuffle=True, seed=seed), batch_size=4
+    )
+    order = [[int(t) for t in batch["label"]] for _ in range(2) for batch in loader]
+    whole = dict(enumerate(order, start=1))  # by global step after the batch
+    assert len(whole) == 12 and len({tuple(labels) for labels in order[:6]}) > 1
 
     cut = _Order(stop_at=3)
     handler = signal.getsignal(signal.SIGINT)
@@ -154,7 +163,11 @@ def test_a_resume_mid_epoch_continues_the_same_sample_order(
     (stopped,) = (tmp_path / "runs" / "cut").glob("version_*")
     assert json.loads((stopped / "summary.json").read_text())["status"] == "interrupted"
     resumed = _Order()
-    run(make_settings(*items, "run.name='cut'", "trainer.resume='last'", root=out), extra_subscribers={"order": resumed})
+    run(
+        make_settings(*items, "run.name='cut'", "trainer.resume='last'", root=out),
+        extra_subscribers={"order": resumed},
+    )
     # Steps count from 1: the rest of the first epoch (4-6), then the whole second one (7-12).
     assert sorted(resumed.batches) == list(range(4, 13))
-    assert resumed.batches == {step: whole.batches[step] for step in range(4, 13)}
+    assert cut.batches == {step: whole[step] for step in range(1, 4)}
+    assert resumed.batches == {step: whole[step] for step in range(4, 13)}
