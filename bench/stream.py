@@ -14,14 +14,16 @@ files through the shuffling sampler; the variant reads the chunks through litdat
 
 Each timed round is one epoch of the 2,048 training images for both, the loaders taking
 turns (the first epoch of each is a warm-up); the figure is the median epoch per image,
-on the wall clock and in CPU time (the main process and its workers, from ``/proc``). No
+on the wall clock and in CPU time (the main process and its workers, live or ended). No
 goal: on a local disk the two read the same bytes, the stream from fewer, larger files.
 """
 
 from __future__ import annotations
 
 import argparse
+import resource
 import tempfile
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -30,7 +32,7 @@ from torch.utils.data import DataLoader
 
 from bench._timing import Row, median_of, rows_table
 from bench._trees import cache_at, jpegs, write_tree
-from bench.loader import _epoch
+from bench.loader import _children_cpu
 from harness.data import optimize
 from harness.settings import AugmentSettings, DataSettings
 from harness.training.data import ImageDataModule, scan
@@ -40,6 +42,28 @@ __all__ = ["main", "rows"]
 
 ANCHOR = "ImageFolder files, harness loader"
 STREAM = "litdata chunks, harness streaming loader"
+
+
+def _reaped_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _epoch(loader: DataLoader[Any]) -> dict[str, float]:
+    """Seconds of one pass over `loader`: wall, and CPU of this process and its workers, live or ended.
+
+    The streaming loader's workers end with each epoch (not persistent), so their CPU time is
+    read from the ended children's account as well as from ``/proc`` for live ones.
+    """
+    live, reaped = _children_cpu(), _reaped_cpu()
+    cpu, start = time.process_time(), time.perf_counter()
+    for _ in loader:
+        pass
+    spent = {"wall": time.perf_counter() - start}
+    after = _children_cpu()
+    if live is not None and after is not None:
+        spent["CPU"] = time.process_time() - cpu + after - live + _reaped_cpu() - reaped
+    return spent
 
 
 def loaders(tree: Path, stream: Path, image_size: int) -> dict[str, DataLoader[Any]]:
@@ -86,7 +110,9 @@ def rows(
                 shown = ", ".join(f"{name} {1 / samples[name]['wall'][-1]:.0f} images/s" for name in names)
                 progress(f"stream: round {index} of {rounds}: {shown}")
         del timed
-    per_image = {clock: {name: median_of(samples[name][clock]) for name in names} for clock in samples[STREAM]}
+    per_image = {
+        clock: {name: median_of(samples[name][clock]) for name in names} for clock in samples[STREAM]
+    }
     if details:
         details(
             "\n".join(

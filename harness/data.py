@@ -6,8 +6,10 @@ is read exactly as training reads it (`harness.training.data.scan`: the same spl
 folders, the same check of every file), so an unreadable image is named before anything
 is written (exit 2), or with ``--on-corrupt skip`` left out and named by every run that
 trains from DST; never found mid-epoch. A tree without split folders is split by
-``--val-fraction`` and ``--seed``, as a run would split it. The files' encoded bytes are
-stored (the chunks stay the size of the files) and decoded when read. DST is a new local
+``--val-fraction`` and ``--seed``, as a run would split it; each split is written in an
+order shuffled by ``--seed`` (litdata shuffles chunks and a window of items, not a split).
+The files' encoded bytes are stored (the chunks stay the size of the files) and decoded
+when read. DST is a new local
 folder, written beside itself and renamed when complete; copy it to an object store
 afterwards (``s3://...``) and name that in ``[data].root``.
 
@@ -82,7 +84,9 @@ def optimize(
         print(f"skipped, unreadable: {path}", file=sys.stderr)
     if destination.is_dir():
         destination.rmdir()  # empty: replaced by the complete folder
-    return write_stream(info, classes, source, destination.expanduser().absolute(), workers=workers)
+    return write_stream(
+        info, classes, source, destination.expanduser().absolute(), workers=workers, seed=seed
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import random
 import shutil
 import tempfile
 from collections.abc import Sequence
@@ -170,9 +171,13 @@ def _write_split(samples: Sequence[tuple[str, str, int]], output: Path, workers:
 
 
 def write_stream(
-    info: DatasetInfo, classes: Sequence[str], source: Path, destination: Path, *, workers: int
+    info: DatasetInfo, classes: Sequence[str], source: Path, destination: Path, *, workers: int, seed: int = 0
 ) -> dict[str, int]:
     """Write the scanned `info` of the tree at `source` as a streamed data set at `destination`.
+
+    Each split is written in a seeded random order: litdata shuffles the order of the
+    chunks and, within a window of items, their order, so a split written class by class
+    would train on batches of one or two classes.
 
     Written into a temporary folder beside `destination`, renamed at the end: a failure
     leaves nothing behind. Returns the images written per split.
@@ -188,6 +193,7 @@ def write_stream(
             keyed = [
                 (Path(os.path.relpath(path, source)).as_posix(), path, target) for path, target in samples
             ]
+            random.Random(seed).shuffle(keyed)
             (work / split).mkdir()
             _write_split(keyed, work / split, workers)
             splits[split] = [(key, target) for key, _, target in keyed]

@@ -55,7 +55,12 @@ from harness.training.run_dir import (
     resolve_run_dir,
 )
 from harness.training.sampler import make_sampler
-from harness.training.stop_signal import LAUNCHER_VARIABLE, StopOnSigterm, outlive_launcher
+from harness.training.stop_signal import (
+    LAUNCHER_VARIABLE,
+    StopOnSigterm,
+    outlive_launcher,
+    requeue_slurm_job,
+)
 from harness.training.terminal import MetricFreeProgressBar
 
 __all__ = ["RunResult", "TrainingData", "run", "training_data"]
@@ -372,6 +377,13 @@ def _fit(trainer: L.Trainer, parts: _Run, outcome: _Outcome) -> None:
             if where.is_file()
             else "no checkpoint"
         )
+        stopper = next((c for c in trainer.callbacks if isinstance(c, StopOnSigterm)), None)  # type: ignore[attr-defined]
+        if stopper is not None and stopper.requeue:
+            requeued = requeue_slurm_job() if trainer.is_global_zero else "rank zero requeues the job"
+            raise Terminated(
+                f"SLURM requeue signal at step {trainer.global_step}: {kept}; {requeued}; "
+                f"{layout.summary} has the resume command"
+            ) from None
         raise Terminated(
             f"SIGTERM at step {trainer.global_step}: {kept}; {layout.summary} has the resume command"
         ) from None

@@ -88,7 +88,9 @@ def streaming_loader(
         dataset,
         batch_size=batch_size,
         num_workers=workers,
-        persistent_workers=workers > 0,
+        # Persistent workers under this loader hung the process at exit (litdata 0.2.76): each
+        # epoch starts its workers afresh, as litdata's own examples do.
+        persistent_workers=False,
         pin_memory=torch.cuda.is_available(),
         drop_last=drop_last,
         collate_fn=collate_fn,
