@@ -91,7 +91,7 @@ def optimize(
 
 def main(argv: Sequence[str] | None = None) -> int:
     """The command line; returns the exit code."""
-    parser = argparse.ArgumentParser(prog="harness data", description="Data-set tools.")
+    parser = argparse.ArgumentParser(prog="python -m harness.data", description="Data-set tools.")
     commands = parser.add_subparsers(dest="command", required=True)
     optimizing = commands.add_parser(
         "optimize",
