@@ -96,12 +96,14 @@ def test_a_misspelt_key_in_the_space_is_exit_2_before_any_trial(
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(240)
 def test_a_pruned_run_says_pruned_in_its_summary(make_settings: MakeSettings) -> None:
+    # With loader workers: they outlive the pruned fit and once kept the background writer's close waiting.
     settings = make_settings(
         "trainer.max_epochs=3",
         "trainer.limit_train_batches=1",
         "trainer.limit_val_batches=1",
-        "data.num_workers=0",
+        "data.num_workers=2",
     )
     trial = FakeTrial(prune_at=1)
     with pytest.raises(TrialPruned):
