@@ -134,7 +134,8 @@ def _run_trial(plan: SweepPlan, number: int, overrides: Sequence[str]) -> TrialO
     quiet_libraries(settings.run.terminal)
     storage = plan.storage_object()
     study = optuna.load_study(study_name=plan.study_name, storage=storage, pruner=plan.pruner_object())
-    reporter = TrialReporter(_live_trial(study, storage, number), plan.monitor)
+    last_epoch = settings.trainer.max_epochs - 1
+    reporter = TrialReporter(_live_trial(study, storage, number), plan.monitor, last_epoch=last_epoch)
     status, value, error = "failed", None, None
     try:
         result = run(settings, extra_subscribers={"sweep_trial": reporter})

@@ -50,6 +50,17 @@ def test_the_reporter_reports_each_validation_epoch_and_prunes_through_the_bus()
     assert bus.failures == []  # a pruned trial is not a failed subscriber
 
 
+def test_the_reporter_never_prunes_at_the_runs_last_epoch() -> None:
+    trial = FakeTrial(prune_at=1)
+    bus = Bus()
+    bus.attach(TrialReporter(trial, "val/acc_top1", last_epoch=2))
+    for epoch in (0, 2):  # the last epoch is reported, and the run goes on to complete
+        bus.publish(ValidationEpochEnd(epoch=epoch, global_step=epoch, metrics={"val/acc_top1": 0.4}))
+    assert trial.reports == [(0.4, 0), (0.4, 2)]
+    with pytest.raises(TrialPruned, match="pruned at epoch 1"):
+        bus.publish(ValidationEpochEnd(epoch=1, global_step=1, metrics={"val/acc_top1": 0.4}))
+
+
 def test_a_space_is_checked_against_the_settings(tmp_path: Path) -> None:
     space = tmp_path / "space.toml"
     space.write_text('"model.lr" = {log_uniform = [1e-4, 1e-2]}\n"augment.hflip" = {choice = [0, 0.5]}\n')
