@@ -78,7 +78,7 @@ class SweepPlan:
         return optuna.storages.get_storage(self.storage_url)
 
     def pruner_object(self) -> optuna.pruners.BasePruner:
-        """The median rule from the fourth trial on, never in a trial's first two epochs."""
+        """The median rule from the fourth trial on, from a trial's second epoch on, never at its last."""
         if self.pruner == "none":
             return optuna.pruners.NopPruner()
         return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1)
