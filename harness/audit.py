@@ -3,8 +3,9 @@
 DATA is an ImageFolder tree, split (``train/``, ``val/``, ``test/``, the names training
 accepts) or not. Every image is decoded once and compared with every other:
 
-- exact duplicates: the same decoded pixels (a hash of the RGB array and its size, so a
-  lossless re-save in another format is the same image);
+- exact duplicates: the same decoded pixels (`harness.io.images.pixel_digest` of the RGB
+  array and its size, so a lossless re-save in another format is the same image; training's
+  data scan warns about the leaked and conflicting ones with the same digest);
 - near duplicates (resized, re-encoded copies): pairs whose perceptual hashes
   (`imagehash.phash`) are close, confirmed when their 16x16 grey thumbnails, less their
   means, differ by at most ``--tolerance`` grey levels (root mean square, default 8: a
@@ -31,7 +32,6 @@ from __future__ import annotations
 import argparse
 import base64
 import csv
-import hashlib
 import html
 import io
 import sys
@@ -49,7 +49,7 @@ from harness.core.errors import DataError, HarnessError, report
 from harness.core.layout import RunLayout
 from harness.evaluation.folder import evaluation_dir
 from harness.io.image_tree import SPLIT_NAMES, class_folders, split_of
-from harness.io.images import image_files, load_rgb
+from harness.io.images import image_files, load_rgb, pixel_digest
 
 __all__ = [
     "KINDS",
@@ -164,16 +164,16 @@ def find_duplicates(images: Sequence[Entry], *, tolerance: float = 8.0) -> list[
     """The exact and near duplicate pairs among `images` (see the module), exact ones first."""
     import imagehash
 
-    digests: list[bytes] = []
+    digests: list[str] = []
     bits = np.zeros((len(images), 64), dtype=bool)
     signatures = np.zeros((len(images), _SIDE * _SIDE), dtype=np.float32)
     for i, image in enumerate(images):
         rgb = load_rgb(image.path)
-        digests.append(hashlib.sha256(repr(rgb.size).encode() + rgb.tobytes()).digest())
+        digests.append(pixel_digest(rgb))
         bits[i] = imagehash.phash(rgb).hash.reshape(-1)
         signatures[i] = _signature(rgb)
     pairs: list[Pair] = []
-    groups: dict[bytes, list[int]] = {}
+    groups: dict[str, list[int]] = {}
     for i, digest in enumerate(digests):
         groups.setdefault(digest, []).append(i)
     for members in groups.values():

@@ -22,8 +22,13 @@ an earlier one) holds what `harness.evaluation.folder` lists: ``metrics.json``,
 validation logits); ``metrics.json``'s ``calibration`` gives the ECE and NLL before and
 after it, and ``reliability_uncalibrated.png`` is the diagram before it. ``--tta flip``
 averages each image's probabilities with its mirror's and reports the gain under ``tta``;
-it is refused (exit 2, nothing written) for a model trained without flips. The
-per-class table is also printed. Exit codes: 0 done, 1 another harness error, 2 bad input (the message
+it is refused (exit 2, nothing written) for a model trained without flips.
+``--cam N`` (default 8 for a checkpoint or a run, 0 = off; an ONNX model has no gradients) draws
+Grad-CAM maps (`harness.training.cam`, the ``explain`` extra) of the N top losses and of
+one image of each of the N most-confused pairs: ``grad_cam_top_losses.png`` and
+``grad_cam_most_confused.png``; a missing package or an architecture it cannot explain is
+one warning line. The per-class table is also printed (past 200 classes, its 20 lowest
+F1 rows). Exit codes: 0 done, 1 another harness error, 2 bad input (the message
 names the path).
 """
 
@@ -31,9 +36,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
@@ -43,8 +50,19 @@ from harness.core.layout import MODEL_FILE, ONNX_EXPORT, RunLayout
 from harness.evaluation.calibrated import TTA_KINDS, Tta, refuse_flips, score
 from harness.evaluation.data import Unknown, load_evaluation_data
 from harness.evaluation.folder import Evaluation, Source, evaluation_dir, sha256_of, write_evaluation
+from harness.evaluation.pairs import FULL_MATRIX_CLASSES
+
+if TYPE_CHECKING:
+    from harness.training.evaluation import LoadedModel
 
 __all__ = ["evaluate", "main", "resolve_source"]
+
+log = logging.getLogger("harness")
+
+DEFAULT_CAM = 8
+"""Grad-CAM maps per group when a checkpoint is evaluated from the command line."""
+_PRINTED_WORST = 20
+"""Rows of the printed per-class table past `FULL_MATRIX_CLASSES` classes (the file has them all)."""
 
 
 def resolve_source(source: Path) -> tuple[str, Path]:
@@ -96,10 +114,16 @@ def evaluate(
     top_losses: int = 16,
     accelerator: str = "auto",
     tta: Tta = "none",
+    cam: int | None = 0,
 ) -> Evaluation:
-    """Evaluate `source` on `data` and write the evaluation folder; see the module."""
+    """Evaluate `source` on `data` and write the evaluation folder; see the module.
+
+    `cam` is the number of Grad-CAM maps per group; None means the command line's default:
+    `DEFAULT_CAM` for a checkpoint, none (and no warning) for an ONNX model.
+    """
     kind, path = resolve_source(source)
     flipped: npt.NDArray[np.float32] | None = None
+    loaded: LoadedModel | None = None
     if kind == "onnx":
         from harness.onnx.session import OnnxModel
 
@@ -127,7 +151,7 @@ def evaluate(
             flipped = flipped_logits(loaded, scored, batch_size=batch_size)
     result = score(logits, scored.targets, temperature=temperature, flipped=flipped, bins=bins)
     origin = Source(kind=kind, path=path, sha256=sha256_of(path))
-    return write_evaluation(
+    evaluation = write_evaluation(
         directory,
         result.probabilities,
         scored,
@@ -138,6 +162,26 @@ def evaluate(
         figures=result.figures,
         uncalibrated=result.uncalibrated,
     )
+    if cam is None:
+        cam = DEFAULT_CAM if loaded is not None else 0
+    if cam and loaded is None:
+        log.warning("Grad-CAM skipped: it needs the gradients of a checkpoint; %s is not explained", path)
+    elif cam and loaded is not None:
+        from harness.training.cam import write_cams
+
+        module = loaded.module
+        write_cams(
+            directory,
+            module,
+            module.net,
+            str(module.hparams["arch"]),
+            loaded.preprocessing,
+            scored.samples,
+            result.probabilities,
+            names,
+            limit=cam,
+        )
+    return evaluation
 
 
 def print_report(evaluation: Evaluation) -> None:
@@ -149,7 +193,12 @@ def print_report(evaluation: Evaluation) -> None:
     table = Table(title=f"per class ({figures['data']['folder']})")
     for column in ("class", "precision", "recall", "f1", "support"):
         table.add_column(column, justify="left" if column == "class" else "right")
-    for name, scores in figures["per_class"].items():
+    rows = list(figures["per_class"].items())
+    if len(rows) > FULL_MATRIX_CLASSES:
+        rows = sorted(rows, key=lambda row: (row[1]["f1"], row[0]))[:_PRINTED_WORST]
+        classes = len(figures["per_class"])
+        table.title = f"the {len(rows)} of {classes:,} classes of lowest F1 ({figures['data']['folder']})"
+    for name, scores in rows:
         table.add_row(
             name, *(f"{scores[key]:.3f}" for key in ("precision", "recall", "f1")), str(scores["support"])
         )
@@ -221,6 +270,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--accelerator", default="auto", help="Lightning's accelerator for a checkpoint")
     parser.add_argument(
+        "--cam",
+        type=int,
+        metavar="N",
+        help=f"Grad-CAM maps of the N top losses and N most-confused pairs of a checkpoint "
+        f"(default {DEFAULT_CAM}; 0 = off; an ONNX model has none)",
+    )
+    parser.add_argument(
         "--tta",
         choices=TTA_KINDS,
         default="none",
@@ -234,6 +290,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ):
         if value < 1:
             parser.error(f"{flag} must be a positive integer, got {value}")
+    if args.cam is not None and args.cam < 0:
+        parser.error(f"--cam must be 0 (off) or a positive integer, got {args.cam}")
     try:
         evaluation = evaluate(
             args.source,
@@ -246,6 +304,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             top_losses=args.top_losses,
             accelerator=args.accelerator,
             tta=args.tta,
+            cam=args.cam,
         )
     except HarnessError as error:
         return report(error)

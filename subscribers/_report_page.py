@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from harness.io.report_page import write_report
+from harness.io.report_page import Headline, write_report
 
 if TYPE_CHECKING:
     from harness.core.context import Record
@@ -18,6 +18,6 @@ if TYPE_CHECKING:
 __all__ = ["write_page"]
 
 
-def write_page(run_dir: Path, embed: bool, status: str, record: Record) -> None:
-    """The job: the page of `run_dir` with `status`, recorded as the ``report`` artifact."""
-    record("report", write_report(run_dir, embed=embed, status=status))
+def write_page(run_dir: Path, embed: bool, headline: Headline, record: Record) -> None:
+    """The job: the page of `run_dir` with `headline` and its status, recorded as the ``report`` artifact."""
+    record("report", write_report(run_dir, embed=embed, headline=headline))

@@ -38,7 +38,8 @@ from harness.core.context import RunContext
 from harness.core.events import BatchEnd, TestEpochEnd, ValidationEpochEnd
 from harness.core.options import option
 from harness.core.spec import OnError, SubscriberSettings, SubscriberSpec, on_error_option
-from subscribers._draw_confusion import Pairs, write_epoch, write_test
+from harness.evaluation.pairs import Pairs
+from subscribers._draw_confusion import write_epoch, write_test
 
 __all__ = ["SPEC", "ConfusionMatrix", "ConfusionMatrixSettings"]
 

@@ -9,7 +9,9 @@ Lightning's ``trainer.test``) and writes, under `directory`:
   classes left out);
 - ``per_class.csv``: class, precision, recall, f1, support;
 - ``confusion_matrix.csv`` (rows true, columns predicted) and ``confusion_matrix.png``;
-- ``most_confused.csv``: true, predicted, count, the largest off-diagonal cells;
+- ``most_confused.csv``: true, predicted, count, share of the true class, the largest
+  off-diagonal cells.
+
 - ``predictions.csv``: path, true, predicted, probability, then the top-k classes;
 - ``top_losses.png``: the wrong images with the highest loss, fastai-style;
 - ``reliability.png``: the reliability diagram with the ECE (of the probabilities scored:
@@ -17,6 +19,12 @@ Lightning's ``trainer.test``) and writes, under `directory`:
   ``reliability_uncalibrated.png``, the same before the temperature;
 - in ``metrics.json``, ``calibration`` (the temperature, ECE and NLL before and after it)
   and ``tta`` (top-1 without and with test-time flips, when asked for).
+
+The counts are kept as their non-zero cells and the per-class, confusion-matrix and
+most-confused files are written by `harness.evaluation.pairs`, as the run's
+``confusion_matrix/`` files are: past 200 classes the CSV lists the non-zero cells and
+the picture the 40 most mistaken classes, so 10,000 classes cost memory and disk in
+proportion to the images, not 10^8 cells.
 """
 
 from __future__ import annotations
@@ -34,9 +42,10 @@ import numpy.typing as npt
 
 from harness.evaluation.data import EvaluationData
 from harness.evaluation.metrics import Metrics, calibration, compute_metrics
+from harness.evaluation.metrics import top_losses as most_lost
+from harness.evaluation.pairs import counts_table, draw_counts, most_confused_csv, per_class_csv
 from harness.evaluation.pictures import Loss, draw_reliability, draw_top_losses
 from harness.io.artifacts import write_json, write_text
-from harness.pictures.confusion import counts_csv, draw_confusion
 
 __all__ = ["Evaluation", "Source", "evaluation_dir", "sha256_of", "write_evaluation"]
 
@@ -105,7 +114,6 @@ def write_evaluation(
     targets = np.asarray(data.targets, dtype=np.int64)
     metrics = compute_metrics(probs, targets, bins=bins)
     names = list(class_names)
-    scores = metrics.classes
     summary: dict[str, Any] = {
         "source": {"kind": source.kind, "path": str(source.path), "sha256": source.sha256},
         "data": {
@@ -118,37 +126,13 @@ def write_evaluation(
         **(figures or {}),
     }
     write_json(directory / "metrics.json", summary)
-    write_text(
-        directory / "per_class.csv",
-        _csv(
-            [
-                ["class", "precision", "recall", "f1", "support"],
-                *(
-                    [name, f"{scores.precision[i]:.6f}", f"{scores.recall[i]:.6f}", f"{scores.f1[i]:.6f}",
-                     int(scores.support[i])]
-                    for i, name in enumerate(names)
-                ),
-            ]
-        ),
-    )  # fmt: skip
-    write_text(directory / "confusion_matrix.csv", counts_csv(metrics.counts, names))
+    write_text(directory / "per_class.csv", per_class_csv(metrics.counts, names))
+    write_text(directory / "confusion_matrix.csv", counts_table(metrics.counts, names))
     scored = f"{data.folder.parent.name}/{data.split}" if data.split else data.folder.name
-    draw_confusion(
-        directory / "confusion_matrix.png",
-        metrics.counts,
-        names,
-        normalize="true",
-        title=f"Confusion matrix, {scored}",
+    draw_counts(
+        directory / "confusion_matrix.png", metrics.counts, names, "true", f"Confusion matrix, {scored}"
     )
-    write_text(
-        directory / "most_confused.csv",
-        _csv(
-            [
-                ["true", "predicted", "count"],
-                *([names[p.true], names[p.predicted], p.count] for p in metrics.confused),
-            ]
-        ),
-    )
+    write_text(directory / "most_confused.csv", most_confused_csv(metrics.counts, names))
     k = min(topk, len(names))
     order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
     predicted = order[:, 0]
@@ -161,8 +145,7 @@ def write_evaluation(
 
     true_p = probs[np.arange(len(targets)), targets]
     losses = -np.log(np.clip(true_p, 1e-12, None))
-    wrong = np.nonzero(predicted != targets)[0]
-    worst = wrong[np.argsort(-losses[wrong], kind="stable")][:top_losses]
+    worst = most_lost(probs, targets, top_losses)
     draw_top_losses(
         directory / "top_losses.png",
         [
@@ -176,7 +159,7 @@ def write_evaluation(
             for i in worst
         ],
         total=len(targets),
-        wrong=len(wrong),
+        wrong=int(np.count_nonzero(predicted != targets)),
     )
     if uncalibrated is None:
         draw_reliability(directory / "reliability.png", metrics.calibration, title=f"Reliability, {scored}")

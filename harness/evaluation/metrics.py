@@ -26,19 +26,19 @@ import attrs
 import numpy as np
 import numpy.typing as npt
 
+from harness.evaluation.pairs import ClassScores, ConfusedPair, Pairs, ratio, scores_of
+
 __all__ = [
     "Calibration",
     "ClassScores",
     "ConfusedPair",
     "Metrics",
     "calibration",
-    "class_scores",
-    "scores_of",
     "compute_metrics",
-    "confusion_counts",
-    "most_confused",
+    "scores_of",
     "softmax",
     "top_k_accuracy",
+    "top_losses",
 ]
 
 Floats = npt.NDArray[np.float64]
@@ -53,51 +53,20 @@ def softmax(logits: npt.ArrayLike) -> Floats:
     return probabilities
 
 
-def confusion_counts(targets: npt.ArrayLike, predicted: npt.ArrayLike, num_classes: int) -> Ints:
-    """C x C counts, rows true class, columns predicted class (as scikit-learn and torchmetrics)."""
-    true = np.asarray(targets, dtype=np.int64)
-    pred = np.asarray(predicted, dtype=np.int64)
-    flat = np.bincount(true * num_classes + pred, minlength=num_classes * num_classes)
-    counts: Ints = flat.reshape(num_classes, num_classes).astype(np.int64)
-    return counts
-
-
-def _ratio(numerator: Floats, denominator: Floats) -> Floats:
-    out: Floats = np.divide(
-        numerator, denominator, out=np.zeros_like(numerator, dtype=np.float64), where=denominator > 0
-    )
-    return out
-
-
-@attrs.frozen(kw_only=True)
-class ClassScores:
-    """Per-class precision, recall, F1 and support, indexed by class."""
-
-    precision: Floats
-    recall: Floats
-    f1: Floats
-    support: Ints
-
-
-def class_scores(counts: Ints) -> ClassScores:
-    """Precision, recall and F1 of every class from a confusion matrix (zero when undefined)."""
-    counts64 = counts.astype(np.float64)
-    return scores_of(np.diag(counts64), counts64.sum(axis=0), counts64.sum(axis=1))
-
-
-def scores_of(hits: Floats, predicted: Floats, support: Floats) -> ClassScores:
-    """Precision, recall and F1 of every class from its hits, predictions and true images."""
-    precision = _ratio(hits, predicted)
-    recall = _ratio(hits, support)
-    f1 = _ratio(2 * precision * recall, precision + recall)
-    return ClassScores(precision=precision, recall=recall, f1=f1, support=support.astype(np.int64))
-
-
 def top_k_accuracy(probabilities: Floats, targets: Ints, k: int) -> float:
     """Share of samples whose true class is among the `k` most probable (ties by class index)."""
     k = min(k, probabilities.shape[1])
     order = np.argsort(-probabilities, axis=1, kind="stable")[:, :k]
     return float((order == targets[:, None]).any(axis=1).mean()) if len(targets) else 0.0
+
+
+def top_losses(probabilities: Floats, targets: Ints, limit: int) -> Ints:
+    """The wrong images of highest loss (``-log p(true)``), highest first: at most `limit` indices."""
+    true_p = probabilities[np.arange(len(targets)), targets]
+    losses = -np.log(np.clip(true_p, 1e-12, None))
+    wrong = np.flatnonzero(probabilities.argmax(axis=1) != targets)
+    worst: Ints = wrong[np.argsort(-losses[wrong], kind="stable")][:limit]
+    return worst
 
 
 @attrs.frozen(kw_only=True)
@@ -123,35 +92,11 @@ def calibration(probabilities: Floats, targets: Ints, bins: int = 15) -> Calibra
     which = np.clip(np.ceil(confidence * bins).astype(np.int64) - 1, 0, bins - 1)
     counts = np.bincount(which, minlength=bins).astype(np.int64)
     sizes = counts.astype(np.float64)
-    accuracy = _ratio(np.bincount(which, weights=correct, minlength=bins).astype(np.float64), sizes)
-    mean_confidence = _ratio(np.bincount(which, weights=confidence, minlength=bins).astype(np.float64), sizes)
+    accuracy = ratio(np.bincount(which, weights=correct, minlength=bins).astype(np.float64), sizes)
+    mean_confidence = ratio(np.bincount(which, weights=confidence, minlength=bins).astype(np.float64), sizes)
     total = max(int(counts.sum()), 1)
     ece = float(np.sum(sizes / total * np.abs(accuracy - mean_confidence)))
     return Calibration(bins=bins, counts=counts, accuracy=accuracy, confidence=mean_confidence, ece=ece)
-
-
-@attrs.frozen(kw_only=True)
-class ConfusedPair:
-    """A true class mistaken for a predicted one, `count` times."""
-
-    true: int
-    predicted: int
-    count: int
-
-
-def most_confused(counts: Ints, limit: int = 10) -> list[ConfusedPair]:
-    """The off-diagonal cells with the most samples, largest first (fastai's `most_confused`)."""
-    off = counts.copy()
-    np.fill_diagonal(off, 0)
-    rows, columns = np.nonzero(off)
-    pairs = sorted(
-        (
-            ConfusedPair(true=int(r), predicted=int(c), count=int(off[r, c]))
-            for r, c in zip(rows, columns, strict=True)
-        ),
-        key=lambda pair: (-pair.count, pair.true, pair.predicted),
-    )
-    return pairs[:limit]
 
 
 @attrs.frozen(kw_only=True)
@@ -168,7 +113,8 @@ class Metrics:
     macro: tuple[float, float, float]
     weighted: tuple[float, float, float]
     classes: ClassScores
-    counts: Ints
+    counts: Pairs
+    """The confusion matrix as its non-zero cells (`harness.evaluation.pairs`)."""
     calibration: Calibration
     confused: list[ConfusedPair]
     absent: tuple[int, ...] = ()
@@ -210,8 +156,8 @@ def compute_metrics(probabilities: npt.ArrayLike, targets: npt.ArrayLike, *, bin
     probs = np.asarray(probabilities, dtype=np.float64)
     true = np.asarray(targets, dtype=np.int64)
     num_classes = probs.shape[1]
-    counts = confusion_counts(true, probs.argmax(axis=1), num_classes)
-    scores = class_scores(counts)
+    counts = Pairs.from_labels(true, probs.argmax(axis=1), num_classes)
+    scores = counts.scores()
     support = scores.support.astype(np.float64)
     total = max(float(support.sum()), 1.0)
 
@@ -237,6 +183,6 @@ def compute_metrics(probabilities: npt.ArrayLike, targets: npt.ArrayLike, *, bin
         classes=scores,
         counts=counts,
         calibration=calibration(probs, true, bins),
-        confused=most_confused(counts),
+        confused=counts.most_confused(10),
         absent=tuple(int(c) for c in np.flatnonzero(~present)),
     )

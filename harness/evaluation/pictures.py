@@ -1,4 +1,4 @@
-"""The evaluation's own pictures: the top-losses grid and the reliability diagram (no torch).
+"""The evaluation's own pictures: the top losses, their Grad-CAM maps, the reliability diagram (no torch).
 
 Both are drawn as pixels with `harness.pictures`, the toolkit the run's pictures use:
 the top losses are a mosaic like the run's sample grid, and the evaluation's confusion
@@ -9,6 +9,7 @@ long.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from harness.pictures.mosaic import Tile, caption_limit, draw_mosaic
 from harness.pictures.raster import Canvas, save_png, text_width, vertical
 from harness.pictures.text import shorten
 
-__all__ = ["Loss", "draw_reliability", "draw_top_losses"]
+__all__ = ["Explained", "Loss", "draw_cams", "draw_reliability", "draw_top_losses"]
 
 _WRONG = "#c0392b"
 _GRID = "#e6e6e6"
@@ -69,6 +70,41 @@ def draw_top_losses(path: Path, losses: Sequence[Loss], *, total: int, wrong: in
         f"{wrong:,} wrong of {total:,}; loss = -log p(true class)"
     )
     return save_png(draw_mosaic(tiles, heading=heading, caption_lines=3, empty="no mistakes"), path)
+
+
+@attrs.frozen(kw_only=True)
+class Explained:
+    """One image as the model saw it, beside its class-activation map (`harness.training.cam`)."""
+
+    image: Image.Image
+    cam: Image.Image
+    true: str
+    predicted: str
+    probability: float
+    """The probability given to the predicted class, the class the map explains."""
+
+
+def draw_cams(path: Path, items: Sequence[Explained], *, heading: str) -> Path:
+    """Each image beside its map, in pairs of columns: given and predicted class and probability above."""
+    limit = caption_limit()
+    tiles: list[Tile] = []
+    for item in items:
+        wrong = item.true != item.predicted
+        given, guess = shorten(item.true, limit - 7), shorten(item.predicted, limit - 8)
+        tiles.append(
+            Tile(
+                image=item.image,
+                caption=f"given: {given}\n{'✗' if wrong else '✓'} pred: {guess}",
+                colour=_WRONG if wrong else "black",
+                frame=4 if wrong else 1,
+            )
+        )
+        tiles.append(
+            Tile(image=item.cam, caption=f"map of: {guess}\np {item.probability:.2f}", colour="black")
+        )
+    pairs = max(1, math.ceil(math.sqrt(len(items))))
+    mosaic = draw_mosaic(tiles, heading=heading, caption_lines=2, empty="no mistakes", columns=2 * pairs)
+    return save_png(mosaic, path)
 
 
 def draw_reliability(path: Path, calibration: Calibration, *, title: str = "Reliability diagram") -> Path:

@@ -16,6 +16,7 @@ antialiased one within one grey level).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import operator
 import os
 import stat
@@ -32,11 +33,13 @@ from harness.core.preprocessing import Preprocessing
 
 __all__ = [
     "IMAGE_SUFFIXES",
+    "examine",
     "find_images",
     "image_entries",
     "image_files",
     "is_image_file",
     "load_rgb",
+    "pixel_digest",
     "to_input",
     "unreadable",
 ]
@@ -181,22 +184,52 @@ def unreadable(path: str | Path) -> str | None:
 def load_rgb(path: str | Path) -> Image.Image:
     """Open any still image as upright 8-bit RGB; a `DataError` naming the path if it cannot be read."""
     try:
-        with _opened(path) as opened:
-            opened.load()
-            image = opened
-            if opened.getexif().get(ExifTags.Base.Orientation, 1) != 1:
-                image = ImageOps.exif_transpose(opened)
-            if image.mode in _HIGH_DEPTH_MODES:
-                array = np.asarray(image, dtype=np.float64)
-                top = array.max() or 1.0
-                return Image.fromarray((array * (255.0 / top)).astype(np.uint8)).convert("RGB")
-            if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
-                rgba = image.convert("RGBA")
-                background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-                return Image.alpha_composite(background, rgba).convert("RGB")
-            return image.convert("RGB")
+        return _load_rgb(path)
     except _UNREADABLE as error:
         raise DataError(f"{path}: not a readable image ({type(error).__name__}: {error})") from None
+
+
+def _load_rgb(path: str | Path) -> Image.Image:
+    with _opened(path) as opened:
+        opened.load()
+        image = opened
+        if opened.getexif().get(ExifTags.Base.Orientation, 1) != 1:
+            image = ImageOps.exif_transpose(opened)
+        if image.mode in _HIGH_DEPTH_MODES:
+            array = np.asarray(image, dtype=np.float64)
+            top = array.max() or 1.0
+            return Image.fromarray((array * (255.0 / top)).astype(np.uint8)).convert("RGB")
+        if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
+            rgba = image.convert("RGBA")
+            background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+            return Image.alpha_composite(background, rgba).convert("RGB")
+        return image.convert("RGB")
+
+
+def pixel_digest(image: Image.Image) -> str:
+    """A hash of an image's decoded pixels and size (hex, 128 bits): equal for equal pixels.
+
+    A lossless re-save in another format (PNG to BMP, grey PNG to RGB TIFF) keeps its
+    digest when read by `load_rgb`; the training scan and `harness audit` both use it.
+    """
+    return hashlib.sha256(f"{image.mode}{image.size}".encode() + image.tobytes()).hexdigest()[:32]
+
+
+def examine(path: str | Path, *, decode: bool = True) -> tuple[str | None, str | None]:
+    """``(why unreadable, pixel digest)`` of `path`, each None when there is none.
+
+    The verdict is `unreadable`'s; then, with `decode`, the pixels are read as by
+    `load_rgb` and hashed by `pixel_digest`. A file whose structure passes but whose
+    pixels cannot be decoded (a truncated JPEG) is unreadable; without `decode` the
+    digest is None and nothing is decoded.
+    """
+    reason = unreadable(path)
+    if reason is not None or not decode:
+        return reason, None
+    try:
+        return None, pixel_digest(_load_rgb(path))
+    except _UNREADABLE as error:
+        return f"{type(error).__name__}: {error}", None
 
 
 def to_input(image: Image.Image, spec: Preprocessing) -> Array:

@@ -1,17 +1,22 @@
-"""The HTML page of a run directory: status, pictures, tables, settings and files, on one page.
+"""The HTML page of a run directory: a dashboard first, then tables, settings and files.
 
-`write_report` writes ``RUN_DIR/report.html``: the run's status (and its failure), every
-picture under the run directory grouped by folder (history plots, confusion matrix and
-samples first; the per-epoch ones, ``epoch_NNN.png``, fold away under the current ones),
-the tables its subscribers wrote (`harness.io.tables`: the data set's classes, the
-model's size), ``summary.json``, ``settings.toml`` (the resolved settings the run wrote),
-and a link to every file. Anything missing is left out, so it works on
-any run directory, finished or not; a page of a run still going reloads itself. Pictures
-are linked relatively (the page stays small and works while the folder stays together);
-``embed`` puts them in the page as base64, for a page that travels alone.
+`write_report` writes ``RUN_DIR/report.html``. Its first screen is what a person looks
+at, side by side across the width (a CSS grid; one column on a narrow window): the run's
+status (and its failure), its best score and the epoch it was reached, the epochs done
+and the time spent (`Headline`), the learning curves (``plots/``), the latest confusion
+matrix and the latest samples. After it come the run's other pictures, grouped by folder
+(the per-epoch ones, ``epoch_NNN.png``, fold away), the tables its subscribers wrote
+(`harness.io.tables`: the data set's classes, the model's size), ``summary.json``,
+``settings.toml`` (the resolved settings the run wrote), and a link to every file.
+Anything missing is left out, so it works on any run directory, finished or not; a
+page of a run still going reloads itself. Pictures are linked relatively (the page
+stays small and works from disk while the folder stays together); ``embed`` puts them
+in the page as base64, for a page that travels alone.
 
-The ``report`` subscriber writes it at every epoch end and when the run ends;
-``python -m harness.report RUN_DIR`` writes it for any run directory.
+The ``report`` subscriber writes it at every epoch end (with the `Headline` it keeps)
+and when the run ends; ``python -m harness.report RUN_DIR`` writes it for any run
+directory, its headline read from ``summary.json`` (and the best epoch from the event
+record).
 """
 
 from __future__ import annotations
@@ -26,11 +31,13 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import attrs
+
 from harness.core.layout import RunLayout
 from harness.io.artifacts import write_text
 from harness.io.tables import Table, read_tables
 
-__all__ = ["current_pictures", "find_pictures", "render_report", "write_report"]
+__all__ = ["Headline", "current_pictures", "find_pictures", "render_report", "write_report"]
 
 _MEDIA_TYPES = {
     ".png": "image/png",
@@ -45,9 +52,11 @@ _FIRST_FOLDERS = ("plots", "confusion_matrix", "samples")
 _TRACKER_FOLDERS = ("mlflow", "tensorboard", "logs")
 _EPOCH_FILE = re.compile(r"epoch_\d+")
 _STYLE = """
-body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; padding: 0 1em;
+body { font-family: system-ui, sans-serif; margin: 1em auto; max-width: 1900px; padding: 0 1.5em;
        color: #222; }
-h1 { font-size: 1.5em; } h2 { border-bottom: 1px solid #ddd; padding-bottom: .2em; margin-top: 2em; }
+header { display: flex; flex-wrap: wrap; align-items: baseline; gap: .3em 1.2em; }
+h1 { font-size: 1.5em; margin: .2em 0; } .path { color: #666; font-size: .85em; margin: 0; }
+h2 { border-bottom: 1px solid #ddd; padding-bottom: .2em; margin-top: 2em; }
 figure { display: inline-block; margin: .5em 1em 1em 0; vertical-align: top; }
 figure img { max-width: 100%; border: 1px solid #eee; }
 figcaption { font-size: .85em; color: #555; }
@@ -55,10 +64,54 @@ table { border-collapse: collapse; } td, th { padding: .2em .8em; border-bottom:
        text-align: left; vertical-align: top; }
 pre { background: #f6f8fa; padding: 1em; overflow-x: auto; }
 .note { color: #a33; }
-.status { padding: .5em 1em; border-radius: 4px; background: #eef; display: inline-block; }
-.status.completed { background: #e6f4ea; } .status.failed, .status.interrupted { background: #fce8e6; }
+.status { padding: .3em .8em; border-radius: 4px; background: #eef; display: inline-block; margin: 0; }
+.status.completed { background: #e6f4ea; } .status.failed, .status.interrupted,
+.status.diverged { background: #fce8e6; }
+.dashboard { display: grid; grid-template-columns: minmax(220px, 280px) 1fr 1fr; gap: .8em 1.2em;
+             align-items: start; margin-top: .8em; }
+.dashboard figure { margin: 0; display: block; }
+.facts { grid-row: span 2; background: #f6f8fa; border-radius: 6px; padding: .6em 1em; }
+.facts dt { color: #666; font-size: .8em; margin-top: .6em; }
+.facts dd { margin: 0; font-size: 1.15em; font-variant-numeric: tabular-nums; }
+.facts dd.big { font-size: 1.8em; font-weight: 600; }
+.curves { grid-column: span 2; display: flex; gap: .8em; }
+.curves figure { flex: 1 1 0; min-width: 0; }
+.curves img { width: 100%; max-height: 30vh; object-fit: contain; }
+.panel img { max-height: 56vh; width: auto; }
+@media (max-width: 900px) {
+  .dashboard { grid-template-columns: 1fr; }
+  .facts, .curves { grid-row: auto; grid-column: auto; }
+  .facts { display: grid; grid-template-columns: auto 1fr; gap: .2em 1em; align-items: baseline; }
+  .facts dt { margin: 0; }
+  .curves { flex-direction: column; }
+  .curves img, .panel img { max-height: none; width: 100%; }
+}
 """
 _REFRESH_S = 30
+_CURVES, _CONFUSION, _SAMPLES = _FIRST_FOLDERS
+_BIG = ' class="big"'
+_FIRST_CURVES = ("losses", "loss")
+"""Curves shown before the others (sorted by name): the loss is what a person reads first."""
+_SHOWN_METRICS = ("val/acc_top1", "val/acc_top5", "val/acc_balanced", "val/loss", "train/loss", "lr")
+
+
+@attrs.frozen(kw_only=True)
+class Headline:
+    """The dashboard's facts: how the run stands, its best score and when, how far and how long.
+
+    `best_epoch` counts from 0, as the pictures beside it and their files (``epoch_002.png``)
+    do; `epochs_done` is a count. `metrics` are the latest measured (under the harness's
+    names). Every field may be unknown (None, empty).
+    """
+
+    status: str | None = None
+    monitor: str | None = None
+    best_score: float | None = None
+    best_epoch: int | None = None
+    epochs_done: int | None = None
+    max_epochs: int | None = None
+    elapsed_s: float | None = None
+    metrics: Mapping[str, float] = attrs.field(factory=dict)
 
 
 def find_pictures(run_dir: Path) -> list[Path]:
@@ -99,17 +152,25 @@ def current_pictures(run_dir: Path) -> dict[str, Path]:
 
 
 def render_report(
-    run_dir: Path, *, embed: bool = False, status: str | None = None, error: str | None = None
+    run_dir: Path,
+    *,
+    embed: bool = False,
+    status: str | None = None,
+    error: str | None = None,
+    headline: Headline | None = None,
 ) -> str:
     """The report page of `run_dir` as HTML text.
 
     `status` and `error` say how the run stands (``"running: epoch 3 of 8"``,
-    ``"failed"``); by default ``summary.json`` says, when there is one. A page whose
-    status starts with "running" reloads itself every 30 seconds.
+    ``"failed"``); by default ``summary.json`` says, when there is one. `headline` gives
+    the dashboard's facts (the running subscriber's); by default they are read from
+    ``summary.json``. A page whose status starts with "running" reloads itself every 30
+    seconds.
     """
     summary = _read_summary(run_dir)
-    if status is None and isinstance(summary, Mapping):
-        status = str(summary.get("status", "")) or None
+    facts = headline or _headline_of(run_dir, summary)
+    if status is None:
+        status = facts.status
     if error is None and isinstance(summary, Mapping) and summary.get("error"):
         error = str(summary["error"])
     title = f"Run {run_dir.resolve().name}"
@@ -121,17 +182,20 @@ def render_report(
     parts = [
         "<!DOCTYPE html>",
         f'<html lang="en"><head><meta charset="utf-8">{refresh}',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
         f"<title>{html.escape(title)}</title><style>{_STYLE}</style></head><body>",
-        f"<h1>{html.escape(title)}</h1>",
-        f"<p>{html.escape(str(run_dir.resolve()))}</p>",
+        f"<header><h1>{html.escape(title)}</h1>",
     ]
     if status is not None:
         kind = status.split(":")[0].split()[0] if status.strip() else ""
         parts.append(f'<p class="status {html.escape(kind)}">status: {html.escape(status)}</p>')
+    parts.append(f'<p class="path">{html.escape(str(run_dir.resolve()))}</p></header>')
     if error:
         parts.append(f'<pre class="note">{html.escape(error)}</pre>')
+    groups = _picture_groups(run_dir)
+    parts.extend(_dashboard(run_dir, facts, groups, embed=embed))
+    parts.extend(_pictures_section(run_dir, groups, embed=embed))
     parts.extend(_summary_section(run_dir))
-    parts.extend(_pictures_section(run_dir, embed=embed))
     parts.extend(_tables_section(run_dir))
     settings = _read_text(RunLayout(run_dir).settings)
     if settings is not None:
@@ -143,12 +207,108 @@ def render_report(
 
 
 def write_report(
-    run_dir: Path, *, embed: bool = False, status: str | None = None, error: str | None = None
+    run_dir: Path,
+    *,
+    embed: bool = False,
+    status: str | None = None,
+    error: str | None = None,
+    headline: Headline | None = None,
 ) -> Path:
     """Write ``run_dir/report.html`` atomically and return its path (see `render_report`)."""
-    return write_text(
-        RunLayout(run_dir).report, render_report(run_dir, embed=embed, status=status, error=error)
+    page = render_report(run_dir, embed=embed, status=status, error=error, headline=headline)
+    return write_text(RunLayout(run_dir).report, page)
+
+
+def _headline_of(run_dir: Path, summary: Any) -> Headline:
+    """The dashboard's facts from ``summary.json``; the best epoch from the event record."""
+    if not isinstance(summary, Mapping):
+        return Headline()
+    best = summary.get("best_score")
+    metrics = summary.get("final_metrics")
+    duration = summary.get("duration_s")
+    epochs = summary.get("epochs_completed")
+    return Headline(
+        status=str(summary.get("status", "")) or None,
+        monitor=str(summary["monitor"]) if summary.get("monitor") else None,
+        best_score=float(best) if isinstance(best, (int, float)) else None,
+        best_epoch=_epoch_of(run_dir, summary.get("monitor"), best),
+        epochs_done=int(epochs) if isinstance(epochs, int) else None,
+        elapsed_s=float(duration) if isinstance(duration, (int, float)) else None,
+        metrics={str(k): float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
+        if isinstance(metrics, Mapping)
+        else {},
     )
+
+
+def _epoch_of(run_dir: Path, monitor: object, best: object) -> int | None:
+    """The epoch (from 0) whose validation measured `best` for `monitor`, from the event record."""
+    if not isinstance(monitor, str) or not isinstance(best, (int, float)):
+        return None
+    try:
+        with RunLayout(run_dir).events.open(encoding="utf-8") as record:
+            for line in record:
+                if '"ValidationEpochEnd"' not in line:
+                    continue
+                event = json.loads(line)
+                if not event.get("sanity_check") and event.get("metrics", {}).get(monitor) == best:
+                    return int(event["epoch"])
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        return None
+    return None
+
+
+def _dashboard(run_dir: Path, facts: Headline, groups: Mapping[str, list[Path]], *, embed: bool) -> list[str]:
+    """The first screen: the facts, the learning curves, the latest confusion matrix and samples."""
+    listed = _facts(facts)
+    curves = sorted(_current(groups.get(_CURVES, [])), key=lambda path: path.stem not in _FIRST_CURVES)
+    confusion = _current(groups.get(_CONFUSION, []))
+    samples = _current(groups.get(_SAMPLES, []))
+    if not (listed or curves or confusion or samples):
+        return []
+    parts = ['<section class="dashboard">']
+    if listed:
+        parts.append(f'<dl class="facts">{listed}</dl>')
+    if curves:
+        figures = "".join(_figure(run_dir, path, embed=embed) for path in curves)
+        parts.append(f'<div class="curves">{figures}</div>')
+    for path in (*confusion, *samples):
+        parts.append(f'<div class="panel">{_figure(run_dir, path, embed=embed)}</div>')
+    parts.append("</section>")
+    return parts
+
+
+def _facts(facts: Headline) -> str:
+    rows: list[tuple[str, str, bool]] = []
+    if facts.best_score is not None:
+        rows.append((f"best {facts.monitor or 'score'}", _format(facts.best_score), True))
+        if facts.best_epoch is not None:
+            rows.append(("at epoch", str(facts.best_epoch), False))
+    if facts.epochs_done is not None:
+        of = f" of {facts.max_epochs}" if facts.max_epochs else ""
+        rows.append(("epochs done", f"{facts.epochs_done}{of}", False))
+    if facts.elapsed_s is not None:
+        rows.append(("time", _duration(facts.elapsed_s), False))
+    rows += [(name, _format(facts.metrics[name]), False) for name in _SHOWN_METRICS if name in facts.metrics]
+    return "".join(
+        f"<dt>{html.escape(name)}</dt><dd{_BIG if big else ''}>{html.escape(value)}</dd>"
+        for name, value, big in rows
+    )
+
+
+def _duration(seconds: float) -> str:
+    minutes, rest = divmod(round(seconds), 60)
+    if minutes == 0:
+        return f"{rest} s"
+    if minutes < 60:
+        return f"{minutes} min {rest:02d} s"
+    return f"{minutes // 60} h {minutes % 60:02d} min"
+
+
+def _current(paths: Sequence[Path]) -> list[Path]:
+    """A folder's current pictures: its named ones, else its newest per-epoch one."""
+    current = [path for path in paths if not _EPOCH_FILE.fullmatch(path.stem)]
+    epochs = [path for path in paths if _EPOCH_FILE.fullmatch(path.stem)]
+    return current or epochs[-1:]
 
 
 def _picture_order(relative: Path) -> tuple[int, str, bool, str]:
@@ -264,18 +424,25 @@ def _format(value: Any) -> str:
     return "" if value is None else str(value)
 
 
-def _pictures_section(run_dir: Path, *, embed: bool) -> list[str]:
+def _picture_groups(run_dir: Path) -> dict[str, list[Path]]:
+    """The run's pictures by folder (relative, ``"."`` for the top), in `find_pictures`' order."""
     groups: dict[str, list[Path]] = {}
     for path in find_pictures(run_dir):
         groups.setdefault(path.parent.relative_to(run_dir).as_posix(), []).append(path)
+    return groups
+
+
+def _pictures_section(run_dir: Path, groups: Mapping[str, list[Path]], *, embed: bool) -> list[str]:
+    """Every picture the dashboard does not show, by folder; per-epoch ones fold away."""
     parts: list[str] = []
     for folder, paths in groups.items():
+        shown = _current(paths)
+        on_dashboard = folder in _FIRST_FOLDERS
+        epochs = [p for p in paths if _EPOCH_FILE.fullmatch(p.stem) and p not in shown]
+        current = [] if on_dashboard else shown
+        if not (current or epochs):
+            continue
         parts.append(f"<h2>{html.escape(folder if folder != '.' else 'Pictures')}</h2>")
-        current = [p for p in paths if not _EPOCH_FILE.fullmatch(p.stem)]
-        epochs = [p for p in paths if _EPOCH_FILE.fullmatch(p.stem)]
-        # With a `latest` copy the newest epoch is on show already; without one, show it.
-        if epochs and not current:
-            current, epochs = [epochs[-1]], epochs[:-1]
         parts.extend(_figure(run_dir, path, embed=embed) for path in current)
         if epochs:
             figures = "".join(_figure(run_dir, path, embed=embed) for path in reversed(epochs))

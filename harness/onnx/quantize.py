@@ -38,7 +38,7 @@ import numpy.typing as npt
 
 from harness.core.errors import DataError, ExportError
 from harness.core.preprocessing import Preprocessing
-from harness.evaluation.metrics import class_scores, confusion_counts
+from harness.evaluation.pairs import Pairs
 from harness.io.artifacts import write_json
 from harness.io.images import load_rgb, to_input
 from harness.onnx.bundle import PARITY_FILE
@@ -87,7 +87,7 @@ class Scores:
     def of(cls, predicted: npt.ArrayLike, targets: npt.ArrayLike, num_classes: int) -> Scores:
         true = np.asarray(targets, dtype=np.int64)
         guess = np.asarray(predicted, dtype=np.int64)
-        scores = class_scores(confusion_counts(true, guess, num_classes))
+        scores = Pairs.from_labels(true, guess, num_classes).scores()
         present = scores.support > 0
         return cls(
             top1=float((guess == true).mean()) if len(true) else 0.0,

@@ -4,7 +4,7 @@
     text       `shorten`: long class names cut in the middle
     chart      `Chart` and `render`: line charts against epochs
     confusion  `draw_confusion`: the confusion matrix with its counts and colour bar
-    mosaic     `draw_mosaic`: a grid of captioned, framed images (samples, top losses)
+    mosaic     `draw_mosaic`: a grid of captioned, framed images (samples, top losses, Grad-CAM)
 
 Nothing here imports torch, Lightning or torchmetrics, so the background writer's worker
 and an ONNX evaluation draw with it. matplotlib lends its DejaVu Sans font file, and its

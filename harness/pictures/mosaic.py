@@ -50,14 +50,19 @@ def fit(image: Image.Image, cell: int = CELL) -> Image.Image:
 
 
 def draw_mosaic(
-    tiles: Sequence[Tile], *, heading: str, caption_lines: int, empty: str = "nothing to show"
+    tiles: Sequence[Tile],
+    *,
+    heading: str,
+    caption_lines: int,
+    empty: str = "nothing to show",
+    columns: int | None = None,
 ) -> Image.Image:
-    """`tiles` in rows (as many columns as rows, or one more), under `heading`.
+    """`tiles` in rows (as many columns as rows, or one more, unless `columns` says), under `heading`.
 
     Room is left for `caption_lines` lines above each image; with no tiles, `empty` is
     written where they would be.
     """
-    columns = max(1, math.ceil(math.sqrt(len(tiles))))
+    columns = max(1, columns or math.ceil(math.sqrt(len(tiles))))
     rows = max(1, math.ceil(len(tiles) / columns))
     header = 16 + (heading.count("\n") + 1) * (_HEADING_SIZE + 3)
     band = caption_lines * _LINE + 10

@@ -151,6 +151,11 @@ class DataSettings:
         "class folders in `val/` or `test/` that `train/` lacks: stop naming them, or leave them out "
         "with a warning",
     )
+    check_duplicates: bool = option(
+        True,
+        "warn at fit start about images whose decoded pixels are in two splits or two classes "
+        "(decodes each new file once; `harness audit` finds the rest)",
+    )
 
     def preprocessing(self) -> Preprocessing:
         """The evaluation preprocessing these settings ask for (what export and predict record)."""

@@ -11,7 +11,9 @@ stop the run, naming them, or are left out with a warning (`[data].unknown_class
 
 Every file is checked once, before training: an unreadable image (corrupt, or past
 Pillow's decompression-bomb limit) is reported by path and either stops the run (the
-default) or is skipped with a count.
+default) or is skipped with a count. The same check decodes each new file and keeps a
+digest of its pixels (cached with the verdict): images that are the same in two splits
+(leakage) or under two classes are named in one warning (`[data].check_duplicates`).
 """
 
 from __future__ import annotations
@@ -37,11 +39,12 @@ from harness.core.errors import DataError, SettingsError
 from harness.core.preprocessing import Preprocessing
 from harness.io.artifacts import atomic_path
 from harness.io.image_tree import class_folders, split_folders
-from harness.io.images import image_entries, load_rgb, unreadable
+from harness.io.images import examine, image_entries, load_rgb
 from harness.settings import AugmentSettings, DataSettings, Settings
 from harness.training.augment import BatchMixer, Transform, eval_transform, train_transform
+from harness.training.duplicates import duplicate_warning
 from harness.training.networks import normalization
-from harness.training.scan_cache import cache_file, unreadable_files
+from harness.training.scan_cache import cache_file, check_files
 from harness.training.stop_signal import start_data_worker
 
 __all__ = [
@@ -206,7 +209,9 @@ def scan(settings: DataSettings, seed: int) -> tuple[DatasetInfo, tuple[str, ...
     skipped: list[Path] = []
     splits_files = (*train_files.values(), *val_files.values(), *test_files.values())
     every = [entry for files in splits_files for entry in files]
-    bad = unreadable_files(every, unreadable, cache=cache_file(cache, root))
+    check = partial(examine, decode=settings.check_duplicates)
+    checked = check_files(every, check, cache=cache_file(cache, root), digests=settings.check_duplicates)
+    bad = checked.bad
     if bad:
         if settings.on_corrupt == "stop":
             listed = "; ".join(f"{path} ({reason})" for path, reason in bad[:10])
@@ -233,6 +238,10 @@ def scan(settings: DataSettings, seed: int) -> tuple[DatasetInfo, tuple[str, ...
     # A fixed, seeded order that mixes the classes: a partial validation (limit_val_batches)
     # then measures every class, not the first ones in folder order.
     random.Random(seed + 1).shuffle(val)
+    if settings.check_duplicates:
+        warning = duplicate_warning(root, {"train": train, "val": val, "test": test}, classes, checked.shared)
+        if warning is not None:
+            log.warning("%s", warning)
     info = DatasetInfo(
         root=root,
         train=tuple(train),

@@ -216,3 +216,20 @@ def test_a_run_scores_its_validation_split_for_label_issues(tmp_path: Path) -> N
     rows = _rows(found.directory / "label.csv")
     assert all(row["split"] == "val" for row in rows)
     assert all({row["given"], row["suggested"]} <= {"blue", "green", "red"} for row in rows)
+
+
+def test_the_help_starts_without_torch_lightning_or_the_audit_libraries() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from harness.cli import main\n"
+        "try: main(['audit', '--help'])\n"
+        "except SystemExit: pass\n"
+        "print(sorted(m for m in ('torch', 'lightning', 'imagehash', 'cleanlab') if m in sys.modules))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=False, timeout=120
+    )
+    assert "--fail-on" in done.stdout
+    assert done.stdout.strip().endswith("[]"), done.stdout + done.stderr

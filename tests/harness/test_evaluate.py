@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import re
 import shutil
 import subprocess
@@ -19,6 +20,7 @@ from pathlib import Path
 import attrs
 import pytest
 import torch
+from PIL import Image
 
 from harness.core.layout import RunLayout
 from harness.core.preprocessing import Preprocessing
@@ -26,7 +28,9 @@ from harness.core.summary import RunSummary
 from harness.core.testing import write_imagefolder
 from harness.evaluate import evaluate, main
 from harness.io.artifacts import write_label_map, write_text
+from harness.io.report_page import render_report
 from harness.settings import load_settings, settings_to_toml
+from harness.training.cam import CAM_FILES
 from harness.training.evaluation import load_checkpoint
 from harness.training.fit import run
 from harness.training.model import Classifier
@@ -166,6 +170,27 @@ def test_a_run_directory_means_its_best_checkpoint(trained: Trained, tmp_path: P
     assert metrics["data"]["split"] == "test"  # DATA's test/ folder, found without --split
     again = evaluate(trained.onnx, trained.data, output=tmp_path / "out")
     assert again.directory == tmp_path / "out-1"  # the first evaluation is not overwritten
+
+
+def test_grad_cam_maps_of_the_best_checkpoint_land_in_the_folder_and_on_the_report(
+    trained: Trained, caplog: pytest.LogCaptureFixture
+) -> None:
+    before = set(RunLayout(trained.run_dir).evaluation("x").parent.glob("*"))
+    assert main([str(trained.run_dir), str(trained.data), "--split", "val", "--accelerator", "cpu"]) == 0
+    (folder,) = set(RunLayout(trained.run_dir).evaluation("x").parent.glob("*")) - before
+    for name in CAM_FILES.values():
+        with Image.open(folder / name) as picture:
+            assert picture.width > 2 * 180  # an image beside its map, at least
+    page = render_report(trained.run_dir)
+    assert f"{folder.name}/{CAM_FILES['top_losses']}" in page
+
+    # An ONNX model has no gradients: asked for maps, it says so in one line and draws none.
+    with caplog.at_level(logging.WARNING, logger="harness"):
+        by_onnx = evaluate(trained.onnx, trained.data, split="val", cam=4)
+    assert not any((by_onnx.directory / name).exists() for name in CAM_FILES.values())
+    assert [r.getMessage() for r in caplog.records if "Grad-CAM" in r.getMessage()] == [
+        f"Grad-CAM skipped: it needs the gradients of a checkpoint; {trained.onnx} is not explained"
+    ]
 
 
 def one_line_error(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str:

@@ -175,3 +175,37 @@ def test_the_report_of_a_real_run_shows_its_pictures_summary_and_settings(
     assert expected <= sources
     assert "<h2>Summary</h2>" in page and "completed" in page
     assert "<h2>Settings</h2>" in page and "[subscribers.confusion_matrix]" in page
+
+
+def test_the_dashboard_of_a_finished_run_reads_its_summary_and_finds_the_best_epoch(tmp_path: Path) -> None:
+    picture(tmp_path / "plots" / "accuracy.png")
+    picture(tmp_path / "plots" / "losses.png")
+    picture(tmp_path / "confusion_matrix" / "latest.png")
+    summary = {
+        "status": "completed",
+        "monitor": "val/acc_top1",
+        "best_score": 0.75,
+        "epochs_completed": 3,
+        "duration_s": 125.0,
+        "final_metrics": {"val/acc_top1": 0.5, "val/loss": 0.9},
+    }
+    RunLayout(tmp_path).summary.write_text(json.dumps(summary), encoding="utf-8")
+    events = [
+        {"event": "ValidationEpochEnd", "epoch": 0, "metrics": {"val/acc_top1": 0.75}, "sanity_check": True},
+        {"event": "BatchEnd", "epoch": 0},
+        {"event": "ValidationEpochEnd", "epoch": 0, "metrics": {"val/acc_top1": 0.25}, "sanity_check": False},
+        {"event": "ValidationEpochEnd", "epoch": 1, "metrics": {"val/acc_top1": 0.75}, "sanity_check": False},
+    ]
+    RunLayout(tmp_path).events.write_text("".join(json.dumps(e) + "\n" for e in events), encoding="utf-8")
+    page = render_report(tmp_path)
+    facts = page[page.index('<dl class="facts">') : page.index("</dl>")]
+    assert '<dt>best val/acc_top1</dt><dd class="big">0.75</dd><dt>at epoch</dt><dd>1</dd>' in facts
+    assert "<dt>epochs done</dt><dd>3</dd><dt>time</dt><dd>2 min 05 s</dd>" in facts
+    assert "<dt>val/loss</dt><dd>0.9</dd>" in facts
+    dashboard = page[page.index('<section class="dashboard">') : page.index("</section>")]
+    assert image_sources(dashboard) == [
+        "plots/losses.png",
+        "plots/accuracy.png",
+        "confusion_matrix/latest.png",
+    ]
+    assert image_sources(page) == image_sources(dashboard), "each picture once"

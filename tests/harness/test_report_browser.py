@@ -2,7 +2,9 @@
 
 Chromium is Debian's ``chromium`` package (``.ci/run`` installs it when absent); without
 it the test is skipped, saying so. The page must load without a console error and with
-every picture decoded; a screenshot is saved beside it (``report.png``).
+every picture decoded; a screenshot is saved beside it (``report.png``). At 1600 x 1000
+the learning curves and the confusion matrix are both on the first screen; at 600 px
+wide the dashboard is one column.
 """
 
 from __future__ import annotations
@@ -123,7 +125,9 @@ def test_the_page_of_every_run_loads_in_chromium_with_every_picture(
             returnByValue=True,
         )["result"]["value"]
         text = tools.call("Runtime.evaluate", expression="document.body.innerText", returnByValue=True)
-        shot = tools.call("Page.captureScreenshot", format="png", captureBeyondViewport=True)
+        wide = boxes(tools, 1600, 1000)
+        shot = tools.call("Page.captureScreenshot", format="png")
+        narrow = boxes(tools, 600, 1000)
         tools.socket.close()
     finally:
         browser.kill()
@@ -147,3 +151,29 @@ def test_the_page_of_every_run_loads_in_chromium_with_every_picture(
     screenshot = result.run_dir / "report.png"
     screenshot.write_bytes(base64.b64decode(shot["data"]))
     assert screenshot.stat().st_size > 10_000
+
+    curves, matrix = wide["plots/losses.png"], wide["confusion_matrix/latest.png"]
+    assert curves["bottom"] <= 1000 and matrix["bottom"] <= 1000, f"first screen at 1600 x 1000: {wide}"
+    assert matrix["left"] > 300 and curves["width"] > 200, "side by side, using the width"
+    assert wide["samples/latest.png"]["top"] < 1000, "the samples start on the first screen"
+    lefts = {round(box["left"]) for name, box in narrow.items() if name.startswith("panel:")}
+    assert len(lefts) == 1, f"one column at 600 px: {narrow}"
+    assert narrow["plots/losses.png"]["right"] <= 600, "nothing wider than the window"
+
+
+def boxes(tools: DevTools, width: int, height: int) -> dict[str, dict[str, float]]:
+    """At a `width` x `height` window: the box of each dashboard picture and of each panel (``panel:<i>``)."""
+    tools.call(
+        "Emulation.setDeviceMetricsOverride", width=width, height=height, deviceScaleFactor=1, mobile=False
+    )
+    script = """JSON.stringify(Object.fromEntries([
+        ...[...document.querySelectorAll('.dashboard img')].map(i => [i.getAttribute('src'), i]),
+        ...[...document.querySelectorAll('.dashboard > *')].map((e, n) => ['panel:' + n, e]),
+    ].map(([name, element]) => {
+        const box = element.getBoundingClientRect();
+        return [name, {left: box.left, right: box.right, top: box.top + window.scrollY,
+                       bottom: box.bottom + window.scrollY, width: box.width}];
+    })))"""
+    value = tools.call("Runtime.evaluate", expression=script, returnByValue=True)["result"]["value"]
+    found: dict[str, dict[str, float]] = json.loads(value)
+    return found

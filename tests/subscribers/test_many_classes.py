@@ -11,8 +11,8 @@ from PIL import Image
 from harness.core.bus import Bus
 from harness.core.events import TrainEpochEnd, TrainEpochStart, ValidationEpochEnd
 from harness.core.testing import batch_end, make_context
+from harness.evaluation.pairs import MOST_CONFUSED
 from harness.training.sampler import make_sampler
-from subscribers._draw_confusion import MOST_CONFUSED
 from subscribers._sampler_report import share_chart
 from subscribers.confusion_matrix import ConfusionMatrix
 from subscribers.sampler_tracking import SamplerTracking

@@ -16,10 +16,10 @@ import torch
 
 from harness.core.bus import Bus
 from harness.core.testing import make_context, scripted_run
+from harness.evaluation.pairs import Pairs
 from harness.io.background import BackgroundWriter
 from harness.pictures.chart import render
 from harness.settings import Settings
-from subscribers._draw_confusion import Pairs
 from subscribers._draw_confusion import write_epoch as write_confusion
 from subscribers._draw_history import draw_history
 from subscribers._draw_samples import Shown, to_pixels

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from harness.core.bus import Bus
-from harness.core.events import EpochJobsQueued, FitStart, RunEnd, RunFailed
+from harness.core.events import EpochJobsQueued, FitStart, RunEnd, RunFailed, TrainEpochEnd
 from harness.core.testing import make_context, scripted_run
 from subscribers.plots import Plots
 from subscribers.report import Report, ReportSettings
@@ -49,3 +49,23 @@ def test_a_run_that_stops_shows_its_status_and_its_failure(
     page = context.layout.report.read_text()
     assert f'<p class="status {status}">status: {status}</p>' in page
     assert "RuntimeError: &lt;boom&gt;" in page
+
+
+def test_the_dashboard_shows_the_best_score_so_far_and_its_epoch(tmp_path: Path) -> None:
+    context = make_context(tmp_path)
+    bus = Bus()
+    bus.attach(Report(context))
+    context.max_epochs = 4  # as the adapter fills it
+    bus.publish(FitStart(epoch=0, global_step=0, max_epochs=4))
+    for epoch, score in enumerate((0.5, 0.8, 0.7)):
+        metrics = {"val/acc_top1": score, "val/loss": 1.0 - score, "train/loss": 2.0 - score}
+        bus.publish(TrainEpochEnd(epoch=epoch, global_step=epoch, metrics=metrics, validated=True))
+        bus.publish(EpochJobsQueued(epoch=epoch, global_step=epoch))
+
+    page = context.layout.report.read_text()
+    facts = page[page.index('<dl class="facts">') : page.index("</dl>")]
+    assert '<dt>best val/acc_top1</dt><dd class="big">0.8</dd>' in facts
+    assert "<dt>at epoch</dt><dd>1</dd>" in facts, "counted from 0, as the pictures beside it"
+    assert "<dt>epochs done</dt><dd>3 of 4</dd>" in facts
+    assert "<dt>val/loss</dt><dd>0.3</dd>" in facts, "the latest epoch's metrics"
+    assert "<dt>time</dt>" in facts

@@ -11,7 +11,8 @@ from sklearn.metrics import (
     top_k_accuracy_score,
 )
 
-from harness.evaluation.metrics import calibration, compute_metrics, most_confused, softmax
+from harness.evaluation.metrics import calibration, compute_metrics, softmax
+from harness.evaluation.pairs import Pairs
 
 
 def predictions(classes: int, samples: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -31,7 +32,7 @@ def test_every_figure_matches_scikit_learn(classes: int, samples: int, seed: int
     labels = list(range(classes))
     metrics = compute_metrics(probabilities, targets)
 
-    np.testing.assert_array_equal(metrics.counts, confusion_matrix(targets, predicted, labels=labels))
+    np.testing.assert_array_equal(metrics.counts.dense(), confusion_matrix(targets, predicted, labels=labels))
     report = classification_report(targets, predicted, labels=labels, output_dict=True, zero_division=0)
     for c in labels:
         assert metrics.classes.precision[c] == pytest.approx(report[str(c)]["precision"])
@@ -54,7 +55,7 @@ def test_every_figure_matches_scikit_learn(classes: int, samples: int, seed: int
 
 def test_most_confused_lists_the_largest_off_diagonal_cells_first() -> None:
     counts = np.array([[5, 3, 0], [7, 2, 1], [3, 0, 9]])
-    pairs = [(p.true, p.predicted, p.count) for p in most_confused(counts, limit=3)]
+    pairs = [(p.true, p.predicted, p.count) for p in Pairs.from_dense(counts).most_confused(3)]
     assert pairs == [(1, 0, 7), (0, 1, 3), (2, 0, 3)]
 
 
