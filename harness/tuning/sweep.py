@@ -20,6 +20,7 @@ Optuna) and asked again with the same parameters.
 from __future__ import annotations
 
 import concurrent.futures
+import gc
 import itertools
 import logging
 import math
@@ -149,6 +150,10 @@ def _run_trial(plan: SweepPlan, number: int, overrides: Sequence[str]) -> TrialO
         error = f"{type(failure).__name__}: {failure}"
     except Exception as failure:  # noqa: BLE001 - a trial's crash is its outcome, not the sweep's
         error = "".join(traceback.format_exception_only(failure)).strip()
+    # A run that raised leaves its loaders in reference cycles of the traceback's frames; their
+    # workers ignore SIGTERM, so at this process's exit multiprocessing's terminate-then-join
+    # would wait for them for ever. Collected here, the loaders shut their workers down.
+    gc.collect()
     return TrialOutcome(
         number=number,
         status=status,

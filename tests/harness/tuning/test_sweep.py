@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import gc
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -117,8 +118,12 @@ def test_a_pruned_run_says_pruned_in_its_summary(make_settings: MakeSettings) ->
         "data.num_workers=2",
     )
     trial = FakeTrial(prune_at=1)
-    with pytest.raises(TrialPruned):
+    with pytest.raises(TrialPruned) as pruned:
         run(settings, extra_subscribers={"sweep_trial": TrialReporter(trial, "val/acc_top1")})
+    # The traceback holds the loaders, whose workers ignore SIGTERM: freed here, they are shut down
+    # (left to the interpreter's exit, multiprocessing's terminate-then-join would wait for ever).
+    del pruned
+    gc.collect()
     [summary_file] = Path(settings.run.output_dir).rglob("summary.json")
     summary = json.loads(summary_file.read_text())
     assert summary["status"] == "pruned" and summary["epochs_completed"] == 1
