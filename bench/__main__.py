@@ -79,6 +79,10 @@ BENCHMARKS: tuple[Benchmark, ...] = (
         compares="the training data loader's images/s vs ImageFolder + DataLoader, same transforms",
     ),
     Benchmark(
+        name="stream",
+        compares="the streaming (litdata) training loader's images/s vs the ImageFolder loader, 224 px JPEG",
+    ),
+    Benchmark(
         name="gpu",
         compares="a training step: channels-last, torch.compile, EMA, JPEG loader and GPU decoding vs eager",
     ),

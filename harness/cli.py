@@ -8,6 +8,7 @@
     harness replay RUN_DIR ...
     harness audit DATA [--run RUN_DIR] [--output DIR] [--fail-on KIND]
     harness tune lr [settings.toml] [--set ...]
+    harness data optimize SRC DST [--workers N]
     harness sweep settings.toml --space space.toml --trials N [--jobs J] [--set ...]
 
 Each subcommand is the tool's own command line (``harness train --help`` is
@@ -40,6 +41,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
         "find duplicates, leakage across splits and likely label errors in a data set",
     ),
     "tune": ("harness.tune", "find a learning rate by a range test (harness tune lr settings.toml)"),
+    "data": ("harness.data", "write an ImageFolder tree as a streamed (litdata) data set for [data].root"),
     "sweep": ("harness.sweep", "search settings with Optuna: trials as run directories, a leaderboard"),
 }
 """Subcommand -> (the tool's module, whose ``main(argv)`` it runs; one line of help)."""

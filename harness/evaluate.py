@@ -10,7 +10,10 @@ SOURCE is one of three kinds:
 - an exported ``model.onnx``: evaluated with onnxruntime alone; torch is never imported.
 
 DATA is an ImageFolder tree; its ``test/`` folder is scored when it has one (or the folder
-``--split`` names), else the whole tree, every file checked first. Class folders are
+``--split`` names), else the whole tree, every file checked first. DATA may also be a
+streamed data set (``harness data optimize``; a folder or a URI litdata reads): its test
+split (or ``--split``'s) is read from the stream once into ``$HARNESS_CACHE`` and scored
+from there (this imports litdata, hence torch, even for a model.onnx). Class folders are
 matched by name to the model's label map: a class the model lacks is an error naming it,
 or with ``--unknown count`` its images are counted in ``metrics.json`` and left out.
 
@@ -51,6 +54,7 @@ from harness.evaluation.calibrated import TTA_KINDS, Tta, refuse_flips, score
 from harness.evaluation.data import Unknown, load_evaluation_data
 from harness.evaluation.folder import Evaluation, Source, evaluation_dir, sha256_of, write_evaluation
 from harness.evaluation.pairs import FULL_MATRIX_CLASSES
+from harness.io.stream import is_stream, materialise_split
 
 if TYPE_CHECKING:
     from harness.training.evaluation import LoadedModel
@@ -102,9 +106,26 @@ def _default_output(kind: str, path: Path, data: Path, split: str | None) -> Pat
     return layout.evaluation(name)
 
 
+def _streamed_split(data: str, split: str | None) -> Path:
+    """A streamed data set's `split` (default ``test``) read into the cache: its folder of class folders."""
+    from harness.io.stream import read_manifest, require_litdata
+    from harness.training.data import writable_cache_dir
+
+    where = f"DATA {data!r}"
+    require_litdata(where)
+    wanted = (split or "test").lower()
+    splits = read_manifest(data, where).splits
+    if not splits.get(wanted):
+        listed = ", ".join(name for name, samples in splits.items() if samples)
+        raise DataError(
+            f"{where}: the streamed data set has no {wanted} split (it has {listed}); name one with --split"
+        )
+    return materialise_split(data, wanted, writable_cache_dir())
+
+
 def evaluate(
     source: Path,
-    data: Path,
+    data: Path | str,
     *,
     split: str | None = None,
     output: Path | None = None,
@@ -122,6 +143,10 @@ def evaluate(
     `DEFAULT_CAM` for a checkpoint, none (and no warning) for an ONNX model.
     """
     kind, path = resolve_source(source)
+    named, named_split = Path(data), split
+    if is_stream(str(data)):
+        data, named_split, split = _streamed_split(str(data), split), split or "test", None
+    data = Path(data)
     flipped: npt.NDArray[np.float32] | None = None
     loaded: LoadedModel | None = None
     if kind == "onnx":
@@ -132,7 +157,7 @@ def evaluate(
             refuse_flips(model.card.flips_change_class, str(path))
         names, temperature = model.card.class_names, model.card.temperature
         scored = load_evaluation_data(data, names, split=split, unknown=unknown)
-        directory = evaluation_dir(output or _default_output(kind, path, data, scored.split))
+        directory = evaluation_dir(output or _default_output(kind, path, named, named_split or scored.split))
         logits = model.logits(scored.paths, batch_size)
         if tta == "flip":
             flipped = model.logits(scored.paths, batch_size, flip=True)
@@ -145,7 +170,7 @@ def evaluate(
             refuse_flips(loaded.settings.augment.hflip == 0, str(path))
         names, temperature = loaded.class_names, loaded.temperature
         scored = load_evaluation_data(data, names, split=split, unknown=unknown)
-        directory = evaluation_dir(output or _default_output(kind, path, data, scored.split))
+        directory = evaluation_dir(output or _default_output(kind, path, named, named_split or scored.split))
         logits = test_model(loaded, scored, directory, batch_size=batch_size, accelerator=accelerator)
         if tta == "flip":
             flipped = flipped_logits(loaded, scored, batch_size=batch_size)
@@ -250,7 +275,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         epilog="Exit codes: 0 done, 1 another harness error, 2 bad input (the message names the path).",
     )
     parser.add_argument("source", type=Path, help="a run directory, a .ckpt checkpoint or a model.onnx")
-    parser.add_argument("data", type=Path, help="an ImageFolder tree (its test/ split when it has one)")
+    parser.add_argument(
+        "data", help="an ImageFolder tree (its test/ split when it has one), or a streamed data set"
+    )
     parser.add_argument(
         "--split", help="the sub-folder of DATA to score (default test/ if present, else DATA)"
     )

@@ -94,9 +94,11 @@ def build_report(
     train = per_class(data.train, len(class_names))
     val = per_class(data.val, len(class_names))
     ratio = imbalance_ratio(train)
+    # A streamed data set's samples are keys into its chunks, not files to open: no sizes.
+    sampled = 0 if data.stream is not None else size_sample
     sizes = {
-        "train": image_sizes(data.train, size_sample),
-        "val": image_sizes(data.val, size_sample),
+        "train": image_sizes(data.train, sampled),
+        "val": image_sizes(data.val, sampled),
     }
     warnings = [
         f"class {name!r} has {n} training image(s), fewer than min_images = {min_images}"
@@ -116,7 +118,7 @@ def build_report(
             )
             stats["unreadable"] = stats["unreadable"][:_LISTED_UNREADABLE]
     return {
-        "root": str(data.root),
+        "root": data.stream or str(data.root),
         "classes": [
             {"index": c, "name": name, "train": train[c], "val": val[c]} for c, name in enumerate(class_names)
         ],

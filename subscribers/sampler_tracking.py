@@ -112,7 +112,8 @@ class SamplerTracking:
         context = self.context
         sampler = find_tracking_sampler(context.train_sampler)
         if sampler is None or context.data is None:
-            self._warn_once(sampler)
+            if context.data is None or context.data.stream is None:  # a stream is shuffled by litdata
+                self._warn_once(sampler)
             return
         draw = sampler.last_draw
         if draw is None or draw is self._last_draw:

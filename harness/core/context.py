@@ -89,7 +89,8 @@ class DatasetInfo:
 
     `test` is a tree's own `test/` split: kept for evaluation, never trained or validated on.
     `skipped` are unreadable files left out, `left_out` the class folders that ``train/``
-    lacks (``[data].unknown_classes = "skip"``).
+    lacks (``[data].unknown_classes = "skip"``). `stream` is the location of a streamed data
+    set (`harness.io.stream`) the samples come from; their paths are then its keys.
     A sample's path is a `str`, as in torchvision's `ImageFolder`: on a tree of 100,000
     files, making a `Path` of each costs more than listing the tree.
     """
@@ -100,6 +101,7 @@ class DatasetInfo:
     test: tuple[tuple[str, int], ...] = ()
     skipped: tuple[Path, ...] = ()
     left_out: tuple[LeftOutClass, ...] = ()
+    stream: str | None = None
 
     @property
     def train_targets(self) -> list[int]:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import operator
 import os
 import stat
@@ -37,6 +38,7 @@ __all__ = [
     "find_images",
     "image_entries",
     "image_files",
+    "decode_rgb",
     "is_image_file",
     "load_rgb",
     "pixel_digest",
@@ -191,19 +193,35 @@ def load_rgb(path: str | Path) -> Image.Image:
 
 def _load_rgb(path: str | Path) -> Image.Image:
     with _opened(path) as opened:
-        opened.load()
-        image = opened
-        if opened.getexif().get(ExifTags.Base.Orientation, 1) != 1:
-            image = ImageOps.exif_transpose(opened)
-        if image.mode in _HIGH_DEPTH_MODES:
-            array = np.asarray(image, dtype=np.float64)
-            top = array.max() or 1.0
-            return Image.fromarray((array * (255.0 / top)).astype(np.uint8)).convert("RGB")
-        if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
-            rgba = image.convert("RGBA")
-            background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-            return Image.alpha_composite(background, rgba).convert("RGB")
-        return image.convert("RGB")
+        return _upright_rgb(opened)
+
+
+def decode_rgb(data: bytes, name: str) -> Image.Image:
+    """`load_rgb` for an image file's bytes (a streamed sample); a `DataError` naming `name`."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            opened = Image.open(io.BytesIO(data))
+        with opened:
+            return _upright_rgb(opened)
+    except _UNREADABLE as error:
+        raise DataError(f"{name}: not a readable image ({type(error).__name__}: {error})") from None
+
+
+def _upright_rgb(opened: Image.Image) -> Image.Image:
+    opened.load()
+    image = opened
+    if opened.getexif().get(ExifTags.Base.Orientation, 1) != 1:
+        image = ImageOps.exif_transpose(opened)
+    if image.mode in _HIGH_DEPTH_MODES:
+        array = np.asarray(image, dtype=np.float64)
+        top = array.max() or 1.0
+        return Image.fromarray((array * (255.0 / top)).astype(np.uint8)).convert("RGB")
+    if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
 
 
 def pixel_digest(image: Image.Image) -> str:

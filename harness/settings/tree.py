@@ -105,7 +105,8 @@ class DataSettings:
     root: str = option(
         "",
         '`""` for the embedded digits set, else an ImageFolder tree (optionally `train/` + `val/` '
-        "(or `valid/`, `validation/`), and `test/`)",
+        "(or `valid/`, `validation/`), and `test/`), or a streamed data set (`harness data optimize`; "
+        "a folder, `s3://`, `gs://`)",
     )
     image_size: int = option(
         32,

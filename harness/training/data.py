@@ -14,6 +14,10 @@ Pillow's decompression-bomb limit) is reported by path and either stops the run 
 default) or is skipped with a count. The same check decodes each new file and keeps a
 digest of its pixels (cached with the verdict): images that are the same in two splits
 (leakage) or under two classes are named in one warning (`[data].check_duplicates`).
+
+`root` may instead name a streamed data set (`harness.io.stream`, written by ``harness
+data optimize``, whose files were checked on the way): its splits are read with litdata
+(`harness.training.stream`), shuffled by litdata rather than drawn by a sampler.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import tempfile
 from collections.abc import Sequence, Sized
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import attrs
 import lightning as L
@@ -40,6 +45,7 @@ from harness.core.preprocessing import Preprocessing
 from harness.io.artifacts import atomic_path
 from harness.io.image_tree import class_folders, split_folders
 from harness.io.images import examine, image_entries, load_rgb
+from harness.io.stream import is_stream, is_uri, read_manifest, require_litdata
 from harness.settings import AugmentSettings, DataSettings, Settings
 from harness.training.augment import BatchMixer, Transform, eval_transform, train_transform
 from harness.training.duplicates import duplicate_warning
@@ -179,6 +185,8 @@ def scan(settings: DataSettings, seed: int) -> tuple[DatasetInfo, tuple[str, ...
     cache folder (``$HARNESS_CACHE``) cannot be written.
     """
     cache = writable_cache_dir()
+    if settings.root and is_stream(settings.root):
+        return _scan_stream(settings.root)
     root = Path(settings.root).expanduser() if settings.root else materialise_digits(cache)
     where = f"[data].root = {str(root)!r}"
     if not root.is_dir():
@@ -253,6 +261,17 @@ def scan(settings: DataSettings, seed: int) -> tuple[DatasetInfo, tuple[str, ...
     return info, classes
 
 
+def _scan_stream(root: str) -> tuple[DatasetInfo, tuple[str, ...]]:
+    """The samples a streamed data set lists (its files were checked when it was optimized)."""
+    location = root if is_uri(root) else str(Path(root).expanduser().resolve())
+    where = f"[data].root = {root!r}"
+    require_litdata(where)
+    manifest = read_manifest(location, where)
+    if not manifest.splits["val"]:
+        raise DataError(f"{where}: the validation split is empty; optimize a tree with images in val/")
+    return manifest.info(location), manifest.classes
+
+
 def _paths(files: Files) -> dict[str, list[str]]:
     return {name: [entry.path for entry in entries] for name, entries in files.items()}
 
@@ -324,13 +343,35 @@ class ImageDataModule(L.LightningDataModule):
         settings: DataSettings,
         sampler: Sampler[int] | None = None,
         augment: AugmentSettings | None = None,
+        seed: int = 0,
     ) -> None:
         super().__init__()
         transform = None if augment is None else train_transform(preprocessing, augment)
-        self.train_set = ImageFiles(info.train, preprocessing, transform)
-        self.val_set = ImageFiles(info.val, preprocessing)
+        self.train_samples = info.train
+        self.train_set: Dataset[tuple[torch.Tensor, int]]
+        self.val_set: Dataset[tuple[torch.Tensor, int]]
+        self.streamed = info.stream is not None
+        if info.stream is not None:
+            if sampler is not None:
+                raise ValueError(
+                    "ImageDataModule: a streamed data set is shuffled by litdata, not by a sampler"
+                )
+            from harness.training.stream import streamed_images
+
+            cache, evaluation = cache_dir(), eval_transform(preprocessing)
+            self.train_set = streamed_images(
+                info.stream, "train", transform or evaluation, cache=cache, shuffle=True, seed=seed
+            )
+            self.val_set = streamed_images(
+                info.stream, "val", evaluation, cache=cache, shuffle=False, seed=seed
+            )
+        else:
+            self.train_set = ImageFiles(info.train, preprocessing, transform)
+            self.val_set = ImageFiles(info.val, preprocessing)
         self.settings = settings
         self.sampler = sampler
+        self._train_loader: DataLoader[tuple[torch.Tensor, int]] | None = None
+        self._stream_state: dict[str, Any] | None = None
         classes = 1 + max((target for _, target in (*info.train, *info.val)), default=0)
         self.mixer = BatchMixer(augment, classes) if augment is not None and augment.mixes else None
 
@@ -341,7 +382,7 @@ class ImageDataModule(L.LightningDataModule):
         numbers with or without a preview; the images cycle through the classes.
         """
         by_class: dict[int, list[int]] = {}
-        for index, (_, target) in enumerate(self.train_set.samples):
+        for index, (_, target) in enumerate(self.train_samples):
             by_class.setdefault(target, []).append(index)
         queues = [list(indices) for _, indices in sorted(by_class.items())]
         picked: list[int] = []
@@ -356,14 +397,31 @@ class ImageDataModule(L.LightningDataModule):
         return torch.stack([image for image, _ in samples]), torch.tensor([t for _, t in samples])
 
     def _drop_last(self, trainer_world_size: int) -> bool:
-        drawn = len(self.sampler) if isinstance(self.sampler, Sized) else len(self.train_set)
+        drawn = len(self.sampler) if isinstance(self.sampler, Sized) else len(self.train_samples)
         per_rank = -(-drawn // max(1, trainer_world_size))
         return per_rank % self.settings.batch_size == 1 and per_rank > 1
 
-    def _loader(self, dataset: ImageFiles, *, train: bool) -> DataLoader[tuple[torch.Tensor, int]]:
+    def _loader(
+        self, dataset: Dataset[tuple[torch.Tensor, int]], *, train: bool
+    ) -> DataLoader[tuple[torch.Tensor, int]]:
         workers = loader_workers(self.settings.num_workers)
         world = self.trainer.world_size if self.trainer is not None else 1
         rank = self.trainer.global_rank if self.trainer is not None else 0
+        collate = self.mixer if train and self.mixer is not None else None
+        if self.streamed:
+            from litdata import StreamingDataset
+
+            from harness.training.stream import streaming_loader
+
+            assert isinstance(dataset, StreamingDataset)
+            return streaming_loader(
+                dataset,
+                batch_size=self.settings.batch_size,
+                workers=workers,
+                drop_last=train and self._drop_last(world),
+                collate_fn=collate,
+                worker_init_fn=partial(start_data_worker, rank=rank),
+            )
         return DataLoader(
             dataset,
             batch_size=self.settings.batch_size,
@@ -373,17 +431,44 @@ class ImageDataModule(L.LightningDataModule):
             persistent_workers=workers > 0,
             pin_memory=torch.cuda.is_available(),
             drop_last=train and self._drop_last(world),
-            collate_fn=self.mixer if train and self.mixer is not None else None,
+            collate_fn=collate,
             worker_init_fn=partial(start_data_worker, rank=rank),
         )
 
     def train_dataloader(self) -> DataLoader[tuple[torch.Tensor, int]]:
-        return self._loader(self.train_set, train=True)
+        loader = self._train_loader = self._loader(self.train_set, train=True)
+        if self._stream_state is not None:
+            loader.load_state_dict(self._stream_state)  # type: ignore[attr-defined]
+            self._stream_state = None
+        return loader
+
+    def state_dict(self) -> dict[str, Any]:
+        """The streamed training loader's place in its epoch (litdata's state); empty for a file tree.
+
+        Lightning keeps it in the checkpoint and hands it back on resume before training
+        starts. Its own copy of the loader's state in the loop state is not applied when
+        the optimizer's schedule has read the loader's length first (the loader then
+        exists before the checkpoint is read), so the data module carries it.
+        """
+        loader = self._train_loader
+        if not self.streamed or loader is None:
+            return {}
+        return {"stream": loader.state_dict()}  # type: ignore[attr-defined]
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Continue the streamed epoch where `state_dict` left it (at once, or when the loader is made)."""
+        state = state_dict.get("stream")
+        if state is None:
+            return
+        if self._train_loader is not None:
+            self._train_loader.load_state_dict(state)  # type: ignore[attr-defined]
+        else:
+            self._stream_state = state
 
     def val_dataloader(self) -> DataLoader[tuple[torch.Tensor, int]]:
         loader = self._loader(self.val_set, train=False)
         trainer = self.trainer
-        if trainer is None or trainer.world_size < 2:
+        if trainer is None or trainer.world_size < 2 or self.streamed:
             return loader
         # Lightning's default DistributedSampler pads the shards with repeated samples, which
         # a confusion matrix would count twice; this one gives uneven shards, each sample once.

@@ -36,10 +36,11 @@ from harness.evaluation.calibrated import score
 from harness.evaluation.data import EvaluationData, test_split_of
 from harness.evaluation.folder import Evaluation, Source, evaluation_dir, sha256_of, write_evaluation
 from harness.io.artifacts import read_label_map
+from harness.io.stream import materialise_split
 from harness.settings import Settings, load_settings
 from harness.training.assembly import assemble
 from harness.training.callback import BusCallback
-from harness.training.data import ImageFiles, run_preprocessing
+from harness.training.data import ImageFiles, run_preprocessing, writable_cache_dir
 from harness.training.model import Classifier
 
 __all__ = [
@@ -168,6 +169,8 @@ def test_split_data(info: DatasetInfo) -> EvaluationData | None:
     The very images the scan kept: unreadable files it skipped (``[data].on_corrupt =
     "skip"``) stay out, and class folders that training lacks are counted as left out.
     """
+    if info.stream is not None:
+        return _streamed_test_split(info)
     folder = test_split_of(info.root)
     if folder is None:
         return None
@@ -175,6 +178,21 @@ def test_split_data(info: DatasetInfo) -> EvaluationData | None:
         folder=folder,
         split="test",
         samples=tuple((Path(path), target) for path, target in info.test),
+        unknown={left.name: left.images for left in info.left_out if left.split == "test"},
+    )
+
+
+def _streamed_test_split(info: DatasetInfo) -> EvaluationData | None:
+    """A streamed data set's test split, read from the stream once into the node's cache."""
+    assert info.stream is not None
+    if not info.test:
+        return None
+    folder = materialise_split(info.stream, "test", writable_cache_dir())
+    base = folder.parent
+    return EvaluationData(
+        folder=folder,
+        split="test",
+        samples=tuple((base / key, target) for key, target in info.test),
         unknown={left.name: left.images for left in info.left_out if left.split == "test"},
     )
 

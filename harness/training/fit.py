@@ -55,7 +55,12 @@ from harness.training.run_dir import (
     resolve_run_dir,
 )
 from harness.training.sampler import make_sampler
-from harness.training.stop_signal import LAUNCHER_VARIABLE, StopOnSigterm, outlive_launcher
+from harness.training.stop_signal import (
+    LAUNCHER_VARIABLE,
+    StopOnSigterm,
+    outlive_launcher,
+    requeue_slurm_job,
+)
 from harness.training.terminal import MetricFreeProgressBar
 
 __all__ = ["RunResult", "TrainingData", "run", "training_data"]
@@ -160,7 +165,7 @@ class TrainingData:
 
     recipe: Recipe
     preprocessing: Preprocessing
-    sampler: Sampler[int]
+    sampler: Sampler[int] | None
     datamodule: ImageDataModule
     class_weights: tuple[float, ...] | None
 
@@ -170,12 +175,16 @@ def training_data(settings: Settings, info: DatasetInfo, num_classes: int) -> Tr
     preprocessing = run_preprocessing(settings)
     recipe, augment = resolve_recipe(settings, info, settings.run.seed)
     balanced = recipe.sampling == "balanced"
-    sampler = make_sampler(info.train_targets, balanced=balanced, seed=settings.run.seed)
+    # A streamed data set is shuffled by litdata (its loader's state rides in the checkpoint).
+    streamed = info.stream is not None
+    sampler = (
+        None if streamed else make_sampler(info.train_targets, balanced=balanced, seed=settings.run.seed)
+    )
     return TrainingData(
         recipe=recipe,
         preprocessing=preprocessing,
         sampler=sampler,
-        datamodule=ImageDataModule(info, preprocessing, settings.data, sampler, augment),
+        datamodule=ImageDataModule(info, preprocessing, settings.data, sampler, augment, settings.run.seed),
         class_weights=class_loss_weights(info.train_targets, num_classes) if recipe.class_weights else None,
     )
 
@@ -368,6 +377,13 @@ def _fit(trainer: L.Trainer, parts: _Run, outcome: _Outcome) -> None:
             if where.is_file()
             else "no checkpoint"
         )
+        stopper = next((c for c in trainer.callbacks if isinstance(c, StopOnSigterm)), None)  # type: ignore[attr-defined]
+        if stopper is not None and stopper.requeue:
+            requeued = requeue_slurm_job() if trainer.is_global_zero else "rank zero requeues the job"
+            raise Terminated(
+                f"SLURM requeue signal at step {trainer.global_step}: {kept}; {requeued}; "
+                f"{layout.summary} has the resume command"
+            ) from None
         raise Terminated(
             f"SIGTERM at step {trainer.global_step}: {kept}; {layout.summary} has the resume command"
         ) from None

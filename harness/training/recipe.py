@@ -23,13 +23,15 @@ The resolved `Recipe` is printed at the start of the run and recorded in ``summa
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Literal
 
 import attrs
 import numpy as np
+from PIL import Image
 
 from harness.core.context import DatasetInfo
+from harness.core.errors import SettingsError
 from harness.core.recipe import PHOTO_KEEP, FlipProbe, Recipe
 from harness.io.images import load_rgb
 from harness.settings import AugmentSettings, Settings
@@ -51,9 +53,26 @@ PRESET_FLIP = {"photos": 0.5, "symbols": 0.0}
 """``hflip`` by preset."""
 
 
-def _pixels(path: str, size: int) -> np.ndarray:
-    image = load_rgb(path).convert("L").resize((size, size))
-    return np.asarray(image, dtype=np.float64)
+def _pixels(image: Image.Image, size: int) -> np.ndarray:
+    return np.asarray(image.convert("L").resize((size, size)), dtype=np.float64)
+
+
+def _reader(info: DatasetInfo) -> Callable[[str], Image.Image]:
+    """How the probe opens a training sample: its file, or its item in the streamed training split."""
+    if info.stream is None:
+        return load_rgb
+    from litdata import StreamingDataset
+
+    from harness.io.images import decode_rgb
+    from harness.io.stream import split_uri
+
+    dataset = StreamingDataset(split_uri(info.stream, "train"))
+    position = {key: index for index, (key, _) in enumerate(info.train)}
+
+    def read(key: str) -> Image.Image:
+        return decode_rgb(dataset[position[key]]["image"], key)
+
+    return read
 
 
 def _unit(rows: np.ndarray) -> np.ndarray:
@@ -67,7 +86,12 @@ def _standardise(images: np.ndarray) -> np.ndarray:
 
 
 def flip_probe(
-    samples: Sequence[tuple[str, int]], *, per_class: int = 40, size: int = 16, seed: int = 0
+    samples: Sequence[tuple[str, int]],
+    *,
+    per_class: int = 40,
+    size: int = 16,
+    seed: int = 0,
+    read: Callable[[str], Image.Image] = load_rgb,
 ) -> FlipProbe:
     """Score a nearest-class-mean classifier on up to `per_class` images of each class, plain and mirrored.
 
@@ -85,7 +109,7 @@ def flip_probe(
         picked = rng.permutation(len(files))[:per_class]
         paths += [files[i] for i in picked]
         targets += [target] * len(picked)
-    images = np.stack([_pixels(path, size) for path in paths])
+    images = np.stack([_pixels(read(path), size) for path in paths])
     labels = np.asarray(targets)
     plain = _standardise(images)
     classes = sorted(by_class)
@@ -129,7 +153,7 @@ def resolve_recipe(settings: Settings, info: DatasetInfo, seed: int = 0) -> tupl
     probe: FlipProbe | None = None
     preset: Literal["photos", "symbols"]
     if augment.preset == "auto":
-        probe = flip_probe(info.train, seed=seed)
+        probe = flip_probe(info.train, seed=seed, read=_reader(info))
         preset = probe.verdict
     else:
         preset = augment.preset
@@ -140,7 +164,14 @@ def resolve_recipe(settings: Settings, info: DatasetInfo, seed: int = 0) -> tupl
     weighted = settings.data.class_weights == "auto"
     sampling: Literal["shuffle", "balanced"]
     if settings.data.sampling == "auto":
-        sampling = "balanced" if imbalance >= IMBALANCE and not weighted else "shuffle"
+        drawn = info.stream is None  # a streamed set is read in litdata's order, not drawn by index
+        sampling = "balanced" if imbalance >= IMBALANCE and not weighted and drawn else "shuffle"
+    elif settings.data.sampling == "balanced" and info.stream is not None:
+        raise SettingsError(
+            f'[data].sampling = "balanced" draws images by index, but [data].root = {info.stream!r} '
+            'is streamed in litdata\'s shuffled order; use "shuffle" (and [data].class_weights = "auto" '
+            "against imbalance)"
+        )
     else:
         sampling = settings.data.sampling
     recipe = Recipe(

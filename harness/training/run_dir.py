@@ -18,6 +18,7 @@ A run directory is ``<output_dir>/<name>/version_<n>/`` holding ``settings.toml`
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import tomllib
@@ -34,6 +35,8 @@ from harness.io.artifacts import read_label_map
 from harness.settings import Settings
 from harness.training.lean_checkpoint import LEAN_KEY
 from harness.training.model import preprocessing_record
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "RESUME_VARIABLE",
@@ -174,11 +177,20 @@ def resolve_run_dir(settings: Settings) -> tuple[Path, Path | None]:
         return Path(joined), Path(resumed) if resumed else None
     base = Path(settings.run.output_dir).expanduser() / settings.run.name
     resume = settings.trainer.resume
-    if resume == "last":
-        runs = sorted(
-            (p for p in base.glob("version_*") if p.name[8:].isdigit() and newest_checkpoint(p) is not None),
-            key=lambda p: int(p.name[8:]),
+    runs = sorted(
+        (p for p in base.glob("version_*") if p.name[8:].isdigit() and newest_checkpoint(p) is not None),
+        key=lambda p: int(p.name[8:]),
+    )
+    if not resume and runs and int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0) > 0:
+        # A job that SLURM requeued (its requeue signal stopped the run) resumes where it stopped.
+        log.warning(
+            "SLURM requeued job %s (restart %s): resuming the newest run of this name, %s",
+            os.environ.get("SLURM_JOB_ID"),
+            os.environ.get("SLURM_RESTART_COUNT"),
+            runs[-1],
         )
+        resume = "last"
+    if resume == "last":
         if not runs:
             raise SettingsError(f"[trainer].resume = 'last': no run under {str(base)!r} has a checkpoint")
         checkpoint = newest_checkpoint(runs[-1])

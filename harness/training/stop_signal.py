@@ -13,24 +13,46 @@ the other ranks and lets each rank raise on its own, so the ranks leave at diffe
 batches and the survivors fail in their next collective. Lightning restores the handler
 that was there before it when the trainer tears down. A signal during validation takes
 effect at the next training batch; during the last validation, the run completes.
+
+Under SLURM, the requeue signal (``SIGUSR1``, what ``#SBATCH --signal=USR1@90`` sends
+before the time limit) stops the run the same way, and then `requeue_slurm_job` asks
+SLURM to requeue the job (``scontrol requeue``, rank zero); the requeued job resumes the
+run (`harness.training.run_dir.resolve_run_dir`). It replaces Lightning's own requeue
+handler (``SLURMEnvironment(auto_requeue=True)``), which saves an ``hpc_ckpt_N.ckpt``
+from inside the signal handler, mid-step, outside the run's checkpoints, and lets
+training run on until SLURM kills it.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import signal
+import subprocess
 import threading
 import time
 from types import FrameType
 from typing import Any
 
 import lightning as L
+from lightning.fabric.plugins.environments.slurm import SLURMEnvironment
 from lightning.fabric.utilities.seed import pl_worker_init_function
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from typing_extensions import override
 
-__all__ = ["LAUNCHER_VARIABLE", "StopOnSigterm", "outlive_launcher", "start_data_worker"]
+__all__ = [
+    "LAUNCHER_VARIABLE",
+    "REQUEUE_SIGNAL",
+    "StopOnSigterm",
+    "outlive_launcher",
+    "requeue_slurm_job",
+    "slurm_job_id",
+    "start_data_worker",
+]
+
+REQUEUE_SIGNAL = signal.SIGUSR1
+"""SLURM's requeue signal, as Lightning's `SLURMEnvironment` expects it by default."""
 
 LAUNCHER_VARIABLE = "HARNESS_LAUNCHER_PID"
 """Set by rank zero for the processes that Lightning's ``ddp`` launcher starts: its process id."""
@@ -71,15 +93,22 @@ class StopOnSigterm(Callback):
 
     def __init__(self) -> None:
         self.requested = False
+        self.requeue = False
+        """Whether SLURM's requeue signal (rather than SIGTERM) asked for the stop."""
 
     def _note(self, signum: int, frame: FrameType | None) -> None:
         self.requested = True
 
+    def _note_requeue(self, signum: int, frame: FrameType | None) -> None:
+        self.requested = self.requeue = True
+
     @override
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.requested = False
+        self.requested = self.requeue = False
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, self._note)
+            if SLURMEnvironment.detect():
+                signal.signal(REQUEUE_SIGNAL, self._note_requeue)
 
     @override
     def on_train_batch_end(
@@ -87,3 +116,26 @@ class StopOnSigterm(Callback):
     ) -> None:
         if trainer.strategy.reduce_boolean_decision(self.requested, all=False):
             raise SIGTERMException
+
+
+def slurm_job_id() -> str | None:
+    """This SLURM job's id (``<array job>_<task>`` for an array task), or None outside SLURM."""
+    array = os.environ.get("SLURM_ARRAY_JOB_ID")
+    if array is not None:
+        return f"{array}_{os.environ.get('SLURM_ARRAY_TASK_ID', '')}"
+    return os.environ.get("SLURM_JOB_ID")
+
+
+def requeue_slurm_job() -> str:
+    """``scontrol requeue`` this job; what happened, for the run's last line."""
+    job = slurm_job_id()
+    if job is None or not re.fullmatch(r"[0-9_]+", job):
+        return f"not requeued: no SLURM job id (SLURM_JOB_ID = {job!r})"
+    try:
+        done = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as error:
+        return f"requeueing SLURM job {job} failed ({type(error).__name__}: {error})"
+    if done.returncode != 0:
+        said = " ".join((done.stderr or done.stdout).split())[:200]
+        return f"requeueing SLURM job {job} failed (scontrol exit {done.returncode}: {said})"
+    return f"SLURM job {job} requeued; it resumes this run"

@@ -2,7 +2,7 @@
 
 They are configured by environment variables, read when constructed, since a plugin gets
 only the run context: ``FAULT_AT="<event>:<epoch>:<count>"``,
-``FAULT="kill|kill-mid-write|interrupt|interrupt-soon|term|term-group|raise|stop"`` and, to
+``FAULT="kill|kill-mid-write|interrupt|interrupt-soon|term|term-group|usr1|raise|stop"`` and, to
 hurt one rank only, ``FAULT_RANK``; an epoch of ``*`` matches any. ``interrupt-soon`` sends
 SIGINT a second later, from a thread (at `TrainLoopEnd`: during the ONNX export that
 `TrainEnd` starts). ``kill-mid-write`` SIGKILLs the run from a thread as soon as the
@@ -63,6 +63,8 @@ class Fault:
             threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGINT)).start()
         elif self.fault == "term":
             os.kill(os.getpid(), signal.SIGTERM)
+        elif self.fault == "usr1":  # SLURM's requeue signal
+            os.kill(os.getpid(), signal.SIGUSR1)
         elif self.fault == "term-group":
             if os.getpgrp() != os.getpid():
                 raise RuntimeError("FAULT=term-group: the run must lead its process group")
