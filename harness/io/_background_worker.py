@@ -4,7 +4,10 @@ Started by `harness.io.background.BackgroundWriter`, never by hand. Its first re
 the sys.path to import jobs from; each one after is a pickled job, run in turn, with one
 pickled reply per job (`harness.io.background.Reply`) on the stdout it was started with.
 Its own stdout goes to stderr, so a job that prints cannot break the replies. It exits
-when its input ends: the writer closed it, or the process that started it died.
+on an empty request (the writer's `END`, sent when it closes) or when its input ends (the
+process that started it died). The empty request is what a close relies on: processes
+forked from the training process after this one started (the data loader's workers) hold
+the write end of its input too, so the input ends only when the last of them exits.
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ from pathlib import Path
 from typing import IO, Any
 
 _LENGTH_BYTES = 8
+END = (0).to_bytes(_LENGTH_BYTES, "little")
+"""The empty request: no more jobs, exit."""
 
 
 def header(payload: bytes) -> bytes:
@@ -32,16 +37,16 @@ def main() -> None:
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
     requests = sys.stdin.buffer
     path = _read(requests)
-    if path is None:
+    if not path:
         return
     sys.path[:] = pickle.loads(path)
-    while (payload := _read(requests)) is not None:
+    while payload := _read(requests):
         pickle.dump(_run(payload), replies)
         replies.flush()
 
 
 def _read(stream: IO[bytes]) -> bytes | None:
-    """One request, or None at the end of input."""
+    """One request (empty: `END`), or None at the end of input."""
     length = stream.read(_LENGTH_BYTES)
     if len(length) < _LENGTH_BYTES:
         return None

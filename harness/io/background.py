@@ -6,7 +6,9 @@ job inline when the run has none (unit tests, replays), so one test covers both.
 The worker is a plain ``python -m harness.io._background_worker`` child process fed over
 a pipe, not a `multiprocessing` one: it imports only what the jobs need (never the
 user's ``__main__``, so a script that calls `harness.run.run` unguarded is not re-run),
-and it ends when its input ends, also when this process dies without closing it.
+and it ends when it is closed (an explicit end request, not the end of its input: data
+loader workers forked from this process hold its input open), or when its input ends
+because this process died without closing it.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ import harness
 from harness.core.context import Job, Record
 from harness.core.errors import cut
 from harness.core.summary import BACKGROUND, Failure
-from harness.io._background_worker import header
+from harness.io._background_worker import END, header
 
 __all__ = ["BackgroundWriter"]
 
@@ -73,9 +75,9 @@ class BackgroundWriter:
     longer queue.
 
     The worker starts at `start` or the first `submit`, runs on one torch thread, ignores
-    Ctrl-C (this process decides what to stop) and exits when its input ends: at `close`,
-    or when this process exits. A writer still open when the interpreter exits is closed
-    then, so its jobs finish.
+    Ctrl-C (this process decides what to stop) and exits at `close` (told so, not by the end
+    of its input, which forked data-loader workers keep open), or when this process exits.
+    A writer still open when the interpreter exits is closed then, so its jobs finish.
 
     A pickled writer (``ddp_spawn`` sends the run context to each spawned rank) arrives
     empty, and it and any writer made in a process that `multiprocessing` started run
@@ -251,7 +253,7 @@ class _Worker:
         return True
 
     def close(self) -> None:
-        """End the worker's input, and wait for it to exit."""
+        """Send the worker `END` and wait for it to exit (its input may stay open: see the module)."""
         self._outbox.put(None)
         self._reader.join()
         self.process.wait()
@@ -262,6 +264,8 @@ class _Worker:
                 stdin.write(header(payload))
                 stdin.write(payload)
                 stdin.flush()
+            stdin.write(END)
+            stdin.flush()
         except OSError:
             pass  # the worker died: the reader fails the jobs it held
         finally:

@@ -60,7 +60,7 @@ def lr_chart(result: RangeTest) -> Chart:
             Series(name="smoothed", points=clip(result.smoothed), colour=TAB10[0], markers=False),
         ),
         marked_x=math.log10(result.suggestion),
-        marked_label=f"suggested {result.suggestion:.3g}",
+        marked_label=f"suggested {result.suggestion:.3g} (minimum / 10)",
         star=(xs[at], result.smoothed[at]) if math.isfinite(result.smoothed[at]) else None,
     )
 

@@ -4,7 +4,9 @@
 (``run(settings, extra_subscribers={"sweep_trial": reporter})``). After each validation
 epoch (not the sanity check) it reports the monitored metric at that epoch to the trial;
 when the study's pruner then says the trial is behind, it raises `TrialPruned`, which the
-bus passes through: the run ends there and its summary says "pruned". Optuna is not
+bus passes through: the run ends there and its summary says "pruned". At the run's last
+epoch it only reports: the training is done, and pruning it would throw away its result
+for no time saved. Optuna is not
 imported: the trial is anything with Optuna's ``report`` and ``should_prune``.
 """
 
@@ -32,11 +34,15 @@ class PrunableTrial(Protocol):
 
 
 class TrialReporter:
-    """Reports `monitor` at every validation epoch to `trial`; raises `TrialPruned` when it should stop."""
+    """Reports `monitor` at every validation epoch to `trial`; raises `TrialPruned` when it should stop.
 
-    def __init__(self, trial: PrunableTrial, monitor: str) -> None:
+    `last_epoch` (0-based; None: unknown) is the run's last: never pruned there.
+    """
+
+    def __init__(self, trial: PrunableTrial, monitor: str, *, last_epoch: int | None = None) -> None:
         self.trial = trial
         self.monitor = monitor
+        self.last_epoch = last_epoch
         self.reported: list[tuple[int, float]] = []
 
     def connect(self, bus: Bus) -> None:
@@ -48,7 +54,7 @@ class TrialReporter:
         value = float(event.metrics[self.monitor])
         self.trial.report(value, event.epoch)
         self.reported.append((event.epoch, value))
-        if self.trial.should_prune():
+        if event.epoch != self.last_epoch and self.trial.should_prune():
             shown = f"{value:.4f}" if math.isfinite(value) else str(value)
             raise TrialPruned(
                 f"trial {self.trial.number} pruned at epoch {event.epoch}: {self.monitor} = {shown} "

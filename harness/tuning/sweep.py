@@ -20,6 +20,7 @@ Optuna) and asked again with the same parameters.
 from __future__ import annotations
 
 import concurrent.futures
+import gc
 import itertools
 import logging
 import math
@@ -73,8 +74,12 @@ class SweepPlan:
     def storage_url(self) -> str:
         return self.storage or f"sqlite:///{(self.folder / STUDY_FILE).resolve()}"
 
+    def storage_object(self) -> optuna.storages.BaseStorage:
+        """The study's storage; its public API finds a trial's id from its number (`_live_trial`)."""
+        return optuna.storages.get_storage(self.storage_url)
+
     def pruner_object(self) -> optuna.pruners.BasePruner:
-        """The median rule from the fourth trial on, never in a trial's first two epochs."""
+        """The median rule from the fourth trial on, from a trial's second epoch on, never at its last."""
         if self.pruner == "none":
             return optuna.pruners.NopPruner()
         return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1)
@@ -114,7 +119,13 @@ def _run_dir(plan: SweepPlan, number: int) -> str | None:
     return str(versions[-1].relative_to(plan.folder)) if versions else None
 
 
-def _run_trial(plan: SweepPlan, number: int, trial_id: int, overrides: Sequence[str]) -> TrialOutcome:
+def _live_trial(study: optuna.Study, storage: optuna.storages.BaseStorage, number: int) -> optuna.Trial:
+    """Trial `number` of `study`, still running, to report to (Optuna keeps ``Trial._trial_id`` private)."""
+    study_id = storage.get_study_id_from_name(study.study_name)
+    return optuna.trial.Trial(study, storage.get_trial_id_from_study_id_trial_number(study_id, number))
+
+
+def _run_trial(plan: SweepPlan, number: int, overrides: Sequence[str]) -> TrialOutcome:
     """A worker process: one trial's run, its metric reported to the study for pruning."""
     from harness.training.fit import run  # the Lightning side, in the worker only
     from harness.training.terminal import quiet_libraries
@@ -122,10 +133,10 @@ def _run_trial(plan: SweepPlan, number: int, trial_id: int, overrides: Sequence[
     started = time.monotonic()
     settings = load_settings(plan.settings, overrides)
     quiet_libraries(settings.run.terminal)
-    study = optuna.load_study(
-        study_name=plan.study_name, storage=plan.storage_url, pruner=plan.pruner_object()
-    )
-    reporter = TrialReporter(optuna.trial.Trial(study, trial_id), plan.monitor)
+    storage = plan.storage_object()
+    study = optuna.load_study(study_name=plan.study_name, storage=storage, pruner=plan.pruner_object())
+    last_epoch = settings.trainer.max_epochs - 1
+    reporter = TrialReporter(_live_trial(study, storage, number), plan.monitor, last_epoch=last_epoch)
     status, value, error = "failed", None, None
     try:
         result = run(settings, extra_subscribers={"sweep_trial": reporter})
@@ -139,6 +150,10 @@ def _run_trial(plan: SweepPlan, number: int, trial_id: int, overrides: Sequence[
         error = f"{type(failure).__name__}: {failure}"
     except Exception as failure:  # noqa: BLE001 - a trial's crash is its outcome, not the sweep's
         error = "".join(traceback.format_exception_only(failure)).strip()
+    # A run that raised leaves its loaders in reference cycles of the traceback's frames; their
+    # workers ignore SIGTERM, so at this process's exit multiprocessing's terminate-then-join
+    # would wait for them for ever. Collected here, the loaders shut their workers down.
+    gc.collect()
     return TrialOutcome(
         number=number,
         status=status,
@@ -185,10 +200,10 @@ def _counted(trial: FrozenTrial) -> bool:
     return trial.user_attrs.get("status") in _COUNTED
 
 
-def _open_study(plan: SweepPlan) -> optuna.Study:
+def _open_study(plan: SweepPlan, storage: optuna.storages.BaseStorage) -> optuna.Study:
     study = optuna.create_study(
         study_name=plan.study_name,
-        storage=plan.storage_url,
+        storage=storage,
         direction="maximize" if plan.mode == "max" else "minimize",
         sampler=plan.sampler_object(),
         pruner=plan.pruner_object(),
@@ -212,11 +227,11 @@ def _open_study(plan: SweepPlan) -> optuna.Study:
     return study
 
 
-def _recover(study: optuna.Study) -> int:
+def _recover(study: optuna.Study, storage: optuna.storages.BaseStorage) -> int:
     """Mark the trials a stopped sweep left running as interrupted and ask them again; their count."""
     stale = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
     for trial in stale:
-        optuna.trial.Trial(study, trial._trial_id).set_user_attr("status", "interrupted")
+        _live_trial(study, storage, trial.number).set_user_attr("status", "interrupted")
         study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
         # A trial stopped before its parameters were suggested holds them only as Optuna's fixed ones.
         asked = {**trial.system_attrs.get("fixed_params", {}), **trial.params}
@@ -234,8 +249,9 @@ def run_sweep(plan: SweepPlan, progress: Progress | None = None) -> list[TrialRo
     if lock is not None:
         lock.acquire()
     try:
-        study = _open_study(plan)
-        if lock is not None and (stale := _recover(study)):
+        storage = plan.storage_object()
+        study = _open_study(plan, storage)
+        if lock is not None and (stale := _recover(study, storage)):
             log.warning("resuming: %d trial(s) interrupted earlier will run again", stale)
         context = multiprocessing.get_context("spawn")
         with concurrent.futures.ProcessPoolExecutor(
@@ -262,7 +278,7 @@ def run_sweep(plan: SweepPlan, progress: Progress | None = None) -> list[TrialRo
                         _tell(study, trial, outcome)
                         done += 1
                         continue
-                    running[pool.submit(_run_trial, plan, trial.number, trial._trial_id, overrides)] = trial
+                    running[pool.submit(_run_trial, plan, trial.number, overrides)] = trial
                 if not running:
                     break
                 finished, _ = concurrent.futures.wait(running, return_when=concurrent.futures.FIRST_COMPLETED)

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
@@ -384,3 +385,20 @@ def test_the_worker_draws_every_built_in_picture_without_importing_torch(
     for name in (*pictures, "report.html"):
         assert (context.run_dir / name).is_file(), name
     assert json.loads(out.read_text(encoding="utf-8")) == dict.fromkeys(heavy, False)
+
+
+@pytest.mark.timeout(60)
+def test_close_returns_while_a_forked_process_holds_the_workers_input(
+    jobs: ModuleType, tmp_path: Path
+) -> None:
+    """Data-loader workers are forked after the worker started: they hold its input open."""
+    writer, recorded = BackgroundWriter(), Recorded()
+    writer.submit("Test", functools.partial(jobs.append, tmp_path / "a.txt", "a"), record=recorded)
+    holder = multiprocessing.get_context("fork").Process(target=time.sleep, args=(300,), daemon=True)
+    holder.start()
+    try:
+        assert writer.close() == []
+        assert recorded.names == ["a"]
+    finally:
+        holder.terminate()
+        holder.join()

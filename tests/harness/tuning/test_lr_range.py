@@ -1,4 +1,4 @@
-"""The learning-rate range test: the smoothing and the valley rule, then the command on a real tiny model."""
+"""The learning-rate range test: the smoothing and the suggestion, then the command on a real tiny model."""
 
 from __future__ import annotations
 
@@ -25,15 +25,21 @@ def test_the_smoothing_is_bias_corrected_and_keeps_a_nan() -> None:
     assert math.isnan(smooth([1.0, math.nan, 1.0])[-1])
 
 
-def test_the_suggestion_is_on_the_falling_stretch_before_the_minimum() -> None:
-    lrs = [10 ** (-6 + 5 * i / 99) for i in range(100)]
-    # Flat until 1e-4, falling to a minimum at 1e-2, then blowing up.
-    losses = [
-        2.3 if lr < 1e-4 else 2.3 - math.log10(lr / 1e-4) if lr < 1e-2 else 0.3 + 50 * (lr - 1e-2)
-        for lr in lrs
-    ]
-    rate = suggest(lrs, losses)
-    assert 1e-4 < rate < 1e-2
+def test_the_suggestion_is_a_decade_below_the_smoothed_minimum() -> None:
+    lrs = [10 ** (-7 + 6 * i / 99) for i in range(100)]
+    # A long slow fall from 1e-7 to the minimum at 1e-2, then blowing up: the valley of that
+    # fall is near 1e-4, a decade below the minimum is 1e-3.
+    losses = [2.3 - 0.4 * math.log10(lr / 1e-7) if lr < 1e-2 else 0.3 + 50 * (lr - 1e-2) for lr in lrs]
+    lowest = min(range(100), key=lambda i: losses[i])
+    assert suggest(lrs, losses) == pytest.approx(lrs[lowest] / 10)
+    assert 8e-4 < suggest(lrs, losses) < 1.2e-3
+
+
+def test_the_suggestion_is_never_below_the_ramp_and_survives_nan() -> None:
+    lrs = [1e-5, 1e-4, 1e-3]
+    assert suggest(lrs, [1.0, 2.0, 3.0]) == 1e-5  # lowest at the first rate: not a rate never tried
+    assert suggest(lrs, [2.0, 1.0, math.nan]) == pytest.approx(1e-5)
+    assert suggest(lrs, [math.nan, math.nan, math.nan]) == 1e-5
 
 
 def test_the_picture_marks_the_suggestion() -> None:

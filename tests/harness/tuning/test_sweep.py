@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import gc
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -48,6 +49,17 @@ def test_the_reporter_reports_each_validation_epoch_and_prunes_through_the_bus()
         bus.publish(ValidationEpochEnd(epoch=1, global_step=10, metrics={"val/acc_top1": 0.3}))
     assert trial.reports == [(0.4, 0), (0.3, 1)]
     assert bus.failures == []  # a pruned trial is not a failed subscriber
+
+
+def test_the_reporter_never_prunes_at_the_runs_last_epoch() -> None:
+    trial = FakeTrial(prune_at=1)
+    bus = Bus()
+    bus.attach(TrialReporter(trial, "val/acc_top1", last_epoch=2))
+    for epoch in (0, 2):  # the last epoch is reported, and the run goes on to complete
+        bus.publish(ValidationEpochEnd(epoch=epoch, global_step=epoch, metrics={"val/acc_top1": 0.4}))
+    assert trial.reports == [(0.4, 0), (0.4, 2)]
+    with pytest.raises(TrialPruned, match="pruned at epoch 1"):
+        bus.publish(ValidationEpochEnd(epoch=1, global_step=1, metrics={"val/acc_top1": 0.4}))
 
 
 def test_a_space_is_checked_against_the_settings(tmp_path: Path) -> None:
@@ -96,16 +108,22 @@ def test_a_misspelt_key_in_the_space_is_exit_2_before_any_trial(
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(240)
 def test_a_pruned_run_says_pruned_in_its_summary(make_settings: MakeSettings) -> None:
+    # With loader workers: they outlive the pruned fit and once kept the background writer's close waiting.
     settings = make_settings(
         "trainer.max_epochs=3",
         "trainer.limit_train_batches=1",
         "trainer.limit_val_batches=1",
-        "data.num_workers=0",
+        "data.num_workers=2",
     )
     trial = FakeTrial(prune_at=1)
-    with pytest.raises(TrialPruned):
+    with pytest.raises(TrialPruned) as pruned:
         run(settings, extra_subscribers={"sweep_trial": TrialReporter(trial, "val/acc_top1")})
+    # The traceback holds the loaders, whose workers ignore SIGTERM: freed here, they are shut down
+    # (left to the interpreter's exit, multiprocessing's terminate-then-join would wait for ever).
+    del pruned
+    gc.collect()
     [summary_file] = Path(settings.run.output_dir).rglob("summary.json")
     summary = json.loads(summary_file.read_text())
     assert summary["status"] == "pruned" and summary["epochs_completed"] == 1
