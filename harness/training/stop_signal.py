@@ -25,6 +25,9 @@ training run on until SLURM kills it.
 
 from __future__ import annotations
 
+import atexit
+import multiprocessing
+import multiprocessing.util
 import os
 import re
 import signal
@@ -48,6 +51,7 @@ __all__ = [
     "outlive_launcher",
     "requeue_slurm_job",
     "slurm_job_id",
+    "end_data_workers",
     "start_data_worker",
 ]
 
@@ -86,6 +90,30 @@ def start_data_worker(worker_id: int, rank: int) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     if int(os.environ.get("PL_SEED_WORKERS", 0)):
         pl_worker_init_function(worker_id, rank=rank)
+
+
+def end_data_workers(grace: float = 2.0) -> None:
+    """At exit, end the daemonic children still alive: SIGTERM, then SIGKILL for those that ignore it.
+
+    multiprocessing's own exit handler sends SIGTERM to every daemonic child and then
+    waits for each without a limit: a data-loader worker that `start_data_worker` made
+    deaf to SIGTERM, kept alive by a failed fit's traceback (its persistent loader), would
+    hold the process forever. This handler is registered after multiprocessing's, so it
+    runs first: SIGTERM as multiprocessing would, `grace` seconds in all, then SIGKILL.
+    """
+    children = [child for child in multiprocessing.active_children() if child.daemon]
+    for child in children:
+        child.terminate()
+    deadline = time.monotonic() + grace
+    for child in children:
+        child.join(max(0.0, deadline - time.monotonic()))
+        if child.is_alive():
+            child.kill()
+            child.join(grace)
+
+
+# multiprocessing.util registered its exit handler on import (above); atexit runs the later first.
+atexit.register(end_data_workers)
 
 
 class StopOnSigterm(Callback):

@@ -1,0 +1,49 @@
+"""Loader workers ignore SIGTERM (a group signal must not fail a batch), yet never hold a process at exit."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+_FAILED_FIT = textwrap.dedent(
+    """
+    from functools import partial
+
+    import torch
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from harness.training.stop_signal import start_data_worker
+
+    loader = DataLoader(
+        TensorDataset(torch.arange(64.0)),
+        batch_size=4,
+        num_workers=2,
+        persistent_workers=True,
+        worker_init_fn=partial(start_data_worker, rank=0),
+    )
+    batches = iter(loader)
+    next(batches)
+    try:
+        raise RuntimeError("a failed fit keeps its loaders alive through its traceback")
+    except RuntimeError as error:
+        kept = error
+    print("leaving", flush=True)
+    """
+)
+
+
+@pytest.mark.slow
+def test_a_process_whose_loader_workers_ignore_sigterm_still_exits(tmp_path: Path) -> None:
+    script = tmp_path / "failed_fit.py"
+    script.write_text(_FAILED_FIT, encoding="utf-8")
+    # multiprocessing's exit handler SIGTERMs its daemonic children and waits for them
+    # without a limit: without `end_data_workers` this process never ends.
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "leaving"
