@@ -5,8 +5,8 @@ decoded as training decodes a file (`harness.io.images.decode_rgb`) and go throu
 same transforms; `streaming_loader` is litdata's ``StreamingDataLoader`` over it. The
 loader has ``state_dict()`` / ``load_state_dict()``, so Lightning keeps its place in
 the checkpoint's loop state and a resume mid-epoch continues the same sample order.
-Shuffling and the shards of DDP and multi-node runs are litdata's; a remote data set is
-cached under the node's own ``$HARNESS_CACHE``.
+Shuffling is litdata's; a remote data set is cached under the node's own
+``$HARNESS_CACHE``. A stream trains in one process (`harness.training.fit` refuses more).
 """
 
 from __future__ import annotations

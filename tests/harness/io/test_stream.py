@@ -171,3 +171,19 @@ def test_a_resume_mid_epoch_continues_the_same_sample_order(
     assert sorted(resumed.batches) == list(range(4, 13))
     assert cut.batches == {step: whole[step] for step in range(1, 4)}
     assert resumed.batches == {step: whole[step] for step in range(4, 13)}
+
+
+def test_a_stream_under_several_processes_is_refused_before_anything_is_made(
+    tmp_path: Path, cache: Path, make_settings: MakeSettings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from harness.core.errors import SettingsError
+    from harness.training.fit import run
+
+    out = tmp_path / "out"
+    assert data_main(["optimize", str(_split_tree(tmp_path / "tree", corrupt=False)), str(out)]) == 0
+    capsys.readouterr()
+    ddp = ("trainer.accelerator='cpu'", "trainer.strategy='ddp'", "trainer.devices=2")
+    settings = make_settings(*ddp, root=out)
+    with pytest.raises(SettingsError, match=r"\[data\].root = .* is streamed.*devices = 2"):
+        run(settings)
+    assert not Path(settings.run.output_dir).exists() or not any(Path(settings.run.output_dir).iterdir())
