@@ -102,14 +102,21 @@ def end_data_workers(grace: float = 2.0) -> None:
     runs first: SIGTERM as multiprocessing would, `grace` seconds in all, then SIGKILL.
     """
     children = [child for child in multiprocessing.active_children() if child.daemon]
+    if not children:
+        return
+    # torch's loader raises from its SIGCHLD handler when a worker dies by a signal; ending
+    # them is the point here.
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     for child in children:
         child.terminate()
     deadline = time.monotonic() + grace
     for child in children:
         child.join(max(0.0, deadline - time.monotonic()))
+    for child in children:
         if child.is_alive():
             child.kill()
-            child.join(grace)
+    for child in children:
+        child.join(grace)
 
 
 # multiprocessing.util registered its exit handler on import (above); atexit runs the later first.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -42,8 +43,16 @@ def test_a_process_whose_loader_workers_ignore_sigterm_still_exits(tmp_path: Pat
     script.write_text(_FAILED_FIT, encoding="utf-8")
     # multiprocessing's exit handler SIGTERMs its daemonic children and waits for them
     # without a limit: without `end_data_workers` this process never ends.
+    # Lightning's seed_everything(workers=True) leaves PL_SEED_WORKERS=1 (the run's own
+    # case): seeded workers die differently, and torch's SIGCHLD handler then raised.
+    environment = {**os.environ, "PL_SEED_WORKERS": "1", "PL_GLOBAL_SEED": "0"}
     done = subprocess.run(
-        [sys.executable, str(script)], capture_output=True, text=True, timeout=60, check=False
+        [sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env=environment,
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "leaving"
