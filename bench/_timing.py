@@ -23,6 +23,7 @@ __all__ = [
     "Row",
     "format_seconds",
     "interleaved",
+    "interleaved_epochs",
     "markdown_table",
     "median_of",
     "per_call",
@@ -104,6 +105,40 @@ def interleaved(
             if round_index >= warmup:
                 samples[name].append(seconds)
     return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def interleaved_epochs(
+    epochs: Mapping[str, Callable[[], Mapping[str, float]]],
+    *,
+    rounds: int,
+    images: int,
+    progress: Callable[[str], None] | None = None,
+    label: str = "",
+) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, list[float]]]]:
+    """Seconds per image of loaders taking turns an epoch at a time: medians and rounds.
+
+    The medians are clock -> candidate -> seconds; the rounds candidate -> clock -> the
+    seconds of each timed round, in order (for ratios paired within a round).
+
+    Each of `epochs` runs one epoch of `images` images and returns the seconds each clock
+    (wall, CPU, ...) spent on it. One untimed round comes first; the starting candidate
+    rotates from round to round; `progress` hears each round's images per second.
+    """
+    names = list(epochs)
+    samples: dict[str, dict[str, list[float]]] = {name: {} for name in names}
+    for index in range(1 + rounds):
+        shift = index % len(names)
+        for name in names[shift:] + names[:shift]:
+            for clock, seconds in epochs[name]().items():
+                if index:
+                    samples[name].setdefault(clock, []).append(seconds / images)
+        if progress and index:
+            shown = ", ".join(f"{name} {1 / samples[name]['wall'][-1]:.0f} images/s" for name in names)
+            progress(f"{label}: round {index} of {rounds}: {shown}")
+    medians = {
+        clock: {name: median_of(samples[name][clock]) for name in names} for clock in samples[names[0]]
+    }
+    return medians, samples
 
 
 def median_of(values: Sequence[float]) -> float:

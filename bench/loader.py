@@ -33,6 +33,7 @@ import os
 import tempfile
 import time
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +41,7 @@ import torch
 from torch.utils.data import DataLoader, RandomSampler
 from torchvision.datasets import ImageFolder
 
-from bench._timing import Row, median_of, rows_table
+from bench._timing import Row, interleaved_epochs, median_of, rows_table
 from bench._trees import cache_at, jpegs, write_tree
 from harness.settings import AugmentSettings, DataSettings
 from harness.training.augment import train_transform
@@ -119,25 +120,17 @@ def rows(
     with tempfile.TemporaryDirectory() as directory:
         root = write_tree(Path(directory) / "data", files, classes, jpegs(64, size))
         timed = loaders(root, size, epoch, str(Path(directory) / "cache"))
-        names = list(timed)
-        samples: dict[str, dict[str, list[float]]] = {name: {} for name in names}
         workers = timed[HARNESS].num_workers
         if progress:
             progress(f"loader: {files:,} JPEGs of {size} px, {workers} worker(s), epochs of {epoch} images")
-        for index in range(1 + rounds):
-            shift = index % len(names)
-            for name in names[shift:] + names[:shift]:
-                spent = _epoch(timed[name])
-                for clock, seconds in spent.items():
-                    if index:
-                        samples[name].setdefault(clock, []).append(seconds / epoch)
-            if progress and index:
-                shown = ", ".join(f"{name} {1 / samples[name]['wall'][-1]:.0f} images/s" for name in names)
-                progress(f"loader: round {index} of {rounds}: {shown}")
+        per_image, samples = interleaved_epochs(
+            {name: partial(_epoch, loader) for name, loader in timed.items()},
+            rounds=rounds,
+            images=epoch,
+            progress=progress,
+            label="loader",
+        )
         del timed
-    per_image = {
-        clock: {name: median_of(samples[name][clock]) for name in names} for clock in samples[HARNESS]
-    }
     if details:
         details(
             "\n".join(

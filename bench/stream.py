@@ -25,12 +25,13 @@ import resource
 import tempfile
 import time
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from torch.utils.data import DataLoader
 
-from bench._timing import Row, median_of, rows_table
+from bench._timing import Row, interleaved_epochs, rows_table
 from bench._trees import cache_at, jpegs, write_tree
 from bench.loader import _children_cpu
 from harness.data import optimize
@@ -94,25 +95,18 @@ def rows(
         stream = Path(directory) / "stream"
         written = optimize(tree, stream)
         timed = loaders(tree, stream, size)
-        names = list(timed)
         epoch = written["train"]
         workers = timed[ANCHOR].num_workers
         if progress:
             progress(f"stream: {epoch:,} JPEGs of {size} px a round, {workers} worker(s)")
-        samples: dict[str, dict[str, list[float]]] = {name: {} for name in names}
-        for index in range(1 + rounds):
-            shift = index % len(names)
-            for name in names[shift:] + names[:shift]:
-                for clock, seconds in _epoch(timed[name]).items():
-                    if index:
-                        samples[name].setdefault(clock, []).append(seconds / epoch)
-            if progress and index:
-                shown = ", ".join(f"{name} {1 / samples[name]['wall'][-1]:.0f} images/s" for name in names)
-                progress(f"stream: round {index} of {rounds}: {shown}")
+        per_image, _ = interleaved_epochs(
+            {name: partial(_epoch, loader) for name, loader in timed.items()},
+            rounds=rounds,
+            images=epoch,
+            progress=progress,
+            label="stream",
+        )
         del timed
-    per_image = {
-        clock: {name: median_of(samples[name][clock]) for name in names} for clock in samples[STREAM]
-    }
     if details:
         details(
             "\n".join(
