@@ -3,8 +3,7 @@
 The folder is ``<output_dir>/<name>/lr_find_<n>/``, a new one per test, beside the run
 directories of that name (which it never touches)::
 
-    lr_find.png    raw and smoothed loss (both ways, no lag) against the learning rate (log scale),
-                   the suggestion marked
+    lr_find.png    raw and smoothed loss against the learning rate (log scale), the suggestion marked
     lr_find.csv    step, lr, loss, smoothed
     lr_find.json   suggestion, stopped, steps, the command that trains at the suggested rate,
                    and artifacts (name -> path relative to the folder), as summary.json lists them
@@ -61,7 +60,7 @@ def lr_chart(result: RangeTest) -> Chart:
             Series(name="smoothed", points=clip(result.smoothed), colour=TAB10[0], markers=False),
         ),
         marked_x=math.log10(result.suggestion),
-        marked_label=f"suggested {result.suggestion:.3g} (lowest smoothed loss)",
+        marked_label=f"suggested {result.suggestion:.3g} (minimum / 10)",
         star=(xs[at], result.smoothed[at]) if math.isfinite(result.smoothed[at]) else None,
     )
 

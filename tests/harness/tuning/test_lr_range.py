@@ -16,7 +16,7 @@ from PIL import Image
 from harness.settings import Settings, settings_to_toml
 from harness.tune import main
 from harness.tuning.lr_files import lr_chart
-from harness.tuning.lr_range import RangeTest, smooth, smooth_both_ways, suggest
+from harness.tuning.lr_range import RangeTest, smooth, suggest
 
 MakeSettings = Callable[..., Settings]
 
@@ -26,35 +26,32 @@ def test_the_smoothing_is_bias_corrected_and_keeps_a_nan() -> None:
     assert math.isnan(smooth([1.0, math.nan, 1.0])[-1])
 
 
-def test_the_smoothing_both_ways_keeps_the_lowest_point_where_it_is() -> None:
-    # A noisy valley whose bottom is step 80: the forward average finds it far to the right.
-    noise = random.Random(0)
-    losses = [1.0 + abs(i - 80) / 40 + noise.gauss(0, 0.3) for i in range(200)]
-    both = smooth_both_ways(losses)
-    assert abs(min(range(200), key=lambda i: both[i]) - 80) <= 5
-    forward = smooth(losses)
-    assert min(range(200), key=lambda i: forward[i]) > 100
-    assert smooth_both_ways([2.0, 2.0, 2.0]) == pytest.approx([2.0, 2.0, 2.0])
+def test_the_suggestion_is_a_decade_below_the_smoothed_minimum() -> None:
+    lrs = [10 ** (-7 + 6 * i / 99) for i in range(100)]
+    # A long slow fall from 1e-7 to the minimum at 1e-2, then blowing up: the valley of that
+    # fall is near 1e-4, a decade below the minimum is 1e-3.
+    losses = [2.3 - 0.4 * math.log10(lr / 1e-7) if lr < 1e-2 else 0.3 + 50 * (lr - 1e-2) for lr in lrs]
+    lowest = min(range(100), key=lambda i: losses[i])
+    assert suggest(lrs, losses) == pytest.approx(lrs[lowest] / 10)
+    assert 8e-4 < suggest(lrs, losses) < 1.2e-3
 
 
-def test_the_smoothing_both_ways_stops_at_the_first_non_finite_loss() -> None:
-    smoothed = smooth_both_ways([3.0, 1.0, 2.0, math.nan, 1.0])
-    assert all(math.isfinite(s) for s in smoothed[:3]) and smoothed[0] > smoothed[2]
-    assert all(math.isnan(s) for s in smoothed[3:])
-
-
-def test_the_suggestion_is_where_the_loss_stops_falling() -> None:
-    # A ramp of 200 steps from 1e-7 to 1: the noisy loss falls to its lowest at 1e-3, then rises.
+def test_on_a_noisy_ramp_the_suggestion_is_backed_off_from_the_raw_loss_lowest_point() -> None:
+    # 200 steps from 1e-7 to 1; the noisy loss is lowest at 1e-3. The moving average lags
+    # the ramp, so its minimum lies right of 1e-3; a tenth of it lands below the edge, not a
+    # decade below it, and not on it (the edge, held under SGD at a constant rate, trained to
+    # 65% where the rule's pick reached 92%: README, "Finding good settings").
     lrs = [10 ** (-7 + 7 * i / 199) for i in range(200)]
-    noise = random.Random(1)
-    losses = [1.0 + 0.4 * abs(math.log10(lr / 1e-3)) + noise.gauss(0, 0.3) for lr in lrs]
-    assert 1e-3 / 1.5 < suggest(lrs, smooth_both_ways(losses)) < 1e-3 * 1.5
+    for seed in range(3):
+        noise = random.Random(seed)
+        losses = [1.0 + 0.4 * abs(math.log10(lr / 1e-3)) + noise.gauss(0, 0.3) for lr in lrs]
+        assert 1e-4 < suggest(lrs, smooth(losses)) < 1.5e-3
 
 
-def test_the_suggestion_is_a_rate_of_the_ramp_and_survives_nan() -> None:
+def test_the_suggestion_is_never_below_the_ramp_and_survives_nan() -> None:
     lrs = [1e-5, 1e-4, 1e-3]
-    assert suggest(lrs, [1.0, 2.0, 3.0]) == 1e-5
-    assert suggest(lrs, [2.0, 1.0, math.nan]) == 1e-4
+    assert suggest(lrs, [1.0, 2.0, 3.0]) == 1e-5  # lowest at the first rate: not a rate never tried
+    assert suggest(lrs, [2.0, 1.0, math.nan]) == pytest.approx(1e-5)
     assert suggest(lrs, [math.nan, math.nan, math.nan]) == 1e-5
 
 
