@@ -198,14 +198,6 @@ def _assemble(settings: Settings, extras: Mapping[str, Subscriber]) -> _Run:
     if launch is not None:
         join(launch, settings.trainer)
     info, classes = scan_once(launch, settings.data, settings.run.seed)
-    if info.stream is not None and processes(settings.trainer, launch) > 1:
-        # litdata's shards under DDP gave the ranks different batch counts (a collective
-        # mismatch in gloo, litdata 0.2.76): refused until it is made and tested to work.
-        raise SettingsError(
-            f"[data].root = {info.stream!r} is streamed, and streaming trains in one process only "
-            f"for now ([trainer].devices = {settings.trainer.devices!r}, num_nodes = "
-            f"{settings.trainer.num_nodes}): train from the ImageFolder tree, or with devices = 1"
-        )
     if info.skipped:
         shown = ", ".join(str(path) for path in info.skipped[:5])
         log.warning(
