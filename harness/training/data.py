@@ -355,6 +355,12 @@ class ImageDataModule(L.LightningDataModule):
         self.val_set: Dataset[tuple[torch.Tensor, int]]
         self.streamed = info.stream is not None
         if info.stream is not None:
+            if settings.decode == "gpu":
+                # Streamed items are decoded in the loader's workers (`harness.training.stream.Decode`).
+                raise SettingsError(
+                    f'[data].decode = "gpu" decodes image files in batches on the device, but [data].root = '
+                    f'{info.stream!r} is streamed and decoded by the loader\'s workers: set decode = "cpu"'
+                )
             if sampler is not None:
                 raise ValueError(
                     "ImageDataModule: a streamed data set is shuffled by litdata, not by a sampler"
@@ -409,7 +415,7 @@ class ImageDataModule(L.LightningDataModule):
     @override
     def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         """With ``[data].decode = "gpu"``: a batch of files' bytes decoded and transformed on the device."""
-        if self.settings.decode != "gpu" or self.streamed or self.trainer is None:
+        if self.settings.decode != "gpu" or self.trainer is None:
             return batch
         data, targets = batch
         training = self.trainer.training

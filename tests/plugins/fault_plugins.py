@@ -102,7 +102,7 @@ class RankReport:
 
 
 class BatchOrder:
-    """Every rank appends the class indices of each training batch, by global step, to ``order_<rank>.jsonl``."""
+    """Each rank appends its training batches' class indices, by global step, to ``order_<rank>.jsonl``."""
 
     def __init__(self, context: RunContext) -> None:
         self.context = context
