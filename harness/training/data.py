@@ -438,8 +438,8 @@ class ImageDataModule(L.LightningDataModule):
             from harness.training.stream import streaming_loader
 
             assert isinstance(dataset, StreamingDataset)
-            # Training: every rank the same number of batches (a collective runs on each);
-            # validation: every image on exactly one rank (the shares may differ by a batch).
+            # Under several processes every rank trains the same number of whole batches (each
+            # step is a collective); their validation shares are `_streamed_shard`'s.
             drop_last = train and (world > 1 or self._drop_last(world))
             nodes = self.trainer.num_nodes if self.trainer is not None else 1
             read_as(dataset, world_size=world, rank=rank, num_nodes=nodes, drop_last=drop_last)
@@ -501,7 +501,7 @@ class ImageDataModule(L.LightningDataModule):
         if self.streamed and trainer is not None and trainer.world_size > 1:
             return self._streamed_shard(trainer.world_size, trainer.global_rank)
         loader = self._loader(self.val_set, train=False)
-        if trainer is None or trainer.world_size < 2 or self.streamed:
+        if trainer is None or trainer.world_size < 2:
             return loader
         # Lightning's default DistributedSampler pads the shards with repeated samples, which
         # a confusion matrix would count twice; this one gives uneven shards, each sample once.

@@ -130,7 +130,10 @@ def _compute_alone(*owners: object) -> None:
     from torchmetrics import Metric
 
     for owner in owners:
-        parts = list(owner.modules()) if isinstance(owner, torch.nn.Module) else list(vars(owner).values())
+        if isinstance(owner, torch.nn.Module):
+            parts = list(owner.modules())
+        else:
+            parts = list(getattr(owner, "__dict__", {}).values())
         for part in parts:
             if isinstance(part, Metric):
                 part.distributed_available_fn = _alone
