@@ -60,13 +60,16 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """A process a test left behind (e.g. a ``ddp_spawn`` rank) is ended, and fails the session.
 
     multiprocessing's exit handler waits for every child without a limit: a rank stuck in a
-    collective after its peer failed would otherwise hold pytest, and CI, forever.
+    collective after its peer failed would otherwise hold pytest, and CI, forever. Daemonic
+    children (loader workers a test's loader still holds) are ended at exit anyway
+    (`harness.training.stop_signal.end_data_workers`): they are ended here too, silently.
     """
     left = multiprocessing.active_children()
     for child in left:
         child.kill()
         child.join(10)
-    if left:
-        names = ", ".join(f"{child.name} (pid {child.pid})" for child in left)
+    stuck = [child for child in left if not child.daemon]
+    if stuck:
+        names = ", ".join(f"{child.name} (pid {child.pid})" for child in stuck)
         print(f"\nprocesses left running by the tests, killed: {names}")
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
