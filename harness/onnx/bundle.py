@@ -227,6 +227,8 @@ def _prepare(model: nn.Module, state_dict: Mapping[str, torch.Tensor] | None) ->
 
 def _export(model: nn.Module, example: torch.Tensor, path: Path, card: ModelCard, opset: int) -> None:
     """Export, embed `card`, save as one file and run `onnx.checker`; `ExportError` on any failure."""
+    import onnx_ir  # onnxscript's IR, loaded with the exporter
+
     try:
         program = torch.onnx.export(
             model,
@@ -242,7 +244,13 @@ def _export(model: nn.Module, example: torch.Tensor, path: Path, card: ModelCard
         if program is None:
             raise ExportError("torch.onnx.export returned no program; torch >= 2.6 is required")
         program.model.metadata_props.update(card.to_metadata())
-        program.save(path, external_data=False)
+        # What `program.save(path)` does (`onnx_ir.save`: serialise, then `onnx.save`), with
+        # the exporter's graph and weights dropped in between: the proto holds its own copy,
+        # and its bytes are a third one. One copy of the weights less at the run's peak.
+        proto = onnx_ir.serde.serialize_model(program.model)
+        del program
+        onnx.save(proto, path)
+        del proto
         onnx.checker.check_model(str(path), full_check=True)
     # torch.export, dynamo, onnxscript and the file system each raise their own types; all are reported.
     except Exception as error:

@@ -352,12 +352,12 @@ class BusCallback(Callback):
         self._train_ended = True
         self._update_best(trainer)
         epoch, step = self._progress(trainer)
-        self.bus.publish(TrainLoopEnd(epoch=epoch, global_step=step))
         self._release_training_state(trainer, pl_module)
+        self.bus.publish(TrainLoopEnd(epoch=epoch, global_step=step))
         self.bus.publish(TrainEnd(epoch=epoch, global_step=step, metrics=self.final_metrics(trainer)))
 
     def _release_training_state(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        """Free the optimizer state and gradients before `TrainEnd` when no checkpoint can need them again.
+        """Free the optimizer state and gradients before `TrainLoopEnd` when no checkpoint needs them again.
 
         That is when every checkpoint callback wrote the whole ``last.ckpt`` at this very
         step, or when the run keeps no checkpoint at all. Then an interrupt during the
@@ -373,7 +373,7 @@ class BusCallback(Callback):
             saved = self.interrupt_checkpoint is None
         if saved:
             released = release_training_state(pl_module, trainer.optimizers)
-            self._released = True
+            self._released = self.context.training_state_released = True
             log.debug("training is over: released %s of optimizer state and gradients", released.describe())
 
     @override
