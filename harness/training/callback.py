@@ -138,7 +138,8 @@ class BusCallback(Callback):
     `subscribers` maps a stable key (the settings name, e.g. ``"ema"``) to each subscriber
     whose state rides in checkpoints; subscribers without `state_dict` are skipped.
     On Ctrl-C, a checkpoint is written to `interrupt_checkpoint` (when given) so the run
-    can resume from where it stopped.
+    can resume from where it stopped, unless training is over and its state was released
+    (`harness.training.release`): then the whole ``last.ckpt`` of the final step stands.
     """
 
     def __init__(
