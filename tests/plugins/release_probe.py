@@ -3,8 +3,8 @@
 Tests put this folder on ``sys.path`` and name ``release_probe:ReleaseProbe`` (or
 ``release_probe:InterruptedProbe``, which then raises Ctrl-C as an export might see it) in
 ``[run].plugins``. Each writes ``release_probe.json`` in the run directory: for
-`TrainLoopEnd` and `TrainEnd`, the optimizer state tensors and the gradients reachable
-from the run's model.
+the last `TrainEpochEnd` and for `TrainEnd`, the optimizer state tensors and the gradients
+reachable from the run's model, and at `TrainEnd` `RunContext.training_state_released`.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 
 from harness.core.bus import Bus
 from harness.core.context import RunContext
-from harness.core.events import TrainEnd, TrainLoopEnd
+from harness.core.events import TrainEnd, TrainEpochEnd
 
 
 class ReleaseProbe:
@@ -22,10 +22,10 @@ class ReleaseProbe:
 
     def __init__(self, context: RunContext) -> None:
         self.context = context
-        self.seen: dict[str, tuple[int, int]] = {}
+        self.seen: dict[str, object] = {}
 
     def connect(self, bus: Bus) -> None:
-        bus.subscribe(TrainLoopEnd, self.on_train_loop_end)
+        bus.subscribe(TrainEpochEnd, self.on_train_epoch_end)
         bus.subscribe(TrainEnd, self.on_train_end)
 
     def _held(self) -> tuple[int, int]:
@@ -36,11 +36,12 @@ class ReleaseProbe:
         grads = sum(parameter.grad is not None for parameter in module.parameters())
         return states, grads
 
-    def on_train_loop_end(self, event: TrainLoopEnd) -> None:
-        self.seen["loop_end"] = self._held()
+    def on_train_epoch_end(self, event: TrainEpochEnd) -> None:
+        self.seen["epoch_end"] = self._held()
 
     def on_train_end(self, event: TrainEnd) -> None:
         self.seen["train_end"] = self._held()
+        self.seen["released"] = self.context.training_state_released
         (self.context.run_dir / "release_probe.json").write_text(json.dumps(self.seen))
         if self.interrupt:
             raise KeyboardInterrupt  # Ctrl-C during the export
