@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import multiprocessing
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -53,3 +54,19 @@ def make_settings(tmp_path: Path, tiny_imagefolder: Path) -> MakeSettings:
         return load_settings(None, overrides)
 
     return make
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """A process a test left behind (e.g. a ``ddp_spawn`` rank) is ended, and fails the session.
+
+    multiprocessing's exit handler waits for every child without a limit: a rank stuck in a
+    collective after its peer failed would otherwise hold pytest, and CI, forever.
+    """
+    left = multiprocessing.active_children()
+    for child in left:
+        child.kill()
+        child.join(10)
+    if left:
+        names = ", ".join(f"{child.name} (pid {child.pid})" for child in left)
+        print(f"\nprocesses left running by the tests, killed: {names}")
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

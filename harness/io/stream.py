@@ -28,7 +28,7 @@ import tempfile
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
@@ -47,6 +47,7 @@ __all__ = [
     "is_stream",
     "is_uri",
     "materialise_split",
+    "read_as",
     "read_manifest",
     "require_litdata",
     "split_uri",
@@ -76,6 +77,26 @@ def require_litdata(where: str) -> None:
         raise SettingsError(
             f'{where}: a streamed data set needs litdata; pip install "harness[stream]"'
         ) from None
+
+
+def read_as(dataset: Any, *, world_size: int, rank: int, num_nodes: int, drop_last: bool) -> None:
+    """Make the litdata ``StreamingDataset`` `dataset` yield process `rank`'s share of `world_size`.
+
+    litdata 0.2.76 reads the ranks once, when the dataset is made (``_DistributedEnv.detect()``:
+    the process group if one is open, overridden by ``WORLD_SIZE`` / ``GLOBAL_RANK`` /
+    ``NNODES``). A run makes its datasets before Lightning opens the process group, so
+    under ``ddp`` every rank believed itself alone and streamed the whole split (a
+    different batch count per rank: a collective mismatch in gloo); after it, a reader in
+    one process of several streams only its share. The caller says which: the trainer's
+    ranks when a loader is made, one process alone to read a whole split. With
+    `drop_last`, every rank gets the same number of whole batches (litdata drops the
+    rest); without it every item goes to exactly one rank, the remainder to the last.
+    """
+    from litdata.utilities.env import _DistributedEnv
+
+    dataset.distributed_env = _DistributedEnv(world_size=world_size, global_rank=rank, num_nodes=num_nodes)
+    dataset.drop_last = drop_last
+    dataset.shuffler = None  # its shares are computed (and cached) for the ranks it was made with
 
 
 def _label_map_name() -> str:
@@ -231,7 +252,10 @@ def materialise_split(root: str, split: str, cache: Path) -> Path:
     top = folder / first if split_of(Path(first)) is not None else folder
     if marker.is_file():
         return top
-    for (key, _), item in zip(samples, StreamingDataset(split_uri(root, split)), strict=True):
+    dataset = StreamingDataset(split_uri(root, split))
+    # The whole split, also on rank zero of a run whose process group is still open.
+    read_as(dataset, world_size=1, rank=0, num_nodes=1, drop_last=False)
+    for (key, _), item in zip(samples, dataset, strict=True):
         with atomic_path(folder / key) as tmp:
             tmp.write_bytes(item["image"])
     marker.parent.mkdir(parents=True, exist_ok=True)

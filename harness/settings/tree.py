@@ -139,7 +139,7 @@ class DataSettings:
     decode: Literal["cpu", "gpu"] = option(
         "cpu",
         '`"gpu"`: the loader\'s workers read bytes and the JPEGs are decoded and transformed on the CUDA '
-        "device (`torchvision.io.decode_jpeg`); a run on the CPU refuses it",
+        "device (`torchvision.io.decode_jpeg`); a run on the CPU or from a streamed data set refuses it",
     )
     on_corrupt: Literal["stop", "skip"] = option(
         "stop", "unreadable images: stop before training, or skip them with a count"

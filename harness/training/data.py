@@ -46,7 +46,7 @@ from harness.core.preprocessing import Preprocessing
 from harness.io.artifacts import atomic_path
 from harness.io.image_tree import class_folders, split_folders
 from harness.io.images import examine, image_entries, load_rgb
-from harness.io.stream import is_stream, is_uri, read_manifest, require_litdata
+from harness.io.stream import is_stream, is_uri, read_as, read_manifest, require_litdata
 from harness.settings import AugmentSettings, DataSettings, Settings
 from harness.training.augment import BatchMixer, Transform, eval_transform, train_transform
 from harness.training.duplicates import duplicate_warning
@@ -350,10 +350,17 @@ class ImageDataModule(L.LightningDataModule):
         super().__init__()
         transform = None if augment is None else train_transform(preprocessing, augment)
         self.train_samples = info.train
+        self.val_samples = info.val
         self.train_set: Dataset[tuple[torch.Tensor, int]]
         self.val_set: Dataset[tuple[torch.Tensor, int]]
         self.streamed = info.stream is not None
         if info.stream is not None:
+            if settings.decode == "gpu":
+                # Streamed items are decoded in the loader's workers (`harness.training.stream.Decode`).
+                raise SettingsError(
+                    f'[data].decode = "gpu" decodes image files in batches on the device, but [data].root = '
+                    f'{info.stream!r} is streamed and decoded by the loader\'s workers: set decode = "cpu"'
+                )
             if sampler is not None:
                 raise ValueError(
                     "ImageDataModule: a streamed data set is shuffled by litdata, not by a sampler"
@@ -408,7 +415,7 @@ class ImageDataModule(L.LightningDataModule):
     @override
     def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         """With ``[data].decode = "gpu"``: a batch of files' bytes decoded and transformed on the device."""
-        if self.settings.decode != "gpu" or self.streamed or self.trainer is None:
+        if self.settings.decode != "gpu" or self.trainer is None:
             return batch
         data, targets = batch
         training = self.trainer.training
@@ -431,11 +438,16 @@ class ImageDataModule(L.LightningDataModule):
             from harness.training.stream import streaming_loader
 
             assert isinstance(dataset, StreamingDataset)
+            # Under several processes every rank trains the same number of whole batches (each
+            # step is a collective); their validation shares are `_streamed_shard`'s.
+            drop_last = train and (world > 1 or self._drop_last(world))
+            nodes = self.trainer.num_nodes if self.trainer is not None else 1
+            read_as(dataset, world_size=world, rank=rank, num_nodes=nodes, drop_last=drop_last)
             return streaming_loader(
                 dataset,
                 batch_size=self.settings.batch_size,
                 workers=workers,
-                drop_last=train and self._drop_last(world),
+                drop_last=drop_last,
                 collate_fn=collate,
                 worker_init_fn=partial(start_data_worker, rank=rank),
             )
@@ -485,9 +497,11 @@ class ImageDataModule(L.LightningDataModule):
             self._stream_state = state
 
     def val_dataloader(self) -> DataLoader[tuple[torch.Tensor, int]]:
-        loader = self._loader(self.val_set, train=False)
         trainer = self.trainer
-        if trainer is None or trainer.world_size < 2 or self.streamed:
+        if self.streamed and trainer is not None and trainer.world_size > 1:
+            return self._streamed_shard(trainer.world_size, trainer.global_rank)
+        loader = self._loader(self.val_set, train=False)
+        if trainer is None or trainer.world_size < 2:
             return loader
         # Lightning's default DistributedSampler pads the shards with repeated samples, which
         # a confusion matrix would count twice; this one gives uneven shards, each sample once.
@@ -503,4 +517,27 @@ class ImageDataModule(L.LightningDataModule):
             persistent_workers=loader.persistent_workers,
             pin_memory=loader.pin_memory,
             worker_init_fn=loader.worker_init_fn,
+        )
+
+    def _streamed_shard(self, world_size: int, rank: int) -> DataLoader[tuple[torch.Tensor, int]]:
+        """This rank's contiguous share of the streamed validation split, read by index.
+
+        litdata's own shards give the last rank every image left over after whole
+        batches (up to ``world_size x batch_size - 1``): on a small split a rank can get
+        none and skip the collectives the others wait in at the epoch's end.
+        """
+        from litdata import StreamingDataset
+
+        from harness.training.stream import IndexedStream, RankShare
+
+        assert isinstance(self.val_set, StreamingDataset)
+        workers = loader_workers(self.settings.num_workers)
+        items = IndexedStream(self.val_set, len(self.val_samples))
+        return DataLoader(
+            items,
+            batch_size=self.settings.batch_size,
+            sampler=RankShare(items, world_size=world_size, rank=rank),
+            num_workers=workers,
+            pin_memory=torch.cuda.is_available(),
+            worker_init_fn=partial(start_data_worker, rank=rank),
         )

@@ -116,6 +116,29 @@ class _Logits:
         self.batches.append(event.logits.float().cpu())
 
 
+def _alone() -> bool:
+    return False
+
+
+def _compute_alone(*owners: object) -> None:
+    """The torchmetrics metrics that `owners` hold compute this process's counts only.
+
+    A metric's ``compute()`` sums the counts of every process whenever a process group is
+    open, and rank zero of a finished run of several processes scores the test split
+    alone: the others have exited, and the sum would fail (or wait for them forever).
+    """
+    from torchmetrics import Metric
+
+    for owner in owners:
+        if isinstance(owner, torch.nn.Module):
+            parts = list(owner.modules())
+        else:
+            parts = list(getattr(owner, "__dict__", {}).values())
+        for part in parts:
+            if isinstance(part, Metric):
+                part.distributed_available_fn = _alone
+
+
 def test_model(
     loaded: LoadedModel,
     data: EvaluationData,
@@ -133,6 +156,8 @@ def test_model(
         preprocessing=loaded.preprocessing,
         extras={"logits": logits},
     )
+    # On rank zero of a finished run of several processes the process group is still open.
+    _compute_alone(loaded.module, *assembly.subscribers.values())
     trainer = L.Trainer(
         accelerator=accelerator,
         devices=1,

@@ -26,7 +26,7 @@ from torch.utils.data import Sampler
 
 from harness.core.bus import Subscriber
 from harness.core.context import DatasetInfo, RunContext
-from harness.core.errors import SettingsError, StopRun, Terminated, TrainingDiverged
+from harness.core.errors import StopRun, Terminated, TrainingDiverged
 from harness.core.events import RunEnd
 from harness.core.layout import RunLayout
 from harness.core.preprocessing import Preprocessing
@@ -44,7 +44,7 @@ from harness.training.evaluation import evaluate_test_split
 from harness.training.lean_checkpoint import LeanModelCheckpoint
 from harness.training.loggers import LoggerTrackers, build_loggers, logger_artifacts, require_packages
 from harness.training.model import Classifier, check_batch_norm, check_monitor
-from harness.training.nodes import from_rank_zero, join, launch_of, processes, scan_once
+from harness.training.nodes import from_rank_zero, join, launch_of, scan_once
 from harness.training.recipe import Recipe, class_loss_weights, resolve_recipe
 from harness.training.run_dir import (
     RESUME_VARIABLE,
@@ -198,14 +198,6 @@ def _assemble(settings: Settings, extras: Mapping[str, Subscriber]) -> _Run:
     if launch is not None:
         join(launch, settings.trainer)
     info, classes = scan_once(launch, settings.data, settings.run.seed)
-    if info.stream is not None and processes(settings.trainer, launch) > 1:
-        # litdata's shards under DDP gave the ranks different batch counts (a collective
-        # mismatch in gloo, litdata 0.2.76): refused until it is made and tested to work.
-        raise SettingsError(
-            f"[data].root = {info.stream!r} is streamed, and streaming trains in one process only "
-            f"for now ([trainer].devices = {settings.trainer.devices!r}, num_nodes = "
-            f"{settings.trainer.num_nodes}): train from the ImageFolder tree, or with devices = 1"
-        )
     if info.skipped:
         shown = ", ".join(str(path) for path in info.skipped[:5])
         log.warning(

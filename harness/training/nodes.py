@@ -38,7 +38,7 @@ from harness.core.errors import HarnessError, SettingsError
 from harness.settings.tree import DataSettings, TrainerSettings
 from harness.training.data import materialise_digits, scan
 
-__all__ = ["Launch", "from_rank_zero", "join", "launch_of", "processes", "rebase", "scan_once"]
+__all__ = ["Launch", "from_rank_zero", "join", "launch_of", "rebase", "scan_once"]
 
 T = TypeVar("T")
 
@@ -68,17 +68,6 @@ def _per_node(trainer: TrainerSettings) -> int:
     ):
         return max(1, torch.cuda.device_count())
     return 1
-
-
-def processes(trainer: TrainerSettings, launch: Launch | None) -> int:
-    """How many processes train this run: the launcher's count, else what the settings ask of Lightning."""
-    if launch is not None:
-        return launch.world_size
-    per_node = trainer.devices
-    if not isinstance(per_node, int):  # "auto": every GPU Lightning would take, else one process
-        gpus = torch.cuda.device_count() if trainer.accelerator in ("auto", "gpu", "cuda") else 0
-        per_node = max(gpus, 1)
-    return trainer.num_nodes * per_node
 
 
 def launch_of(trainer: TrainerSettings) -> Launch | None:

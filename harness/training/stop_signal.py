@@ -25,7 +25,6 @@ training run on until SLURM kills it.
 
 from __future__ import annotations
 
-import atexit
 import multiprocessing
 import multiprocessing.util
 import os
@@ -98,8 +97,9 @@ def end_data_workers(grace: float = 2.0) -> None:
     multiprocessing's own exit handler sends SIGTERM to every daemonic child and then
     waits for each without a limit: a data-loader worker that `start_data_worker` made
     deaf to SIGTERM, kept alive by a failed fit's traceback (its persistent loader), would
-    hold the process forever. This handler is registered after multiprocessing's, so it
-    runs first: SIGTERM as multiprocessing would, `grace` seconds in all, then SIGKILL.
+    hold the process forever. This runs first, as one of multiprocessing's own exit
+    finalizers (at interpreter exit, and at the end of a process that multiprocessing
+    started): SIGTERM as multiprocessing would, `grace` seconds in all, then SIGKILL.
     """
     children = [child for child in multiprocessing.active_children() if child.daemon]
     if not children:
@@ -119,8 +119,20 @@ def end_data_workers(grace: float = 2.0) -> None:
         child.join(grace)
 
 
-# multiprocessing.util registered its exit handler on import (above); atexit runs the later first.
-atexit.register(end_data_workers)
+def _end_data_workers_at_exit(_: object = None) -> None:
+    """Make `end_data_workers` one of multiprocessing's exit finalizers in this process.
+
+    multiprocessing's exit handler runs these before it ends the daemonic children, at
+    interpreter exit and also where atexit never runs: at the end of a process that
+    multiprocessing started (a ``ddp_spawn`` rank), whose loader workers would otherwise
+    hold it, and the run's launcher behind it, forever. Such a process clears the
+    finalizers its imports registered, then runs its after-fork hooks: hence both.
+    """
+    multiprocessing.util.Finalize(None, end_data_workers, exitpriority=0)
+
+
+_end_data_workers_at_exit()
+multiprocessing.util.register_after_fork(end_data_workers, _end_data_workers_at_exit)
 
 
 class StopOnSigterm(Callback):

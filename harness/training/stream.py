@@ -6,7 +6,12 @@ same transforms; `streaming_loader` is litdata's ``StreamingDataLoader`` over it
 loader has ``state_dict()`` / ``load_state_dict()``, so Lightning keeps its place in
 the checkpoint's loop state and a resume mid-epoch continues the same sample order.
 Shuffling is litdata's; a remote data set is cached under the node's own
-``$HARNESS_CACHE``. A stream trains in one process (`harness.training.fit` refuses more).
+``$HARNESS_CACHE``.
+
+Under several processes (DDP, several nodes) training reads litdata's shards, every rank
+the same number of whole batches (`harness.io.stream.read_as`); validation reads the
+split by index, each rank a contiguous share (`RankShare`), so every image is counted
+exactly once and the shares differ by one image at most.
 """
 
 from __future__ import annotations
@@ -18,12 +23,20 @@ from typing import Any
 
 import torch
 from litdata import StreamingDataLoader, StreamingDataset
+from torch.utils.data import Dataset, DistributedSampler
 
 from harness.io.images import decode_rgb
 from harness.io.stream import is_uri, split_uri
 from harness.training.augment import Transform
 
-__all__ = ["Decode", "ResumableStreamingLoader", "streamed_images", "streaming_loader"]
+__all__ = [
+    "Decode",
+    "IndexedStream",
+    "RankShare",
+    "ResumableStreamingLoader",
+    "streamed_images",
+    "streaming_loader",
+]
 
 
 class Decode:
@@ -96,3 +109,40 @@ def streaming_loader(
         collate_fn=collate_fn,
         worker_init_fn=worker_init_fn,
     )
+
+
+class IndexedStream(Dataset[tuple[torch.Tensor, int]]):
+    """The `size` items of a streamed split read by index, decoded and transformed as streamed."""
+
+    def __init__(self, dataset: StreamingDataset, size: int) -> None:
+        self.dataset = dataset
+        self.size = size
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        item: tuple[torch.Tensor, int] = self.dataset[index]
+        return item
+
+
+class RankShare(DistributedSampler[int]):
+    """Process `rank`'s contiguous share of `dataset`'s indices among `world_size`: each index once.
+
+    The shares differ by one index at most (never padded with repeats, as Lightning's
+    default sampler does), and a rank reads a run of neighbouring items: of a stream,
+    the fewest chunks. A `DistributedSampler`, so that Lightning keeps it as it is
+    rather than splitting it again between the ranks.
+    """
+
+    def __init__(self, dataset: IndexedStream, *, world_size: int, rank: int) -> None:
+        super().__init__(dataset, num_replicas=world_size, rank=rank, shuffle=False)
+        size = len(dataset)
+        self.start = size * rank // world_size
+        self.stop = size * (rank + 1) // world_size
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(self.start, self.stop))

@@ -99,3 +99,18 @@ class RankReport:
             digest.update(tensor.detach().to("cpu", torch.float64).numpy().tobytes())
         report = {"rank": self.context.rank, "digest": digest.hexdigest()}
         (self.context.run_dir / f"rank_{self.context.rank}.json").write_text(json.dumps(report))
+
+
+class BatchOrder:
+    """Each rank appends its training batches' class indices, by global step, to ``order_<rank>.jsonl``."""
+
+    def __init__(self, context: RunContext) -> None:
+        self.context = context
+
+    def connect(self, bus: Bus) -> None:
+        bus.subscribe(BatchEnd, self.on_batch_end, stage="train")
+
+    def on_batch_end(self, event: BatchEnd) -> None:
+        line = json.dumps({"step": event.global_step, "targets": [int(t) for t in event.targets]})
+        with (self.context.run_dir / f"order_{self.context.rank}.jsonl").open("a") as handle:
+            handle.write(line + "\n")

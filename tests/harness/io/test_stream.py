@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import csv
 import json
+import os
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -173,17 +178,129 @@ def test_a_resume_mid_epoch_continues_the_same_sample_order(
     assert resumed.batches == {step: whole[step] for step in range(4, 13)}
 
 
-def test_a_stream_under_several_processes_is_refused_before_anything_is_made(
+PLUGINS = Path(__file__).parents[2] / "plugins"
+DDP = (
+    "trainer.accelerator='cpu'",
+    "trainer.strategy='ddp'",
+    "trainer.devices=2",
+    "trainer.max_epochs=1",
+    "trainer.num_sanity_val_steps=1",
+    "trainer.progress_bar=false",
+    "data.image_size=16",
+    "data.batch_size=4",
+    "data.num_workers=0",
+    "run.plugins=['fault_plugins:Fault', 'fault_plugins:RankReport', 'fault_plugins:BatchOrder']",
+    *(
+        f"subscribers.{name}.enabled=false"
+        for name in ("onnx_export", "samples", "dataset_stats", "model_info")
+    ),
+)
+"""Two processes on the CPU (gloo) under Lightning's ``ddp`` launcher; no ONNX export, so the
+end-of-run test scores the checkpoint with a Trainer on rank zero while the process group is open."""
+
+
+def _two_processes(
+    tmp_path: Path, stream: Path, *overrides: str, fault: str = ""
+) -> subprocess.CompletedProcess[str]:
+    """``python -m harness.run`` from `stream` under DDP, killed as a group past 300 s."""
+    argv = [sys.executable, "-m", "harness.run", f"--set=data.root='{stream}'"]
+    argv += [f"--set=run.output_dir='{tmp_path / 'runs'}'", *(f"--set={item}" for item in (*DDP, *overrides))]
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(PLUGINS), os.environ.get("PYTHONPATH", "")]),
+        **({"FAULT_AT": "BatchEnd:0:2", "FAULT": fault, "FAULT_RANK": "1"} if fault else {}),
+    }
+    with subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True
+    ) as process:
+        try:
+            stdout, stderr = process.communicate(timeout=300)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            stdout, stderr = process.communicate()
+            pytest.fail(f"the run took over 300 s; its process group was killed\n{stderr[-4000:]}")
+    return subprocess.CompletedProcess(argv, process.returncode, stdout, stderr)
+
+
+def _rank_order(stream: Path, seed: int, rank: int) -> list[list[int]]:
+    """litdata's own order of rank `rank`'s training batches of 4 among two processes."""
+    from litdata import StreamingDataset
+
+    from harness.io.stream import read_as
+    from harness.training.stream import ResumableStreamingLoader
+
+    dataset = StreamingDataset(str(stream / "train"), shuffle=True, seed=seed)
+    read_as(dataset, world_size=2, rank=rank, num_nodes=1, drop_last=True)
+    loader = ResumableStreamingLoader(dataset, batch_size=4, drop_last=True)
+    return [[int(t) for t in batch["label"]] for batch in loader]
+
+
+@pytest.mark.slow
+def test_two_processes_train_on_equal_shares_count_each_image_once_and_resume_mid_epoch(
+    tmp_path: Path, cache: Path, make_settings: MakeSettings
+) -> None:
+    out = tmp_path / "out"
+    assert data_main(["optimize", str(_split_tree(tmp_path / "tree", corrupt=False)), str(out)]) == 0
+    # 24 training images: litdata gives each rank 3 whole batches of 4 (drop_last: 6 batches / 2).
+    seed = make_settings(root=out).run.seed
+    expected = [_rank_order(out, seed, rank) for rank in (0, 1)]
+    assert [len(order) for order in expected] == [3, 3] and expected[0] != expected[1]
+    assert sorted(t for order in expected for batch in order for t in batch) == sorted([0, 1, 2] * 8)
+
+    cut = _two_processes(tmp_path, out, fault="term")  # SIGTERM to rank 1 after its second batch
+    assert cut.returncode == 143, cut.stderr[-4000:]
+    (run_dir,) = (tmp_path / "runs" / "digits").glob("version_*")
+    resumed = _two_processes(tmp_path, out, "trainer.resume='last'")
+    assert resumed.returncode == 0, resumed.stderr[-4000:]
+    assert len(list(run_dir.parent.glob("version_*"))) == 1
+
+    for rank in (0, 1):
+        lines = (run_dir / f"order_{rank}.jsonl").read_text().splitlines()
+        batches = {line["step"]: line["targets"] for line in map(json.loads, lines)}
+        # Steps 1-2 before the signal, step 3 after the resume: litdata's order for this rank.
+        assert list(batches) == [1, 2, 3] and list(batches.values()) == expected[rank], rank
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["global_step"] == 3
+    assert [attempt["status"] for attempt in summary["attempts"]] == ["interrupted"]
+    assert summary["world_size"] == 2
+    with (run_dir / "confusion_matrix" / "latest.csv").open() as handle:
+        rows = list(csv.reader(handle))
+    assert sum(int(value) for row in rows[1:] for value in row[1:]) == 9, "each validation image once"
+    assert summary["test"]["images"] == 9 and summary["test"].get("error") is None
+    assert summary["test"]["source"]["kind"] == "checkpoint"
+    digests = [json.loads((run_dir / f"rank_{rank}.json").read_text())["digest"] for rank in (0, 1)]
+    assert digests[0] == digests[1], "one model: the weights agree across the ranks"
+
+
+def test_ranks_read_contiguous_shares_of_the_validation_split_each_image_once() -> None:
+    from torch.utils.data import DistributedSampler
+
+    from harness.training.stream import IndexedStream, RankShare
+
+    for size, world in ((9, 2), (10, 4), (3, 4), (64, 3)):
+        items = IndexedStream(None, size)  # type: ignore[arg-type]  # a sampler reads its length only
+        shares = [list(RankShare(items, world_size=world, rank=rank)) for rank in range(world)]
+        assert [index for share in shares for index in share] == list(range(size))
+        assert max(map(len, shares)) - min(map(len, shares)) <= 1
+        assert [len(RankShare(items, world_size=world, rank=rank)) for rank in range(world)] == list(
+            map(len, shares)
+        )
+    # Lightning keeps a DistributedSampler as it is (it would split any other sampler again).
+    assert isinstance(RankShare(IndexedStream(None, 4), world_size=2, rank=0), DistributedSampler)  # type: ignore[arg-type]
+
+
+def test_gpu_decoding_of_a_stream_is_refused_naming_the_setting(
     tmp_path: Path, cache: Path, make_settings: MakeSettings, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from harness.core.errors import SettingsError
-    from harness.training.fit import run
+    from harness.training.data import ImageDataModule, run_preprocessing, scan
 
     out = tmp_path / "out"
     assert data_main(["optimize", str(_split_tree(tmp_path / "tree", corrupt=False)), str(out)]) == 0
-    capsys.readouterr()
-    ddp = ("trainer.accelerator='cpu'", "trainer.strategy='ddp'", "trainer.devices=2")
-    settings = make_settings(*ddp, root=out)
-    with pytest.raises(SettingsError, match=r"\[data\].root = .* is streamed.*devices = 2"):
-        run(settings)
-    assert not Path(settings.run.output_dir).exists() or not any(Path(settings.run.output_dir).iterdir())
+    settings = make_settings("data.decode='gpu'", root=out)
+    info, _ = scan(settings.data, settings.run.seed)
+    with pytest.raises(SettingsError) as refused:
+        ImageDataModule(info, run_preprocessing(settings), settings.data)
+    message = str(refused.value)
+    assert "\n" not in message and message.startswith('[data].decode = "gpu" ') and repr(str(out)) in message

@@ -12,6 +12,8 @@ import pytest
 
 _FAILED_FIT = textwrap.dedent(
     """
+    import multiprocessing
+    import sys
     from functools import partial
 
     import torch
@@ -26,19 +28,35 @@ _FAILED_FIT = textwrap.dedent(
         persistent_workers=True,
         worker_init_fn=partial(start_data_worker, rank=0),
     )
-    batches = iter(loader)
-    next(batches)
-    try:
-        raise RuntimeError("a failed fit keeps its loaders alive through its traceback")
-    except RuntimeError as error:
-        kept = error
-    print("leaving", flush=True)
+
+    def fail() -> None:
+        batches = iter(loader)
+        next(batches)
+        try:
+            raise RuntimeError("a failed fit keeps its loaders alive through its traceback")
+        except RuntimeError as error:
+            global kept
+            kept = error
+
+
+    if __name__ == "__main__":
+        if sys.argv[1] == "here":
+            fail()
+        else:  # a rank of `ddp_spawn`: a process multiprocessing starts, where atexit never runs
+            rank = multiprocessing.get_context("spawn").Process(target=fail)
+            rank.start()
+            rank.join(30)
+            print("rank", "alive" if rank.is_alive() else rank.exitcode, flush=True)
+            if rank.is_alive():
+                rank.kill()
+        print("leaving", flush=True)
     """
 )
 
 
 @pytest.mark.slow
-def test_a_process_whose_loader_workers_ignore_sigterm_still_exits(tmp_path: Path) -> None:
+@pytest.mark.parametrize("where", ["here", "spawned"])
+def test_a_process_whose_loader_workers_ignore_sigterm_still_exits(tmp_path: Path, where: str) -> None:
     script = tmp_path / "failed_fit.py"
     script.write_text(_FAILED_FIT, encoding="utf-8")
     # multiprocessing's exit handler SIGTERMs its daemonic children and waits for them
@@ -47,7 +65,7 @@ def test_a_process_whose_loader_workers_ignore_sigterm_still_exits(tmp_path: Pat
     # case): seeded workers die differently, and torch's SIGCHLD handler then raised.
     environment = {**os.environ, "PL_SEED_WORKERS": "1", "PL_GLOBAL_SEED": "0"}
     done = subprocess.run(
-        [sys.executable, str(script)],
+        [sys.executable, str(script), where],
         capture_output=True,
         text=True,
         timeout=60,
@@ -55,4 +73,5 @@ def test_a_process_whose_loader_workers_ignore_sigterm_still_exits(tmp_path: Pat
         env=environment,
     )
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "leaving"
+    expected = ["leaving"] if where == "here" else ["rank 0", "leaving"]
+    assert done.stdout.split("\n")[:-1] == expected, done.stderr

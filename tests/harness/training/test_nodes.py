@@ -226,8 +226,13 @@ def test_rank_zeros_scan_is_moved_to_this_nodes_copy_of_the_embedded_data() -> N
     assert moved.train == (("/n1/c/digits/1/a.png", 1),) and moved.val == (("/n1/c/digits/0/b.png", 0),)
 
 
-def check_one_run(tmp_path: Path, nodes: list[subprocess.CompletedProcess[str]]) -> Path:
-    """Both nodes finished one run: one directory, each artifact once, every image counted once."""
+def check_one_run(
+    tmp_path: Path, nodes: list[subprocess.CompletedProcess[str]], *, scanned: bool = True
+) -> Path:
+    """Both nodes finished one run: one directory, each artifact once, every image counted once.
+
+    With `scanned`, rank zero's scan of an ImageFolder tree is in node 0's cache (a stream's
+    manifest is read, not scanned)."""
     for node in nodes:
         assert node.returncode == 0, node.stderr[-4000:]
     run_dir = only_run_dir(tmp_path)
@@ -248,7 +253,7 @@ def check_one_run(tmp_path: Path, nodes: list[subprocess.CompletedProcess[str]])
     checkpoints = sorted(p.name for p in (run_dir / "checkpoints").iterdir() if not p.name.startswith("."))
     assert checkpoints == [f"epoch=000-score={summary['best_score']:.4f}.ckpt", "last.ckpt"]
     # The scan ran on rank zero alone: node 1's cache was never made.
-    assert (tmp_path / "node0" / "cache" / "scans").is_dir()
+    assert (tmp_path / "node0" / "cache" / "scans").is_dir() == scanned
     assert not (tmp_path / "node1" / "cache").exists()
     return run_dir
 
@@ -308,3 +313,18 @@ def test_rank_zeros_error_stops_every_node_with_the_same_line(tmp_path: Path) ->
     lines = [node.stderr.strip().splitlines()[-1] for node in nodes]
     assert lines[0] == lines[1] == f"error: [data].root = '{tmp_path / 'missing'}': no such directory"
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.slow
+def test_two_nodes_under_torchrun_train_one_model_from_a_stream(tmp_path: Path) -> None:
+    """The tree optimized as a stream (the same 24 + 6 split): each node reads its share."""
+    pytest.importorskip("litdata")
+    from harness.data import main as data_main
+
+    data, stream = tmp_path / "data", tmp_path / "stream"
+    write_imagefolder(data, {"red": 10, "green": 10, "blue": 10}, size=10)
+    assert data_main(["optimize", str(data), str(stream)]) == 0
+    nodes = two_nodes(tmp_path, torchrun, f"data.root='{stream}'", "trainer.max_epochs=1")
+    run_dir = check_one_run(tmp_path, nodes, scanned=False)
+    # 24 training images, 3 whole batches of 4 on each node (litdata's drop_last).
+    assert json.loads((run_dir / "summary.json").read_text())["global_step"] == 3
