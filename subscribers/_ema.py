@@ -94,6 +94,12 @@ class ShadowWeights:
             shadow.data = held
         self.swapped = not self.swapped
 
+    def release_other(self) -> None:
+        """Free the set the model does not hold; this object can then neither update, exchange nor save."""
+        for shadow in self._shadow:
+            shadow.data = torch.empty(0, dtype=shadow.dtype, device=shadow.device)
+        self._floats, self._integers = (), ([], [])
+
     def averaged(self) -> dict[str, torch.Tensor]:
         """The averaged tensors by `state_dict` key (views, not copies)."""
         return self._by_name(self._live if self.swapped else self._shadow)

@@ -16,7 +16,8 @@ weights), and at `ValidationEpochEnd` the better of the two by top-1 is kept (th
 average on a tie), recorded in `RunContext.validated_weights`. A checkpoint's
 `state_dict` holds the kept weights; the other set and the update count are this
 subscriber's state, so a resume continues bit for bit. At `TrainLoopEnd` the kept
-weights go into the model for good, for `TrainEnd` consumers such as the ONNX export.
+weights go into the model for good, for `TrainEnd` consumers such as the ONNX export;
+the other set is freed there when no checkpoint follows (`RunContext.training_state_released`).
 The logged ``val/`` metrics are the average's.
 
 Under DDP every rank updates its own copy; identical steps keep the copies identical.
@@ -94,6 +95,7 @@ class EMA:
         self._shadow: ShadowWeights | None = None
         self._resume: Mapping[str, torch.Tensor] | None = None
         self._final = False
+        self._released = False
         self._total_steps = 0
         self.kept: Literal["average", "training"] = "average"
         self._resume_kept: Literal["average", "training"] = "average"
@@ -114,6 +116,7 @@ class EMA:
     def on_fit_start(self, event: FitStart) -> None:
         self._shadow = None
         self._final = False
+        self._released = False
         self._total_steps = event.total_steps
         self._attach()
 
@@ -214,6 +217,9 @@ class EMA:
         if shadow.swapped != (self.kept == "average"):
             shadow.exchange()
         self._final = True
+        if self.context.training_state_released:  # no checkpoint follows: the other set is not needed
+            shadow.release_other()
+            self._released = True
 
     def state_dict(self) -> dict[str, Any]:
         """The update count, which weights were kept, and the set the checkpoint's `state_dict` lacks.
@@ -221,6 +227,8 @@ class EMA:
         The kept weights are the checkpoint's `state_dict`; the other set is here, by model
         key: ``"training"`` when the average was kept, ``"average"`` when the training weights were.
         """
+        if self._released:
+            raise RuntimeError("EMA state: the training weights were freed when training ended")
         training: Mapping[str, torch.Tensor] = {}
         average: Mapping[str, torch.Tensor] = {}
         if self._shadow is not None and self.updates:

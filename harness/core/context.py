@@ -150,6 +150,11 @@ class RunContext:
     replays) `submit` runs a job at once, so one unit test covers both. `trackers`
     takes pictures and files for the run's experiment trackers (None when there are none).
     `verbosity` says what a subscriber prints in the terminal.
+
+    `training_state_released` is set by the adapter before `TrainLoopEnd` when training is
+    over and its final state is on disk whole (or no checkpoint is kept): no checkpoint is
+    written after that, so what a subscriber holds only for checkpoints may go (the EMA's
+    training weights), and the optimizer's state is gone already.
     """
 
     run_dir: Path = attrs.field(on_setattr=attrs.setters.frozen)
@@ -177,6 +182,7 @@ class RunContext:
     temperature: Temperature | None = None
     artifacts: dict[str, str] = attrs.Factory(dict)
     stop_request: StopRequest | None = None
+    training_state_released: bool = False
 
     @property
     def layout(self) -> RunLayout:

@@ -23,6 +23,7 @@ Tensors in a payload are detached. This module is the table of contents of a run
         TrainEpochEnd(metrics)                drawing subscribers hand the epoch's pictures to the writer
         EpochJobsQueued                       collectors (report page, trackers) queue their jobs
         CheckpointSaving(model_state)         per checkpoint written (once for a best file and last.ckpt)
+    (optimizer state freed once last.ckpt holds it: RunContext.training_state_released)
     TrainLoopEnd                              weight owners install the final validated weights
     TrainEnd                                  consumers (ONNX export, reports) read them
     FitEnd

@@ -45,6 +45,8 @@ from harness.core.events import (
     ValidationSwapOut,
 )
 from harness.core.temperature import CHECKPOINT_KEY as TEMPERATURE_KEY
+from harness.training.lean_checkpoint import LeanModelCheckpoint
+from harness.training.release import release_training_state
 
 __all__ = ["CHECKPOINT_KEY", "BusCallback", "normalised", "scalar_metrics"]
 
@@ -136,7 +138,8 @@ class BusCallback(Callback):
     `subscribers` maps a stable key (the settings name, e.g. ``"ema"``) to each subscriber
     whose state rides in checkpoints; subscribers without `state_dict` are skipped.
     On Ctrl-C, a checkpoint is written to `interrupt_checkpoint` (when given) so the run
-    can resume from where it stopped.
+    can resume from where it stopped, unless training is over and its state was released
+    (`harness.training.release`): then the whole ``last.ckpt`` of the final step stands.
     """
 
     def __init__(
@@ -153,6 +156,7 @@ class BusCallback(Callback):
         self.interrupt_checkpoint = interrupt_checkpoint
         self._resumed = False
         self._train_ended = False
+        self._released = False
         self._rates: dict[str, float] = {}
         self._validation: dict[str, float] = {}
         self._validated_epoch: int | None = None
@@ -349,8 +353,29 @@ class BusCallback(Callback):
         self._train_ended = True
         self._update_best(trainer)
         epoch, step = self._progress(trainer)
+        self._release_training_state(trainer, pl_module)
         self.bus.publish(TrainLoopEnd(epoch=epoch, global_step=step))
         self.bus.publish(TrainEnd(epoch=epoch, global_step=step, metrics=self.final_metrics(trainer)))
+
+    def _release_training_state(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Free the optimizer state and gradients before `TrainLoopEnd` when no checkpoint needs them again.
+
+        That is when every checkpoint callback wrote the whole ``last.ckpt`` at this very
+        step, or when the run keeps no checkpoint at all. Then an interrupt during the
+        `TrainEnd` consumers (the export) leaves that ``last.ckpt`` as it is.
+        """
+        callbacks = trainer.checkpoint_callbacks
+        if callbacks:
+            saved = all(
+                isinstance(callback, LeanModelCheckpoint) and callback.last_step == trainer.global_step
+                for callback in callbacks
+            )
+        else:
+            saved = self.interrupt_checkpoint is None
+        if saved:
+            released = release_training_state(pl_module, trainer.optimizers)
+            self._released = self.context.training_state_released = True
+            log.debug("training is over: released %s of optimizer state and gradients", released.describe())
 
     @override
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -404,5 +429,8 @@ class BusCallback(Callback):
         except Exception:  # the original exception must win, so this one is only logged
             log.exception("a subscriber failed while handling RunFailed")
         if event.interrupted and self.interrupt_checkpoint is not None:
-            trainer.save_checkpoint(self.interrupt_checkpoint)
-            log.warning("interrupted: checkpoint written to %s", self.interrupt_checkpoint)
+            if self._released:  # after the loop: last.ckpt already holds the final state, whole
+                log.warning("interrupted after training: %s holds the final state", self.interrupt_checkpoint)
+            else:
+                trainer.save_checkpoint(self.interrupt_checkpoint)
+                log.warning("interrupted: checkpoint written to %s", self.interrupt_checkpoint)

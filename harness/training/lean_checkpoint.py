@@ -91,6 +91,11 @@ class LeanModelCheckpoint(ModelCheckpoint):
         self._unshared_step: int | None = None
         self._last_step: int | None = None
 
+    @property
+    def last_step(self) -> int | None:
+        """The step the whole ``last.ckpt`` was last written at (None: not yet, or no ``save_last``)."""
+        return self._last_step
+
     @override
     def check_monitor_top_k(self, trainer: L.Trainer, current: Tensor | None = None) -> bool:
         if current is None or self.save_top_k == -1 or len(self.best_k_models) < self.save_top_k:

@@ -477,3 +477,25 @@ def io_round_trip(state: Mapping[str, object]) -> dict[str, object]:
     buffer.seek(0)
     loaded: dict[str, object] = torch.load(buffer, weights_only=True)
     return loaded
+
+
+@pytest.mark.parametrize("released", [False, True])
+def test_the_other_weights_are_freed_at_train_loop_end_only_when_no_checkpoint_follows(
+    tmp_path: Path, released: bool
+) -> None:
+    bus, context, ema, optimizer = fresh_run(tmp_path, seed=0)
+    bus.publish(FitStart(epoch=0, global_step=0, max_epochs=1))
+    run_steps(bus, context, optimizer, range(1, 4))
+    averaged = checkpoint_state(bus, context)
+    context.training_state_released = released
+    bus.publish(TrainLoopEnd(epoch=0, global_step=3))
+
+    assert ema.holds_average
+    assert_bit_equal(snapshot(context.require_model()), averaged)
+    training_bytes = sum(t.numel() for t in ema._shadow.training().values())  # type: ignore[union-attr]
+    if released:
+        assert training_bytes == 0
+        with pytest.raises(RuntimeError, match="freed when training ended"):
+            ema.state_dict()
+    else:
+        assert training_bytes > 0 and ema.state_dict()["training"]
