@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import json
 import os
@@ -21,6 +20,7 @@ from harness.data import main as data_main
 from harness.evaluate import main as evaluate_main
 from harness.io.stream import is_stream, read_manifest
 from tests.conftest import MakeSettings
+from tests.harness.training.test_faults import PLUGINS, run_group
 
 pytest.importorskip("litdata")
 
@@ -178,7 +178,6 @@ def test_a_resume_mid_epoch_continues_the_same_sample_order(
     assert resumed.batches == {step: whole[step] for step in range(4, 13)}
 
 
-PLUGINS = Path(__file__).parents[2] / "plugins"
 DDP = (
     "trainer.accelerator='cpu'",
     "trainer.strategy='ddp'",
@@ -210,17 +209,7 @@ def _two_processes(
         "PYTHONPATH": os.pathsep.join([str(PLUGINS), os.environ.get("PYTHONPATH", "")]),
         **({"FAULT_AT": "BatchEnd:0:2", "FAULT": fault, "FAULT_RANK": "1"} if fault else {}),
     }
-    with subprocess.Popen(
-        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True
-    ) as process:
-        try:
-            stdout, stderr = process.communicate(timeout=300)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
-            stdout, stderr = process.communicate()
-            pytest.fail(f"the run took over 300 s; its process group was killed\n{stderr[-4000:]}")
-    return subprocess.CompletedProcess(argv, process.returncode, stdout, stderr)
+    return run_group(argv, env, timeout=300)
 
 
 def _rank_order(stream: Path, seed: int, rank: int) -> list[list[int]]:

@@ -62,9 +62,13 @@ def harness_run(
     ]
     for override in overrides:
         argv += ["--set", override]
-    full_env = {**os.environ, "PYTHONPATH": str(PLUGINS), **(env or {})}
+    return run_group(argv, {**os.environ, "PYTHONPATH": str(PLUGINS), **(env or {})}, timeout)
+
+
+def run_group(argv: list[str], env: dict[str, str], timeout: float) -> subprocess.CompletedProcess[str]:
+    """Run `argv` leading a process group of its own; past `timeout`, kill the group and fail."""
     with subprocess.Popen(
-        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=full_env, start_new_session=True
+        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True
     ) as process:
         try:
             # The pipes close when every process of the group has exited, ranks above zero included.
