@@ -162,6 +162,9 @@ class StopOnSigterm(Callback):
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
         if trainer.strategy.reduce_boolean_decision(self.requested, all=False):
+            # The requeue signal may reach one rank only: every rank learns it, so that rank
+            # zero (which runs ``scontrol requeue``) knows.
+            self.requeue = trainer.strategy.reduce_boolean_decision(self.requeue, all=False)
             raise SIGTERMException
 
 

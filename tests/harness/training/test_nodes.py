@@ -89,10 +89,12 @@ def two_nodes(
     *overrides: str,
     fault: dict[str, str] | None = None,
     settings_file: Path | None = None,
+    extra_env: dict[str, str] | None = None,
 ) -> list[subprocess.CompletedProcess[str]]:
     """Start the same command as node 0 and node 1; wait for both, killing both past `TIMEOUT`.
 
     Without `settings_file`, the tiny run of `RUN` on a generated tree; with it, that file.
+    `extra_env` is added to both nodes' environment (after the launcher's).
     """
     data = tmp_path / "data"
     if not data.exists():
@@ -113,6 +115,7 @@ def two_nodes(
             "TMPDIR": str(home / "tmp"),
             **variables,
             **(fault or {}),
+            **(extra_env or {}),
         }
         argv = [*prefix, *([str(settings_file)] if settings_file else [])]
         argv += [f"--set={setting}" for setting in settings]
