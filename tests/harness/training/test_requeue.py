@@ -98,7 +98,9 @@ def test_the_requeue_signal_to_one_of_two_slurm_tasks_requeues_once_and_both_res
     assert [node.returncode for node in stopped] == [143, 143], [node.stderr[-3000:] for node in stopped]
     # 24 training images, 12 a task, 3 batches of 4 an epoch: the signal came after step 2, on both.
     lines = [node.stderr.strip().splitlines()[-1] for node in stopped]
-    assert all(line.startswith("stopped: SLURM requeue signal at step 2: checkpoint ") for line in lines), lines
+    assert all(line.startswith("stopped: SLURM requeue signal at step 2: checkpoint ") for line in lines), (
+        lines
+    )
     assert "SLURM job 4242 requeued; it resumes this run" in lines[0]
     assert "rank zero requeues the job" in lines[1]
     assert (bin_dir / "calls.txt").read_text() == "requeue 4242\n", "rank zero requeues, once"
@@ -111,7 +113,9 @@ def test_the_requeue_signal_to_one_of_two_slurm_tasks_requeues_once_and_both_res
     assert not list(run_dir.glob("hpc_ckpt_*.ckpt")), "Lightning's own requeue handler ran"
 
     # SLURM starts the same command on both tasks again, counting the restart.
-    requeued = two_nodes(tmp_path, slurm, "trainer.max_epochs=1", extra_env={**path, "SLURM_RESTART_COUNT": "1"})
+    requeued = two_nodes(
+        tmp_path, slurm, "trainer.max_epochs=1", extra_env={**path, "SLURM_RESTART_COUNT": "1"}
+    )
     assert check_one_run(tmp_path, requeued) == run_dir
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["epochs_completed"] == 1 and summary["global_step"] == 3
