@@ -426,20 +426,22 @@ class ImageDataModule(L.LightningDataModule):
         return inputs, targets
 
     def _loader(
-        self, dataset: Dataset[tuple[torch.Tensor, int]], *, train: bool
+        self, dataset: Dataset[tuple[torch.Tensor, int]], *, train: bool, shards: Sampler[int] | None = None
     ) -> DataLoader[tuple[torch.Tensor, int]]:
+        """A loader of `dataset`: litdata's for a streamed split, else a `DataLoader` drawing
+        from `shards` (a validation rank's share) or the run's sampler."""
         workers = loader_workers(self.settings.num_workers)
         world = self.trainer.world_size if self.trainer is not None else 1
         rank = self.trainer.global_rank if self.trainer is not None else 0
         collate: Callable[..., Any] | None = self.mixer if train and self.mixer is not None else None
-        if self.streamed:
+        if self.streamed and shards is None:
             from litdata import StreamingDataset
 
             from harness.training.stream import streaming_loader
 
             assert isinstance(dataset, StreamingDataset)
             # Under several processes every rank trains the same number of whole batches (each
-            # step is a collective); their validation shares are `_streamed_shard`'s.
+            # step is a collective); their validation shares are `val_dataloader`'s.
             drop_last = train and (world > 1 or self._drop_last(world))
             nodes = self.trainer.num_nodes if self.trainer is not None else 1
             read_as(dataset, world_size=world, rank=rank, num_nodes=nodes, drop_last=drop_last)
@@ -456,7 +458,7 @@ class ImageDataModule(L.LightningDataModule):
         return DataLoader(
             dataset,
             batch_size=self.settings.batch_size,
-            sampler=self.sampler if train else None,
+            sampler=self.sampler if train else shards,
             shuffle=train and self.sampler is None,
             num_workers=workers,
             persistent_workers=workers > 0,
@@ -498,46 +500,22 @@ class ImageDataModule(L.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader[tuple[torch.Tensor, int]]:
         trainer = self.trainer
-        if self.streamed and trainer is not None and trainer.world_size > 1:
-            return self._streamed_shard(trainer.world_size, trainer.global_rank)
-        loader = self._loader(self.val_set, train=False)
         if trainer is None or trainer.world_size < 2:
-            return loader
+            return self._loader(self.val_set, train=False)
+        world, rank = trainer.world_size, trainer.global_rank
+        if self.streamed:
+            # litdata's own shards give the last rank every image left over after whole
+            # batches (up to ``world x batch_size - 1``): on a small split a rank can get none
+            # and skip the collectives the others wait in at the epoch's end. The split is
+            # read by index instead, each rank a contiguous share: of a stream, the fewest chunks.
+            from litdata import StreamingDataset
+
+            from harness.training.stream import IndexedStream, RankShare
+
+            assert isinstance(self.val_set, StreamingDataset)
+            items = IndexedStream(self.val_set, len(self.val_samples))
+            return self._loader(items, train=False, shards=RankShare(items, world_size=world, rank=rank))
         # Lightning's default DistributedSampler pads the shards with repeated samples, which
         # a confusion matrix would count twice; this one gives uneven shards, each sample once.
-        shards = UnrepeatedDistributedSampler(
-            self.val_set, num_replicas=trainer.world_size, rank=trainer.global_rank, shuffle=False
-        )
-        return DataLoader(
-            loader.dataset,
-            batch_size=self.settings.batch_size,
-            sampler=shards,
-            collate_fn=loader.collate_fn,
-            num_workers=loader.num_workers,
-            persistent_workers=loader.persistent_workers,
-            pin_memory=loader.pin_memory,
-            worker_init_fn=loader.worker_init_fn,
-        )
-
-    def _streamed_shard(self, world_size: int, rank: int) -> DataLoader[tuple[torch.Tensor, int]]:
-        """This rank's contiguous share of the streamed validation split, read by index.
-
-        litdata's own shards give the last rank every image left over after whole
-        batches (up to ``world_size x batch_size - 1``): on a small split a rank can get
-        none and skip the collectives the others wait in at the epoch's end.
-        """
-        from litdata import StreamingDataset
-
-        from harness.training.stream import IndexedStream, RankShare
-
-        assert isinstance(self.val_set, StreamingDataset)
-        workers = loader_workers(self.settings.num_workers)
-        items = IndexedStream(self.val_set, len(self.val_samples))
-        return DataLoader(
-            items,
-            batch_size=self.settings.batch_size,
-            sampler=RankShare(items, world_size=world_size, rank=rank),
-            num_workers=workers,
-            pin_memory=torch.cuda.is_available(),
-            worker_init_fn=partial(start_data_worker, rank=rank),
-        )
+        shards = UnrepeatedDistributedSampler(self.val_set, num_replicas=world, rank=rank, shuffle=False)
+        return self._loader(self.val_set, train=False, shards=shards)
